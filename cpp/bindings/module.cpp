@@ -1,0 +1,14 @@
+#include <pybind11/pybind11.h>
+
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "clrfast compiled core: schedules, batch tables, fused SGD step.";
+  clrfast::bind_schedules(m);
+  clrfast::bind_optim(m);
+#ifdef CLRFAST_WITH_CUDA
+  m.attr("cuda_built") = true;
+#else
+  m.attr("cuda_built") = false;
+#endif
+}

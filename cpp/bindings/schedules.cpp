@@ -1,0 +1,334 @@
+// pybind11 bindings for the schedule core, the batch tables and the engine
+// behind the torch drop-in schedulers.
+//
+// Arguments are validated by the Python front end; the checks here only make
+// sure that nothing passed from Python can crash the interpreter.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "clrfast/schedule.hpp"
+#include "tables.hpp"
+
+namespace py = pybind11;
+
+namespace clrfast {
+namespace {
+
+Schedule make_cyclic(double base_lr, double max_lr, double step_size_up, double step_size_down, int scale,
+                     double gamma, int scale_mode, int window, bool cycle_momentum, double base_momentum,
+                     double max_momentum) {
+  Leaf leaf{};
+  leaf.kind = Kind::Cyclic;
+  CyclicParams& p = leaf.cyclic;
+  p.base_lr = base_lr;
+  p.max_lr = max_lr;
+  // Same expressions as torch: total = float(up) + float(down), ratio = up / total.
+  p.total_size = step_size_up + step_size_down;
+  p.step_ratio = step_size_up / p.total_size;
+  p.gamma = gamma;
+  p.scale = static_cast<ScaleKind>(scale);
+  p.scale_mode = static_cast<ScaleMode>(scale_mode);
+  p.window = static_cast<Window>(window);
+  p.cycle_momentum = cycle_momentum ? 1 : 0;
+  p.base_momentum = base_momentum;
+  p.max_momentum = max_momentum;
+  return single(leaf);
+}
+
+Schedule make_onecycle_schedule(double max_lr, double total_steps, double pct_start, int anneal_kind, bool three_phase,
+                                double div_factor, double final_div_factor, bool cycle_momentum, double base_momentum,
+                                double max_momentum) {
+  Leaf leaf{};
+  leaf.kind = Kind::OneCycle;
+  leaf.onecycle = make_onecycle(max_lr, total_steps, pct_start, static_cast<Anneal>(anneal_kind), three_phase,
+                                div_factor, final_div_factor, cycle_momentum, base_momentum, max_momentum);
+  return single(leaf);
+}
+
+// One-cycle from explicit per-group values, as OneCycleLR reads them from the
+// param groups (initial_lr, max_lr, min_lr, base/max momentum).
+Schedule make_onecycle_groups(double initial_lr, double max_lr, double min_lr, double total_steps, double pct_start,
+                              int anneal_kind, bool three_phase, bool cycle_momentum, double base_momentum,
+                              double max_momentum) {
+  Schedule s = make_onecycle_schedule(max_lr, total_steps, pct_start, anneal_kind, three_phase, 1.0, 1.0,
+                                      cycle_momentum, base_momentum, max_momentum);
+  OneCycleParams& p = s.piece[0].onecycle;
+  for (int i = 0; i < 3; ++i) {
+    OneCyclePhase& ph = p.phase[i];
+    const bool three = p.n_phases == 3;
+    // Phase endpoints in torch's table: initial -> max -> (initial ->) min.
+    if (i == 0) {
+      ph.start_lr = initial_lr;
+      ph.end_lr = max_lr;
+    } else if (i == 1 && three) {
+      ph.start_lr = max_lr;
+      ph.end_lr = initial_lr;
+    } else if (three) {
+      ph.start_lr = initial_lr;
+      ph.end_lr = min_lr;
+    } else {
+      ph.start_lr = max_lr;
+      ph.end_lr = min_lr;
+    }
+  }
+  return s;
+}
+
+Schedule make_restarts(double base_lr, double eta_min, double T_0, double T_mult, double peak_decay, double warmup) {
+  Leaf leaf{};
+  leaf.kind = Kind::CosineRestarts;
+  leaf.restarts = {base_lr, eta_min, T_0, T_mult, peak_decay, warmup};
+  return single(leaf);
+}
+
+Schedule make_linear(double start_lr, double end_lr, double steps) {
+  Leaf leaf{};
+  leaf.kind = Kind::Linear;
+  leaf.linear = {start_lr, end_lr, steps};
+  return single(leaf);
+}
+
+Schedule make_sweep(double start_lr, double end_lr, double steps, int mode) {
+  Leaf leaf{};
+  leaf.kind = Kind::Sweep;
+  leaf.sweep = {start_lr, end_lr, steps, static_cast<SweepMode>(mode)};
+  return single(leaf);
+}
+
+Schedule make_constant(double lr) {
+  Leaf leaf{};
+  leaf.kind = Kind::Constant;
+  leaf.constant = {lr};
+  return single(leaf);
+}
+
+// Flattens nested joins: piece j of an inner join that starts at step b in
+// the outer clock keeps its own clock, so its boundaries just shift by b.
+Schedule make_join(const std::vector<Schedule>& parts, const std::vector<double>& boundaries) {
+  if (parts.empty()) throw py::value_error("join needs at least one schedule");
+  if (boundaries.size() + 1 != parts.size())
+    throw py::value_error("join needs exactly one boundary fewer than schedules");
+  Schedule out{};
+  out.n = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const double offset = i == 0 ? 0.0 : boundaries[i - 1];
+    const Schedule& part = parts[i];
+    for (int j = 0; j < part.n; ++j) {
+      if (out.n >= kMaxPieces)
+        throw py::value_error("a joined schedule may hold at most " + std::to_string(kMaxPieces) + " pieces");
+      if (out.n > 0) {
+        const double b = j == 0 ? offset : offset + part.boundary[j - 1];
+        // An inner piece that starts after the outer part ends never runs.
+        if (i + 1 < parts.size() && b >= boundaries[i]) break;
+        out.boundary[out.n - 1] = b;
+      }
+      out.piece[out.n++] = part.piece[j];
+    }
+  }
+  return out;
+}
+
+bool has_momentum(const Schedule& s) {
+  for (int i = 0; i < s.n; ++i) {
+    const Leaf& l = s.piece[i];
+    if (l.kind == Kind::Cyclic && l.cyclic.cycle_momentum) return true;
+    if (l.kind == Kind::OneCycle && l.onecycle.cycle_momentum) return true;
+  }
+  return false;
+}
+
+template <typename T>
+T* writable_data(py::array& out, py::ssize_t n, const char* what) {
+  if (!py::isinstance<py::array_t<T>>(out)) throw py::type_error(std::string(what) + ": wrong dtype");
+  if (out.ndim() != 1 || out.shape(0) != n) throw py::value_error(std::string(what) + ": wrong shape");
+  if (!(out.flags() & py::array::c_style)) throw py::value_error(std::string(what) + ": must be C-contiguous");
+  if (!out.writeable()) throw py::value_error(std::string(what) + ": is read-only");
+  return static_cast<T*>(out.mutable_data());
+}
+
+void table_range_py(const Schedule& s, int quantity, int64_t first, int64_t n, py::array out, int threads) {
+  if (n < 0) throw py::value_error("n must be >= 0");
+  const Quantity q = static_cast<Quantity>(quantity);
+  if (py::isinstance<py::array_t<float>>(out)) {
+    float* p = writable_data<float>(out, n, "out");
+    py::gil_scoped_release nogil;
+    table_range<float>(s, q, first, n, p, threads);
+  } else {
+    double* p = writable_data<double>(out, n, "out");
+    py::gil_scoped_release nogil;
+    table_range<double>(s, q, first, n, p, threads);
+  }
+}
+
+void table_steps_py(const Schedule& s, int quantity, py::array_t<int64_t, py::array::c_style> steps, py::array out,
+                    int threads) {
+  if (steps.ndim() != 1) throw py::value_error("steps must be one-dimensional");
+  const int64_t n = steps.shape(0);
+  const int64_t* st = steps.data();
+  const Quantity q = static_cast<Quantity>(quantity);
+  if (py::isinstance<py::array_t<float>>(out)) {
+    float* p = writable_data<float>(out, n, "out");
+    py::gil_scoped_release nogil;
+    table_steps<float>(s, q, st, n, p, threads);
+  } else {
+    double* p = writable_data<double>(out, n, "out");
+    py::gil_scoped_release nogil;
+    table_steps<double>(s, q, st, n, p, threads);
+  }
+}
+
+// ----------------------------------------------------------- drop-in engine
+
+// Writes one step's values into torch param groups. Holding one schedule per
+// group and doing the dict updates here keeps a scheduler step to a single
+// call from Python, which is what makes the drop-ins cheap.
+class GroupEngine {
+ public:
+  enum MomentumKey { kNone = 0, kMomentum = 1, kBetas = 2 };
+
+  GroupEngine(std::vector<Schedule> schedules, int momentum_key, py::object scale_fn)
+      : schedules_(std::move(schedules)),
+        momentum_key_(static_cast<MomentumKey>(momentum_key)),
+        scale_fn_(std::move(scale_fn)) {}
+
+  // Computes the values at step t and writes them into `groups`; returns the
+  // list of learning rates (copies, as torch's get_last_lr()).
+  py::list apply(const py::object& t_obj, const py::list& groups) {
+    const double t = t_obj.cast<double>();
+    check_groups(groups);
+    py::list lrs(schedules_.size());
+    for (size_t i = 0; i < schedules_.size(); ++i) {
+      const Schedule& s = schedules_[i];
+      check_total(s, t, t_obj);
+      LrMom r;
+      if (!scale_fn_.is_none()) {
+        const CyclicParams& p = s.piece[0].cyclic;
+        const CyclicPos pos = cyclic_pos(p, t);
+        py::object arg = p.scale_mode == ScaleMode::Cycle ? py::object(py::int_(static_cast<int64_t>(pos.cycle)))
+                                                          : t_obj;
+        r = cyclic_combine(p, pos.s, scale_fn_(arg).cast<double>());
+        if (p.cycle_momentum) r.momentum = cyclic_combine(p, pos.s, scale_fn_(arg).cast<double>()).momentum;
+      } else {
+        r = schedule_at(s, t);
+      }
+      write(groups[i], r, lrs, i);
+    }
+    return lrs;
+  }
+
+  // CosineAnnealingWarmRestarts keeps T_cur and T_i as state; the value at a
+  // given (T_cur, T_i) is the core's formula.
+  py::list apply_restarts(double T_cur, double T_i, const py::list& groups) {
+    check_groups(groups);
+    py::list lrs(schedules_.size());
+    for (size_t i = 0; i < schedules_.size(); ++i) {
+      const LrMom r{restarts_value(schedules_[i].piece[0].restarts, {T_cur, T_i, 0.0}), nan_value()};
+      write(groups[i], r, lrs, i);
+    }
+    return lrs;
+  }
+
+  py::list values(const py::object& t_obj) const {
+    const double t = t_obj.cast<double>();
+    py::list out;
+    for (const Schedule& s : schedules_) out.append(schedule_at(s, t).lr);
+    return out;
+  }
+
+ private:
+  void check_groups(const py::list& groups) const {
+    if (groups.size() != schedules_.size())
+      throw py::value_error("the optimizer has " + std::to_string(groups.size()) + " param groups, the scheduler " +
+                            std::to_string(schedules_.size()));
+  }
+
+  static void check_total(const Schedule& s, double t, const py::object& t_obj) {
+    const Leaf& l = s.piece[0];
+    if (l.kind == Kind::OneCycle && t > l.onecycle.total_steps) {
+      throw py::value_error("Tried to step " + py::str(t_obj).cast<std::string>() +
+                            " times. The specified number of total steps is " +
+                            std::to_string(static_cast<int64_t>(l.onecycle.total_steps)));
+    }
+  }
+
+  void write(py::handle group_h, const LrMom& r, py::list& lrs, size_t i) const {
+    py::dict group = py::reinterpret_borrow<py::dict>(group_h);
+    static const py::str lr_key("lr"), momentum_key("momentum"), betas_key("betas"), fill_name("fill_"),
+        clone_name("clone");
+    py::object current = group[lr_key];
+    if (PyFloat_Check(current.ptr()) || PyLong_Check(current.ptr())) {
+      py::float_ v(r.lr);
+      group[lr_key] = v;
+      lrs[i] = v;
+    } else {  // a tensor lr is updated in place, as torch does
+      current.attr(fill_name)(r.lr);
+      lrs[i] = current.attr(clone_name)();
+    }
+    if (momentum_key_ == kMomentum) {
+      group[momentum_key] = py::float_(r.momentum);
+    } else if (momentum_key_ == kBetas) {
+      py::tuple old = group[betas_key].cast<py::tuple>();
+      py::tuple betas(old.size());
+      betas[0] = py::float_(r.momentum);
+      for (size_t k = 1; k < old.size(); ++k) betas[k] = old[k];
+      group[betas_key] = betas;
+    }
+  }
+
+  std::vector<Schedule> schedules_;
+  MomentumKey momentum_key_;
+  py::object scale_fn_;
+};
+
+}  // namespace
+
+void bind_schedules(py::module_& m) {
+  py::class_<Schedule>(m, "Schedule", "A compiled schedule: leaf pieces and join boundaries.")
+      .def("at", [](const Schedule& s, double t) {
+        const LrMom r = schedule_at(s, t);
+        return py::make_tuple(r.lr, r.momentum);
+      })
+      .def("lr", [](const Schedule& s, double t) { return lr_at(s, t); })
+      .def("momentum", [](const Schedule& s, double t) { return momentum_at(s, t); })
+      .def_property_readonly("n_pieces", [](const Schedule& s) { return s.n; })
+      .def_property_readonly("has_momentum", &has_momentum)
+      .def("table_range", &table_range_py, py::arg("quantity"), py::arg("first"), py::arg("n"), py::arg("out"),
+           py::arg("threads") = 0)
+      .def("table_steps", &table_steps_py, py::arg("quantity"), py::arg("steps"), py::arg("out"),
+           py::arg("threads") = 0);
+
+  m.def("cyclic", &make_cyclic);
+  m.def("onecycle", &make_onecycle_schedule);
+  m.def("onecycle_groups", &make_onecycle_groups);
+  m.def("cosine_restarts", &make_restarts);
+  m.def("linear", &make_linear);
+  m.def("sweep", &make_sweep);
+  m.def("constant", &make_constant);
+  m.def("join", &make_join);
+  m.def("cyclic_scale", [](int kind, double gamma, double x) {
+    return cyclic_scale(static_cast<ScaleKind>(kind), gamma, x);
+  });
+  m.def("restart_pos_torch_epoch", [](double T_0, double T_mult, double epoch) {
+    const RestartPos p = restart_pos_torch_epoch(T_0, T_mult, epoch);
+    return py::make_tuple(p.T_cur, p.T_i);
+  });
+  m.def("restart_pos", [](double T_0, double T_mult, double t) {
+    const RestartPos p = restart_pos(T_0, T_mult, t);
+    return py::make_tuple(p.T_cur, p.T_i, p.k);
+  });
+
+  py::class_<GroupEngine>(m, "GroupEngine")
+      .def(py::init<std::vector<Schedule>, int, py::object>(), py::arg("schedules"), py::arg("momentum_key"),
+           py::arg("scale_fn") = py::none())
+      .def("apply", &GroupEngine::apply)
+      .def("apply_restarts", &GroupEngine::apply_restarts)
+      .def("values", &GroupEngine::values);
+}
+
+}  // namespace clrfast

@@ -1,0 +1,85 @@
+#include "tables.hpp"
+
+#include "thread_pool.hpp"
+
+namespace clrfast {
+namespace {
+
+// Each loop is specialised on the schedule kind so that the compiler sees a
+// branch-free body (floor, divide, select) it can vectorise; the generic
+// schedule_at() path stays for kinds whose body calls libm anyway.
+template <typename T, typename F>
+inline void fill(F f, int64_t first, int64_t n, T* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(f(static_cast<double>(first + i)));
+}
+
+template <typename T, typename F>
+inline void gather(F f, const int64_t* steps, int64_t n, T* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(f(static_cast<double>(steps[i])));
+}
+
+// Calls body(f) with f a callable double -> double, picking the cheapest
+// form that gives the same result as schedule_at().
+template <typename Body>
+inline void with_evaluator(const Schedule& s, Quantity q, Body body) {
+  const bool lr = q == Quantity::Lr;
+  if (s.n == 1 && s.piece[0].kind == Kind::Cyclic) {
+    const CyclicParams p = s.piece[0].cyclic;
+    if (p.window == Window::Triangular && p.scale == ScaleKind::Triangular) {
+      if (lr) {
+        body([p](double t) {
+          const double q_ = t / p.total_size;
+          const double cycle = floor(1.0 + q_);
+          const double x = 1.0 + q_ - cycle;
+          const double sf = x <= p.step_ratio ? x / p.step_ratio : (x - 1.0) / (p.step_ratio - 1.0);
+          return p.base_lr + (p.max_lr - p.base_lr) * sf * 1.0;
+        });
+        return;
+      }
+    }
+  }
+  if (lr) {
+    body([&s](double t) { return schedule_at(s, t).lr; });
+  } else {
+    body([&s](double t) { return schedule_at(s, t).momentum; });
+  }
+}
+
+template <typename T>
+__attribute__((target_clones("avx512f", "avx2", "default"))) void range_kernel(const Schedule& s, Quantity q,
+                                                                                 int64_t first, int64_t n, T* out) {
+  with_evaluator(s, q, [&](auto f) { fill(f, first, n, out); });
+}
+
+template <typename T>
+__attribute__((target_clones("avx512f", "avx2", "default"))) void steps_kernel(const Schedule& s, Quantity q,
+                                                                                 const int64_t* steps, int64_t n,
+                                                                                 T* out) {
+  with_evaluator(s, q, [&](auto f) { gather(f, steps, n, out); });
+}
+
+int parts_for(int64_t n, int threads) {
+  if (n < kParallelTableMin) return 1;
+  return threads > 0 ? threads : ThreadPool::hardware_threads();
+}
+
+}  // namespace
+
+template <typename T>
+void table_range(const Schedule& s, Quantity q, int64_t first, int64_t n, T* out, int threads) {
+  ThreadPool::instance().run(n, parts_for(n, threads),
+                             [&](int64_t b, int64_t e) { range_kernel<T>(s, q, first + b, e - b, out + b); });
+}
+
+template <typename T>
+void table_steps(const Schedule& s, Quantity q, const int64_t* steps, int64_t n, T* out, int threads) {
+  ThreadPool::instance().run(n, parts_for(n, threads),
+                             [&](int64_t b, int64_t e) { steps_kernel<T>(s, q, steps + b, e - b, out + b); });
+}
+
+template void table_range<double>(const Schedule&, Quantity, int64_t, int64_t, double*, int);
+template void table_range<float>(const Schedule&, Quantity, int64_t, int64_t, float*, int);
+template void table_steps<double>(const Schedule&, Quantity, const int64_t*, int64_t, double*, int);
+template void table_steps<float>(const Schedule&, Quantity, const int64_t*, int64_t, float*, int);
+
+}  // namespace clrfast

@@ -1,0 +1,36 @@
+"""PyTorch front end: drop-in schedulers, the fused CLRSGD optimizer and the LR range test.
+
+Importing this module imports torch; ``import clrfast`` alone does not.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch  # noqa: F401  (fail here, with torch's own message, when torch is missing)
+
+_LAZY = {
+    "CyclicLR": "schedulers",
+    "OneCycleLR": "schedulers",
+    "CosineAnnealingWarmRestarts": "schedulers",
+    "ScheduleLR": "schedulers",
+    "CLRSGD": "optim",
+    "lr_find": "lr_find",
+    "LRFindResult": "lr_find",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clrfast.torch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = list(_LAZY)
