@@ -222,6 +222,41 @@ class GroupEngine {
     return lrs;
   }
 
+  // One scheduler step() of the common kind (no epoch argument): the counters
+  // live here so that a step is a single call from Python. Returns true when
+  // torch would check the call order (the first step after construction).
+  bool step(const py::list& groups) {
+    const bool check_order = step_count_ == 1;
+    ++step_count_;
+    last_epoch_ = py::reinterpret_steal<py::object>(PyNumber_Add(last_epoch_.ptr(), one().ptr()));
+    if (!last_epoch_) throw py::error_already_set();
+    last_lr_ = apply(last_epoch_, groups);
+    return check_order;
+  }
+
+  // CosineAnnealingWarmRestarts' step(): T_cur += 1; on T_cur >= T_i,
+  // T_cur %= T_i and T_i *= T_mult. Python number semantics are kept (ints
+  // stay ints) so that state dicts equal torch's.
+  // Returns false, doing nothing, before the first step (torch then takes the
+  // epoch=0 path, which the Python side handles).
+  bool step_restarts(const py::list& groups) {
+    if (last_epoch_ < zero()) return false;
+    last_epoch_ = last_epoch_ + one();
+    T_cur_ = T_cur_ + one();
+    if (T_cur_ >= T_i_) {
+      T_cur_ = py::reinterpret_steal<py::object>(PyNumber_Remainder(T_cur_.ptr(), T_i_.ptr()));
+      if (!T_cur_) throw py::error_already_set();
+      T_i_ = T_i_ * T_mult_;
+    }
+    last_lr_ = apply_restarts(T_cur_.cast<double>(), T_i_.cast<double>(), groups);
+    return true;
+  }
+
+  py::object last_epoch_ = py::int_(-1);
+  int64_t step_count_ = 0;
+  py::object last_lr_ = py::list();
+  py::object T_cur_ = py::int_(0), T_i_ = py::int_(1), T_mult_ = py::int_(1);
+
   // CosineAnnealingWarmRestarts keeps T_cur and T_i as state; the value at a
   // given (T_cur, T_i) is the core's formula.
   py::list apply_restarts(double T_cur, double T_i, const py::list& groups) {
@@ -237,11 +272,31 @@ class GroupEngine {
   py::list values(const py::object& t_obj) const {
     const double t = t_obj.cast<double>();
     py::list out;
-    for (const Schedule& s : schedules_) out.append(schedule_at(s, t).lr);
+    for (const Schedule& s : schedules_) {
+      check_total(s, t, t_obj);
+      out.append(schedule_at(s, t).lr);
+    }
+    return out;
+  }
+
+  py::list values_restarts(double T_cur, double T_i) const {
+    py::list out;
+    for (const Schedule& s : schedules_) out.append(restarts_value(s.piece[0].restarts, {T_cur, T_i, 0.0}));
     return out;
   }
 
  private:
+  // Leaked on purpose: Python objects must not be destroyed after the
+  // interpreter has shut down.
+  static const py::object& one() {
+    static const py::object* v = new py::object(py::int_(1));
+    return *v;
+  }
+  static const py::object& zero() {
+    static const py::object* v = new py::object(py::int_(0));
+    return *v;
+  }
+
   void check_groups(const py::list& groups) const {
     if (groups.size() != schedules_.size())
       throw py::value_error("the optimizer has " + std::to_string(groups.size()) + " param groups, the scheduler " +
@@ -257,29 +312,47 @@ class GroupEngine {
     }
   }
 
+  // Uses the C API directly: this runs once per group per training step and
+  // pybind11's accessors would double its cost.
   void write(py::handle group_h, const LrMom& r, py::list& lrs, size_t i) const {
-    py::dict group = py::reinterpret_borrow<py::dict>(group_h);
-    static const py::str lr_key("lr"), momentum_key("momentum"), betas_key("betas"), fill_name("fill_"),
-        clone_name("clone");
-    py::object current = group[lr_key];
-    if (PyFloat_Check(current.ptr()) || PyLong_Check(current.ptr())) {
-      py::float_ v(r.lr);
-      group[lr_key] = v;
-      lrs[i] = v;
+    static const Keys& k = *new Keys();
+    if (!PyDict_Check(group_h.ptr())) throw py::type_error("param_groups must hold dicts");
+    PyObject* group = group_h.ptr();
+    PyObject* current = PyDict_GetItemWithError(group, k.lr.ptr());  // borrowed
+    if (current == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    if (current == nullptr || PyFloat_Check(current) || PyLong_Check(current)) {
+      set_item(group, k.lr.ptr(), r.lr);
+      PyObject* v = PyDict_GetItem(group, k.lr.ptr());
+      Py_INCREF(v);
+      PyList_SET_ITEM(lrs.ptr(), static_cast<Py_ssize_t>(i), v);  // steals; the slot was empty
     } else {  // a tensor lr is updated in place, as torch does
-      current.attr(fill_name)(r.lr);
-      lrs[i] = current.attr(clone_name)();
+      py::handle cur(current);
+      cur.attr(k.fill)(r.lr);
+      lrs[i] = cur.attr(k.clone)();
     }
     if (momentum_key_ == kMomentum) {
-      group[momentum_key] = py::float_(r.momentum);
+      set_item(group, k.momentum.ptr(), r.momentum);
     } else if (momentum_key_ == kBetas) {
-      py::tuple old = group[betas_key].cast<py::tuple>();
+      py::dict g = py::reinterpret_borrow<py::dict>(group_h);
+      py::tuple old = g[k.betas].cast<py::tuple>();
       py::tuple betas(old.size());
       betas[0] = py::float_(r.momentum);
-      for (size_t k = 1; k < old.size(); ++k) betas[k] = old[k];
-      group[betas_key] = betas;
+      for (size_t j = 1; j < old.size(); ++j) betas[j] = old[j];
+      g[k.betas] = betas;
     }
   }
+
+  static void set_item(PyObject* dict, PyObject* key, double value) {
+    PyObject* v = PyFloat_FromDouble(value);
+    if (v == nullptr) throw py::error_already_set();
+    const int rc = PyDict_SetItem(dict, key, v);
+    Py_DECREF(v);
+    if (rc != 0) throw py::error_already_set();
+  }
+
+  struct Keys {
+    py::str lr{"lr"}, momentum{"momentum"}, betas{"betas"}, fill{"fill_"}, clone{"clone"};
+  };
 
   std::vector<Schedule> schedules_;
   MomentumKey momentum_key_;
@@ -328,7 +401,16 @@ void bind_schedules(py::module_& m) {
            py::arg("scale_fn") = py::none())
       .def("apply", &GroupEngine::apply)
       .def("apply_restarts", &GroupEngine::apply_restarts)
-      .def("values", &GroupEngine::values);
+      .def("step", &GroupEngine::step)
+      .def("step_restarts", &GroupEngine::step_restarts)
+      .def_readwrite("last_epoch", &GroupEngine::last_epoch_)
+      .def_readwrite("step_count", &GroupEngine::step_count_)
+      .def_readwrite("last_lr", &GroupEngine::last_lr_)
+      .def_readwrite("T_cur", &GroupEngine::T_cur_)
+      .def_readwrite("T_i", &GroupEngine::T_i_)
+      .def_readwrite("T_mult", &GroupEngine::T_mult_)
+      .def("values", &GroupEngine::values)
+      .def("values_restarts", &GroupEngine::values_restarts);
 }
 
 }  // namespace clrfast

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Schedule:
         raise NotImplementedError
 
     @property
-    def max_step(self) -> Optional[int]:
+    def max_step(self) -> int | None:
         """The last valid step, or None when the schedule goes on forever."""
         return None
 
@@ -72,7 +72,7 @@ class Schedule:
         """Learning rate at ``step``."""
         return self._core.lr(self._check_step(step))
 
-    def momentum(self, step: int) -> Optional[float]:
+    def momentum(self, step: int) -> float | None:
         """Momentum at ``step``, or None where the schedule defines none."""
         m = self._core.momentum(self._check_step(step))
         return None if math.isnan(m) else m
@@ -80,7 +80,7 @@ class Schedule:
     def __call__(self, step: int) -> float:
         return self.lr(step)
 
-    def lr_table(self, steps: Steps, dtype=np.float64, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def lr_table(self, steps: Steps, dtype=np.float64, out: np.ndarray | None = None) -> np.ndarray:
         """Learning rates at steps ``0..steps-1`` (an int) or at each step of an integer array.
 
         Computed in C++ with the GIL released, across threads for large tables.
@@ -89,7 +89,7 @@ class Schedule:
         """
         return self._table(_LR, steps, dtype, out)
 
-    def momentum_table(self, steps: Steps, dtype=np.float64, out: Optional[np.ndarray] = None):
+    def momentum_table(self, steps: Steps, dtype=np.float64, out: np.ndarray | None = None):
         """Momentum at the given steps (as :meth:`lr_table`); NaN where undefined.
 
         Returns None when the schedule defines no momentum at all.
@@ -193,14 +193,14 @@ class Cyclic(Schedule):
     base_lr: float
     max_lr: float
     step_size_up: float = 2000
-    step_size_down: Optional[float] = None
+    step_size_down: float | None = None
     mode: str = "triangular"
     gamma: float = 1.0
-    scale_mode: Optional[str] = None
+    scale_mode: str | None = None
     window: str = "triangular"
-    base_momentum: Optional[float] = None
-    max_momentum: Optional[float] = None
-    scale_fn: Optional[Scale] = None
+    base_momentum: float | None = None
+    max_momentum: float | None = None
+    scale_fn: Scale | None = None
 
     def __post_init__(self):
         check.real("base_lr", self.base_lr, min=0.0)
@@ -446,7 +446,7 @@ class Join(Schedule):
                 )
 
     @property
-    def max_step(self) -> Optional[int]:
+    def max_step(self) -> int | None:
         last = self.schedules[-1].max_step
         if last is None:
             return None
