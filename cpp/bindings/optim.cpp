@@ -1,6 +1,133 @@
-// Bindings of the fused SGD step (filled in with the optimizer kernels).
+// Bindings of the fused SGD step (CPU, and CUDA when built with it).
+//
+// The torch front end passes raw data pointers as integers in an int64 table,
+// one row per (param, grad, buffer) segment, so this module never links
+// libtorch. Kernels run with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <utility>
+
 #include "bindings.hpp"
+#include "clrfast/schedule.hpp"
+#include "clrfast/sgd_update.hpp"
+#include "sgd_cpu.hpp"
+#include "thread_pool.hpp"
+#ifdef CLRFAST_WITH_CUDA
+#include "sgd_cuda.hpp"
+#endif
+
+namespace py = pybind11;
 
 namespace clrfast {
-void bind_optim(pybind11::module_&) {}
+namespace {
+
+constexpr int kSegCols = static_cast<int>(sizeof(Segment) / sizeof(int64_t));
+
+const Segment* segments_of(const py::array& table, int64_t* count) {
+  if (!py::isinstance<py::array_t<int64_t>>(table)) throw py::type_error("segments: expected an int64 array");
+  if (table.ndim() != 2 || table.shape(1) != kSegCols)
+    throw py::value_error("segments: expected shape (n, " + std::to_string(kSegCols) + ")");
+  if (!(table.flags() & py::array::c_style)) throw py::value_error("segments: must be C-contiguous");
+  *count = table.shape(0);
+  const Segment* segs = static_cast<const Segment*>(table.data());
+  for (int64_t i = 0; i < *count; ++i) {
+    if (segs[i].dtype < 0 || segs[i].dtype > 3) throw py::value_error("segments: unknown dtype code");
+    if (segs[i].n < 0) throw py::value_error("segments: negative length");
+  }
+  return segs;
+}
+
+// lr and momentum of step t; the schedule's momentum wins over the constant.
+std::pair<double, double> hyper_at(const Schedule& s, double t, double momentum) {
+  const LrMom v = schedule_at(s, t);
+  return {v.lr, std::isnan(v.momentum) ? momentum : v.momentum};
+}
+
+py::tuple sgd_step(const Schedule& schedule, int64_t step, const py::array& table, double momentum, double dampening,
+                   double weight_decay, bool nesterov, bool maximize, double inv_scale, bool store_grad,
+                   int threads) {
+  int64_t n = 0;
+  const Segment* segs = segments_of(table, &n);
+  const auto hm = hyper_at(schedule, static_cast<double>(step), momentum);
+  StepConfig cfg{hm.first, hm.second, dampening, weight_decay, inv_scale, store_grad, nesterov, maximize};
+  if (threads < 1) threads = 1;
+  {
+    py::gil_scoped_release release;
+    sgd_step_cpu(segs, n, cfg, threads);
+  }
+  return py::make_tuple(hm.first, hm.second);
+}
+
+// True when params[i].grad is views[i] for every i: the flat-mode check that
+// no gradient was replaced, done without Python bytecode per tensor.
+bool grads_bound(const py::list& params, const py::list& views) {
+  const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
+  if (PyList_GET_SIZE(views.ptr()) != n) return false;
+  static PyObject* name = PyUnicode_InternFromString("grad");
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* g = PyObject_GetAttr(PyList_GET_ITEM(params.ptr(), i), name);
+    if (g == nullptr) throw py::error_already_set();
+    const bool same = g == PyList_GET_ITEM(views.ptr(), i);
+    Py_DECREF(g);
+    if (!same) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void bind_optim(py::module_& m) {
+  m.def("sgd_step", &sgd_step, py::arg("schedule"), py::arg("step"), py::arg("segments"), py::arg("momentum"),
+        py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
+        py::arg("inv_scale"), py::arg("store_grad"), py::arg("threads"),
+        "Fused SGD step over an int64 segment table (rows p, g, buf, n, dtype, first) on the CPU; "
+        "lr and momentum come from the schedule at `step`. Returns (lr, momentum).");
+  m.def("sgd_hyper", [](const Schedule& s, int64_t step, double momentum) {
+    const auto hm = hyper_at(s, static_cast<double>(step), momentum);
+    return py::make_tuple(hm.first, hm.second);
+  });
+  m.def("sgd_cpu_isa", &sgd_cpu_isa, "Instruction set the CPU kernels dispatch to.");
+  m.def("hardware_threads", &ThreadPool::hardware_threads);
+  m.def("grads_bound", &grads_bound, py::arg("params"), py::arg("views"));
+  m.attr("sgd_segment_cols") = kSegCols;
+  m.def("schedule_bytes", [](const Schedule& s) {
+    return py::bytes(reinterpret_cast<const char*>(&s), sizeof(Schedule));
+  }, "The compiled schedule's raw bytes (copied to device memory for the CUDA kernel).");
+#ifdef CLRFAST_WITH_CUDA
+  m.def(
+      "sgd_step_cuda",
+      [](uintptr_t schedule, uintptr_t step, uintptr_t segs, int64_t nseg, int64_t max_n, double momentum,
+         double dampening, double weight_decay, bool nesterov, bool maximize, uintptr_t grad_scale,
+         uintptr_t found_inf, uintptr_t lrmom_out, uintptr_t stream) {
+        CudaStepArgs a{};
+        a.schedule = reinterpret_cast<const Schedule*>(schedule);
+        a.step = reinterpret_cast<int64_t*>(step);
+        a.segs = reinterpret_cast<Segment*>(segs);
+        a.nseg = nseg;
+        a.max_n = max_n;
+        a.momentum = momentum;
+        a.dampening = dampening;
+        a.weight_decay = weight_decay;
+        a.nesterov = nesterov;
+        a.maximize = maximize;
+        a.grad_scale = reinterpret_cast<const float*>(grad_scale);
+        a.found_inf = reinterpret_cast<const float*>(found_inf);
+        a.lrmom_out = reinterpret_cast<double*>(lrmom_out);
+        a.stream = reinterpret_cast<void*>(stream);
+        std::string err;
+        {
+          py::gil_scoped_release release;
+          err = sgd_step_cuda(a);
+        }
+        if (!err.empty()) throw std::runtime_error("CUDA SGD step: " + err);
+      },
+      "Fused SGD step on the caller's CUDA stream; lr/momentum computed on the device from *step, which the "
+      "kernel advances unless *found_inf is nonzero. No host synchronization.");
+#endif
+}
+
 }  // namespace clrfast

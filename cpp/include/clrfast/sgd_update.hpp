@@ -1,0 +1,153 @@
+// The per-element SGD update shared by the CPU kernels and the CUDA kernel.
+//
+// Order of operations, as torch.optim.SGD's for-loop and foreach paths on
+// the CPU (each `a + alpha*b` there is one fused multiply-add in ATen's
+// vectorized add, and `buf.mul_(m)` a plain product):
+//   g   = grad * inv_scale                  (GradScaler unscaling; 1 without it)
+//   g   = -g                                if maximize
+//   g   = fma(p, wd, g)                     if wd != 0
+//   buf = g                                 first step (torch clones the gradient)
+//   buf = fma(g, 1 - dampening, buf * m)    later steps
+//   g   = fma(buf, m, g) if nesterov else buf
+//   p   = fma(g, -lr, p)
+// Arithmetic runs in the "opmath" type: float for float32, bfloat16 and
+// float16 storage (loaded once, rounded once on store, as torch's fused
+// kernel), double for float64. Scalars are rounded to that type first, as
+// ATen does with `alpha`. The FMAs are written out because the project is
+// compiled without FP contraction.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "clrfast/macros.hpp"
+
+namespace clrfast {
+
+// Codes shared with the Python front end.
+enum class DType : int32_t { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
+
+CLRFAST_HD uint32_t float_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+CLRFAST_HD float bits_float(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// bfloat16 <-> float, round to nearest even; NaN stays a quiet NaN (as c10::BFloat16).
+CLRFAST_HD float bf16_to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+CLRFAST_HD uint16_t float_to_bf16(float f) {
+  if (f != f) return 0x7FC0;
+  const uint32_t u = float_bits(f);
+  return static_cast<uint16_t>((u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16);
+}
+
+// IEEE half <-> float, round to nearest even with subnormals (the bit tricks
+// of c10::Half's fp16_ieee_{to,from}_fp32_value, so results agree with torch).
+CLRFAST_HD float f16_to_float(uint16_t h) {
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized = bits_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float denormalized = bits_float((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t r = sign | (two_w < (1u << 27) ? float_bits(denormalized) : float_bits(normalized));
+  return bits_float(r);
+}
+CLRFAST_HD uint16_t float_to_f16(float f) {
+  float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = float_bits(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = bits_float((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = float_bits(base);
+  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+// Explicit fused multiply-adds (one rounding), for float and double alike.
+CLRFAST_HD float fused_madd(float a, float b, float c) { return fmaf(a, b, c); }
+CLRFAST_HD double fused_madd(double a, double b, double c) { return fma(a, b, c); }
+
+// Storage type <-> opmath type.
+template <DType D>
+struct Storage;
+template <>
+struct Storage<DType::F32> {
+  using type = float;
+  using acc = float;
+  CLRFAST_HD static float load(float v) { return v; }
+  CLRFAST_HD static float store(float v) { return v; }
+};
+template <>
+struct Storage<DType::F64> {
+  using type = double;
+  using acc = double;
+  CLRFAST_HD static double load(double v) { return v; }
+  CLRFAST_HD static double store(double v) { return v; }
+};
+template <>
+struct Storage<DType::BF16> {
+  using type = uint16_t;
+  using acc = float;
+  CLRFAST_HD static float load(uint16_t v) { return bf16_to_float(v); }
+  CLRFAST_HD static uint16_t store(float v) { return float_to_bf16(v); }
+};
+template <>
+struct Storage<DType::F16> {
+  using type = uint16_t;
+  using acc = float;
+  CLRFAST_HD static float load(uint16_t v) { return f16_to_float(v); }
+  CLRFAST_HD static uint16_t store(float v) { return float_to_f16(v); }
+};
+
+// Coefficients of one step, already rounded to the opmath type.
+template <typename Acc>
+struct SgdCoef {
+  Acc neg_lr, momentum, one_minus_damp, wd, inv_scale, sign;
+};
+
+template <typename Acc>
+CLRFAST_HD SgdCoef<Acc> make_coef(double lr, double momentum, double dampening, double wd, double inv_scale,
+                                  bool maximize) {
+  SgdCoef<Acc> c;
+  c.neg_lr = static_cast<Acc>(-lr);
+  c.momentum = static_cast<Acc>(momentum);
+  c.one_minus_damp = static_cast<Acc>(1.0 - dampening);
+  c.wd = static_cast<Acc>(wd);
+  c.inv_scale = static_cast<Acc>(inv_scale);
+  c.sign = maximize ? Acc(-1) : Acc(1);
+  return c;
+}
+
+// Which momentum variant a loop runs; a template argument so every loop is
+// branch-free and vectorizes.
+enum class MomMode : int32_t { None = 0, First = 1, FirstNesterov = 2, Normal = 3, Nesterov = 4 };
+
+// One element. `g` is the unscaled gradient (g = grad * inv_scale, computed
+// by the caller so it can store it back for GradScaler); returns nothing,
+// updates p and buf in place.
+template <bool WD, MomMode M, typename Acc>
+CLRFAST_HD void sgd_element(Acc& p, Acc g, Acc& buf, const SgdCoef<Acc>& c) {
+  g = g * c.sign;  // exact: negation when maximizing
+  if (WD) g = fused_madd(p, c.wd, g);
+  if (M == MomMode::First || M == MomMode::FirstNesterov) {
+    buf = g;
+  } else if (M == MomMode::Normal || M == MomMode::Nesterov) {
+    buf = fused_madd(g, c.one_minus_damp, buf * c.momentum);
+  }
+  if (M == MomMode::FirstNesterov || M == MomMode::Nesterov) {
+    g = fused_madd(buf, c.momentum, g);
+  } else if (M != MomMode::None) {
+    g = buf;
+  }
+  p = fused_madd(g, c.neg_lr, p);
+}
+
+}  // namespace clrfast
