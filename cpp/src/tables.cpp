@@ -8,9 +8,18 @@ namespace {
 // Each loop is specialised on the schedule kind so that the compiler sees a
 // branch-free body (floor, divide, select) it can vectorise; the generic
 // schedule_at() path stays for kinds whose body calls libm anyway.
+// The step is formed as base + (double)i with a 32-bit i: the sum is exact
+// (all integers below 2^53), so it equals (double)(first + i), and int32 ->
+// double converts in SIMD registers where int64 -> double needs AVX-512DQ.
 template <typename T, typename F>
 inline void fill(F f, int64_t first, int64_t n, T* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(f(static_cast<double>(first + i)));
+  constexpr int64_t kChunk = int64_t{1} << 30;
+  for (int64_t done = 0; done < n; done += kChunk) {
+    const int32_t m = static_cast<int32_t>(n - done < kChunk ? n - done : kChunk);
+    const double base = static_cast<double>(first + done);
+    T* o = out + done;
+    for (int32_t i = 0; i < m; ++i) o[i] = static_cast<T>(f(base + static_cast<double>(i)));
+  }
 }
 
 template <typename T, typename F>
@@ -27,12 +36,15 @@ inline void with_evaluator(const Schedule& s, Quantity q, Body body) {
     const CyclicParams p = s.piece[0].cyclic;
     if (p.window == Window::Triangular && p.scale == ScaleKind::Triangular) {
       if (lr) {
+        // cyclic_at() with the window and scale switches resolved, so the
+        // loop body is branch-free and vectorises.
         body([p](double t) {
           const double q_ = t / p.total_size;
           const double cycle = floor(1.0 + q_);
           const double x = 1.0 + q_ - cycle;
-          const double sf = x <= p.step_ratio ? x / p.step_ratio : (x - 1.0) / (p.step_ratio - 1.0);
-          return p.base_lr + (p.max_lr - p.base_lr) * sf * 1.0;
+          const bool rising = x <= p.step_ratio;
+          const double sf = (x - (rising ? 0.0 : 1.0)) / (rising ? p.step_ratio : p.step_ratio - 1.0);
+          return cyclic_combine(p, sf, 1.0).lr;
         });
         return;
       }
@@ -46,13 +58,13 @@ inline void with_evaluator(const Schedule& s, Quantity q, Body body) {
 }
 
 template <typename T>
-__attribute__((target_clones("avx512f", "avx2", "default"))) void range_kernel(const Schedule& s, Quantity q,
+__attribute__((flatten, target_clones("avx512f", "avx2", "default"))) void range_kernel(const Schedule& s, Quantity q,
                                                                                  int64_t first, int64_t n, T* out) {
   with_evaluator(s, q, [&](auto f) { fill(f, first, n, out); });
 }
 
 template <typename T>
-__attribute__((target_clones("avx512f", "avx2", "default"))) void steps_kernel(const Schedule& s, Quantity q,
+__attribute__((flatten, target_clones("avx512f", "avx2", "default"))) void steps_kernel(const Schedule& s, Quantity q,
                                                                                  const int64_t* steps, int64_t n,
                                                                                  T* out) {
   with_evaluator(s, q, [&](auto f) { gather(f, steps, n, out); });

@@ -133,7 +133,10 @@ CLRFAST_HD CyclicPos cyclic_pos(const CyclicParams& p, double t) {
   const double q = t / p.total_size;
   const double cycle = floor(1.0 + q);
   const double x = 1.0 + q - cycle;
-  double s = x <= p.step_ratio ? x / p.step_ratio : (x - 1.0) / (p.step_ratio - 1.0);
+  // x/ratio or (x - 1)/(ratio - 1), written as one division of selected
+  // operands (x - 0 == x exactly) so that a SIMD loop divides once, not twice.
+  const bool rising = x <= p.step_ratio;
+  double s = (x - (rising ? 0.0 : 1.0)) / (rising ? p.step_ratio : p.step_ratio - 1.0);
   switch (p.window) {
     case Window::Triangular:
       break;
