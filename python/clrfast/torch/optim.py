@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -80,7 +78,7 @@ class CLRSGD(torch.optim.Optimizer):
         maximize: bool = False,
         *,
         flat: bool = False,
-        threads: Optional[int] = None,
+        threads: int | None = None,
     ):
         _check_schedule(schedule)
         momentum = check.real("momentum", momentum, min=0.0)
@@ -251,7 +249,7 @@ class CLRSGD(torch.optim.Optimizer):
         group["lr"] = lr
         group["momentum"] = mom
 
-    def _plan(self, index, group) -> Optional[_Plan]:
+    def _plan(self, index, group) -> _Plan | None:
         params = group["params"]
         flat = self._flat.get(index)
         if flat is not None:
@@ -265,7 +263,7 @@ class CLRSGD(torch.optim.Optimizer):
         self._plans[index] = plan
         return plan
 
-    def _flat_plan(self, index, group, flat) -> Optional[_Plan]:
+    def _flat_plan(self, index, group, flat) -> _Plan | None:
         params = group["params"]
         if not _core.grads_bound(params, flat["gviews"]):
             # Re-bind replaced gradients into the flat buffer; a None gradient
@@ -308,7 +306,7 @@ class CLRSGD(torch.optim.Optimizer):
         flat["plan"] = plan
         return plan
 
-    def _build_plan(self, group) -> Optional[_Plan]:
+    def _build_plan(self, group) -> _Plan | None:
         params = group["params"]
         mom_const = group["base_momentum"]
         sched = group["schedule"]
@@ -328,7 +326,8 @@ class CLRSGD(torch.optim.Optimizer):
                 raise TypeError(f"CLRSGD supports float32, float64, bfloat16 and float16 parameters, got {p.dtype}")
             if g.dtype != p.dtype or g.device != p.device:
                 raise ValueError(
-                    f"gradient dtype/device ({g.dtype}, {g.device}) differs from its parameter's ({p.dtype}, {p.device})"
+                    f"gradient dtype/device ({g.dtype}, {g.device}) differs from its parameter's "
+                    f"({p.dtype}, {p.device})"
                 )
             if not _layout_ok(p, g):
                 raise ValueError(
