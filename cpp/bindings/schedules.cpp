@@ -235,27 +235,50 @@ class GroupEngine {
   }
 
   // CosineAnnealingWarmRestarts' step(): T_cur += 1; on T_cur >= T_i,
-  // T_cur %= T_i and T_i *= T_mult. Python number semantics are kept (ints
-  // stay ints) so that state dicts equal torch's.
-  // Returns false, doing nothing, before the first step (torch then takes the
-  // epoch=0 path, which the Python side handles).
+  // T_cur %= T_i and T_i *= T_mult. The counters are held as doubles (exact
+  // below 2^53) with a flag that remembers whether Python gave an int, so the
+  // attributes read back with torch's types. Returns false, doing nothing,
+  // before the first step (torch then takes the epoch=0 path, done in Python).
   bool step_restarts(const py::list& groups) {
-    if (last_epoch_ < zero()) return false;
-    last_epoch_ = last_epoch_ + one();
-    T_cur_ = T_cur_ + one();
-    if (T_cur_ >= T_i_) {
-      T_cur_ = py::reinterpret_steal<py::object>(PyNumber_Remainder(T_cur_.ptr(), T_i_.ptr()));
-      if (!T_cur_) throw py::error_already_set();
-      T_i_ = T_i_ * T_mult_;
+    if (restart_epoch_ < 0) return false;
+    restart_epoch_ += 1;
+    last_epoch_ = py::int_(restart_epoch_);
+    T_cur_.value += 1.0;
+    if (T_cur_.value >= T_i_.value) {
+      T_cur_.value = std::fmod(T_cur_.value, T_i_.value);  // Python's % for positive operands
+      T_i_.value *= T_mult_.value;
+      T_i_.is_int = T_i_.is_int && T_mult_.is_int;
     }
-    last_lr_ = apply_restarts(T_cur_.cast<double>(), T_i_.cast<double>(), groups);
+    last_lr_ = apply_restarts(T_cur_.value, T_i_.value, groups);
     return true;
   }
+
+  // A Python int or float held natively.
+  struct Number {
+    double value = 0.0;
+    bool is_int = true;
+    py::object get() const {
+      if (is_int) return py::int_(static_cast<int64_t>(value));
+      return py::float_(value);
+    }
+    void set(const py::object& v) {
+      is_int = PyLong_Check(v.ptr()) != 0;
+      value = v.cast<double>();
+    }
+  };
+
+  py::object get_last_epoch() const { return last_epoch_; }
+  void set_last_epoch(const py::object& v) {
+    last_epoch_ = v;
+    restart_epoch_ = PyLong_Check(v.ptr()) ? v.cast<int64_t>() : static_cast<int64_t>(std::floor(v.cast<double>()));
+  }
+
+  Number T_cur_, T_i_, T_mult_;
+  int64_t restart_epoch_ = -1;
 
   py::object last_epoch_ = py::int_(-1);
   int64_t step_count_ = 0;
   py::object last_lr_ = py::list();
-  py::object T_cur_ = py::int_(0), T_i_ = py::int_(1), T_mult_ = py::int_(1);
 
   // CosineAnnealingWarmRestarts keeps T_cur and T_i as state; the value at a
   // given (T_cur, T_i) is the core's formula.
@@ -290,10 +313,6 @@ class GroupEngine {
   // interpreter has shut down.
   static const py::object& one() {
     static const py::object* v = new py::object(py::int_(1));
-    return *v;
-  }
-  static const py::object& zero() {
-    static const py::object* v = new py::object(py::int_(0));
     return *v;
   }
 
@@ -403,12 +422,18 @@ void bind_schedules(py::module_& m) {
       .def("apply_restarts", &GroupEngine::apply_restarts)
       .def("step", &GroupEngine::step)
       .def("step_restarts", &GroupEngine::step_restarts)
-      .def_readwrite("last_epoch", &GroupEngine::last_epoch_)
+      .def_property("last_epoch", &GroupEngine::get_last_epoch, &GroupEngine::set_last_epoch)
       .def_readwrite("step_count", &GroupEngine::step_count_)
       .def_readwrite("last_lr", &GroupEngine::last_lr_)
-      .def_readwrite("T_cur", &GroupEngine::T_cur_)
-      .def_readwrite("T_i", &GroupEngine::T_i_)
-      .def_readwrite("T_mult", &GroupEngine::T_mult_)
+      .def_property(
+          "T_cur", [](const GroupEngine& e) { return e.T_cur_.get(); },
+          [](GroupEngine& e, const py::object& v) { e.T_cur_.set(v); })
+      .def_property(
+          "T_i", [](const GroupEngine& e) { return e.T_i_.get(); },
+          [](GroupEngine& e, const py::object& v) { e.T_i_.set(v); })
+      .def_property(
+          "T_mult", [](const GroupEngine& e) { return e.T_mult_.get(); },
+          [](GroupEngine& e, const py::object& v) { e.T_mult_.set(v); })
       .def("values", &GroupEngine::values)
       .def("values_restarts", &GroupEngine::values_restarts);
 }
