@@ -18,17 +18,15 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import best_time, fmt_time, machine, table  # noqa: E402
-
 import clrfast as clr  # noqa: E402
+from _common import best_time, fmt_time, machine, table  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- scheduler step()
 def scheduler_rows(steps: int) -> list[list[str]]:
+    import clrfast.torch as ct
     import torch
     from torch.optim import lr_scheduler as L
-
-    import clrfast.torch as ct
 
     warnings.simplefilter("ignore")
     configs = [
