@@ -1,0 +1,307 @@
+"""Bad input raises ValueError/TypeError naming the argument and the value; nothing crashes."""
+
+from __future__ import annotations
+
+import math
+
+import clrfast as clr
+import numpy as np
+import pytest
+from clrfast import scales
+
+NAN, INF = math.nan, math.inf
+
+
+def ok_cyclic(**kw):
+    return clr.Cyclic(**{"base_lr": 1e-3, "max_lr": 6e-3, "step_size_up": 10, **kw})
+
+
+def ok_onecycle(**kw):
+    return clr.OneCycle(**{"max_lr": 0.1, "total_steps": 100, **kw})
+
+
+def ok_restarts(**kw):
+    return clr.CosineRestarts(**{"base_lr": 0.1, "T_0": 10, **kw})
+
+
+def ok_warmup(**kw):
+    return clr.Warmup(**{"start_lr": 0.0, "end_lr": 0.1, "warmup_steps": 10, **kw})
+
+
+def ok_sweep(**kw):
+    return clr.RangeSweep(**{"start_lr": 1e-6, "end_lr": 1.0, "num_steps": 10, **kw})
+
+
+# (constructor, keyword, bad value, exception, pattern the message must match)
+CONSTRUCTOR_CASES = [
+    (ok_cyclic, "step_size_up", 0, ValueError, r"step_size_up must be > 0.*got 0"),
+    (ok_cyclic, "step_size_up", -3, ValueError, r"step_size_up.*-3"),
+    (ok_cyclic, "step_size_up", NAN, ValueError, r"step_size_up.*nan"),
+    (ok_cyclic, "step_size_up", "10", TypeError, r"step_size_up.*'10'"),
+    (ok_cyclic, "step_size_down", -1, ValueError, r"step_size_down.*-1"),
+    (ok_cyclic, "step_size_down", INF, ValueError, r"step_size_down.*inf"),
+    (ok_cyclic, "base_lr", NAN, ValueError, r"base_lr.*nan"),
+    (ok_cyclic, "base_lr", -1e-3, ValueError, r"base_lr.*-0\.001"),
+    (ok_cyclic, "max_lr", INF, ValueError, r"max_lr.*inf"),
+    (ok_cyclic, "max_lr", -INF, ValueError, r"max_lr.*-inf"),
+    (ok_cyclic, "max_lr", None, TypeError, r"max_lr.*None"),
+    (ok_cyclic, "max_lr", True, TypeError, r"max_lr.*True"),
+    (ok_cyclic, "mode", "triangle", ValueError, r"mode.*'triangle'"),
+    (ok_cyclic, "mode", None, ValueError, r"mode.*None"),
+    (ok_cyclic, "window", "hamming", ValueError, r"window.*'hamming'"),
+    (ok_cyclic, "scale_mode", "epoch", ValueError, r"scale_mode.*'epoch'"),
+    (ok_cyclic, "gamma", 0.0, ValueError, r"gamma.*0\.0"),
+    (ok_cyclic, "gamma", NAN, ValueError, r"gamma.*nan"),
+    (ok_cyclic, "scale_fn", lambda x: 1.0, TypeError, r"scale_fn.*lambda"),
+    (ok_cyclic, "base_momentum", 0.8, ValueError, r"base_momentum=0\.8, max_momentum=None"),
+    (ok_cyclic, "max_momentum", 0.9, ValueError, r"base_momentum=None, max_momentum=0\.9"),
+    (ok_onecycle, "total_steps", 0, ValueError, r"total_steps.*0"),
+    (ok_onecycle, "total_steps", -5, ValueError, r"total_steps.*-5"),
+    (ok_onecycle, "total_steps", 100.0, TypeError, r"total_steps.*100\.0"),
+    (ok_onecycle, "total_steps", True, TypeError, r"total_steps.*True"),
+    (ok_onecycle, "max_lr", NAN, ValueError, r"max_lr.*nan"),
+    (ok_onecycle, "max_lr", INF, ValueError, r"max_lr.*inf"),
+    (ok_onecycle, "pct_start", 1.5, ValueError, r"pct_start.*1\.5"),
+    (ok_onecycle, "pct_start", -0.1, ValueError, r"pct_start.*-0\.1"),
+    (ok_onecycle, "pct_start", NAN, ValueError, r"pct_start.*nan"),
+    (ok_onecycle, "anneal", "cosine", ValueError, r"anneal.*'cosine'"),
+    (ok_onecycle, "div_factor", 0.0, ValueError, r"div_factor.*0\.0"),
+    (ok_onecycle, "div_factor", INF, ValueError, r"div_factor.*inf"),
+    (ok_onecycle, "final_div_factor", -1.0, ValueError, r"final_div_factor.*-1\.0"),
+    (ok_onecycle, "base_momentum", NAN, ValueError, r"base_momentum.*nan"),
+    (ok_onecycle, "max_momentum", INF, ValueError, r"max_momentum.*inf"),
+    (ok_restarts, "T_0", 0, ValueError, r"T_0.*0"),
+    (ok_restarts, "T_0", -2, ValueError, r"T_0.*-2"),
+    (ok_restarts, "T_0", 10.5, TypeError, r"T_0.*10\.5"),
+    (ok_restarts, "T_mult", 0.5, ValueError, r"T_mult.*0\.5"),
+    (ok_restarts, "T_mult", INF, ValueError, r"T_mult.*inf"),
+    (ok_restarts, "eta_min", NAN, ValueError, r"eta_min.*nan"),
+    (ok_restarts, "eta_min", -0.1, ValueError, r"eta_min.*-0\.1"),
+    (ok_restarts, "base_lr", INF, ValueError, r"base_lr.*inf"),
+    (ok_restarts, "peak_decay", 0.0, ValueError, r"peak_decay.*0\.0"),
+    (ok_restarts, "warmup_steps", -1, ValueError, r"warmup_steps.*-1"),
+    (ok_restarts, "warmup_steps", 10, ValueError, r"warmup_steps.*10"),
+    (ok_restarts, "warmup_steps", 2.0, TypeError, r"warmup_steps.*2\.0"),
+    (ok_warmup, "warmup_steps", 0, ValueError, r"warmup_steps.*0"),
+    (ok_warmup, "warmup_steps", -4, ValueError, r"warmup_steps.*-4"),
+    (ok_warmup, "end_lr", NAN, ValueError, r"end_lr.*nan"),
+    (ok_warmup, "start_lr", -INF, ValueError, r"start_lr.*-inf"),
+    (ok_sweep, "num_steps", 0, ValueError, r"num_steps.*0"),
+    (ok_sweep, "num_steps", 1.5, TypeError, r"num_steps.*1\.5"),
+    (ok_sweep, "start_lr", 0.0, ValueError, r"start_lr.*0\.0"),  # exp sweep from 0 is undefined
+    (ok_sweep, "end_lr", INF, ValueError, r"end_lr.*inf"),
+    (ok_sweep, "mode", "log", ValueError, r"mode.*'log'"),
+]
+
+
+@pytest.mark.parametrize("make,key,value,exc,pattern", CONSTRUCTOR_CASES,
+                         ids=[f"{m.__name__[3:]}-{k}={v!r}" for m, k, v, _, _ in CONSTRUCTOR_CASES])
+def test_constructor_rejects(make, key, value, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        make(**{key: value})
+
+
+def test_constant_rejects():
+    with pytest.raises(ValueError, match=r"lr.*nan"):
+        clr.Constant(NAN)
+    with pytest.raises(ValueError, match=r"lr.*-0\.5"):
+        clr.Constant(-0.5)
+    with pytest.raises(TypeError, match=r"lr.*'0\.1'"):
+        clr.Constant("0.1")
+
+
+def test_scales_reject():
+    with pytest.raises(ValueError, match=r"gamma.*0"):
+        scales.ExpRange(0)
+    with pytest.raises(ValueError, match=r"gamma.*nan"):
+        scales.ExpRange(NAN)
+    with pytest.raises(ValueError, match=r"ratio.*-0\.5"):
+        scales.Geometric(-0.5)
+    with pytest.raises(TypeError, match=r"ratio.*'x'"):
+        scales.Geometric("x")
+
+
+def test_onecycle_zero_length_phase():
+    with pytest.raises(ValueError, match=r"pct_start=0\.05.*total_steps=20"):
+        clr.OneCycle(0.1, 20, pct_start=0.05)
+    with pytest.raises(ValueError, match=r"pct_start=1\.0.*total_steps=1\b"):
+        clr.OneCycle(0.1, 1, pct_start=1.0)
+
+
+def test_join_rejects():
+    c = clr.Constant(0.1)
+    with pytest.raises(ValueError, match="schedules must not be empty"):
+        clr.Join([], [])
+    with pytest.raises(ValueError, match=r"boundaries.*1 entries, got 0"):
+        clr.Join([c, c], [])
+    with pytest.raises(ValueError, match=r"boundaries\[0\].*0"):
+        clr.Join([c, c], [0])
+    with pytest.raises(ValueError, match=r"boundaries\[0\].*-5"):
+        clr.Join([c, c], [-5])
+    with pytest.raises(TypeError, match=r"boundaries\[0\].*2\.5"):
+        clr.Join([c, c], [2.5])
+    with pytest.raises(ValueError, match=r"boundaries must increase.*\[5, 3\]"):
+        clr.Join([c, c, c], [5, 3])
+    with pytest.raises(ValueError, match=r"boundaries must increase.*\[5, 5\]"):
+        clr.Join([c, c, c], [5, 5])
+    with pytest.raises(TypeError, match=r"schedules\[1\].*0\.1"):
+        clr.Join([c, 0.1], [5])
+    with pytest.raises(ValueError, match=r"schedules\[0\] ends at step 100.*200 steps"):
+        clr.Join([clr.OneCycle(0.1, 100), c], [200])
+    # Exactly its 101 valid steps (0..100) before the boundary is fine.
+    assert clr.Join([clr.OneCycle(0.1, 100), c], [101]).lr(101) == 0.1
+
+
+def test_join_more_than_sixteen_pieces_is_a_clear_error():
+    c = clr.Constant(0.1)
+    ok = clr.Join([c] * 16, list(range(1, 16)))
+    assert ok.lr_table(20).tolist() == [0.1] * 20
+    with pytest.raises(ValueError, match="16"):
+        clr.Join([c] * 17, list(range(1, 17))).lr(0)
+
+
+# ------------------------------------------------------------ steps and tables
+SCHEDULES = [
+    ok_cyclic(base_momentum=0.8, max_momentum=0.9),
+    ok_onecycle(),
+    ok_restarts(),
+    ok_warmup(),
+    ok_sweep(),
+    clr.Constant(0.1),
+    clr.Join([clr.Constant(0.1), ok_cyclic()], [5]),
+]
+SIDS = [type(s).__name__ for s in SCHEDULES]
+
+
+@pytest.mark.parametrize("s", SCHEDULES, ids=SIDS)
+@pytest.mark.parametrize("method", ["lr", "momentum", "__call__"])
+def test_scalar_step_must_be_a_nonnegative_integer(s, method):
+    f = getattr(s, method)
+    with pytest.raises(TypeError, match=r"step must be an integer.*1\.5.*float"):
+        f(1.5)
+    with pytest.raises(TypeError, match=r"step must be an integer.*2\.0"):
+        f(2.0)
+    with pytest.raises(TypeError, match=r"step must be an integer.*True"):
+        f(True)
+    with pytest.raises(TypeError, match=r"step must be an integer.*'3'"):
+        f("3")
+    with pytest.raises(TypeError, match=r"step must be an integer.*None"):
+        f(None)
+    with pytest.raises(TypeError, match=r"step must be an integer"):
+        f(np.float64(3.0))
+    with pytest.raises(ValueError, match=r"step must be >= 0, got -1"):
+        f(-1)
+    with pytest.raises(ValueError, match=r"step must be >= 0, got .*-7"):
+        f(np.int64(-7))
+    # NumPy integers are fine.
+    assert f(np.int32(3)) == f(3)
+
+
+@pytest.mark.parametrize("s", SCHEDULES, ids=SIDS)
+@pytest.mark.parametrize("method", ["lr_table", "momentum_table"])
+def test_table_steps_must_be_integers(s, method):
+    if method == "momentum_table" and not s.has_momentum:
+        assert s.momentum_table(5) is None
+        return
+    f = getattr(s, method)
+    with pytest.raises(TypeError, match=r"steps.*float64"):
+        f(np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match=r"steps.*float32"):
+        f(np.arange(3, dtype=np.float32))
+    with pytest.raises(TypeError, match=r"steps.*float64"):
+        f([0, 1.5])
+    with pytest.raises(TypeError, match=r"steps.*bool"):
+        f(np.array([True, False]))
+    with pytest.raises(TypeError, match=r"steps.*bool"):
+        f(True)
+    with pytest.raises(TypeError, match=r"steps.*float64"):
+        f(10.0)
+    with pytest.raises(ValueError, match=r"steps must be >= 0, got -1"):
+        f(-1)
+    with pytest.raises(ValueError, match=r"steps must be >= 0, got -2"):
+        f(np.array([1, -2, 3]))
+    with pytest.raises(ValueError, match=r"too large for int64"):
+        f(np.array([2**64 - 1], dtype=np.uint64))
+    with pytest.raises(TypeError, match=r"dtype must be float64 or float32, got int32"):
+        f(5, dtype=np.int32)
+    with pytest.raises(TypeError, match=r"dtype must be float64 or float32, got float16"):
+        f(5, dtype=np.float16)
+    assert f(0).shape == (0,)
+    assert f(np.array([], dtype=np.int64)).shape == (0,)
+
+
+@pytest.mark.parametrize("s", SCHEDULES, ids=SIDS)
+def test_bad_out_is_rejected_and_left_untouched(s):
+    n = 8
+    cases = [
+        (np.full(n, 7.0, dtype=np.float32), {}, ValueError, r"out must have dtype float64.*got float32"),
+        (np.full(n + 1, 7.0), {}, ValueError, r"shape \(8,\).*\(9,\)"),
+        (np.full((2, 4), 7.0), {}, ValueError, r"shape \(8,\).*\(2, 4\)"),
+        (np.full(2 * n, 7.0)[::2], {}, ValueError, r"C-contiguous"),
+        (np.full(n, 7, dtype=np.int64), {}, ValueError, r"dtype float64.*int64"),
+        (np.full(n, 7.0), {"dtype": np.float32}, ValueError, r"dtype float32.*float64"),
+    ]
+    for out, kw, exc, pattern in cases:
+        before = out.copy()
+        with pytest.raises(exc, match=pattern):
+            s.lr_table(n, out=out, **kw)
+        assert np.array_equal(out, before)
+    ro = np.full(n, 7.0)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        s.lr_table(n, out=ro)
+    with pytest.raises(TypeError, match=r"out must be a numpy.ndarray, got list"):
+        s.lr_table(n, out=[0.0] * n)
+    # An integer array of steps: out must have the steps' shape.
+    with pytest.raises(ValueError, match=r"shape \(2, 3\).*\(6,\)"):
+        s.lr_table(np.zeros((2, 3), dtype=np.int64), out=np.empty(6))
+    good = np.empty((2, 3))
+    assert s.lr_table(np.arange(6).reshape(2, 3), out=good) is good
+    assert np.array_equal(good.ravel(), s.lr_table(6))
+
+
+@pytest.mark.parametrize("method", ["lr", "momentum"])
+def test_onecycle_stepped_past_total_steps(method):
+    s = clr.OneCycle(0.1, 100)
+    getattr(s, method)(100)  # the last valid step, as in torch
+    with pytest.raises(ValueError, match=r"^Tried to step 101 times\. The specified number of total steps is 100$"):
+        getattr(s, method)(101)
+    with pytest.raises(ValueError, match="Tried to step 5000 times"):
+        getattr(s, method)(5000)
+
+
+@pytest.mark.parametrize("method", ["lr_table", "momentum_table"])
+def test_onecycle_table_past_total_steps_is_rejected_before_writing(method):
+    s = clr.OneCycle(0.1, 100)
+    f = getattr(s, method)
+    assert f(101).shape == (101,)
+    out = np.full(102, 7.0)
+    with pytest.raises(ValueError, match="Tried to step 101 times. The specified number of total steps is 100"):
+        f(102, out=out)
+    assert np.all(out == 7.0)
+    with pytest.raises(ValueError, match="Tried to step 250 times"):
+        f(np.array([3, 250, 7]))
+    joined = clr.Join([clr.Constant(0.1), s], [10])
+    with pytest.raises(ValueError, match="Tried to step 111 times. The specified number of total steps is 110"):
+        joined.lr(111)
+
+
+def test_huge_steps_do_not_crash():
+    s = ok_cyclic()
+    for t in (2**31, 2**53, 2**62, 2**63 - 1, 2**70):
+        v = s.lr(t)
+        assert math.isfinite(v) and 1e-3 * (1 - 1e-12) <= v <= 6e-3 * (1 + 1e-12)
+    table = s.lr_table(np.array([2**40, 2**62], dtype=np.int64))
+    assert np.isfinite(table).all()
+    r = ok_restarts(T_mult=2)
+    assert math.isfinite(r.lr(2**62))
+    assert math.isfinite(ok_restarts(T_mult=1.5).lr(2**62))
+
+
+def test_errors_leave_the_schedule_usable():
+    s = ok_onecycle()
+    want = s.lr_table(101)
+    for bad in (-1, 1.5, 500):
+        with pytest.raises((TypeError, ValueError)):
+            s.lr(bad)
+    assert np.array_equal(s.lr_table(101), want)
