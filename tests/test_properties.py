@@ -187,8 +187,10 @@ def test_table_equals_scalar_loop(s, n):
     loop = np.array([s.lr(t) for t in range(n)])
     assert np.array_equal(table, loop)
     assert np.array_equal(s.lr_table(n, dtype=np.float32), table.astype(np.float32))
-    steps = np.arange(n)[::-1].copy()
-    assert np.array_equal(s.lr_table(steps), table[::-1])
+    # Steps in any integer dtype and any memory layout (here reversed, negative strides).
+    assert np.array_equal(s.lr_table(np.arange(n)[::-1]), table[::-1])
+    assert np.array_equal(s.lr_table(np.arange(n, dtype=np.int32)), table)
+    assert np.array_equal(s.lr_table(np.arange(n, dtype=np.uint16)[::3]), table[::3])
     out = np.full(n, -1.0)
     assert s.lr_table(n, out=out) is out and np.array_equal(out, table)
     if s.has_momentum:
