@@ -32,9 +32,10 @@ namespace {
 template <DType D, bool WD, MomMode M, bool STORE>
 CLRFAST_INLINE void update_loop(typename Storage<D>::type* __restrict p, typename Storage<D>::type* __restrict g,
                                 typename Storage<D>::type* __restrict buf, int64_t n,
-                                const SgdCoef<typename Storage<D>::acc>& c) {
+                                const SgdCoef<typename Storage<D>::acc>& coef) {
   using S = Storage<D>;
   using Acc = typename S::acc;
+  const SgdCoef<Acc> c = coef;  // a local copy: provably not aliased by the stores, so the loop vectorizes
   for (int64_t i = 0; i < n; ++i) {
     Acc pv = S::load(p[i]);
     const Acc gv = S::load(g[i]) * c.inv_scale;
