@@ -19,6 +19,10 @@ _LAZY = {
     "LRFindResult": "lr_find",
 }
 
+# Bound eagerly: the function shares its module's name, and importing the module
+# (clrfast.torch.lr_find) would otherwise leave the module as this attribute.
+from .lr_find import LRFindResult, lr_find  # noqa: E402, F401
+
 
 def __getattr__(name):
     module = _LAZY.get(name)

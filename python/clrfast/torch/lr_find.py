@@ -45,10 +45,11 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], *, min_div: float =
     With ``x = log(lr)`` and ``L`` the smoothed loss:
 
     * ``lr_min``: the lr where ``L`` is smallest, i.e. where the loss stops falling;
-    * ``lr_steep``: the lr of the steepest descent, ``argmin dL/dx`` over the points after the
-      first 10 % (where the average has seen few batches) and up to ``lr_min``; the slope at
-      ``i`` is the difference quotient over ``i-k .. i+k`` with ``k = max(1, n // 20)``, which
-      a single noisy point cannot dominate;
+    * ``lr_steep``: the lr of the steepest descent, ``argmin dL/dx`` over the points up to
+      ``lr_min``; the slope at ``i`` is the difference quotient over ``i-k .. min(i+k, i_min)``
+      with ``k = max(1, n // 40)``, which a single noisy point cannot dominate;
+    * both are searched after the first 10 % of the ``n`` points, where the average has seen
+      too few batches to be trusted;
     * ``max_lr = max(lr_steep, lr_min / min_div)``: a step back from the minimum, which the
       lagging average reaches late and where training is already at its edge, but never
       below the steepest descent;
@@ -65,14 +66,14 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], *, min_div: float =
     if (lrs <= 0).any() or (np.diff(lrs) <= 0).any():
         raise ValueError("lrs must be positive and increasing")
     n = len(loss)
-    i_min = int(np.argmin(loss))
+    skip = n // 10
+    i_min = skip + int(np.argmin(loss[skip:]))
     x = np.log(lrs)
-    k = max(1, n // 20)
-    lo, hi = np.arange(n) - k, np.arange(n) + k
-    lo, hi = np.clip(lo, 0, n - 1), np.clip(hi, 0, n - 1)
-    slope = (loss[hi] - loss[lo]) / (x[hi] - x[lo])
-    first = min(n // 10, max(i_min - 1, 0))
-    i_steep = first + int(np.argmin(slope[first: i_min + 1])) if i_min > first else i_min
+    k = max(1, n // 40)
+    lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, max(i_min, 1))
+    dx = x[hi] - x[lo]
+    slope = np.divide(loss[hi] - loss[lo], dx, out=np.full(n, np.inf), where=dx > 0)
+    i_steep = skip + int(np.argmin(slope[skip: i_min + 1]))
     lr_min, lr_steep = float(lrs[i_min]), float(lrs[i_steep])
     max_lr = max(lr_steep, lr_min / min_div)
     return {
