@@ -239,6 +239,10 @@ struct RestartPos {
   double T_cur, T_i, k;
 };
 
+CLRFAST_HD double restart_cycle_start(double T_0, double T_mult, double k) {
+  return T_0 * (pow(T_mult, k) - 1.0) / (T_mult - 1.0);
+}
+
 // Cycle of step t for whole-number t, as repeated torch step() calls find it:
 // T_cur += 1; if T_cur >= T_i: T_cur -= T_i, T_i *= T_mult. With an integer
 // T_mult every quantity stays an exact integer, so torch's values are matched.
@@ -256,25 +260,15 @@ CLRFAST_HD RestartPos restart_pos(double T_0, double T_mult, double t) {
     }
     return {T_cur, T_i, k};
   }
-  // Non-integer growth: the k-th cycle starts at T_0 (m^k - 1)/(m - 1). Guess
-  // k from the logarithm, then correct it so rounding cannot misplace a step.
+  // Non-integer growth: the k-th cycle starts at S_k = T_0 (m^k - 1)/(m - 1).
+  // k is the largest with S_k <= t, found from the logarithm and then moved
+  // with the same rounded S_k that gives T_cur, so T_cur = t - S_k is never
+  // negative (a rounded S_k can land a hair past a whole-number boundary).
   double k = floor(log(t * (T_mult - 1.0) / T_0 + 1.0) / log(T_mult));
-  if (k < 0.0) k = 0.0;
-  for (int guard = 0; guard < 4; ++guard) {
-    const double start = T_0 * (pow(T_mult, k) - 1.0) / (T_mult - 1.0);
-    if (t < start && k > 0.0) {
-      k -= 1.0;
-      continue;
-    }
-    const double T_i = T_0 * pow(T_mult, k);
-    if (t - start >= T_i) {
-      k += 1.0;
-      continue;
-    }
-    return {t - start, T_i, k};
-  }
-  const double start = T_0 * (pow(T_mult, k) - 1.0) / (T_mult - 1.0);
-  return {t - start, T_0 * pow(T_mult, k), k};
+  if (!(k >= 0.0)) k = 0.0;
+  while (k > 0.0 && restart_cycle_start(T_0, T_mult, k) > t) k -= 1.0;
+  while (restart_cycle_start(T_0, T_mult, k + 1.0) <= t) k += 1.0;
+  return {t - restart_cycle_start(T_0, T_mult, k), T_0 * pow(T_mult, k), k};
 }
 
 // torch's closed form for step(epoch) with a (possibly fractional) epoch:
