@@ -73,8 +73,8 @@ __global__ void sgd_kernel(KernelArgs a) {
   if (a.found_inf != nullptr && *a.found_inf != 0.0f) return;
   const LrMom v = schedule_at(*a.schedule, static_cast<double>(*a.step));
   const double mom = isnan(v.momentum) ? a.momentum : v.momentum;
-  // Unscaling divides by the scale as torch's fused kernels do; GradScaler's
-  // scales are powers of two, for which this equals multiplying by 1/scale.
+  // Unscaling multiplies by 1/scale, as the CPU path does; GradScaler's scales
+  // are powers of two, so this equals dividing by the scale exactly.
   const double inv = a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0;
   const bool store = a.grad_scale != nullptr;
   const SgdCoef<float> cf = make_coef<float>(v.lr, mom, a.dampening, a.weight_decay, 1.0, a.maximize);
