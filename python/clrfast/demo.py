@@ -267,8 +267,9 @@ def run_demo(out="clrfast-demo", cfg: Config = Config(), quiet=False, stream=Non
         }
         with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
+        threads = torch.get_num_threads()
         say(f"wrote {out}/range_test.png, schedules.png, accuracy.png, results.json ({elapsed:.0f} s, "
-            f"{torch.get_num_threads()} threads)")
+            f"{threads} thread{'s' if threads != 1 else ''})")
         return summary
     finally:
         torch.set_num_threads(threads_before)
