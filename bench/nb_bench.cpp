@@ -18,16 +18,8 @@ NB_MODULE(_nb_bench, m) {
   m.def("cyclic", [](double base_lr, double max_lr, double up, double down) {
     Leaf leaf{};
     leaf.kind = Kind::Cyclic;
-    CyclicParams& p = leaf.cyclic;
-    p.base_lr = base_lr;
-    p.max_lr = max_lr;
-    p.total_size = up + down;
-    p.step_ratio = up / p.total_size;
-    p.gamma = 1.0;
-    p.scale = ScaleKind::Triangular;
-    p.scale_mode = ScaleMode::Cycle;
-    p.window = Window::Triangular;
-    p.cycle_momentum = 0;
+    leaf.cyclic = make_cyclic(base_lr, max_lr, up, down, ScaleKind::Triangular, 1.0, ScaleMode::Cycle,
+                              Window::Triangular, false, 0.0, 0.0);
     return single(leaf);
   });
   m.def("cyclic_scale", [](int kind, double gamma, double x) {

@@ -20,24 +20,14 @@ namespace py = pybind11;
 namespace clrfast {
 namespace {
 
-Schedule make_cyclic(double base_lr, double max_lr, double step_size_up, double step_size_down, int scale,
+Schedule make_cyclic_schedule(double base_lr, double max_lr, double step_size_up, double step_size_down, int scale,
                      double gamma, int scale_mode, int window, bool cycle_momentum, double base_momentum,
                      double max_momentum) {
   Leaf leaf{};
   leaf.kind = Kind::Cyclic;
-  CyclicParams& p = leaf.cyclic;
-  p.base_lr = base_lr;
-  p.max_lr = max_lr;
-  // Same expressions as torch: total = float(up) + float(down), ratio = up / total.
-  p.total_size = step_size_up + step_size_down;
-  p.step_ratio = step_size_up / p.total_size;
-  p.gamma = gamma;
-  p.scale = static_cast<ScaleKind>(scale);
-  p.scale_mode = static_cast<ScaleMode>(scale_mode);
-  p.window = static_cast<Window>(window);
-  p.cycle_momentum = cycle_momentum ? 1 : 0;
-  p.base_momentum = base_momentum;
-  p.max_momentum = max_momentum;
+  leaf.cyclic = clrfast::make_cyclic(base_lr, max_lr, step_size_up, step_size_down, static_cast<ScaleKind>(scale),
+                                     gamma, static_cast<ScaleMode>(scale_mode), static_cast<Window>(window),
+                                     cycle_momentum, base_momentum, max_momentum);
   return single(leaf);
 }
 
@@ -395,7 +385,7 @@ void bind_schedules(py::module_& m) {
       .def("table_steps", &table_steps_py, py::arg("quantity"), py::arg("steps"), py::arg("out"),
            py::arg("threads") = 0);
 
-  m.def("cyclic", &make_cyclic);
+  m.def("cyclic", &make_cyclic_schedule);
   m.def("onecycle", &make_onecycle_schedule);
   m.def("onecycle_groups", &make_onecycle_groups);
   m.def("cosine_restarts", &make_restarts);

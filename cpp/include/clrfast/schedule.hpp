@@ -181,6 +181,26 @@ CLRFAST_HD LrMom cyclic_at(const CyclicParams& p, double t) {
   return cyclic_combine(p, pos.s, cyclic_scale(p.scale, p.gamma, cyclic_scale_arg(p, t, pos.cycle)));
 }
 
+// Builds the parameters from torch's arguments: total = float(up) + float(down),
+// ratio = up / total, exactly as CyclicLR computes them.
+CLRFAST_HD CyclicParams make_cyclic(double base_lr, double max_lr, double step_size_up, double step_size_down,
+                                    ScaleKind scale, double gamma, ScaleMode scale_mode, Window window,
+                                    bool cycle_momentum, double base_momentum, double max_momentum) {
+  CyclicParams p;
+  p.base_lr = base_lr;
+  p.max_lr = max_lr;
+  p.total_size = step_size_up + step_size_down;
+  p.step_ratio = step_size_up / p.total_size;
+  p.gamma = gamma;
+  p.scale = scale;
+  p.scale_mode = scale_mode;
+  p.window = window;
+  p.cycle_momentum = cycle_momentum ? 1 : 0;
+  p.base_momentum = base_momentum;
+  p.max_momentum = max_momentum;
+  return p;
+}
+
 // ---------------------------------------------------------------- one-cycle
 
 // cos: end + (start - end)/2 * (cos(pi pct) + 1); linear: (end - start) pct + start.

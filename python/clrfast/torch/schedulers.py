@@ -168,13 +168,16 @@ class _CoreScheduler(LRScheduler):
 
     def get_lr(self) -> list[float]:
         """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
+        self._warn_get_lr()
+        return self._engine.values(self.last_epoch)
+
+    def _warn_get_lr(self) -> None:
         if not self._get_lr_called_within_step:
             warnings.warn(
                 "To get the last learning rate computed by the scheduler, please use `get_last_lr()`.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return self._engine.values(self.last_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_engine")}
@@ -504,12 +507,8 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
         return engine
 
     def get_lr(self) -> list[float]:
-        if not self._get_lr_called_within_step:
-            warnings.warn(
-                "To get the last learning rate computed by the scheduler, please use `get_last_lr()`.",
-                UserWarning,
-                stacklevel=2,
-            )
+        """Learning rates at the current ``T_cur``/``T_i``."""
+        self._warn_get_lr()
         return self._engine.values_restarts(float(self.T_cur), float(self.T_i))
 
     def step(self, epoch=None) -> None:
