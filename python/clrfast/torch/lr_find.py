@@ -340,7 +340,9 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
 
     ``seeds``: a list repeats the test once per seed (torch, NumPy and Python RNGs seeded
     with it) and returns the mean curve with the spread as ``band``; suggestions come from
-    the mean curve. ``progress``: a tqdm bar (None: only for runs of 200 steps or more).
+    the mean curve, cut where the first seed stopped (so a seed that diverges early pulls
+    the suggestion down: the cautious reading), and each seed's own are in ``runs``.
+    ``progress``: a tqdm bar (None: only for runs of 200 steps or more).
 
     Afterwards the model's state_dict, its train/eval flags, the optimizer's state_dict and
     the torch (and CUDA), NumPy and Python RNG states are exactly what they were, also
