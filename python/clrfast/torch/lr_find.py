@@ -226,20 +226,34 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
+def _host_copy(obj):
+    """A deep copy with every tensor cloned to host memory (a GPU model's copy costs no GPU memory)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, _host_copy(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # module versions that load_state_dict reads
+            out._metadata = copy.deepcopy(obj._metadata)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
 class _Snapshot:
-    """Deep copies of the model, the optimizer and every RNG, put back by :meth:`restore`."""
+    """Copies of the model, the optimizer and every RNG, put back by :meth:`restore`."""
 
     def __init__(self, model, optimizer):
-        self.model_state = copy.deepcopy(model.state_dict())
+        self.model_state = _host_copy(model.state_dict())
         self.training = {m: m.training for m in model.modules()}
-        self.opt_state = copy.deepcopy(optimizer.state_dict())
+        self.opt_state = _host_copy(optimizer.state_dict())
         self.rng = _rng_state()
 
     def restore(self, model, optimizer) -> None:
         model.load_state_dict(self.model_state)
         for m, flag in self.training.items():
             m.training = flag
-        optimizer.load_state_dict(copy.deepcopy(self.opt_state))
+        optimizer.load_state_dict(_host_copy(self.opt_state))
         _set_rng_state(self.rng)
 
 
