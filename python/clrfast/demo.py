@@ -212,7 +212,7 @@ def run_demo(out="clrfast-demo", cfg: Config = Config(), quiet=False, stream=Non
             start_lr=cfg.sweep_start, end_lr=cfg.sweep_end, num_steps=cfg.sweep_steps,
             seeds=list(cfg.seeds), progress=not quiet,
         )
-        result.plot(os.path.join(out, "range_test.png"), title="LR range test, digits CNN, SGD momentum 0.9")
+        result.plot(os.path.join(out, "range_test.png"), title="LR range test, digits CNN, CLRSGD momentum 0.9")
         spread = [r["max_lr"] for r in result.runs]
         say(f"LR range test ({len(result.lrs)} steps, {result.stop_reason} at lr={result.diverged_lr or 0:.3g}): "
             f"loss min at {result.lr_min:.3g}, steepest at {result.lr_steep:.3g} -> "
