@@ -13,9 +13,8 @@ import argparse
 import platform
 import time
 
-import torch
-
 import clrfast as clr
+import torch
 from clrfast import _core
 from clrfast.torch import CLRSGD
 

@@ -36,11 +36,15 @@ def scheduler_rows(steps: int) -> list[list[str]]:
     ]
     rows = []
     for name, kwargs in configs:
-        per_step = {}
+        steppers = {}
         for label, module in (("torch", L), ("clrfast", ct)):
             opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
-            sched = getattr(module, name)(opt, **kwargs)
-            per_step[label] = best_time(sched.step, number=steps, repeat=5)
+            steppers[label] = getattr(module, name)(opt, **kwargs).step
+        # Interleaved best-of-N, so that drifts in the machine's speed hit both alike.
+        per_step = {label: float("inf") for label in steppers}
+        for _ in range(7):
+            for label, step in steppers.items():
+                per_step[label] = min(per_step[label], best_time(step, number=steps, repeat=1))
         ratio = per_step["torch"] / per_step["clrfast"]
         rows.append([f"{name}.step()", fmt_time(per_step["torch"]), fmt_time(per_step["clrfast"]), f"{ratio:.1f}x"])
     return rows

@@ -136,6 +136,7 @@ class _CoreScheduler(LRScheduler):
     """
 
     _engine: Any = None
+    _RESTARTS = False
     # Counters kept by the engine; listed here so state_dict() and pickling include them.
     _ENGINE_STATE = ("last_epoch", "_step_count", "_last_lr")
 
@@ -148,7 +149,11 @@ class _CoreScheduler(LRScheduler):
 
     def _build_engine(self) -> None:
         state = {k: getattr(self, k) for k in self._ENGINE_STATE} if self._engine is not None else None
-        self.__dict__["_engine"] = self._make_engine()
+        engine = self._make_engine()
+        self.__dict__["_engine"] = engine
+        # The bound step, looked up once: attribute access on the compiled object is a
+        # noticeable part of a ~0.4 us step.
+        self.__dict__["_engine_step"] = engine.fast_step(self._RESTARTS)
         if state is not None:
             for k, v in state.items():
                 setattr(self, k, v)
@@ -156,7 +161,7 @@ class _CoreScheduler(LRScheduler):
     def step(self, epoch=None) -> None:
         """Advance one step (or jump to ``epoch``, deprecated as in torch) and write lr/momentum."""
         if epoch is None:
-            if self._engine.step(self.optimizer.param_groups):
+            if self._engine_step(self.optimizer.param_groups):
                 _warn_call_order(self)
             return
         if self._step_count == 1:
@@ -180,7 +185,7 @@ class _CoreScheduler(LRScheduler):
             )
 
     def state_dict(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_engine")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_engine", "_engine_step")}
         state.update({k: getattr(self, k) for k in self._ENGINE_STATE})
         return state
 
@@ -198,6 +203,7 @@ class _CoreScheduler(LRScheduler):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_engine", None)
+        state.pop("_engine_step", None)
         state.update({k: getattr(self, k) for k in self._ENGINE_STATE})
         return state
 
@@ -466,6 +472,7 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
     """
 
     _ENGINE_STATE = ("last_epoch", "_step_count", "_last_lr", "T_cur", "T_i")
+    _RESTARTS = True
     T_cur = _engine_field("T_cur", "Steps since the last restart.")
     T_i = _engine_field("T_i", "Length of the current cycle.")
 
@@ -513,7 +520,7 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
 
     def step(self, epoch=None) -> None:
         """Advance one step, or jump to a (possibly fractional) ``epoch`` with torch's closed form."""
-        if epoch is None and self._engine.step_restarts(self.optimizer.param_groups):
+        if epoch is None and self._engine_step(self.optimizer.param_groups):
             return
         if epoch is None:
             epoch = 0
