@@ -64,12 +64,35 @@ py::tuple sgd_step(const Schedule& schedule, int64_t step, const py::array& tabl
 
 // True when params[i].grad is views[i] for every i: the flat-mode check that
 // no gradient was replaced, done without Python bytecode per tensor.
+// p.grad for every parameter is the one per-tensor read a flat step makes, so
+// it skips the generic attribute lookup: `grad` is a data descriptor of the
+// tensor type (instance dicts cannot shadow it), so its getter is found once
+// per type and called directly.
+PyObject* read_grad(PyObject* p) {
+  static PyObject* name = PyUnicode_InternFromString("grad");
+  static PyTypeObject* cached_type = nullptr;
+  static getter cached_get = nullptr;
+  static void* cached_closure = nullptr;
+  PyTypeObject* type = Py_TYPE(p);
+  if (type != cached_type) {
+    PyObject* descr = _PyType_Lookup(type, name);  // borrowed
+    cached_type = type;
+    cached_get = nullptr;
+    if (descr != nullptr && Py_IS_TYPE(descr, &PyGetSetDescr_Type)) {
+      PyGetSetDef* def = reinterpret_cast<PyGetSetDescrObject*>(descr)->d_getset;
+      cached_get = def->get;
+      cached_closure = def->closure;
+    }
+  }
+  if (cached_get != nullptr) return cached_get(p, cached_closure);
+  return PyObject_GetAttr(p, name);
+}
+
 bool grads_bound(const py::list& params, const py::list& views) {
   const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
   if (PyList_GET_SIZE(views.ptr()) != n) return false;
-  static PyObject* name = PyUnicode_InternFromString("grad");
   for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* g = PyObject_GetAttr(PyList_GET_ITEM(params.ptr(), i), name);
+    PyObject* g = read_grad(PyList_GET_ITEM(params.ptr(), i));
     if (g == nullptr) throw py::error_already_set();
     const bool same = g == PyList_GET_ITEM(views.ptr(), i);
     Py_DECREF(g);
