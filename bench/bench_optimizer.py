@@ -10,13 +10,17 @@ in-place ``a.add_(b)`` (12 bytes/element) measured in the same run.
 from __future__ import annotations
 
 import argparse
-import platform
+import os
+import sys
 import time
 
 import clrfast as clr
 import torch
 from clrfast import _core
 from clrfast.torch import CLRSGD
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine  # noqa: E402
 
 
 def resnet18_shapes():
@@ -101,8 +105,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=30)
     args = ap.parse_args()
     sets = {"ResNet-18 (62 tensors, 11.7 M)": resnet18_shapes(), "2,000 x 256": [(256,)] * 2000}
-    print(f"torch {torch.__version__}, clrfast kernels: {_core.sgd_cpu_isa()}, threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(f"Machine: {machine()}; clrfast kernels: {_core.sgd_cpu_isa()}, threads {torch.get_num_threads()}")
     print()
     print("| parameter set | optimizer | step (ms) | vs torch default | vs torch fused | vs floor |")
     print("|---|---|---:|---:|---:|---:|")
