@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import platform
 import subprocess
-import time
 
-
-def best_time(fn, number: int = 1, repeat: int = 5) -> float:
-    """Best (minimum) seconds per call of ``fn`` over ``repeat`` runs of ``number`` calls."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / number)
-    return best
+from clrfast.quickbench import best_time  # noqa: F401  (re-exported for the benchmarks)
 
 
 def fmt_time(seconds: float) -> str:

@@ -142,18 +142,24 @@ T* writable_data(py::array& out, py::ssize_t n, const char* what) {
   return static_cast<T*>(out.mutable_data());
 }
 
-void table_range_py(const Schedule& s, int quantity, int64_t first, int64_t n, py::array out, int threads) {
-  if (n < 0) throw py::value_error("n must be >= 0");
-  const Quantity q = static_cast<Quantity>(quantity);
+// Runs fill(ptr) on `out` as float* or double*, with the GIL released.
+template <typename Fill>
+void with_out(py::array& out, int64_t n, Fill fill) {
   if (py::isinstance<py::array_t<float>>(out)) {
     float* p = writable_data<float>(out, n, "out");
     py::gil_scoped_release nogil;
-    table_range<float>(s, q, first, n, p, threads);
+    fill(p);
   } else {
     double* p = writable_data<double>(out, n, "out");
     py::gil_scoped_release nogil;
-    table_range<double>(s, q, first, n, p, threads);
+    fill(p);
   }
+}
+
+void table_range_py(const Schedule& s, int quantity, int64_t first, int64_t n, py::array out, int threads) {
+  if (n < 0) throw py::value_error("n must be >= 0");
+  const Quantity q = static_cast<Quantity>(quantity);
+  with_out(out, n, [&](auto* p) { table_range(s, q, first, n, p, threads); });
 }
 
 void table_steps_py(const Schedule& s, int quantity, py::array_t<int64_t, py::array::c_style> steps, py::array out,
@@ -162,15 +168,7 @@ void table_steps_py(const Schedule& s, int quantity, py::array_t<int64_t, py::ar
   const int64_t n = steps.shape(0);
   const int64_t* st = steps.data();
   const Quantity q = static_cast<Quantity>(quantity);
-  if (py::isinstance<py::array_t<float>>(out)) {
-    float* p = writable_data<float>(out, n, "out");
-    py::gil_scoped_release nogil;
-    table_steps<float>(s, q, st, n, p, threads);
-  } else {
-    double* p = writable_data<double>(out, n, "out");
-    py::gil_scoped_release nogil;
-    table_steps<double>(s, q, st, n, p, threads);
-  }
+  with_out(out, n, [&](auto* p) { table_steps(s, q, st, n, p, threads); });
 }
 
 // ----------------------------------------------------------- drop-in engine

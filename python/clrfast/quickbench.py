@@ -15,7 +15,8 @@ import warnings
 import numpy as np
 
 
-def _best(fn, number: int, repeat: int = 5) -> float:
+def best_time(fn, number: int = 1, repeat: int = 5) -> float:
+    """Best (minimum) seconds per call of ``fn`` over ``repeat`` runs of ``number`` calls."""
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -49,8 +50,8 @@ def _scheduler_row(name, make_ours, make_peer, steps=2000):
     with warnings.catch_warnings():
         # Stepping the scheduler without optimizer.step() is the point here: time step() alone.
         warnings.simplefilter("ignore", UserWarning)
-        ours = _best(loop(make_ours), 1, 3) / steps
-        peer = _best(loop(make_peer), 1, 3) / steps
+        ours = best_time(loop(make_ours), 1, 3) / steps
+        peer = best_time(loop(make_peer), 1, 3) / steps
     return name, "per step()", ours, "torch", peer
 
 
@@ -100,8 +101,8 @@ def row_table():
         scale = np.where(x <= 0.5, x / 0.5, (x - 1) / (0.5 - 1))
         return base + (top - base) * scale
 
-    ours = _best(lambda: s.lr_table(n, out=out), 3)
-    peer = _best(numpy_formula, 3)
+    ours = best_time(lambda: s.lr_table(n, out=out), 3)
+    peer = best_time(numpy_formula, 3)
     return "Cyclic.lr_table(1e6)", "per table", ours, "NumPy formula", peer
 
 
@@ -123,8 +124,8 @@ def _sgd_row(label, shapes, steps=20):
     peer = torch.optim.SGD(pb, lr=1e-3, momentum=0.9)
     ours.step()
     peer.step()
-    t_ours = _best(ours.step, steps)
-    t_peer = _best(peer.step, steps)
+    t_ours = best_time(ours.step, steps)
+    t_peer = best_time(peer.step, steps)
     return label, "per step()", t_ours, "torch.optim.SGD", t_peer
 
 
