@@ -142,8 +142,27 @@ def test_onecycle_past_total_raises_torch_message():
     sched = ct.OneCycleLR(opt, 0.1, total_steps=3)
     for _ in range(3):
         sched.step()
+    before = (snapshot(opt), sched.last_epoch, sched.get_last_lr())
     with pytest.raises(ValueError, match="Tried to step 4 times. The specified number of total steps is 3"):
         sched.step()
+    assert (snapshot(opt), sched.last_epoch, sched.get_last_lr()) == before  # nothing changed
+
+
+def test_raising_scale_fn_leaves_groups_unchanged():
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        if len(calls) > 3:
+            raise RuntimeError("scale failed")
+        return 1.0
+
+    opt = make_optimizer(groups=2)
+    sched = ct.CyclicLR(opt, 0.01, 0.1, step_size_up=3, scale_fn=fn, cycle_momentum=False)
+    before = (snapshot(opt), sched.last_epoch)
+    with pytest.raises(RuntimeError, match="scale failed"):
+        sched.step()
+    assert (snapshot(opt), sched.last_epoch) == before
 
 
 @pytest.mark.parametrize("T_mult", [1, 2, 3])

@@ -187,38 +187,45 @@ class GroupEngine {
 
   // Computes the values at step t and writes them into `groups`; returns the
   // list of learning rates (copies, as torch's get_last_lr()).
+  // All values are computed before any group is written, so an error (a
+  // OneCycle past its total, a raising scale_fn) leaves the groups untouched.
   py::list apply(const py::object& t_obj, const py::list& groups) {
     const double t = t_obj.cast<double>();
     check_groups(groups);
-    py::list lrs(schedules_.size());
+    std::vector<LrMom>& values = scratch_;  // reused: no allocation per step
+    values.resize(schedules_.size());
     for (size_t i = 0; i < schedules_.size(); ++i) {
       const Schedule& s = schedules_[i];
       check_total(s, t, t_obj);
-      LrMom r;
       if (!scale_fn_.is_none()) {
         const CyclicParams& p = s.piece[0].cyclic;
         const CyclicPos pos = cyclic_pos(p, t);
         py::object arg = p.scale_mode == ScaleMode::Cycle ? py::object(py::int_(static_cast<int64_t>(pos.cycle)))
                                                           : t_obj;
-        r = cyclic_combine(p, pos.s, scale_fn_(arg).cast<double>());
-        if (p.cycle_momentum) r.momentum = cyclic_combine(p, pos.s, scale_fn_(arg).cast<double>()).momentum;
+        // torch calls scale_fn once for the lr and once more for the momentum.
+        values[i] = cyclic_combine(p, pos.s, scale_fn_(arg).cast<double>());
+        if (p.cycle_momentum) values[i].momentum = cyclic_combine(p, pos.s, scale_fn_(arg).cast<double>()).momentum;
       } else {
-        r = schedule_at(s, t);
+        values[i] = schedule_at(s, t);
       }
-      write(groups[i], r, lrs, i);
     }
+    py::list lrs(schedules_.size());
+    for (size_t i = 0; i < schedules_.size(); ++i) write(groups[i], values[i], lrs, i);
     return lrs;
   }
 
   // One scheduler step() of the common kind (no epoch argument): the counters
-  // live here so that a step is a single call from Python. Returns true when
-  // torch would check the call order (the first step after construction).
+  // live here so that a step is a single call from Python. They change only
+  // when the step succeeds. Returns true when torch would check the call
+  // order (the first step after construction).
   bool step(const py::list& groups) {
+    py::object next = py::reinterpret_steal<py::object>(PyNumber_Add(last_epoch_.ptr(), one().ptr()));
+    if (!next) throw py::error_already_set();
+    py::list lrs = apply(next, groups);
     const bool check_order = step_count_ == 1;
     ++step_count_;
-    last_epoch_ = py::reinterpret_steal<py::object>(PyNumber_Add(last_epoch_.ptr(), one().ptr()));
-    if (!last_epoch_) throw py::error_already_set();
-    last_lr_ = apply(last_epoch_, groups);
+    last_epoch_ = std::move(next);
+    last_lr_ = std::move(lrs);
     return check_order;
   }
 
@@ -362,6 +369,7 @@ class GroupEngine {
   };
 
   std::vector<Schedule> schedules_;
+  std::vector<LrMom> scratch_;
   MomentumKey momentum_key_;
   py::object scale_fn_;
 };
