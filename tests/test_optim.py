@@ -325,3 +325,35 @@ def test_threads_split_large_workload_exactly(threads):
     _run(b, ob, 3)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+def test_replaced_param_storage_is_followed_in_list_mode():
+    a, b = _params(), _params()
+    kw = dict(momentum=0.9, weight_decay=5e-4)
+    opt_a = CLRSGD(a, clr.Cyclic(0.01, 0.1, step_size_up=20, step_size_down=13), **kw)
+    opt_b, sch_b = _torch_pair(b, **kw)
+    _run(a, opt_a, 5)
+    _run(b, opt_b, 5, sched=sch_b)
+    old = a[1].data
+    for p in (a[1], b[1]):
+        p.data = p.data.clone()  # new storage, as model.to()/.half() conversions do
+    _run(a, opt_a, 5, start=5)
+    _run(b, opt_b, 5, sched=sch_b, start=5)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert not torch.equal(old, a[1].data)  # the update went to the new storage only
+
+
+def test_model_conversion_after_a_flat_optimizer_is_a_clear_error():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    opt = CLRSGD(model.parameters(), clr.Cyclic(0.01, 0.1, step_size_up=20), momentum=0.9, flat=True)
+    x = torch.randn(8, 4)
+    model(x).sum().backward()
+    opt.step()
+    model.double()  # new storage for every parameter and gradient
+    before = [p.detach().clone() for p in model.parameters()]
+    model(x.double()).sum().backward()
+    with pytest.raises(RuntimeError, match="parameter 0 of a flat CLRSGD group no longer lives in the flat buffer"):
+        opt.step()
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))

@@ -88,15 +88,49 @@ PyObject* read_grad(PyObject* p) {
   return PyObject_GetAttr(p, name);
 }
 
-bool grads_bound(const py::list& params, const py::list& views) {
+// p.data_ptr(), through the method's C function when the type exposes it as
+// a plain no-argument method (one lookup per type), else a normal call.
+int64_t read_data_ptr(PyObject* p) {
+  static PyObject* name = PyUnicode_InternFromString("data_ptr");
+  static PyTypeObject* cached_type = nullptr;
+  static PyCFunction cached_fn = nullptr;
+  PyTypeObject* type = Py_TYPE(p);
+  if (type != cached_type) {
+    PyObject* descr = _PyType_Lookup(type, name);  // borrowed
+    cached_type = type;
+    cached_fn = nullptr;
+    if (descr != nullptr && Py_IS_TYPE(descr, &PyMethodDescr_Type)) {
+      PyMethodDef* def = reinterpret_cast<PyMethodDescrObject*>(descr)->d_method;
+      if ((def->ml_flags & (METH_NOARGS | METH_O | METH_VARARGS | METH_FASTCALL | METH_KEYWORDS)) == METH_NOARGS)
+        cached_fn = def->ml_meth;
+    }
+  }
+  PyObject* r = cached_fn != nullptr ? cached_fn(p, nullptr) : PyObject_CallMethodNoArgs(p, name);
+  if (r == nullptr) throw py::error_already_set();
+  const int64_t v = PyLong_AsLongLong(r);
+  Py_DECREF(r);
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return v;
+}
+
+// True when every parameter still has the gradient object the cached plan was
+// built from and, where ptrs[i] != 0, still stores its data at ptrs[i].
+// zero_grad(set_to_none=True) and p.grad = t replace the gradient object;
+// model.half() / .to() keep both objects but move their storage (they assign
+// .data). Either way the plan's raw pointers would be stale.
+bool plan_bound(const py::list& params, const py::list& grads,
+                const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& ptrs) {
   const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
-  if (PyList_GET_SIZE(views.ptr()) != n) return false;
+  if (PyList_GET_SIZE(grads.ptr()) != n || ptrs.ndim() != 1 || ptrs.shape(0) != n) return false;
+  const int64_t* expect = ptrs.data();
   for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* g = read_grad(PyList_GET_ITEM(params.ptr(), i));
+    PyObject* p = PyList_GET_ITEM(params.ptr(), i);
+    PyObject* g = read_grad(p);
     if (g == nullptr) throw py::error_already_set();
-    const bool same = g == PyList_GET_ITEM(views.ptr(), i);
+    const bool same = g == PyList_GET_ITEM(grads.ptr(), i);
     Py_DECREF(g);
     if (!same) return false;
+    if (expect[i] != 0 && read_data_ptr(p) != expect[i]) return false;
   }
   return true;
 }
@@ -115,7 +149,8 @@ void bind_optim(py::module_& m) {
   });
   m.def("sgd_cpu_isa", &sgd_cpu_isa, "Instruction set the CPU kernels dispatch to.");
   m.def("hardware_threads", &ThreadPool::hardware_threads);
-  m.def("grads_bound", &grads_bound, py::arg("params"), py::arg("views"));
+  m.def("plan_bound", &plan_bound, py::arg("params"), py::arg("grads"), py::arg("data_ptrs"),
+        "True when no parameter's .grad object or .data storage changed since the plan was built.");
   m.attr("sgd_segment_cols") = kSegCols;
   m.def("schedule_bytes", [](const Schedule& s) {
     return py::bytes(reinterpret_cast<const char*>(&s), sizeof(Schedule));

@@ -24,12 +24,16 @@ def _layout_ok(p: torch.Tensor, g: torch.Tensor) -> bool:
 
 
 class _Plan:
-    """Cached segment table of one param group: rebuilt only when a gradient tensor changes."""
+    """Cached segment table of one param group.
 
-    __slots__ = ("params", "grads", "table", "first", "cuda")
+    Valid while every parameter keeps the ``.grad`` object and the ``.data`` address it was
+    built from (``ptrs``; 0 where a parameter has no gradient); rebuilt otherwise.
+    """
 
-    def __init__(self, params, grads, table, first, cuda=None):
-        self.params, self.grads, self.table, self.first, self.cuda = params, grads, table, first, cuda
+    __slots__ = ("params", "grads", "ptrs", "table", "first", "cuda")
+
+    def __init__(self, params, grads, ptrs, table, first, cuda=None):
+        self.params, self.grads, self.ptrs, self.table, self.first, self.cuda = params, grads, ptrs, table, first, cuda
 
 
 class CLRSGD(torch.optim.Optimizer):
@@ -59,6 +63,11 @@ class CLRSGD(torch.optim.Optimizer):
     whatever the number of tensors. Replaced gradients (``zero_grad(set_to_none=True)``
     from a module, ``p.grad = t``) are detected and copied back into the flat buffer;
     :meth:`zero_grad` of the optimizer keeps them bound and zeroes them in place.
+
+    Pointers are cached between steps and read again whenever a parameter's ``.grad``
+    object or ``.data`` storage changes, so model conversions after construction
+    (``model.half()``, ``model.to(...)``) are followed in list mode and are a clear error
+    in flat mode.
 
     The step clock advances only when an update is applied, so a step skipped by
     ``torch.amp.GradScaler`` does not shift the schedule. ``threads`` defaults to
@@ -257,7 +266,7 @@ class CLRSGD(torch.optim.Optimizer):
             if plan is not None:
                 return plan
         plan = self._plans.get(index)
-        if plan is not None and plan.params is params and _core.grads_bound(params, plan.grads):
+        if plan is not None and plan.params is params and _core.plan_bound(params, plan.grads, plan.ptrs):
             return plan
         plan = self._build_plan(group)
         self._plans[index] = plan
@@ -265,7 +274,13 @@ class CLRSGD(torch.optim.Optimizer):
 
     def _flat_plan(self, index, group, flat) -> _Plan | None:
         params = group["params"]
-        if not _core.grads_bound(params, flat["gviews"]):
+        if not _core.plan_bound(params, flat["gviews"], flat["ptrs"]):
+            for i, p in enumerate(params):
+                if p.data_ptr() != flat["ptrs"][i]:
+                    raise RuntimeError(
+                        f"parameter {i} of a flat CLRSGD group no longer lives in the flat buffer (its .data was "
+                        "replaced, e.g. by model.half() or model.to()); build the optimizer after converting the model"
+                    )
             # Re-bind replaced gradients into the flat buffer; a None gradient
             # means "skip this parameter", which needs the per-tensor table.
             any_none = False
@@ -302,7 +317,7 @@ class CLRSGD(torch.optim.Optimizer):
         fp, fg, fb = flat["param"], flat["grad"], flat["buf"]
         table[0] = (fp.data_ptr(), fg.data_ptr(), fb.data_ptr() if mom_needed else 0, fp.numel(),
                     _DTYPE_CODES[fp.dtype], int(first))
-        plan = _Plan(params, flat["gviews"], table, first)
+        plan = _Plan(params, flat["gviews"], flat["ptrs"], table, first)
         flat["plan"] = plan
         return plan
 
@@ -312,11 +327,12 @@ class CLRSGD(torch.optim.Optimizer):
         sched = group["schedule"]
         _, mom = _core.sgd_hyper(sched._core, group["step"], mom_const)
         use_mom = mom != 0.0
-        rows, grads, devices = [], [], set()
+        rows, grads, ptrs, devices = [], [], [], set()
         first_any = False
         for p in params:
             g = p.grad
             grads.append(g)
+            ptrs.append(0 if g is None else p.data_ptr())
             if g is None:
                 continue
             if g.is_sparse:
@@ -361,7 +377,7 @@ class CLRSGD(torch.optim.Optimizer):
             cuda = self._cuda_plan(group, table, device)
         elif device.type != "cpu":
             raise ValueError(f"CLRSGD runs on CPU and CUDA tensors, got device {device}")
-        return _Plan(params, grads, table, first_any, cuda)
+        return _Plan(params, grads, np.array(ptrs, dtype=np.int64), table, first_any, cuda)
 
     def _flatten(self, group) -> None:
         params = group["params"]
@@ -401,6 +417,7 @@ class CLRSGD(torch.optim.Optimizer):
             off += n
         self._flat[self.param_groups.index(group)] = {
             "param": fp, "grad": fg, "buf": fb, "gviews": gviews, "bviews": bviews,
+            "ptrs": np.array([p.data_ptr() for p in params], dtype=np.int64),
         }
 
     # -------------------------------------------------------------------- CUDA
