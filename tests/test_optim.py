@@ -357,3 +357,28 @@ def test_model_conversion_after_a_flat_optimizer_is_a_clear_error():
     with pytest.raises(RuntimeError, match="parameter 0 of a flat CLRSGD group no longer lives in the flat buffer"):
         opt.step()
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("zero", ["module_set_to_none", "optimizer", "module_zero"])
+def test_flat_mode_follows_real_backward_with_any_zero_grad(zero):
+    torch.manual_seed(0)
+    net_a = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    net_b = copy.deepcopy(net_a)
+    sched = clr.Cyclic(0.01, 0.1, step_size_up=7)
+    opt_a = CLRSGD(net_a.parameters(), sched, momentum=0.9, weight_decay=1e-3, flat=True)
+    opt_b = torch.optim.SGD(net_b.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
+    sch_b = torch.optim.lr_scheduler.CyclicLR(opt_b, 0.01, 0.1, step_size_up=7, cycle_momentum=False)
+    for t in range(40):
+        x = torch.randn(16, 6)
+        for net, opt in ((net_a, opt_a), (net_b, opt_b)):
+            if zero == "module_set_to_none":
+                net.zero_grad(set_to_none=True)
+            elif zero == "module_zero":
+                net.zero_grad(set_to_none=False)
+            else:
+                opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+        sch_b.step()
+        for p, q in zip(net_a.parameters(), net_b.parameters()):
+            assert torch.equal(p, q), (zero, t)

@@ -23,6 +23,14 @@ def _layout_ok(p: torch.Tensor, g: torch.Tensor) -> bool:
     return p.dim() == 4 and p.stride() == g.stride() and p.is_contiguous(memory_format=torch.channels_last)
 
 
+def _use_counts(flat) -> tuple | None:
+    """Reference counts of the flat parameter and gradient storages (None where torch lacks the probe)."""
+    probe = getattr(torch._C, "_storage_Use_Count", None)
+    if probe is None:
+        return None
+    return (probe(flat["param"].untyped_storage()._cdata), probe(flat["grad"].untyped_storage()._cdata))
+
+
 class _Plan:
     """Cached segment table of one param group.
 
@@ -132,10 +140,8 @@ class CLRSGD(torch.optim.Optimizer):
         for i, group in enumerate(self.param_groups):
             flat = self._flat.get(i)
             if flat is not None:
+                self._flat_sync(group, flat, fill_missing=True)
                 flat["grad"].zero_()
-                for p, v in zip(group["params"], flat["gviews"]):
-                    if p.grad is not v:
-                        p.grad = v
         rest = [g for i, g in enumerate(self.param_groups) if i not in self._flat]
         for group in rest:
             for p in group["params"]:
@@ -274,27 +280,8 @@ class CLRSGD(torch.optim.Optimizer):
 
     def _flat_plan(self, index, group, flat) -> _Plan | None:
         params = group["params"]
-        if not _core.plan_bound(params, flat["gviews"], flat["ptrs"]):
-            for i, p in enumerate(params):
-                if p.data_ptr() != flat["ptrs"][i]:
-                    raise RuntimeError(
-                        f"parameter {i} of a flat CLRSGD group no longer lives in the flat buffer (its .data was "
-                        "replaced, e.g. by model.half() or model.to()); build the optimizer after converting the model"
-                    )
-            # Re-bind replaced gradients into the flat buffer; a None gradient
-            # means "skip this parameter", which needs the per-tensor table.
-            any_none = False
-            for p, v in zip(params, flat["gviews"]):
-                g = p.grad
-                if g is None:
-                    any_none = True
-                elif g is not v:
-                    if g.is_sparse:
-                        raise ValueError("CLRSGD does not support sparse gradients")
-                    v.copy_(g)
-                    p.grad = v
-            if any_none:
-                return None
+        if not self._flat_sync(group, flat):
+            return None  # a parameter without a gradient is skipped: per-tensor table
         plan = flat.get("plan")
         if plan is not None:
             return plan
@@ -317,9 +304,52 @@ class CLRSGD(torch.optim.Optimizer):
         fp, fg, fb = flat["param"], flat["grad"], flat["buf"]
         table[0] = (fp.data_ptr(), fg.data_ptr(), fb.data_ptr() if mom_needed else 0, fp.numel(),
                     _DTYPE_CODES[fp.dtype], int(first))
-        plan = _Plan(params, flat["gviews"], flat["ptrs"], table, first)
+        plan = _Plan(params, None, None, table, first)
         flat["plan"] = plan
         return plan
+
+    def _flat_sync(self, group, flat, fill_missing: bool = False) -> bool:
+        """Keep every parameter and gradient of a flat group inside the flat buffers.
+
+        Returns False when some parameter has no gradient (and ``fill_missing`` is off).
+        The common case costs O(1), whatever the number of tensors: the reference counts of
+        the two buffers' storages are unchanged since the last full check, so no parameter's
+        ``.data`` and no gradient left them (replacing either drops a reference: the flat
+        group keeps no views of its own). Otherwise every tensor is checked: a gradient
+        stored elsewhere (``zero_grad(set_to_none=True)`` then backward, ``p.grad = t``) is
+        copied in and re-bound; a parameter stored elsewhere (``model.half()``, ``.to()``)
+        is an error, since the flat buffer no longer holds it.
+        """
+        counts = _use_counts(flat)
+        if counts is not None and counts == flat["counts"]:
+            return True
+        fp, fg = flat["param"], flat["grad"]
+        base_p, base_g, es = fp.data_ptr(), fg.data_ptr(), fg.element_size()
+        complete = True
+        for i, (p, (off, n)) in enumerate(zip(group["params"], flat["spans"])):
+            if n and p.data_ptr() != base_p + off * es:
+                raise RuntimeError(
+                    f"parameter {i} of a flat CLRSGD group no longer lives in the flat buffer (its .data was "
+                    "replaced, e.g. by model.half() or model.to()); build the optimizer after converting the model"
+                )
+            g = p.grad
+            if g is None:
+                if fill_missing:
+                    p.grad = fg[off:off + n].view(p.shape)
+                else:
+                    complete = False
+                continue
+            bound = (g.data_ptr() == base_g + off * es and g.dtype == fg.dtype and g.device == fg.device
+                     and g.shape == p.shape and g.is_contiguous())
+            if not bound or not n:
+                if g.is_sparse:
+                    raise ValueError("CLRSGD does not support sparse gradients")
+                view = fg[off:off + n].view(p.shape)
+                view.copy_(g)
+                p.grad = view
+        if complete:
+            flat["counts"] = _use_counts(flat)
+        return complete
 
     def _build_plan(self, group) -> _Plan | None:
         params = group["params"]
@@ -397,7 +427,7 @@ class CLRSGD(torch.optim.Optimizer):
         fp = torch.empty(total, dtype=p0.dtype, device=p0.device)
         fg = torch.zeros_like(fp)
         fb = torch.zeros_like(fp)
-        gviews, bviews = [], []
+        spans, bviews = [], []
         off = 0
         for p in params:
             n = p.numel()
@@ -408,7 +438,7 @@ class CLRSGD(torch.optim.Optimizer):
                 gv.copy_(p.grad)
             p.data = fp[off:off + n].view(p.shape)
             p.grad = gv
-            gviews.append(gv)
+            spans.append((off, n))
             bviews.append(bv)
             buf = self.state[p].get("momentum_buffer") if p in self.state else None
             if buf is not None:
@@ -416,8 +446,8 @@ class CLRSGD(torch.optim.Optimizer):
                 self.state[p]["momentum_buffer"] = bv
             off += n
         self._flat[self.param_groups.index(group)] = {
-            "param": fp, "grad": fg, "buf": fb, "gviews": gviews, "bviews": bviews,
-            "ptrs": np.array([p.data_ptr() for p in params], dtype=np.int64),
+            "param": fp, "grad": fg, "buf": fb, "spans": spans, "bviews": bviews,
+            "counts": None,  # storage reference counts at the last full check (see _flat_sync)
         }
 
     # -------------------------------------------------------------------- CUDA
