@@ -35,19 +35,9 @@ template <DType D, bool WD, MomMode M, bool STORE>
 CLRFAST_INLINE void update_loop(typename Storage<D>::type* __restrict p, typename Storage<D>::type* __restrict g,
                                 typename Storage<D>::type* __restrict buf, int64_t n,
                                 const SgdCoef<typename Storage<D>::acc>& coef) {
-  using S = Storage<D>;
-  using Acc = typename S::acc;
+  using Acc = typename Storage<D>::acc;
   const SgdCoef<Acc> c = coef;  // a local copy: provably not aliased by the stores, so the loop vectorizes
-  for (int64_t i = 0; i < n; ++i) {
-    Acc pv = S::load(p[i]);
-    const Acc gv = S::load(g[i]) * c.inv_scale;
-    if (STORE) g[i] = S::store(gv);
-    Acc bv = Acc(0);
-    if (M == MomMode::Normal || M == MomMode::Nesterov) bv = S::load(buf[i]);
-    sgd_element<WD, M>(pv, gv, bv, c);
-    if (M != MomMode::None) buf[i] = S::store(bv);
-    p[i] = S::store(pv);
-  }
+  for (int64_t i = 0; i < n; ++i) sgd_update_at<D, WD, M>(p, g, buf, i, c, STORE);
 }
 
 template <DType D, bool WD, bool STORE>

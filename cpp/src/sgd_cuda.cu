@@ -20,22 +20,13 @@ constexpr int kThreads = 256;
 template <DType D, bool WD, MomMode M>
 __device__ void update_range(const Segment& s, int64_t begin, int64_t stride, const SgdCoef<typename Storage<D>::acc>& c,
                              typename Storage<D>::acc inv_scale, bool store) {
-  using S = Storage<D>;
-  using T = typename S::type;
-  using Acc = typename S::acc;
+  using T = typename Storage<D>::type;
   T* p = reinterpret_cast<T*>(s.p);
   T* g = reinterpret_cast<T*>(s.g);
   T* b = reinterpret_cast<T*>(s.buf);
-  for (int64_t i = begin; i < s.n; i += stride) {
-    Acc pv = S::load(p[i]);
-    const Acc gv = S::load(g[i]) * inv_scale;
-    if (store) g[i] = S::store(gv);
-    Acc bv = Acc(0);
-    if (M == MomMode::Normal || M == MomMode::Nesterov) bv = S::load(b[i]);
-    sgd_element<WD, M>(pv, gv, bv, c);
-    if (M != MomMode::None) b[i] = S::store(bv);
-    p[i] = S::store(pv);
-  }
+  SgdCoef<typename Storage<D>::acc> cc = c;
+  cc.inv_scale = inv_scale;  // read from the device-side grad_scale by the caller
+  for (int64_t i = begin; i < s.n; i += stride) sgd_update_at<D, WD, M>(p, g, b, i, cc, store);
 }
 
 template <DType D>

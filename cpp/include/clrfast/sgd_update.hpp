@@ -150,4 +150,24 @@ CLRFAST_HD void sgd_element(Acc& p, Acc g, Acc& buf, const SgdCoef<Acc>& c) {
   p = fused_madd(g, c.neg_lr, p);
 }
 
+// The whole update of element i as stored in memory: load to the opmath type,
+// unscale, optionally store the unscaled gradient back (GradScaler's fused
+// contract), update, round once on store. The CPU loops and the CUDA kernel
+// both run exactly this.
+template <DType D, bool WD, MomMode M>
+CLRFAST_HD void sgd_update_at(typename Storage<D>::type* p, typename Storage<D>::type* g,
+                              typename Storage<D>::type* buf, int64_t i,
+                              const SgdCoef<typename Storage<D>::acc>& c, bool store_grad) {
+  using S = Storage<D>;
+  using Acc = typename S::acc;
+  Acc pv = S::load(p[i]);
+  const Acc gv = S::load(g[i]) * c.inv_scale;
+  if (store_grad) g[i] = S::store(gv);
+  Acc bv = Acc(0);
+  if (M == MomMode::Normal || M == MomMode::Nesterov) bv = S::load(buf[i]);
+  sgd_element<WD, M>(pv, gv, bv, c);
+  if (M != MomMode::None) buf[i] = S::store(bv);
+  p[i] = S::store(pv);
+}
+
 }  // namespace clrfast

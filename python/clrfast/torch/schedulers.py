@@ -109,6 +109,15 @@ def _momentum_mode(optimizer: Optimizer, cycle_momentum: bool) -> int:
     return _MOMENTUM_BETAS if "betas" in optimizer.defaults else _MOMENTUM_KEY
 
 
+def _momentum_bounds(optimizer: Optimizer, base_momentum, max_momentum) -> tuple[list, list]:
+    """Per-group (base, max) momentum lists, checked finite."""
+    base = _format_param("base_momentum", optimizer, base_momentum)
+    top = _format_param("max_momentum", optimizer, max_momentum)
+    _finite("base_momentum", base)
+    _finite("max_momentum", top)
+    return base, top
+
+
 def _set_initial_momentum(optimizer, use_beta1, max_momentums, base_momentums) -> None:
     for m_momentum, b_momentum, group in zip(max_momentums, base_momentums, optimizer.param_groups):
         if use_beta1:
@@ -253,10 +262,7 @@ class CyclicLR(_CoreScheduler):
         check.real("gamma", gamma)
         use_momentum = _momentum_mode(optimizer, cycle_momentum)
         if use_momentum:
-            base_momentums = _format_param("base_momentum", optimizer, base_momentum)
-            max_momentums = _format_param("max_momentum", optimizer, max_momentum)
-            _finite("base_momentum", base_momentums)
-            _finite("max_momentum", max_momentums)
+            base_momentums, max_momentums = _momentum_bounds(optimizer, base_momentum, max_momentum)
 
         self.optimizer = optimizer
         if last_epoch == -1:
@@ -406,10 +412,7 @@ class OneCycleLR(_CoreScheduler):
         self.cycle_momentum = cycle_momentum
         use_momentum = _momentum_mode(optimizer, cycle_momentum)
         if use_momentum:
-            max_momentums = _format_param("max_momentum", optimizer, max_momentum)
-            base_momentums = _format_param("base_momentum", optimizer, base_momentum)
-            _finite("max_momentum", max_momentums)
-            _finite("base_momentum", base_momentums)
+            base_momentums, max_momentums = _momentum_bounds(optimizer, base_momentum, max_momentum)
         if last_epoch == -1:
             for idx, group in enumerate(optimizer.param_groups):
                 group["initial_lr"] = max_lrs[idx] / div_factor
