@@ -313,3 +313,24 @@ def test_scales_are_the_documented_functions(g, x):
     assert scales.Halving()(x) == 1 / 2.0 ** (x - 1)
     assert scales.ExpRange(g)(x) == g ** float(x)
     assert scales.Geometric(g)(x) == g ** float(x - 1)
+
+
+def test_tables_work_in_a_forked_child_after_the_parent_used_threads():
+    """A forked child has none of the parent's worker threads; it must not wait for them."""
+    import multiprocessing as mp
+    import sys
+
+    if sys.platform == "win32" or "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs the fork start method")
+    s = clr.Cyclic(1e-3, 6e-3, step_size_up=977)
+    n = 1 << 18  # large enough for the threaded path
+    expected = s.lr_table(n)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_child_table, (s, n))
+        got = result.get(timeout=60)
+    assert np.array_equal(got, expected)
+
+
+def _child_table(s, n):
+    return s.lr_table(n)

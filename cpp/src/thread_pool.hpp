@@ -12,16 +12,25 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+
+#include <pthread.h>
 #include <vector>
 
 namespace clrfast {
 
 class ThreadPool {
  public:
+  // The process-wide pool. Leaked on purpose: joining threads during
+  // interpreter shutdown can hang. A forked child (a DataLoader worker, say)
+  // inherits none of the parent's threads, and maybe a locked mutex, so it
+  // gets a fresh pool of its own instead of waiting forever on the old one.
   static ThreadPool& instance() {
-    // Leaked on purpose: joining threads during interpreter shutdown can hang.
-    static ThreadPool* pool = new ThreadPool();
-    return *pool;
+    static std::once_flag once;
+    std::call_once(once, [] {
+      slot() = new ThreadPool();
+      pthread_atfork(nullptr, nullptr, [] { slot() = new ThreadPool(); });
+    });
+    return *slot();
   }
 
   static int hardware_threads() {
@@ -56,6 +65,11 @@ class ThreadPool {
 
  private:
   ThreadPool() = default;
+
+  static ThreadPool*& slot() {
+    static ThreadPool* pool = nullptr;
+    return pool;
+  }
 
   int64_t range_end(int part) const { return n_ * (part + 1) / parts_; }
 
