@@ -459,18 +459,12 @@ void bind_schedules(py::module_& m) {
     const RestartPos p = restart_pos_torch_epoch(T_0, T_mult, epoch);
     return py::make_tuple(p.T_cur, p.T_i);
   });
-  m.def("restart_pos", [](double T_0, double T_mult, double t) {
-    const RestartPos p = restart_pos(T_0, T_mult, t);
-    return py::make_tuple(p.T_cur, p.T_i, p.k);
-  });
 
   py::class_<GroupEngine>(m, "GroupEngine")
       .def(py::init<std::vector<Schedule>, int, py::object>(), py::arg("schedules"), py::arg("momentum_key"),
            py::arg("scale_fn") = py::none())
       .def("apply", &GroupEngine::apply)
       .def("apply_restarts", &GroupEngine::apply_restarts)
-      .def("step", &GroupEngine::step)
-      .def("step_restarts", &GroupEngine::step_restarts)
       .def("fast_step", &make_fast_step, py::arg("restarts") = false,
            "A plain CPython function doing step (or step_restarts) with less call overhead.")
       .def_property("last_epoch", &GroupEngine::get_last_epoch, &GroupEngine::set_last_epoch)

@@ -38,14 +38,7 @@ inline void with_evaluator(const Schedule& s, Quantity q, Body body) {
       if (lr) {
         // cyclic_at() with the window and scale switches resolved, so the
         // loop body is branch-free and vectorises.
-        body([p](double t) {
-          const double q_ = t / p.total_size;
-          const double cycle = floor(1.0 + q_);
-          const double x = 1.0 + q_ - cycle;
-          const bool rising = x <= p.step_ratio;
-          const double sf = (x - (rising ? 0.0 : 1.0)) / (rising ? p.step_ratio : p.step_ratio - 1.0);
-          return cyclic_combine(p, sf, 1.0).lr;
-        });
+        body([p](double t) { return cyclic_combine(p, cyclic_triangle(p, t).s, 1.0).lr; });
         return;
       }
     }

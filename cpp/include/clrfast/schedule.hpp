@@ -129,14 +129,21 @@ struct CyclicPos {
   double s;  // 0 at the base, 1 at the peak
 };
 
-CLRFAST_HD CyclicPos cyclic_pos(const CyclicParams& p, double t) {
+// The triangular (Bartlett) position, before any window shape.
+CLRFAST_HD CyclicPos cyclic_triangle(const CyclicParams& p, double t) {
   const double q = t / p.total_size;
   const double cycle = floor(1.0 + q);
   const double x = 1.0 + q - cycle;
   // x/ratio or (x - 1)/(ratio - 1), written as one division of selected
   // operands (x - 0 == x exactly) so that a SIMD loop divides once, not twice.
   const bool rising = x <= p.step_ratio;
-  double s = (x - (rising ? 0.0 : 1.0)) / (rising ? p.step_ratio : p.step_ratio - 1.0);
+  return {cycle, (x - (rising ? 0.0 : 1.0)) / (rising ? p.step_ratio : p.step_ratio - 1.0)};
+}
+
+CLRFAST_HD CyclicPos cyclic_pos(const CyclicParams& p, double t) {
+  const CyclicPos tri = cyclic_triangle(p, t);
+  const double cycle = tri.cycle;
+  double s = tri.s;
   switch (p.window) {
     case Window::Triangular:
       break;

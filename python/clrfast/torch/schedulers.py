@@ -321,7 +321,8 @@ class CyclicLR(_CoreScheduler):
         momentum_key = getattr(self, "_momentum_key", _MOMENTUM_NONE) if self.cycle_momentum else 0
         if self.cycle_momentum and momentum_key == _MOMENTUM_NONE:  # state loaded from torch
             momentum_key = _MOMENTUM_BETAS if getattr(self, "use_beta1", False) else _MOMENTUM_KEY
-        up = self.step_ratio * self.total_size if not hasattr(self, "_step_size_up") else self._step_size_up
+        # The given step_size_up, exactly; a state saved by torch only has ratio and total.
+        up = getattr(self, "_step_size_up", self.step_ratio * self.total_size)
         down = self.total_size - up
         scheds = []
         for i, (base, top) in enumerate(zip(self.base_lrs, self.max_lrs)):
