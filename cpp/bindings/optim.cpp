@@ -27,7 +27,9 @@ namespace {
 
 constexpr int kSegCols = static_cast<int>(sizeof(Segment) / sizeof(int64_t));
 
-const Segment* segments_of(const py::array& table, int64_t* count) {
+// The table's shape and codes; the front end has checked every row's extent
+// against the tensors it came from, this only refuses what would be undefined.
+const Segment* segments_of(const py::array& table, int64_t* count, bool need_buf) {
   if (!py::isinstance<py::array_t<int64_t>>(table)) throw py::type_error("segments: expected an int64 array");
   if (table.ndim() != 2 || table.shape(1) != kSegCols)
     throw py::value_error("segments: expected shape (n, " + std::to_string(kSegCols) + ")");
@@ -35,8 +37,11 @@ const Segment* segments_of(const py::array& table, int64_t* count) {
   *count = table.shape(0);
   const Segment* segs = static_cast<const Segment*>(table.data());
   for (int64_t i = 0; i < *count; ++i) {
-    if (segs[i].dtype < 0 || segs[i].dtype > 3) throw py::value_error("segments: unknown dtype code");
-    if (segs[i].n < 0) throw py::value_error("segments: negative length");
+    const Segment& s = segs[i];
+    if (s.dtype < 0 || s.dtype > 3) throw py::value_error("segments: unknown dtype code");
+    if (s.n < 0) throw py::value_error("segments: negative length");
+    if (s.n > 0 && (s.p == 0 || s.g == 0 || (need_buf && s.buf == 0)))
+      throw py::value_error("segments: null pointer in row " + std::to_string(i));
   }
   return segs;
 }
@@ -47,19 +52,14 @@ std::pair<double, double> hyper_at(const Schedule& s, double t, double momentum)
   return {v.lr, std::isnan(v.momentum) ? momentum : v.momentum};
 }
 
-py::tuple sgd_step(const Schedule& schedule, int64_t step, const py::array& table, double momentum, double dampening,
-                   double weight_decay, bool nesterov, bool maximize, double inv_scale, bool store_grad,
-                   int threads) {
+void sgd_step(const py::array& table, double lr, double momentum, double dampening, double weight_decay,
+              bool nesterov, bool maximize, double inv_scale, bool store_grad, int threads) {
   int64_t n = 0;
-  const Segment* segs = segments_of(table, &n);
-  const auto hm = hyper_at(schedule, static_cast<double>(step), momentum);
-  StepConfig cfg{hm.first, hm.second, dampening, weight_decay, inv_scale, store_grad, nesterov, maximize};
+  const Segment* segs = segments_of(table, &n, momentum != 0.0);
+  StepConfig cfg{lr, momentum, dampening, weight_decay, inv_scale, store_grad, nesterov, maximize};
   if (threads < 1) threads = 1;
-  {
-    py::gil_scoped_release release;
-    sgd_step_cpu(segs, n, cfg, threads);
-  }
-  return py::make_tuple(hm.first, hm.second);
+  py::gil_scoped_release release;
+  sgd_step_cpu(segs, n, cfg, threads);
 }
 
 // True when params[i].grad is views[i] for every i: the flat-mode check that
@@ -113,24 +113,48 @@ int64_t read_data_ptr(PyObject* p) {
   return v;
 }
 
-// True when every parameter still has the gradient object the cached plan was
-// built from and, where ptrs[i] != 0, still stores its data at ptrs[i].
-// zero_grad(set_to_none=True) and p.grad = t replace the gradient object;
-// model.half() / .to() keep both objects but move their storage (they assign
-// .data). Either way the plan's raw pointers would be stale.
-bool plan_bound(const py::list& params, const py::list& grads,
-                const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& ptrs) {
+int64_t call_int(PyObject* obj, PyObject* name) {
+  PyObject* r = PyObject_CallMethodNoArgs(obj, name);
+  if (r == nullptr) throw py::error_already_set();
+  const int64_t v = PyLong_AsLongLong(r);
+  Py_DECREF(r);
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return v;
+}
+
+// True when the cached plan of a param group still describes it: every
+// parameter has the gradient object it was validated with (None included),
+// parameter and gradient keep their data address and element count
+// (`p.data = t`, `model.to()`, `g.set_(t)` and `resize_` change one of them),
+// and `state[p][key]` is still the validated buffer wherever there was one.
+// It costs a few attribute reads per tensor and no allocation, so a step
+// whose tensors did not change pays no revalidation.
+bool plan_current(const py::list& params, const py::list& grads, const py::list& bufs, const py::dict& state,
+                  const py::str& key, const py::array_t<int64_t, py::array::c_style>& expect) {
+  static PyObject* numel = PyUnicode_InternFromString("numel");
   const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
-  if (PyList_GET_SIZE(grads.ptr()) != n || ptrs.ndim() != 1 || ptrs.shape(0) != n) return false;
-  const int64_t* expect = ptrs.data();
-  for (Py_ssize_t i = 0; i < n; ++i) {
+  if (PyList_GET_SIZE(grads.ptr()) != n || PyList_GET_SIZE(bufs.ptr()) != n || expect.ndim() != 2 ||
+      expect.shape(0) != n || expect.shape(1) != 4)
+    return false;
+  const int64_t* e = expect.data();
+  for (Py_ssize_t i = 0; i < n; ++i, e += 4) {
     PyObject* p = PyList_GET_ITEM(params.ptr(), i);
     PyObject* g = read_grad(p);
     if (g == nullptr) throw py::error_already_set();
     const bool same = g == PyList_GET_ITEM(grads.ptr(), i);
+    if (!same || g == Py_None) {
+      Py_DECREF(g);
+      if (!same) return false;
+      continue;
+    }
+    const bool ok = read_data_ptr(g) == e[1] && call_int(g, numel) == e[2];
     Py_DECREF(g);
-    if (!same) return false;
-    if (expect[i] != 0 && read_data_ptr(p) != expect[i]) return false;
+    if (!ok || read_data_ptr(p) != e[0] || call_int(p, numel) != e[2]) return false;
+    PyObject* want = PyList_GET_ITEM(bufs.ptr(), i);
+    if (want == Py_None) continue;
+    PyObject* st = PyDict_GetItem(state.ptr(), p);  // borrowed; never runs defaultdict's factory
+    PyObject* have = st != nullptr && PyDict_Check(st) ? PyDict_GetItem(st, key.ptr()) : nullptr;
+    if (have != want || read_data_ptr(want) != e[3]) return false;
   }
   return true;
 }
@@ -138,19 +162,21 @@ bool plan_bound(const py::list& params, const py::list& grads,
 }  // namespace
 
 void bind_optim(py::module_& m) {
-  m.def("sgd_step", &sgd_step, py::arg("schedule"), py::arg("step"), py::arg("segments"), py::arg("momentum"),
-        py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
-        py::arg("inv_scale"), py::arg("store_grad"), py::arg("threads"),
-        "Fused SGD step over an int64 segment table (rows p, g, buf, n, dtype, first) on the CPU; "
-        "lr and momentum come from the schedule at `step`. Returns (lr, momentum).");
+  m.def("sgd_step", &sgd_step, py::arg("segments"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
+        py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("inv_scale"),
+        py::arg("store_grad"), py::arg("threads"),
+        "Fused SGD step over an int64 segment table (rows p, g, buf, n, dtype, first) on the CPU.");
   m.def("sgd_hyper", [](const Schedule& s, int64_t step, double momentum) {
     const auto hm = hyper_at(s, static_cast<double>(step), momentum);
     return py::make_tuple(hm.first, hm.second);
-  });
+  }, py::arg("schedule"), py::arg("step"), py::arg("momentum"),
+     "(lr, momentum) of `step`; the schedule's momentum, else `momentum`.");
   m.def("sgd_cpu_isa", &sgd_cpu_isa, "Instruction set the CPU kernels dispatch to.");
   m.def("hardware_threads", &ThreadPool::hardware_threads);
-  m.def("plan_bound", &plan_bound, py::arg("params"), py::arg("grads"), py::arg("data_ptrs"),
-        "True when no parameter's .grad object or .data storage changed since the plan was built.");
+  m.def("plan_current", &plan_current, py::arg("params"), py::arg("grads"), py::arg("buffers"), py::arg("state"),
+        py::arg("key"), py::arg("expect"),
+        "True when no parameter's .grad object, data address or size, nor any state buffer, changed since the "
+        "plan was validated.");
   m.attr("sgd_segment_cols") = kSegCols;
   m.def("schedule_bytes", [](const Schedule& s) {
     return py::bytes(reinterpret_cast<const char*>(&s), sizeof(Schedule));

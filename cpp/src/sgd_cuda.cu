@@ -97,12 +97,13 @@ __global__ void sgd_kernel(KernelArgs a) {
   }
 }
 
-// Runs after sgd_kernel on the same stream: records the hyperparameters of
-// the step taken, advances the clock and marks the buffers initialised.
+// Runs after sgd_kernel on the same stream: advances the clock, marks the
+// buffers initialised and records the hyperparameters the next step will use
+// (torch's param_groups convention, as after scheduler.step()).
 __global__ void finish_kernel(const Schedule* schedule, int64_t* step, Segment* segs, int64_t nseg, double momentum,
                               const float* found_inf, double* lrmom_out) {
   if (found_inf != nullptr && *found_inf != 0.0f) return;
-  const int64_t t = *step;
+  const int64_t t = *step + 1;
   for (int64_t i = threadIdx.x; i < nseg; i += blockDim.x) segs[i].first = 0;
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -111,7 +112,7 @@ __global__ void finish_kernel(const Schedule* schedule, int64_t* step, Segment* 
       lrmom_out[0] = v.lr;
       lrmom_out[1] = isnan(v.momentum) ? momentum : v.momentum;
     }
-    *step = t + 1;
+    *step = t;
   }
 }
 

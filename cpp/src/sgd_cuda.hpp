@@ -20,7 +20,7 @@ struct CudaStepArgs {
   bool nesterov, maximize;
   const float* grad_scale;  // null, or GradScaler's scale (grads are divided by it)
   const float* found_inf;   // null, or nonzero when the step must be skipped
-  double* lrmom_out;        // null, or 2 doubles: lr and momentum of the step taken
+  double* lrmom_out;        // null, or 2 doubles: lr and momentum of the next step
   void* stream;
 };
 

@@ -1,0 +1,788 @@
+"""The fused-optimizer engine shared by clrfast's optimizers.
+
+A rule (SGD today) supplies its hyperparameters, its per-parameter state and its
+kernel; the engine owns everything around them, so every rule gets the same
+guarantees:
+
+- **Nothing reaches the kernel unchecked.** A *plan* per param group lists, for every
+  parameter with a gradient, the raw pointers the kernel will touch. It is built only
+  after every tensor was checked (device, dtype, layout, element counts of parameter,
+  gradient and state, memory overlap) and is cached until a tensor changes, which
+  ``_core.plan_current`` notices at a few attribute reads per tensor. Tensors the kernel
+  cannot walk as one flat run (transposed parameters, a state buffer left in another
+  dtype by ``model.to()``) take torch's own single-tensor code, so they still match torch.
+- **All or nothing.** ``step`` validates every group before it mutates anything, and the
+  constructor, ``add_param_group`` and ``load_state_dict`` validate all input first.
+- **torch's conventions.** After k applied updates a group shows the lr and momentum of
+  update k (as after ``scheduler.step()``). A step applies what the group holds, so a value
+  written by other code (a scheduler, Lightning's lr finder) is applied to the next update;
+  the schedule then writes the value of the update after.
+- **The clock** (``group["step"]``) counts applied updates; a step skipped by GradScaler
+  does not advance it.
+"""
+
+from __future__ import annotations
+
+import numbers
+import weakref
+
+import numpy as np
+import torch
+
+from .. import _core
+from .. import _validate as check
+from ..schedules import Schedule, from_dict
+
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_COLS = _core.sgd_segment_cols  # p, g, buf, n, dtype, first
+_DEVICES = ("cpu", "cuda")
+
+
+# --------------------------------------------------------------------------- tensors
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def is_dtensor(t) -> bool:
+    if type(t) in (torch.Tensor, torch.nn.Parameter):
+        return False
+    dt = _dtensor_type()
+    return dt is not None and isinstance(t, dt)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose memory the kernel touches: a DTensor's local shard, else ``t``."""
+    return t._local_tensor if is_dtensor(t) else t
+
+
+def dense_like(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when ``b`` lays its elements out in memory exactly as ``a`` and both are one dense run."""
+    if a.shape != b.shape:
+        return False
+    if a.is_contiguous() and b.is_contiguous():
+        return True
+    for fmt in (torch.channels_last, torch.channels_last_3d):
+        try:
+            if a.is_contiguous(memory_format=fmt) and b.is_contiguous(memory_format=fmt) and a.stride() == b.stride():
+                return True
+        except RuntimeError:  # the format does not apply to this rank
+            pass
+    return False
+
+
+def extent(t: torch.Tensor) -> tuple[int, int]:
+    """The byte range [start, end) that the elements of ``t`` span in memory."""
+    if t.numel() == 0:
+        return (0, 0)
+    start = t.data_ptr()
+    span = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+    low = sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s < 0)
+    return (start + low * t.element_size(), start + (low + span) * t.element_size())
+
+
+def check_no_overlap(named) -> None:
+    """Raise when two of the named tensors share memory (tied weights, one tensor listed twice)."""
+    spans = sorted((*extent(t), name) for name, t in named if t.numel())
+    end, owner = -1, None
+    for a, b, name in spans:
+        if a < end:
+            raise ValueError(
+                f"{owner} and {name} share memory (tied weights, or one tensor listed twice); the fused step would "
+                "update that memory twice, in an order torch does not use. Pass each shared parameter once."
+            )
+        if b > end:
+            end, owner = b, name
+
+
+def where(gi: int, pi: int) -> str:
+    return f"param_groups[{gi}] parameter {pi}"
+
+
+def check_param(gi: int, pi: int, p, name: str) -> torch.Tensor:
+    """Checks what a parameter must be whether or not it has a gradient; returns its local tensor."""
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"{where(gi, pi)}: expected a torch.Tensor, got {type(p).__name__}")
+    lp = local(p)
+    if lp.layout != torch.strided:
+        raise ValueError(f"{where(gi, pi)}: {name} supports dense (strided) parameters, got layout {lp.layout}")
+    if lp.device.type not in _DEVICES:
+        raise ValueError(f"{where(gi, pi)}: {name} runs on CPU and CUDA tensors, got a parameter on {lp.device}")
+    if lp.dtype not in DTYPE_CODES:
+        raise TypeError(
+            f"{where(gi, pi)}: {name} supports float32, float64, bfloat16 and float16 parameters, got {lp.dtype}"
+        )
+    if lp.device.type == "cuda" and not getattr(_core, "cuda_built", False):
+        raise ValueError(f"{where(gi, pi)}: this clrfast build has no CUDA kernels; CUDA parameters need a CUDA build")
+    if torch._debug_has_internal_overlap(lp) == 1:
+        raise ValueError(f"{where(gi, pi)}: the parameter has overlapping elements (an expanded tensor)")
+    return lp
+
+
+def check_grad(gi: int, pi: int, p, lp: torch.Tensor, g) -> torch.Tensor:
+    """Checks a gradient against its parameter; returns its local tensor."""
+    if is_dtensor(p) != is_dtensor(g):
+        raise ValueError(f"{where(gi, pi)}: a DTensor parameter needs a DTensor gradient and a plain one a plain one")
+    lg = local(g)
+    if lg.layout != torch.strided:
+        raise ValueError(f"{where(gi, pi)}: sparse gradients are not supported (layout {lg.layout})")
+    if lg.dtype != lp.dtype or lg.device != lp.device:
+        raise ValueError(
+            f"{where(gi, pi)}: gradient dtype/device ({lg.dtype}, {lg.device}) differs from the parameter's "
+            f"({lp.dtype}, {lp.device})"
+        )
+    if lg.shape != lp.shape:
+        raise ValueError(
+            f"{where(gi, pi)}: gradient shape {tuple(lg.shape)} differs from the parameter's {tuple(lp.shape)}"
+        )
+    return lg
+
+
+def check_state_tensor(gi: int, pi: int, key: str, p, value) -> None:
+    """A state tensor loaded or found for parameter p must have p's shape and a floating dtype."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{where(gi, pi)}: state[{key!r}] must be a tensor, got {type(value).__name__}")
+    if value.layout != torch.strided or not value.is_floating_point():
+        raise TypeError(f"{where(gi, pi)}: state[{key!r}] must be a dense floating tensor, got {value.dtype}")
+    if value.shape != p.shape:
+        raise ValueError(
+            f"{where(gi, pi)}: state[{key!r}] has shape {tuple(value.shape)}, the parameter {tuple(p.shape)}"
+        )
+
+
+def as_real(gi: int, key: str, value) -> float:
+    """A group hyperparameter as a float (0-d tensors, as DCP writes them, included)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"param_groups[{gi}][{key!r}] must be a real number, got {value!r}")
+    return float(value)
+
+
+def use_counts(flat) -> tuple | None:
+    """Reference counts of a flat group's parameter and gradient storages (None where torch lacks the probe)."""
+    probe = getattr(torch._C, "_storage_Use_Count", None)
+    if probe is None:
+        return None
+    return (probe(flat.param.untyped_storage()._cdata), probe(flat.grad.untyped_storage()._cdata))
+
+
+# --------------------------------------------------------------------------- plans
+class Plan:
+    """What one step of one param group touches, every tensor already checked.
+
+    ``table`` rows go to the kernel; ``slow`` lists tensors that take torch's single-tensor
+    code instead. ``deferred`` holds the state changes this step makes before the kernel
+    runs (new state tensors, gradients re-bound to flat storage): they run only once every
+    group is validated. The other fields let the next step tell whether anything changed.
+    """
+
+    __slots__ = ("params", "grads", "bufs", "expect", "table", "owners", "slow", "deferred", "fresh", "missing",
+                 "cacheable", "device", "cuda")
+
+    def __init__(self, device):
+        self.params = self.grads = self.bufs = self.expect = None
+        self.table = np.zeros((0, _COLS), dtype=np.int64)
+        self.owners: list = []  # parameters whose state each table row holds (a run of them in flat mode)
+        self.slow: list = []  # (param index, param) for torch's reference code
+        self.deferred: list = []
+        self.fresh: list = []  # table rows whose state holds no history yet (the kernel initialises it)
+        self.missing = False  # some row has no state tensor (a step without momentum made none)
+        self.cacheable = True
+        self.device = device
+        self.cuda = None  # device-side copies of the table (CUDA)
+
+
+class Flat:
+    """The contiguous storage of a ``flat=True`` group: parameters, gradients and state are views of it."""
+
+    __slots__ = ("param", "grad", "buf", "spans", "bviews", "counts", "plan")
+
+    def __init__(self, param, grad, buf, spans, bviews):
+        self.param, self.grad, self.buf = param, grad, buf
+        self.spans, self.bviews = spans, bviews
+        self.counts = None  # storage reference counts when the cached plan was built
+        self.plan = None
+
+    def storage(self):
+        return (self.param, self.grad, self.buf, self.spans, self.bviews)
+
+    def grad_view(self, i: int, shape) -> torch.Tensor:
+        # Made on demand, never kept: a kept view would hide a replaced gradient from the reference counts.
+        off, n = self.spans[i]
+        return self.grad[off:off + n].view(shape)
+
+    def bound(self, i: int, g: torch.Tensor) -> bool:
+        """True when gradient ``g`` of parameter ``i`` is its view of the flat gradient storage."""
+        off, _ = self.spans[i]
+        return (g.data_ptr() == self.grad.data_ptr() + off * self.grad.element_size() and g.dtype == self.grad.dtype
+                and g.device == self.grad.device and g.is_contiguous())
+
+
+# --------------------------------------------------------------------------- the base class
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base of clrfast's fused optimizers (see the module docstring for the guarantees).
+
+    A subclass names its rule (``_rule``) and its per-parameter state tensor
+    (``_state_key``) and implements ``_check_hyper`` (group validation),
+    ``_publish_schedule`` (the scheduled hyperparameters of an update), ``_step_hyper``
+    (the values one update applies), ``_needs_state``, ``_kernel`` and ``_reference``
+    (torch's single-tensor code, for tensors the kernel cannot walk).
+    """
+
+    _rule = "optimizer"
+    _state_key = "state"
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults: dict, *, threads: int | None = None):
+        if threads is not None:
+            threads = check.integer("threads", threads, min=1)
+        self._threads = threads
+        self._plans: dict = {}
+        self._flat: dict = {}
+        self._published: list = []
+        self._fresh = weakref.WeakSet()
+        groups = self._normalise(params)
+        # Every group is checked before torch's constructor adds (and flattens) the first.
+        checked = [self._checked_group(gi, g, defaults) for gi, g in enumerate(groups)]
+        check_no_overlap([(where(gi, pi), local(p)) for gi, g in enumerate(checked)
+                          for pi, p in enumerate(g["params"])])
+        self._constructing = True
+        try:
+            super().__init__(checked, defaults)
+        finally:
+            self._constructing = False
+
+    # ------------------------------------------------------------------ groups
+    @staticmethod
+    def _normalise(params) -> list:
+        if isinstance(params, torch.Tensor):
+            raise TypeError(f"params must be an iterable of tensors or dicts, got a {type(params).__name__}")
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        return groups
+
+    def _checked_group(self, gi: int, group, defaults: dict) -> dict:
+        """The group as it will be stored, defaults filled in; raises on anything invalid."""
+        if not isinstance(group, dict):
+            raise TypeError(f"param_groups[{gi}] must be a dict, got {type(group).__name__}")
+        given = set(group)
+        group = dict(group)
+        params = group.get("params")
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("optimizer parameters need to be organized in ordered collections, but the ordering "
+                            "of tensors in sets will change between runs. Please use a list instead.")
+        elif params is None:
+            raise ValueError(f"param_groups[{gi}] has no 'params'")
+        else:
+            params = list(params)
+        group["params"] = params
+        for k, v in defaults.items():
+            group.setdefault(k, v)
+        if group.get("schedule") is not None and "lr" in given:
+            raise ValueError(
+                f"param_groups[{gi}] sets lr={group['lr']!r} but follows a schedule, which sets the lr; give the "
+                "group its own schedule (e.g. 'schedule': clr.Constant(lr)) or 'schedule': None"
+            )
+        if group.get("schedule") is None and "lr" not in given and defaults.get("schedule") is not None:
+            raise ValueError(f"param_groups[{gi}] has 'schedule': None and needs its own 'lr'")
+        self._check_hyper(f"param_groups[{gi}]", group)
+        for pi, p in enumerate(params):
+            check_param(gi, pi, p, self._rule)
+            if not p.is_leaf:
+                raise ValueError(f"{where(gi, pi)}: can't optimize a non-leaf Tensor")
+        if group["flat"]:
+            self._check_flattenable(gi, params)
+        return group
+
+    def add_param_group(self, param_group: dict) -> None:
+        """As torch's; the group is checked in full (and flattened when ``flat``) before it is added."""
+        gi = len(self.param_groups)
+        if self._constructing:
+            group = param_group  # __init__ checked every group already
+        else:
+            group = self._checked_group(gi, param_group, self.defaults)
+            named = [(where(gj, pi), local(p)) for gj, g in enumerate(self.param_groups)
+                     for pi, p in enumerate(g["params"])]
+            check_no_overlap(named + [(where(gi, pi), local(p)) for pi, p in enumerate(group["params"])])
+        super().add_param_group(group)
+        group = self.param_groups[-1]
+        if group["schedule"] is not None:
+            self._publish_schedule(group)
+        self._published.append(self._current(group))
+        if group["flat"]:
+            self._flatten(gi, group)
+
+    def _check_flattenable(self, gi: int, params) -> None:
+        if not params:
+            return
+        if any(is_dtensor(p) for p in params):
+            raise ValueError(f"param_groups[{gi}]: flat=True does not support DTensor (FSDP2) parameters; "
+                             "use flat=False")
+        dtypes = {p.dtype for p in params}
+        devices = {p.device for p in params}
+        if len(dtypes) > 1 or len(devices) > 1:
+            raise ValueError(
+                f"param_groups[{gi}]: flat=True needs one dtype and one device per param group, got "
+                f"{sorted(map(str, dtypes))} on {sorted(map(str, devices))}"
+            )
+
+    # ------------------------------------------------------------------ what the groups show
+    _published_keys = ("lr",)
+
+    def _current(self, group) -> tuple:
+        return tuple(group.get(k) for k in self._published_keys)
+
+    def _external(self, gi: int, group) -> bool:
+        """True when other code wrote a published hyperparameter since this optimizer did."""
+        return any(a is not b for a, b in zip(self._current(group), self._published[gi]))
+
+    def _advance(self, gi: int, group) -> None:
+        """After an applied update: the clock moves and the group shows the next update's values."""
+        group["step"] += 1
+        sched = group["schedule"]
+        if sched is not None and (sched.max_step is None or group["step"] <= sched.max_step):
+            self._publish_schedule(group)
+        self._published[gi] = self._current(group)
+
+    def get_last_lr(self) -> list:
+        """Each group's current lr: the one its next update uses (torch's scheduler convention)."""
+        return [group["lr"] for group in self.param_groups]
+
+    # ------------------------------------------------------------------ zero_grad
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's. A flat group zeroes its bound gradients in one call."""
+        for gi, group in enumerate(self.param_groups):
+            flat = self._flat.get(gi)
+            if flat is not None and not set_to_none:
+                flat.grad.zero_()
+            for pi, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                elif flat is None or not flat.bound(pi, g):
+                    if g.grad_fn is not None:
+                        g.detach_()
+                    else:
+                        g.requires_grad_(False)
+                    g.zero_()
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every group; returns the closure's loss when one is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._is_state_init_step():
+            self._init_state_only()
+            return loss
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) != 0.0:
+            return loss
+        # Validate every group, then mutate: nothing after the plans raises on input.
+        hypers = [self._step_hyper(gi, g) for gi, g in enumerate(self.param_groups)]
+        plans = [self._plan(gi, g, h) for gi, (g, h) in enumerate(zip(self.param_groups, hypers))]
+        for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
+            if plan is not None and plan.device.type == "cuda":
+                self._check_cuda_group(gi, group)
+        inv_scale = None
+        if grad_scale is not None and any(p is not None and p.device.type == "cpu" for p in plans):
+            inv_scale = float(grad_scale.double().reciprocal().float())
+        for gi, (group, hyper, plan) in enumerate(zip(self.param_groups, hypers, plans)):
+            if plan is None:
+                self._advance(gi, group)
+                continue
+            for action in plan.deferred:
+                action()
+            plan.deferred = []
+            if plan.device.type == "cuda":
+                self._cuda_step(gi, group, plan, grad_scale, found_inf)
+                continue
+            if len(plan.table):
+                self._kernel(plan.table, hyper, inv_scale)
+            if plan.slow:
+                self._reference(group, plan.slow, hyper, inv_scale)
+                plan.cacheable = False  # torch's code may have made state tensors the plan does not list
+            if self._needs_state(hyper):
+                self._initialised(plan)
+            self._advance(gi, group)
+        return loss
+
+    def _initialised(self, plan: Plan) -> None:
+        """The kernel wrote the state of the rows that had none: they hold history from now on."""
+        if not plan.fresh:
+            return
+        plan.table[plan.fresh, 5] = 0
+        for row in plan.fresh:
+            for p in plan.owners[row]:
+                self._fresh.discard(self.state[p].get(self._state_key))
+        plan.fresh = []
+
+    def _num_threads(self) -> int:
+        n = self._threads if self._threads is not None else torch.get_num_threads()
+        # torch's pool sleeps while this call runs; never ask for more than the cores.
+        return max(1, min(n, _core.hardware_threads()))
+
+    # ------------------------------------------------------------------ DCP's initialisation step
+    def _is_state_init_step(self) -> bool:
+        """torch.distributed.checkpoint's ``_init_optim_state`` is calling.
+
+        On an optimizer without state it gives every parameter a zero gradient, sets every
+        group's lr to 0 and calls ``step()`` to make the state exist, expecting no weight to
+        move. Recognised by exactly that (lr written as 0 by other code, all gradients zero),
+        the call creates the state, marked as holding no history, and changes nothing else.
+        """
+        if self.state or not self.param_groups:
+            return False
+        for gi, group in enumerate(self.param_groups):
+            lr = group.get("lr")
+            if lr is self._published[gi][0] or not isinstance(lr, (float, int, torch.Tensor)) or float(lr) != 0.0:
+                return False
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.requires_grad]
+        return all(g is not None and not local(g).any() for g in grads)
+
+    def _init_state_only(self) -> None:
+        for gi, group in enumerate(self.param_groups):
+            flat = self._flat.get(gi)
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None or not self._needs_state(self._step_hyper(gi, group)):
+                    continue
+                buf = flat.bviews[pi] if flat is not None else torch.zeros_like(p, memory_format=torch.preserve_format)
+                self.state[p][self._state_key] = buf
+                self._fresh.add(buf)
+        self._plans.clear()
+        for flat in self._flat.values():
+            flat.plan = None
+
+    # ------------------------------------------------------------------ plans
+    def _plan(self, gi: int, group, hyper) -> Plan | None:
+        need = self._needs_state(hyper)
+        flat = self._flat.get(gi)
+        if flat is not None:
+            plan = flat.plan
+            counts = use_counts(flat)
+            if plan is not None and counts is not None and counts == flat.counts and not (need and plan.missing):
+                return plan
+            return self._flat_plan(gi, group, flat, need)
+        params = group["params"]
+        plan = self._plans.get(gi)
+        if (plan is not None and plan.cacheable and plan.params is params and not (need and plan.missing)
+                and _core.plan_current(params, plan.grads, plan.bufs, self.state, self._state_key, plan.expect)):
+            return plan
+        plan = self._build_plan(gi, group, need)
+        self._plans[gi] = plan
+        return plan
+
+    def _state_of(self, p):
+        st = self.state.get(p)
+        return None if st is None else st.get(self._state_key)
+
+    def _build_plan(self, gi: int, group, need: bool) -> Plan | None:
+        params = group["params"]
+        grads, bufs, expect, rows, owners, slow, named = [], [], [], [], [], [], []
+        devices = set()
+        cacheable = True
+        for pi, p in enumerate(params):
+            g = p.grad
+            grads.append(g)
+            buf = None
+            if g is None:
+                bufs.append(None)
+                expect.append((0, 0, 0, 0))
+                continue
+            lp = check_param(gi, pi, p, self._rule)
+            lg = check_grad(gi, pi, p, lp, g)
+            cacheable = cacheable and not is_dtensor(p)  # FSDP2 hands over new gradient objects each step anyway
+            devices.add(lp.device)
+            named += [(where(gi, pi), lp), (f"the gradient of {where(gi, pi)}", lg)]
+            buf = self._state_of(p)
+            lb = None
+            if buf is not None:
+                check_state_tensor(gi, pi, self._state_key, p, buf)
+                lb = local(buf)
+                named.append((f"state[{self._state_key!r}] of {where(gi, pi)}", lb))
+            bufs.append(buf)
+            expect.append((lp.data_ptr(), lg.data_ptr(), lp.numel(), lb.data_ptr() if lb is not None else 0))
+            fused = dense_like(lp, lg) and (lb is None or (
+                dense_like(lp, lb) and lb.dtype == lp.dtype and lb.device == lp.device))
+            if not fused:
+                slow.append((pi, p))
+                continue
+            first = int(buf is None or buf in self._fresh)
+            rows.append([lp.data_ptr(), lg.data_ptr(), lb.data_ptr() if lb is not None else 0, lp.numel(),
+                         DTYPE_CODES[lp.dtype], first])
+            owners.append((p,))
+        if not rows and not slow:
+            return None
+        if len(devices) > 1:
+            raise ValueError(f"param_groups[{gi}]: a {self._rule} param group must live on one device, got "
+                             f"{sorted(map(str, devices))}")
+        check_no_overlap(named)
+        plan = Plan(next(iter(devices)))
+        plan.params, plan.grads, plan.bufs, plan.owners, plan.slow = params, grads, bufs, owners, slow
+        plan.expect = np.array(expect, dtype=np.int64).reshape(-1, 4)
+        plan.table = np.array(rows, dtype=np.int64).reshape(-1, _COLS)
+        plan.cacheable = cacheable
+        plan.fresh = [r for r, row in enumerate(rows) if row[5]]
+        plan.missing = any(row[2] == 0 for row in rows)
+        if need:
+            self._defer_state(plan, [(r, owners[r][0]) for r, row in enumerate(rows) if row[2] == 0])
+        return plan
+
+    def _defer_state(self, plan: Plan, missing) -> None:
+        """Arranges for the rows without a state tensor to get one when the step commits."""
+        if not missing:
+            return
+
+        def create():
+            for row, p in missing:
+                buf = torch.empty_like(p, memory_format=torch.preserve_format)
+                self.state[p][self._state_key] = buf
+                ptr = local(buf).data_ptr()
+                plan.table[row, 2] = ptr
+                i = next(i for i, q in enumerate(plan.params) if q is p)
+                plan.bufs[i] = buf
+                plan.expect[i, 3] = ptr
+            plan.missing = False
+
+        plan.deferred.append(create)
+
+    # ------------------------------------------------------------------ flat mode
+    def _flatten(self, gi: int, group) -> None:
+        params = group["params"]
+        if not params:
+            return
+        p0 = params[0]
+        total = sum(p.numel() for p in params)
+        fp = torch.empty(total, dtype=p0.dtype, device=p0.device)
+        fg = torch.zeros_like(fp)
+        fb = torch.zeros_like(fp)
+        spans, bviews = [], []
+        off = 0
+        for p in params:
+            n = p.numel()
+            fp[off:off + n].copy_(p.detach().reshape(-1))
+            bv = fb[off:off + n].view(p.shape)
+            if p.grad is not None:
+                gv = fg[off:off + n].view(p.shape)
+                gv.copy_(p.grad)
+                p.grad = gv
+            p.data = fp[off:off + n].view(p.shape)
+            spans.append((off, n))
+            bviews.append(bv)
+            buf = self._state_of(p)
+            if buf is not None:
+                bv.copy_(buf)
+                self.state[p][self._state_key] = bv
+            off += n
+        self._flat[gi] = Flat(fp, fg, fb, spans, bviews)
+
+    def _flat_plan(self, gi: int, group, flat: Flat, need: bool) -> Plan | None:
+        """The plan of a flat group: one kernel row per run of parameters with gradients.
+
+        It is cached only when every parameter has its gradient bound to the flat storage;
+        then the common case costs O(1) whatever the number of tensors: when the reference
+        counts of the parameter and gradient storages did not change, no ``.data`` and no
+        gradient left them (replacing either drops a reference; the group keeps no other
+        views). A gradient stored elsewhere (``zero_grad(set_to_none=True)`` then backward,
+        ``p.grad = t``) is copied in and bound again; a parameter without one is skipped.
+        """
+        params = group["params"]
+        fp, fg, fb = flat.param, flat.grad, flat.buf
+        es = fp.element_size()
+        base_p, base_g, base_b = fp.data_ptr(), fg.data_ptr(), fb.data_ptr()
+        rebind, adopt, rows, owners = [], [], [], []
+        complete = True
+        for pi, (p, (off, n)) in enumerate(zip(params, flat.spans)):
+            if (n and p.data_ptr() != base_p + off * es) or p.dtype != fp.dtype or p.device != fp.device:
+                raise RuntimeError(
+                    f"{where(gi, pi)} of a flat {self._rule} group no longer lives in the flat buffer (its .data was "
+                    "replaced, e.g. by model.half() or model.to()); build the optimizer after converting the model"
+                )
+            g = p.grad
+            if g is None:
+                complete = False
+                continue
+            if not flat.bound(pi, g) or g.shape != p.shape:
+                check_grad(gi, pi, p, p, g)
+                rebind.append(pi)
+            buf = self._state_of(p)
+            first = 0
+            if buf is None:
+                first = 1
+                if need:
+                    adopt.append((pi, None))
+            elif buf is not flat.bviews[pi]:
+                check_state_tensor(gi, pi, self._state_key, p, buf)
+                adopt.append((pi, buf))
+            elif buf in self._fresh:
+                first = 1
+            if n == 0:
+                continue
+            row = rows[-1] if rows else None
+            if row is not None and row[5] == first and row[0] + row[3] * es == base_p + off * es:
+                row[3] += n
+                owners[-1].append(p)
+            else:
+                rows.append([base_p + off * es, base_g + off * es, base_b + off * es, n, DTYPE_CODES[fp.dtype], first])
+                owners.append([p])
+        if not rows and complete and not rebind:
+            return None
+
+        def bind():
+            # Everything was checked: make the flat storage hold every gradient and state tensor.
+            for pi in rebind:
+                p = params[pi]
+                view = flat.grad_view(pi, p.shape)
+                view.copy_(p.grad)
+                p.grad = view
+            for pi, buf in adopt:
+                if buf is not None:
+                    flat.bviews[pi].copy_(buf)
+                self.state[params[pi]][self._state_key] = flat.bviews[pi]
+            plan.missing = False
+            if complete:
+                flat.counts = use_counts(flat)
+
+        plan = Plan(fp.device)
+        plan.table = np.array(rows, dtype=np.int64).reshape(-1, _COLS)
+        plan.owners = owners
+        plan.fresh = [r for r, row in enumerate(rows) if row[5]]
+        plan.missing = any(row[5] and not need for row in rows)
+        plan.deferred.append(bind)
+        flat.plan = plan if complete else None
+        flat.counts = None
+        return plan if rows else None
+
+# ------------------------------------------------------------------ state dict
+    def state_dict(self):
+        """torch's layout; schedules are stored as dicts (JSON-safe), so torch and clrfast can load it."""
+        self._sync_cuda()
+        sd = super().state_dict()
+        for g in sd["param_groups"]:
+            g.pop("_cuda", None)
+            if isinstance(g.get("schedule"), Schedule):
+                g["schedule"] = g["schedule"].to_dict()
+        return sd
+
+    def load_state_dict(self, state_dict) -> None:
+        """Loads clrfast's or torch's state dicts, all checked before anything changes.
+
+        Keys a torch group lacks (``schedule``, ``step``) keep their current values; a group
+        driven by a schedule takes the lr (and scheduled hyperparameters) its clock gives.
+        """
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"loaded state dict has {len(saved_groups) if isinstance(saved_groups, (list, tuple)) else '?'} "
+                f"parameter groups, the optimizer {len(self.param_groups)}"
+            )
+        groups, id_map = [], {}
+        for gi, (saved, current) in enumerate(zip(saved_groups, self.param_groups)):
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError(f"state_dict['param_groups'][{gi}] must be a dict with 'params'")
+            if len(saved["params"]) != len(current["params"]):
+                raise ValueError(
+                    f"loaded state dict contains a parameter group that doesn't match the size of optimizer's group "
+                    f"(group {gi}: {len(saved['params'])} vs {len(current['params'])} parameters)"
+                )
+            groups.append(self._loaded_group(gi, dict(saved), current))
+            id_map.update(zip(saved["params"], current["params"]))
+        state = state_dict["state"]
+        if not isinstance(state, dict):
+            raise ValueError("state_dict['state'] must be a dict")
+        for k, v in state.items():
+            if k not in id_map:
+                raise ValueError(f"state_dict['state'] has an entry for unknown parameter id {k!r}")
+            p = id_map[k]
+            gi, pi = next((gi, pi) for gi, g in enumerate(self.param_groups) for pi, q in enumerate(g["params"])
+                          if q is p)
+            if not isinstance(v, dict):
+                raise ValueError(f"state_dict['state'][{k!r}] must be a dict, got {type(v).__name__}")
+            if v.get(self._state_key) is not None:
+                check_state_tensor(gi, pi, self._state_key, p, v[self._state_key])
+        self._sync_cuda()
+        sd = dict(state_dict)
+        sd["param_groups"] = groups
+        super().load_state_dict(sd)
+        self._plans.clear()
+        self._fresh = weakref.WeakSet()
+        for gi, group in enumerate(self.param_groups):
+            group.pop("_cuda", None)
+            flat = self._flat.get(gi)
+            if flat is not None:
+                flat.plan = None
+                for p, v in zip(group["params"], flat.bviews):
+                    buf = self.state[p].get(self._state_key) if p in self.state else None
+                    if buf is not None and buf is not v:
+                        v.copy_(buf)
+                        self.state[p][self._state_key] = v
+            if group["schedule"] is not None:
+                self._publish_schedule(group)
+        self._published = [self._current(g) for g in self.param_groups]
+
+    def _loaded_group(self, gi: int, saved: dict, current: dict) -> dict:
+        """A saved group as it will be stored, checked; keys it lacks (torch's groups) keep their values."""
+        saved.pop("_cuda", None)
+        for key, value in current.items():
+            if key != "params":
+                saved.setdefault(key, value)
+        saved["flat"] = current["flat"]  # a storage layout of this optimizer, not state
+        if isinstance(saved["schedule"], dict):
+            try:
+                saved["schedule"] = from_dict(saved["schedule"])
+            except (TypeError, ValueError, KeyError) as e:
+                raise ValueError(f"state_dict['param_groups'][{gi}]['schedule']: {e}") from None
+        legacy = saved.pop("base_momentum", None)  # clrfast 0.1 kept the constant momentum apart
+        if legacy is not None and saved["schedule"] is not None and not saved["schedule"].has_momentum:
+            saved["momentum"] = legacy
+        saved["step"] = check.integer(f"state_dict['param_groups'][{gi}]['step']", saved["step"], min=0)
+        if saved["step"] >= 2**53:
+            raise ValueError(f"state_dict['param_groups'][{gi}]['step'] must be < 2**53, got {saved['step']}")
+        self._check_hyper(f"state_dict['param_groups'][{gi}]", saved)
+        return saved
+
+    # ------------------------------------------------------------------ copy and pickle
+    def __getstate__(self):
+        self._sync_cuda()
+        state = super().__getstate__()
+        state["_threads"] = self._threads
+        state["_flat_storage"] = {gi: f.storage() for gi, f in self._flat.items()}
+        state["_fresh_ids"] = [(gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"])
+                               if p in self.state and self.state[p].get(self._state_key) in self._fresh]
+        return state
+
+    def __setstate__(self, state):
+        flat = state.pop("_flat_storage", {})
+        fresh = state.pop("_fresh_ids", [])
+        self._threads = state.pop("_threads", None)
+        self._constructing = False
+        super().__setstate__(state)
+        self._plans = {}
+        self._flat = {gi: Flat(*v) for gi, v in flat.items()}
+        self._fresh = weakref.WeakSet()
+        for gi, pi in fresh:
+            p = self.param_groups[gi]["params"][pi]
+            self._fresh.add(self.state[p][self._state_key])
+        for group in self.param_groups:
+            group.pop("_cuda", None)
+        self._published = [self._current(g) for g in self.param_groups]
+
+    # ------------------------------------------------------------------ CUDA (subclass hooks)
+    def _sync_cuda(self) -> None:
+        pass
