@@ -207,9 +207,6 @@ class Flat:
         self.counts = None  # storage reference counts when the cached plan was built
         self.plan = None
 
-    def storage(self):
-        return (self.param, self.grad, self.buf, self.spans, self.bviews)
-
     def grad_view(self, i: int, shape) -> torch.Tensor:
         # Made on demand, never kept: a kept view would hide a replaced gradient from the reference counts.
         off, n = self.spans[i]
@@ -762,20 +759,24 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._sync_cuda()
         state = super().__getstate__()
         state["_threads"] = self._threads
-        state["_flat_storage"] = {gi: f.storage() for gi, f in self._flat.items()}
+        state["_flat_groups"] = sorted(self._flat)
         state["_fresh_ids"] = [(gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"])
                                if p in self.state and self.state[p].get(self._state_key) in self._fresh]
         return state
 
     def __setstate__(self, state):
-        flat = state.pop("_flat_storage", {})
+        flat = state.pop("_flat_groups", [])
         fresh = state.pop("_fresh_ids", [])
         self._threads = state.pop("_threads", None)
         self._constructing = False
         super().__setstate__(state)
         self._plans = {}
-        self._flat = {gi: Flat(*v) for gi, v in flat.items()}
+        self._flat = {}
         self._fresh = weakref.WeakSet()
+        # A copied Parameter owns a copy of its values, not a view of the copied flat storage:
+        # lay the group out again (values, gradients and state move with it).
+        for gi in flat:
+            self._flatten(gi, self.param_groups[gi])
         for gi, pi in fresh:
             p = self.param_groups[gi]["params"][pi]
             self._fresh.add(self.state[p][self._state_key])

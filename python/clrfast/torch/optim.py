@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 
 import torch
+from torch.optim.sgd import sgd as _torch_sgd
 
 from .. import _core
 from .. import _validate as check
@@ -169,7 +170,7 @@ class CLRSGD(FusedOptimizer):
             params.append(p)
             grads.append(g)
             bufs.append(self._state_of(p) if h["momentum"] != 0 else None)
-        torch.optim.sgd.sgd(
+        _torch_sgd(
             params, grads, bufs, weight_decay=h["weight_decay"], momentum=h["momentum"], lr=h["lr"],
             dampening=h["dampening"], nesterov=h["nesterov"], maximize=h["maximize"], foreach=False,
             has_sparse_grad=False,
