@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,16 +26,20 @@ MIN_STEPS = 10
 
 _AUTO_PROGRESS_STEPS = 200
 
+# The seeds torch.manual_seed accepts; outside them it raises an overflow error that names nothing.
+_SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
+
 
 # ----------------------------------------------------------------------------- suggestion rule
-def smooth_losses(losses: Sequence[float], beta: float) -> np.ndarray:
-    r"""Bias-corrected moving average: ``a_i = beta*a_{i-1} + (1-beta)*x_i``, ``s_i = a_i/(1-beta^(i+1))``."""
-    out = np.empty(len(losses), dtype=np.float64)
-    avg = 0.0
-    for i, x in enumerate(losses):
-        avg = beta * avg + (1.0 - beta) * float(x)
-        out[i] = avg / (1.0 - beta ** (i + 1)) if beta > 0 else avg
-    return out
+def _check_divs(min_div, base_div) -> tuple[float, float]:
+    # Below 1 the names would lie: max_lr would pass lr_min, base_lr would pass max_lr.
+    return check.real("min_div", min_div, min=1.0), check.real("base_div", base_div, min=1.0)
+
+
+def _diverged(s: float, best: float, factor: float) -> bool:
+    # A ratio to the best is meaningless once the best is negative (s > 4*best would hold at once);
+    # measuring the rise in units of |best| keeps the usual s > factor*best for positive losses.
+    return s - best > (factor - 1.0) * abs(best)
 
 
 def suggest(lrs: Sequence[float], smoothed: Sequence[float], *, min_div: float = 4.0,
@@ -55,8 +59,10 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], *, min_div: float =
       below the steepest descent;
     * ``base_lr = max_lr / base_div`` (Smith: 3 to 4).
 
-    Returns a dict with those four values and the indices ``i_min`` and ``i_steep``.
+    ``min_div`` and ``base_div`` must be finite and >= 1. Returns a dict with those four
+    values and the indices ``i_min`` and ``i_steep``.
     """
+    min_div, base_div = _check_divs(min_div, base_div)
     lrs = np.asarray(lrs, dtype=np.float64)
     loss = np.asarray(smoothed, dtype=np.float64)
     if lrs.shape != loss.shape or lrs.ndim != 1:
@@ -91,7 +97,7 @@ class LRFindResult:
     validation loader/function was given) share one index, the optimizer step. With
     several seeds ``band`` is ``(low, high)``, the smallest and largest smoothed loss at
     each step, and ``runs`` holds every seed's own curves and suggestion. ``stop_reason``
-    is ``"diverged"`` (smoothed loss above ``diverge`` times its best), ``"nan"``
+    is ``"diverged"`` (see :func:`lr_find` for the rule), ``"nan"``
     (a NaN/inf loss), ``"end"`` (reached ``end_lr``) or ``"data"`` (the loader ran out).
     """
 
@@ -220,6 +226,13 @@ def _set_rng_state(state) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _check_seed(name: str, seed) -> int:
+    seed = check.integer(name, seed)
+    if not _SEED_MIN <= seed <= _SEED_MAX:
+        raise ValueError(f"{name} must be in [-2**63, 2**64 - 1] (what torch.manual_seed takes), got {seed!r}")
+    return seed
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -240,13 +253,29 @@ def _host_copy(obj):
     return copy.deepcopy(obj)
 
 
+def _all_params(model, optimizer) -> list:
+    # The optimizer may hold tensors outside the model, and the model trainable tensors the
+    # optimizer does not step (backward still accumulates into their .grad).
+    seen, out = set(), []
+    for p in [*model.parameters(), *(p for g in optimizer.param_groups for p in g["params"])]:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
 class _Snapshot:
-    """Copies of the model, the optimizer and every RNG, put back by :meth:`restore`."""
+    """Copies of the model, the optimizer, every parameter's .grad and every RNG, put back by :meth:`restore`."""
 
     def __init__(self, model, optimizer):
         self.model_state = _host_copy(model.state_dict())
         self.training = {m: m.training for m in model.modules()}
         self.opt_state = _host_copy(optimizer.state_dict())
+        self.params = _all_params(model, optimizer)
+        self.grads = [None if p.grad is None else _host_copy(p.grad) for p in self.params]
+        # The model's state_dict misses what the optimizer steps outside it (e.g. a parameter of the loss).
+        in_model = {id(p) for p in model.parameters()}
+        self.outside = [(p, _host_copy(p)) for p in self.params if id(p) not in in_model]
         self.rng = _rng_state()
 
     def restore(self, model, optimizer) -> None:
@@ -254,6 +283,11 @@ class _Snapshot:
         for m, flag in self.training.items():
             m.training = flag
         optimizer.load_state_dict(_host_copy(self.opt_state))
+        with torch.no_grad():
+            for p, value in self.outside:
+                p.copy_(value)
+        for p, g in zip(self.params, self.grads):
+            p.grad = None if g is None else g.to(p.device, copy=True)
         _set_rng_state(self.rng)
 
 
@@ -284,7 +318,8 @@ class _Batches:
 
     def __init__(self, loader):
         self.loader = loader
-        self.one_shot = iter(loader) is loader
+        # Not iter(loader) is loader: that would start (and drop) a DataLoader's workers.
+        self.one_shot = isinstance(loader, Iterator)
         self.it = iter(loader)
         self.count = 0
 
@@ -342,9 +377,14 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
     starts when it runs out), computing ``loss_fn(model(x), y)`` or ``closure(model, batch)``
     (which returns the loss tensor) and back-propagating ``loss/accumulation_steps``; the
     recorded loss is the mean over those batches. Its bias-corrected moving average
-    (:func:`smooth_losses`, ``beta=smooth``) is the curve read. The test stops early when
-    the smoothed loss exceeds ``diverge`` times its best, or when a loss is NaN or
-    infinite (that step is not recorded).
+    ``s_t = a_t/(1 - smooth**(t+1))``, ``a_t = smooth*a_{t-1} + (1-smooth)*loss_t``, is the
+    curve read.
+
+    Divergence: the test stops when ``s_t - best > (diverge - 1)*|best|``, ``best`` being the
+    smallest ``s`` so far, i.e. ``s_t > diverge*best`` for positive losses. Losses that can
+    be negative (e.g. a log-likelihood) are judged by the same rise in units of ``|best|``:
+    with ``diverge=4`` and ``best=-2`` the test stops above ``4``. It also stops at a NaN or
+    infinite loss (that step is not recorded).
 
     ``optimizer``: any torch optimizer over the model's parameters, its groups' ``lr`` set
     each step; a :class:`~clrfast.torch.CLRSGD` runs the sweep as its schedule instead.
@@ -352,21 +392,27 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
     ``val_every`` steps the mean loss over ``val_loader`` or ``val_fn(model)`` (a float,
     e.g. an accuracy) is recorded, with the model in eval mode.
 
-    ``seeds``: a list repeats the test once per seed (torch, NumPy and Python RNGs seeded
-    with it) and returns the mean curve with the spread as ``band``; suggestions come from
-    the mean curve, cut where the first seed stopped (so a seed that diverges early pulls
-    the suggestion down: the cautious reading), and each seed's own are in ``runs``.
+    ``seeds``: a list of integers in ``[-2**63, 2**64 - 1]`` (what torch.manual_seed takes)
+    repeats the test once per seed (torch, NumPy and Python RNGs seeded with it) and
+    returns the mean curve with the spread as ``band``; suggestions come from the mean
+    curve, cut where the first seed stopped (so a seed that diverges early pulls
+    the suggestion down: the cautious reading), and each seed's own are in ``runs``. More
+    than one seed needs a ``loader`` that can be iterated again: a one-shot iterator (a
+    generator) is refused, as is one as ``val_loader``, which is read at every validation.
     ``progress``: a tqdm bar (None: only for runs of 200 steps or more).
 
-    Afterwards the model's state_dict, its train/eval flags, the optimizer's state_dict and
-    the torch (and CUDA), NumPy and Python RNG states are exactly what they were, also
-    when the test raises.
+    Afterwards the model's state_dict, its train/eval flags, the optimizer's state_dict, the
+    values of optimizer parameters outside the model, every parameter's ``.grad`` (None or
+    the same values) and the torch (and CUDA), NumPy and Python RNG states are exactly what
+    they were, also when the test raises.
 
     Suggestion rule (:func:`suggest`): ``lr_min`` is the lr of the smallest smoothed loss,
     ``lr_steep`` that of its steepest descent against log(lr) before ``lr_min``;
     ``max_lr = max(lr_steep, lr_min/min_div)`` and ``base_lr = max_lr/base_div``.
 
-    Raises ValueError when the loader gives fewer than ``MIN_STEPS`` (10) optimizer steps.
+    Every argument is checked before anything changes: a bad one raises ValueError or
+    TypeError naming it and its value. Raises ValueError when the loader gives fewer than
+    ``MIN_STEPS`` (10) optimizer steps.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -383,8 +429,15 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
     beta = check.real("smooth", smooth, min=0.0, max=0.999)
     diverge = check.real("diverge", diverge, min=1.0, min_open=True)
     val_every = check.integer("val_every", val_every, min=1)
+    min_div, base_div = _check_divs(min_div, base_div)
     if val_loader is not None and val_fn is not None:
         raise TypeError("give at most one of val_loader and val_fn")
+    for name, data in (("loader", loader), ("val_loader", val_loader)):
+        if data is not None and not isinstance(data, Iterable) and not hasattr(data, "__getitem__"):
+            raise TypeError(f"{name} must be iterable, got {data!r} of type {type(data).__name__}")
+    if isinstance(val_loader, Iterator):
+        raise ValueError(f"val_loader is read at every validation, so it cannot be a one-shot iterator, got "
+                         f"{type(val_loader).__name__}: pass a list or a DataLoader")
     if hasattr(loader, "__len__"):
         n_batches = len(loader)
         if n_batches // accum < MIN_STEPS:
@@ -393,9 +446,15 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
                 f"{n_batches // accum} optimizer steps per pass, the range test needs at least {MIN_STEPS}"
             )
     if seeds is not None:
-        seeds = [check.integer(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+            raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
+        seeds = [_check_seed(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
         if not seeds:
             raise ValueError("seeds must not be empty")
+        if len(seeds) > 1 and isinstance(loader, Iterator):
+            raise ValueError(f"seeds={seeds} repeats the test, but loader is a one-shot iterator "
+                             f"({type(loader).__name__}) that the second seed would find empty: pass a "
+                             "re-iterable loader (a list, a DataLoader) or a single seed")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
@@ -405,8 +464,15 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
         optimizer = CLRSGD(params, sweep, momentum=0.9)
     elif not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be True, False or None, got {progress!r}")
     if device is None:
         device = params[0].device
+    else:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must name a torch device, got {device!r}") from None
     lrs_all = sweep.lr_table(num_steps)
 
     snap = _Snapshot(model, optimizer)
@@ -427,7 +493,7 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
         if bar is not None:
             bar.close()
         snap.restore(model, optimizer)
-    return _aggregate(runs, sweep, seeds, beta, min_div, base_div)
+    return _aggregate(runs, sweep, seeds, min_div, base_div)
 
 
 def _one_run(model, optimizer, loss_fn, closure, loader, sweep, lrs_all, accum, beta, diverge,
@@ -475,7 +541,7 @@ def _one_run(model, optimizer, loss_fn, closure, loader, sweep, lrs_all, accum, 
             bar.update(1)
             bar.set_postfix(lr=f"{lr:.2e}", loss=f"{s:.4f}", refresh=False)
         best = min(best, s)
-        if s > diverge * best:
+        if _diverged(s, best, diverge):
             stop, diverged_lr = "diverged", float(lr)
             break
     n = len(losses)
@@ -520,7 +586,7 @@ def _validate(model, loss_fn, closure, val_loader, val_fn, device) -> float:
         model.train()
 
 
-def _aggregate(runs, sweep, seeds, beta, min_div, base_div) -> LRFindResult:
+def _aggregate(runs, sweep, seeds, min_div, base_div) -> LRFindResult:
     n = min(len(r["lrs"]) for r in runs)
     lrs = runs[0]["lrs"][:n]
     losses = np.mean([r["losses"][:n] for r in runs], axis=0)
