@@ -75,7 +75,7 @@ def test_lrs_used_by_the_optimizer_follow_the_sweep(mode, kind):
     else:
         opt = CLRSGD(model.parameters(), clr.Constant(0.5))
     used = []
-    opt.register_step_post_hook(lambda o, a, k: used.append(float(o.param_groups[0]["lr"])))
+    opt.register_step_pre_hook(lambda o, a, k: used.append(float(o.param_groups[0]["lr"])))
     start, end, n = 1e-4, 1e-2, 25
     res = lr_find(model, None, batches(40), opt, closure=quad_closure, start_lr=start, end_lr=end,
                   num_steps=n, mode=mode, progress=False)

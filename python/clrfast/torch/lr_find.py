@@ -291,19 +291,6 @@ class _Snapshot:
         _set_rng_state(self.rng)
 
 
-def _reads_schedule(optimizer) -> bool:
-    from .optim import CLRSGD
-
-    return isinstance(optimizer, CLRSGD)
-
-
-def _start_sweep(optimizer, sweep) -> None:
-    # CLRSGD takes its lr from the group's schedule at the group's step: run the sweep itself.
-    for group in optimizer.param_groups:
-        group["schedule"] = sweep
-        group["step"] = 0
-
-
 def _set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         if isinstance(group["lr"], torch.Tensor):
@@ -386,8 +373,9 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
     with ``diverge=4`` and ``best=-2`` the test stops above ``4``. It also stops at a NaN or
     infinite loss (that step is not recorded).
 
-    ``optimizer``: any torch optimizer over the model's parameters, its groups' ``lr`` set
-    each step; a :class:`~clrfast.torch.CLRSGD` runs the sweep as its schedule instead.
+    ``optimizer``: any torch optimizer over the model's parameters (a
+    :class:`~clrfast.torch.CLRSGD` included: it applies a written lr), its groups' ``lr``
+    set each step.
     Default: ``CLRSGD(trainable parameters, sweep, momentum=0.9)``. Optionally every
     ``val_every`` steps the mean loss over ``val_loader`` or ``val_fn(model)`` (a float,
     e.g. an accuracy) is recorded, with the model in eval mode.
@@ -483,7 +471,7 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
         for seed in seeds or [None]:
             if seed is not None:
                 _seed_all(seed)
-            run = _one_run(model, optimizer, loss_fn, closure, loader, sweep, lrs_all, accum, beta, diverge,
+            run = _one_run(model, optimizer, loss_fn, closure, loader, lrs_all, accum, beta, diverge,
                            val_loader, val_fn, val_every, device, bar)
             run["seed"] = seed
             run.update(suggest(run["lrs"], run["smoothed"], min_div=min_div, base_div=base_div))
@@ -496,20 +484,16 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
     return _aggregate(runs, sweep, seeds, min_div, base_div)
 
 
-def _one_run(model, optimizer, loss_fn, closure, loader, sweep, lrs_all, accum, beta, diverge,
+def _one_run(model, optimizer, loss_fn, closure, loader, lrs_all, accum, beta, diverge,
              val_loader, val_fn, val_every, device, bar) -> dict:
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    scheduled = _reads_schedule(optimizer)
-    if scheduled:
-        _start_sweep(optimizer, sweep)
     batches = _Batches(loader)
     losses, smoothed, val = [], [], []
     avg, best = 0.0, math.inf
     stop, diverged_lr = "end", None
     for t, lr in enumerate(lrs_all):
-        if not scheduled:
-            _set_lr(optimizer, float(lr))
+        _set_lr(optimizer, float(lr))
         total = 0.0
         for _ in range(accum):
             batch = batches.next()
