@@ -447,3 +447,18 @@ def test_onecycle_groups_past_the_end_keep_showing_the_last_values():
     with pytest.raises(ValueError, match="Tried to step 4 times"):
         opt.step()
     _assert_unchanged(opt, snap)
+
+
+def test_the_follow_scheduler_changes_nothing_and_reports_the_applied_lr():
+    a, b = _twins()
+    s = clr.Cyclic(0.01, 0.1, step_size_up=5, step_size_down=3, base_momentum=0.8, max_momentum=0.9)
+    oa, ob = CLRSGD(a, s, weight_decay=1e-3), CLRSGD(b, s, weight_decay=1e-3)
+    follow = oa.scheduler()
+    for t in range(12):
+        assert follow.get_last_lr() == [s.lr(t)]
+        for p, q, g in zip(a, b, _grads(a, t)):
+            p.grad, q.grad = g.clone(), g.clone()
+        oa.step()
+        follow.step()
+        ob.step()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

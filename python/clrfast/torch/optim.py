@@ -102,6 +102,16 @@ class CLRSGD(FusedOptimizer):
         self._check_hyper("CLRSGD", defaults)
         super().__init__(params, defaults, threads=threads)
 
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """A torch ``LRScheduler`` that leaves the lr to this optimizer's schedules.
+
+        For APIs that insist on a scheduler object next to the optimizer (transformers'
+        ``Trainer(optimizers=(opt, opt.scheduler()))``): its ``step()`` writes back the values
+        the groups already show, and ``get_last_lr()`` reports them, so loggers see the lr that
+        is applied.
+        """
+        return _FollowGroups(self)
+
     # ------------------------------------------------------------------ hyperparameters
     def _check_hyper(self, label: str, group: dict) -> None:
         """Checks (and normalises in place) a group's hyperparameters."""
@@ -226,6 +236,13 @@ class CLRSGD(FusedOptimizer):
                 group["lr"] = float(st["lrmom"][0])
                 group["momentum"] = float(st["lrmom"][1])
                 self._published[gi] = self._current(group)
+
+
+class _FollowGroups(torch.optim.lr_scheduler.LRScheduler):
+    """A scheduler whose lr is whatever the optimizer's groups show (see ``CLRSGD.scheduler``)."""
+
+    def get_lr(self) -> list:
+        return [group["lr"] for group in self.optimizer.param_groups]
 
 
 def _check_schedule(name: str, schedule) -> None:
