@@ -1,8 +1,8 @@
 """The fused-optimizer engine shared by clrfast's optimizers.
 
-A rule (SGD today) supplies its hyperparameters, its per-parameter state and its
-kernel; the engine owns everything around them, so every rule gets the same
-guarantees:
+A rule (SGD, the Adam family) supplies its hyperparameters, its per-parameter state,
+the kernel row of a parameter and its kernel; the engine owns everything around them,
+so every rule gets the same guarantees:
 
 - **Nothing reaches the kernel unchecked.** A *plan* per param group lists, for every
   parameter with a gradient, the raw pointers the kernel will touch. It is built only
@@ -34,7 +34,6 @@ from .. import _validate as check
 from ..schedules import Schedule, from_dict
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-_COLS = _core.sgd_segment_cols  # p, g, buf, n, dtype, first
 _DEVICES = ("cpu", "cuda")
 
 
@@ -174,36 +173,40 @@ def use_counts(flat) -> tuple | None:
 class Plan:
     """What one step of one param group touches, every tensor already checked.
 
-    ``table`` rows go to the kernel; ``slow`` lists tensors that take torch's single-tensor
-    code instead. ``deferred`` holds the state changes this step makes before the kernel
-    runs (new state tensors, gradients re-bound to flat storage): they run only once every
-    group is validated. The other fields let the next step tell whether anything changed.
+    ``table`` rows go to the kernel; ``slow`` lists parameters that take torch's
+    single-tensor code instead. ``deferred`` holds the state changes this step makes before
+    the kernel runs (new state tensors, gradients re-bound to flat storage): they run only
+    once every group is validated. ``keep`` holds every tensor whose address is in the
+    table, so none is freed while the plan lives. The other fields let the next step tell
+    whether anything changed.
     """
 
     __slots__ = ("params", "grads", "bufs", "expect", "table", "owners", "slow", "deferred", "fresh", "missing",
-                 "cacheable", "device", "cuda")
+                 "cacheable", "device", "cuda", "keep")
 
     def __init__(self, device):
         self.params = self.grads = self.bufs = self.expect = None
-        self.table = np.zeros((0, _COLS), dtype=np.int64)
-        self.owners: list = []  # parameters whose state each table row holds (a run of them in flat mode)
+        self.table = None
+        self.owners: list = []  # the parameters of each table row (a run of them in flat mode)
         self.slow: list = []  # (param index, param) for torch's reference code
         self.deferred: list = []
         self.fresh: list = []  # table rows whose state holds no history yet (the kernel initialises it)
-        self.missing = False  # some row has no state tensor (a step without momentum made none)
+        self.missing = False  # some row lacks state a later step may need (a step without momentum made none)
         self.cacheable = True
         self.device = device
-        self.cuda = None  # device-side copies of the table (CUDA)
+        self.cuda = None  # device-side copy of the table (CUDA)
+        self.keep: list = []
 
 
 class Flat:
     """The contiguous storage of a ``flat=True`` group: parameters, gradients and state are views of it."""
 
-    __slots__ = ("param", "grad", "buf", "spans", "bviews", "counts", "plan")
+    __slots__ = ("param", "grad", "state", "spans", "views", "counts", "plan")
 
-    def __init__(self, param, grad, buf, spans, bviews):
-        self.param, self.grad, self.buf = param, grad, buf
-        self.spans, self.bviews = spans, bviews
+    def __init__(self, param, grad, state, spans, views):
+        self.param, self.grad = param, grad
+        self.state = state  # {key: flat storage} for each per-element state tensor
+        self.spans, self.views = spans, views  # views: {key: [view of each parameter]}
         self.counts = None  # storage reference counts when the cached plan was built
         self.plan = None
 
@@ -223,15 +226,24 @@ class Flat:
 class FusedOptimizer(torch.optim.Optimizer):
     """Base of clrfast's fused optimizers (see the module docstring for the guarantees).
 
-    A subclass names its rule (``_rule``) and its per-parameter state tensor
-    (``_state_key``) and implements ``_check_hyper`` (group validation),
-    ``_publish_schedule`` (the scheduled hyperparameters of an update), ``_step_hyper``
-    (the values one update applies), ``_needs_state``, ``_kernel`` and ``_reference``
+    A rule declares its per-element state tensors (``_state_keys``, in table order), its
+    table width (``_cols``), the column of the "state holds no history yet" flag
+    (``_first_col``, SGD's first-step momentum; None when new state is simply zeros) and
+    whether adjacent flat rows may merge (``_merge_runs``). It implements
+    ``_check_hyper`` (group validation), ``_publish_schedule`` (the scheduled
+    hyperparameters of an update), ``_step_hyper`` (the values one update applies),
+    ``_required`` (the state keys an update needs), ``_new_state`` (fresh state of a
+    parameter), ``_row`` (the kernel row of a parameter), ``_kernel`` and ``_reference``
     (torch's single-tensor code, for tensors the kernel cannot walk).
     """
 
     _rule = "optimizer"
-    _state_key = "state"
+    _state_keys: tuple = ()
+    _cols = 0
+    _first_col: int | None = None
+    _merge_runs = False
+    _ptr_cols: tuple = ()  # columns holding addresses (for merging flat runs)
+    _n_col = 0  # the column of the element count
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict, *, threads: int | None = None):
@@ -413,7 +425,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if plan.slow:
                 self._reference(group, plan.slow, hyper, inv_scale)
                 plan.cacheable = False  # torch's code may have made state tensors the plan does not list
-            if self._needs_state(hyper):
+            if self._required(hyper):
                 self._initialised(plan)
             self._advance(gi, group)
         return loss
@@ -422,16 +434,41 @@ class FusedOptimizer(torch.optim.Optimizer):
         """The kernel wrote the state of the rows that had none: they hold history from now on."""
         if not plan.fresh:
             return
-        plan.table[plan.fresh, 5] = 0
+        plan.table[plan.fresh, self._first_col] = 0
         for row in plan.fresh:
             for p in plan.owners[row]:
-                self._fresh.discard(self.state[p].get(self._state_key))
+                self._fresh.discard(self._state_of(p, self._state_keys[0]))
         plan.fresh = []
 
     def _num_threads(self) -> int:
         n = self._threads if self._threads is not None else torch.get_num_threads()
         # torch's pool sleeps while this call runs; never ask for more than the cores.
         return max(1, min(n, _core.hardware_threads()))
+
+    # ------------------------------------------------------------------ state
+    def _check_state(self, gi: int, pi: int, p, st: dict) -> None:
+        """Checks a parameter's state beyond its per-element tensors (a rule's scalars); raises when invalid."""
+
+    def _state_of(self, p, key: str):
+        st = self.state.get(p)
+        return None if st is None else st.get(key)
+
+    def _is_fresh(self, p) -> bool:
+        return self._first_col is not None and self._state_of(p, self._state_keys[0]) in self._fresh
+
+    def _missing(self, p, required) -> list:
+        st = self.state.get(p)
+        return [k for k in required if st is None or st.get(k) is None]
+
+    def _create_state(self, p, keys, views=None) -> None:
+        """Gives ``p`` its missing state (flat groups: views of the flat storage, zeroed)."""
+        new = self._new_state(p, keys)
+        if views is not None:
+            for k in self._state_keys:
+                if k in new:
+                    views[k].zero_()
+                    new[k] = views[k]
+        self.state[p].update(new)
 
     # ------------------------------------------------------------------ DCP's initialisation step
     def _is_state_init_step(self) -> bool:
@@ -453,49 +490,64 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _init_state_only(self) -> None:
         for gi, group in enumerate(self.param_groups):
+            required = self._required(self._step_hyper(gi, group))
             flat = self._flat.get(gi)
             for pi, p in enumerate(group["params"]):
-                if p.grad is None or not self._needs_state(self._step_hyper(gi, group)):
+                if p.grad is None or not required:
                     continue
-                buf = flat.bviews[pi] if flat is not None else torch.zeros_like(p, memory_format=torch.preserve_format)
-                self.state[p][self._state_key] = buf
-                self._fresh.add(buf)
+                views = {k: v[pi] for k, v in flat.views.items()} if flat is not None else None
+                self._create_state(p, self._missing(p, required), views)
+                if self._first_col is not None:
+                    self._fresh.add(self._state_of(p, self._state_keys[0]))
         self._plans.clear()
         for flat in self._flat.values():
             flat.plan = None
 
     # ------------------------------------------------------------------ plans
     def _plan(self, gi: int, group, hyper) -> Plan | None:
-        need = self._needs_state(hyper)
+        required = self._required(hyper)
         flat = self._flat.get(gi)
         if flat is not None:
             plan = flat.plan
             counts = use_counts(flat)
-            if plan is not None and counts is not None and counts == flat.counts and not (need and plan.missing):
+            if plan is not None and counts is not None and counts == flat.counts and not (required and plan.missing):
                 return plan
-            return self._flat_plan(gi, group, flat, need)
+            return self._flat_plan(gi, group, flat, required)
         params = group["params"]
         plan = self._plans.get(gi)
-        if (plan is not None and plan.cacheable and plan.params is params and not (need and plan.missing)
-                and _core.plan_current(params, plan.grads, plan.bufs, self.state, self._state_key, plan.expect)):
+        key = self._state_keys[0]
+        if (plan is not None and plan.cacheable and plan.params is params and not (required and plan.missing)
+                and _core.plan_current(params, plan.grads, plan.bufs, self.state, key, plan.expect)):
             return plan
-        plan = self._build_plan(gi, group, need)
+        plan = self._build_plan(gi, group, required)
         self._plans[gi] = plan
         return plan
 
-    def _state_of(self, p):
-        st = self.state.get(p)
-        return None if st is None else st.get(self._state_key)
+    def _checked_state(self, gi: int, pi: int, p, lp) -> tuple[dict, bool, list]:
+        """The local state tensors of p (checked), whether the kernel can take them, and their names."""
+        st = self.state.get(p) or {}
+        self._check_state(gi, pi, p, st)
+        locs, named, fused = {}, [], True
+        for k in self._state_keys:
+            v = st.get(k)
+            if v is None:
+                continue
+            check_state_tensor(gi, pi, k, p, v)
+            lv = local(v)
+            locs[k] = lv
+            named.append((f"state[{k!r}] of {where(gi, pi)}", lv))
+            fused = fused and dense_like(lp, lv) and lv.dtype == lp.dtype and lv.device == lp.device
+        return locs, fused, named
 
-    def _build_plan(self, gi: int, group, need: bool) -> Plan | None:
+    def _build_plan(self, gi: int, group, required) -> Plan | None:
         params = group["params"]
-        grads, bufs, expect, rows, owners, slow, named = [], [], [], [], [], [], []
+        grads, bufs, expect, rows, owners, slow, named, keep, missing = [], [], [], [], [], [], [], [], []
         devices = set()
         cacheable = True
+        key = self._state_keys[0]
         for pi, p in enumerate(params):
             g = p.grad
             grads.append(g)
-            buf = None
             if g is None:
                 bufs.append(None)
                 expect.append((0, 0, 0, 0))
@@ -505,23 +557,22 @@ class FusedOptimizer(torch.optim.Optimizer):
             cacheable = cacheable and not is_dtensor(p)  # FSDP2 hands over new gradient objects each step anyway
             devices.add(lp.device)
             named += [(where(gi, pi), lp), (f"the gradient of {where(gi, pi)}", lg)]
-            buf = self._state_of(p)
-            lb = None
-            if buf is not None:
-                check_state_tensor(gi, pi, self._state_key, p, buf)
-                lb = local(buf)
-                named.append((f"state[{self._state_key!r}] of {where(gi, pi)}", lb))
-            bufs.append(buf)
-            expect.append((lp.data_ptr(), lg.data_ptr(), lp.numel(), lb.data_ptr() if lb is not None else 0))
-            fused = dense_like(lp, lg) and (lb is None or (
-                dense_like(lp, lb) and lb.dtype == lp.dtype and lb.device == lp.device))
-            if not fused:
+            locs, fused, named_state = self._checked_state(gi, pi, p, lp)
+            named += named_state
+            first = self._state_of(p, key)
+            bufs.append(first)
+            expect.append((lp.data_ptr(), lg.data_ptr(), lp.numel(), locs[key].data_ptr() if key in locs else 0))
+            fused = fused and dense_like(lp, lg)
+            row = self._row(p, lp, lg, locs, int(first is None or self._is_fresh(p))) if fused else None
+            if row is None:
                 slow.append((pi, p))
                 continue
-            first = int(buf is None or buf in self._fresh)
-            rows.append([lp.data_ptr(), lg.data_ptr(), lb.data_ptr() if lb is not None else 0, lp.numel(),
-                         DTYPE_CODES[lp.dtype], first])
+            need = self._missing(p, required)
+            if need:
+                missing.append((len(rows), pi, p, lp, lg, need))
+            rows.append(row)
             owners.append((p,))
+            keep += [lp, lg, *locs.values()]
         if not rows and not slow:
             return None
         if len(devices) > 1:
@@ -529,33 +580,29 @@ class FusedOptimizer(torch.optim.Optimizer):
                              f"{sorted(map(str, devices))}")
         check_no_overlap(named)
         plan = Plan(next(iter(devices)))
-        plan.params, plan.grads, plan.bufs, plan.owners, plan.slow = params, grads, bufs, owners, slow
+        plan.params, plan.grads, plan.bufs, plan.owners, plan.slow, plan.keep = params, grads, bufs, owners, slow, keep
         plan.expect = np.array(expect, dtype=np.int64).reshape(-1, 4)
-        plan.table = np.array(rows, dtype=np.int64).reshape(-1, _COLS)
+        plan.table = np.array(rows, dtype=np.int64).reshape(-1, self._cols)
         plan.cacheable = cacheable
-        plan.fresh = [r for r, row in enumerate(rows) if row[5]]
-        plan.missing = any(row[2] == 0 for row in rows)
-        if need:
-            self._defer_state(plan, [(r, owners[r][0]) for r, row in enumerate(rows) if row[2] == 0])
+        if self._first_col is not None:
+            plan.fresh = [r for r, row in enumerate(rows) if row[self._first_col]]
+        plan.missing = any(self._missing(p, self._state_keys) for p, in owners)
+        if missing:
+            plan.deferred.append(lambda: self._make_missing(plan, missing))
         return plan
 
-    def _defer_state(self, plan: Plan, missing) -> None:
-        """Arranges for the rows without a state tensor to get one when the step commits."""
-        if not missing:
-            return
-
-        def create():
-            for row, p in missing:
-                buf = torch.empty_like(p, memory_format=torch.preserve_format)
-                self.state[p][self._state_key] = buf
-                ptr = local(buf).data_ptr()
-                plan.table[row, 2] = ptr
-                i = next(i for i, q in enumerate(plan.params) if q is p)
-                plan.bufs[i] = buf
-                plan.expect[i, 3] = ptr
-            plan.missing = False
-
-        plan.deferred.append(create)
+    def _make_missing(self, plan: Plan, missing) -> None:
+        """Creates the state the rows lack and points their rows at it (runs when the step commits)."""
+        for row, pi, p, lp, lg, keys in missing:
+            self._create_state(p, keys)
+            locs = {k: local(v) for k, v in self.state[p].items() if k in self._state_keys}
+            plan.table[row] = self._row(p, lp, lg, locs, int(plan.table[row, self._first_col]) if (
+                self._first_col is not None) else 0)
+            plan.keep += list(locs.values())
+            first = self._state_of(p, self._state_keys[0])
+            plan.bufs[pi] = first
+            plan.expect[pi, 3] = local(first).data_ptr() if first is not None else 0
+        plan.missing = any(self._missing(p, self._state_keys) for p, in plan.owners)
 
     # ------------------------------------------------------------------ flat mode
     def _flatten(self, gi: int, group) -> None:
@@ -566,29 +613,30 @@ class FusedOptimizer(torch.optim.Optimizer):
         total = sum(p.numel() for p in params)
         fp = torch.empty(total, dtype=p0.dtype, device=p0.device)
         fg = torch.zeros_like(fp)
-        fb = torch.zeros_like(fp)
-        spans, bviews = [], []
+        fstate = {k: torch.zeros_like(fp) for k in self._state_keys}
+        spans, views = [], {k: [] for k in self._state_keys}
         off = 0
         for p in params:
             n = p.numel()
             fp[off:off + n].copy_(p.detach().reshape(-1))
-            bv = fb[off:off + n].view(p.shape)
             if p.grad is not None:
                 gv = fg[off:off + n].view(p.shape)
                 gv.copy_(p.grad)
                 p.grad = gv
             p.data = fp[off:off + n].view(p.shape)
             spans.append((off, n))
-            bviews.append(bv)
-            buf = self._state_of(p)
-            if buf is not None:
-                bv.copy_(buf)
-                self.state[p][self._state_key] = bv
+            for k in self._state_keys:
+                v = fstate[k][off:off + n].view(p.shape)
+                views[k].append(v)
+                old = self._state_of(p, k)
+                if old is not None:
+                    v.copy_(old)
+                    self.state[p][k] = v
             off += n
-        self._flat[gi] = Flat(fp, fg, fb, spans, bviews)
+        self._flat[gi] = Flat(fp, fg, fstate, spans, views)
 
-    def _flat_plan(self, gi: int, group, flat: Flat, need: bool) -> Plan | None:
-        """The plan of a flat group: one kernel row per run of parameters with gradients.
+    def _flat_plan(self, gi: int, group, flat: Flat, required) -> Plan | None:
+        """The plan of a flat group: a kernel row per parameter with a gradient, runs merged where the rule allows.
 
         It is cached only when every parameter has its gradient bound to the flat storage;
         then the common case costs O(1) whatever the number of tensors: when the reference
@@ -598,10 +646,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         ``p.grad = t``) is copied in and bound again; a parameter without one is skipped.
         """
         params = group["params"]
-        fp, fg, fb = flat.param, flat.grad, flat.buf
+        fp, fg = flat.param, flat.grad
         es = fp.element_size()
-        base_p, base_g, base_b = fp.data_ptr(), fg.data_ptr(), fb.data_ptr()
-        rebind, adopt, rows, owners = [], [], [], []
+        base_p = fp.data_ptr()
+        rebind, adopt, create, rows, owners = [], [], [], [], []
         complete = True
         for pi, (p, (off, n)) in enumerate(zip(params, flat.spans)):
             if (n and p.data_ptr() != base_p + off * es) or p.dtype != fp.dtype or p.device != fp.device:
@@ -616,28 +664,31 @@ class FusedOptimizer(torch.optim.Optimizer):
             if not flat.bound(pi, g) or g.shape != p.shape:
                 check_grad(gi, pi, p, p, g)
                 rebind.append(pi)
-            buf = self._state_of(p)
-            first = 0
-            if buf is None:
-                first = 1
-                if need:
-                    adopt.append((pi, None))
-            elif buf is not flat.bviews[pi]:
-                check_state_tensor(gi, pi, self._state_key, p, buf)
-                adopt.append((pi, buf))
-            elif buf in self._fresh:
-                first = 1
+            st = self.state.get(p) or {}
+            self._check_state(gi, pi, p, st)
+            for k in self._state_keys:
+                v = st.get(k)
+                if v is not None and v is not flat.views[k][pi]:
+                    check_state_tensor(gi, pi, k, p, v)
+                    adopt.append((pi, k, v))
+            need = self._missing(p, required)
+            if need:
+                create.append((pi, need))
+            first = int(self._state_of(p, self._state_keys[0]) is None or self._is_fresh(p))
+            locs = {k: flat.views[k][pi] for k in self._state_keys}
+            row = self._row(p, p, flat.grad_view(pi, p.shape), locs, first)
             if n == 0:
                 continue
-            row = rows[-1] if rows else None
-            if row is not None and row[5] == first and row[0] + row[3] * es == base_p + off * es:
-                row[3] += n
+            prev = rows[-1] if rows else None
+            if self._merge_runs and prev is not None and self._mergeable(prev, row, es):
+                prev[self._n_col] += n
                 owners[-1].append(p)
             else:
-                rows.append([base_p + off * es, base_g + off * es, base_b + off * es, n, DTYPE_CODES[fp.dtype], first])
+                rows.append(row)
                 owners.append([p])
         if not rows and complete and not rebind:
             return None
+        plan = Plan(fp.device)
 
         def bind():
             # Everything was checked: make the flat storage hold every gradient and state tensor.
@@ -646,25 +697,42 @@ class FusedOptimizer(torch.optim.Optimizer):
                 view = flat.grad_view(pi, p.shape)
                 view.copy_(p.grad)
                 p.grad = view
-            for pi, buf in adopt:
-                if buf is not None:
-                    flat.bviews[pi].copy_(buf)
-                self.state[params[pi]][self._state_key] = flat.bviews[pi]
+            for pi, k, v in adopt:
+                flat.views[k][pi].copy_(v)
+                self.state[params[pi]][k] = flat.views[k][pi]
+            for pi, keys in create:
+                self._create_state(params[pi], keys, {k: v[pi] for k, v in flat.views.items()})
+            if not self._merge_runs:  # rows may hold per-parameter scalars made just now
+                for r, ps in enumerate(owners):
+                    p = ps[0]
+                    pi = next(i for i, q in enumerate(params) if q is p)
+                    locs = {k: flat.views[k][pi] for k in self._state_keys}
+                    plan.table[r] = self._row(p, p, flat.grad_view(pi, p.shape), locs,
+                                              int(plan.table[r, self._first_col]) if self._first_col is not None
+                                              else 0)
             plan.missing = False
             if complete:
                 flat.counts = use_counts(flat)
 
-        plan = Plan(fp.device)
-        plan.table = np.array(rows, dtype=np.int64).reshape(-1, _COLS)
+        plan.table = np.array(rows, dtype=np.int64).reshape(-1, self._cols)
         plan.owners = owners
-        plan.fresh = [r for r, row in enumerate(rows) if row[5]]
-        plan.missing = any(row[5] and not need for row in rows)
+        if self._first_col is not None:
+            plan.fresh = [r for r, row in enumerate(rows) if row[self._first_col]]
+        plan.missing = bool(create) and not required or any(
+            self._missing(p, self._state_keys) and not self._missing(p, required) for ps in owners for p in ps)
         plan.deferred.append(bind)
+        plan.keep = [fp, fg, *flat.state.values()]
         flat.plan = plan if complete else None
         flat.counts = None
         return plan if rows else None
 
-# ------------------------------------------------------------------ state dict
+    def _mergeable(self, prev, row, es) -> bool:
+        """Adjacent flat rows merge when every address column continues the previous run."""
+        n = prev[self._n_col]
+        return all(row[c] == prev[c] + n * es for c in self._ptr_cols) and all(
+            row[c] == prev[c] for c in range(self._cols) if c not in self._ptr_cols and c != self._n_col)
+
+    # ------------------------------------------------------------------ state dict
     def state_dict(self):
         """torch's layout; schedules are stored as dicts (JSON-safe), so torch and clrfast can load it."""
         self._sync_cuda()
@@ -711,8 +779,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                           if q is p)
             if not isinstance(v, dict):
                 raise ValueError(f"state_dict['state'][{k!r}] must be a dict, got {type(v).__name__}")
-            if v.get(self._state_key) is not None:
-                check_state_tensor(gi, pi, self._state_key, p, v[self._state_key])
+            self._check_state(gi, pi, p, v)
+            for key in self._state_keys:
+                if v.get(key) is not None:
+                    check_state_tensor(gi, pi, key, p, v[key])
         self._sync_cuda()
         sd = dict(state_dict)
         sd["param_groups"] = groups
@@ -724,11 +794,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             flat = self._flat.get(gi)
             if flat is not None:
                 flat.plan = None
-                for p, v in zip(group["params"], flat.bviews):
-                    buf = self.state[p].get(self._state_key) if p in self.state else None
-                    if buf is not None and buf is not v:
-                        v.copy_(buf)
-                        self.state[p][self._state_key] = v
+                for key in self._state_keys:
+                    for p, view in zip(group["params"], flat.views[key]):
+                        value = self._state_of(p, key)
+                        if value is not None and value is not view:
+                            view.copy_(value)
+                            self.state[p][key] = view
             if group["schedule"] is not None:
                 self._publish_schedule(group)
         self._published = [self._current(g) for g in self.param_groups]
@@ -761,7 +832,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         state["_threads"] = self._threads
         state["_flat_groups"] = sorted(self._flat)
         state["_fresh_ids"] = [(gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"])
-                               if p in self.state and self.state[p].get(self._state_key) in self._fresh]
+                               if self._is_fresh(p)]
         return state
 
     def __setstate__(self, state):
@@ -779,7 +850,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._flatten(gi, self.param_groups[gi])
         for gi, pi in fresh:
             p = self.param_groups[gi]["params"][pi]
-            self._fresh.add(self.state[p][self._state_key])
+            self._fresh.add(self.state[p][self._state_keys[0]])
         for group in self.param_groups:
             group.pop("_cuda", None)
         self._published = [self._current(g) for g in self.param_groups]

@@ -10,7 +10,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 from .. import _core
 from .. import _validate as check
 from ..schedules import Schedule
-from ._fused import FusedOptimizer, as_real
+from ._fused import DTYPE_CODES, FusedOptimizer, as_real
 
 __all__ = ["CLRSGD"]
 
@@ -60,7 +60,12 @@ class CLRSGD(FusedOptimizer):
     """
 
     _rule = "CLRSGD"
-    _state_key = "momentum_buffer"
+    _state_keys = ("momentum_buffer",)
+    _cols = _core.sgd_segment_cols  # p, g, buf, n, dtype, first
+    _first_col = 5  # torch's first update copies the gradient into the buffer
+    _merge_runs = True
+    _ptr_cols = (0, 1, 2)
+    _n_col = 3
     _published_keys = ("lr", "momentum")
 
     def __init__(
@@ -160,8 +165,19 @@ class CLRSGD(FusedOptimizer):
         return h
 
     @staticmethod
-    def _needs_state(hyper) -> bool:
-        return hyper["momentum"] != 0.0
+    def _required(hyper) -> tuple:
+        return ("momentum_buffer",) if hyper["momentum"] != 0.0 else ()
+
+    @staticmethod
+    def _new_state(p, keys) -> dict:
+        # zeros, not empty: a step the device skips (GradScaler) leaves no garbage in the state
+        return {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k in keys}
+
+    @staticmethod
+    def _row(p, lp, lg, locs, first) -> list:
+        buf = locs.get("momentum_buffer")
+        return [lp.data_ptr(), lg.data_ptr(), buf.data_ptr() if buf is not None else 0, lp.numel(),
+                DTYPE_CODES[lp.dtype], first]
 
     # ------------------------------------------------------------------ CPU
     def _kernel(self, table, h, inv_scale) -> None:
@@ -179,7 +195,8 @@ class CLRSGD(FusedOptimizer):
                 g.mul_(inv_scale)  # GradScaler's fused contract: the optimizer unscales, in place
             params.append(p)
             grads.append(g)
-            bufs.append(self._state_of(p) if h["momentum"] != 0 else None)
+            buf = self._state_of(p, "momentum_buffer") if h["momentum"] != 0 else None
+            bufs.append(None if buf in self._fresh else buf)  # a fresh buffer holds no history
         _torch_sgd(
             params, grads, bufs, weight_decay=h["weight_decay"], momentum=h["momentum"], lr=h["lr"],
             dampening=h["dampening"], nesterov=h["nesterov"], maximize=h["maximize"], foreach=False,
@@ -187,7 +204,7 @@ class CLRSGD(FusedOptimizer):
         )
         if h["momentum"] != 0:
             for p, buf in zip(params, bufs):
-                self.state[p][self._state_key] = buf
+                self.state[p]["momentum_buffer"] = buf
                 self._fresh.discard(buf)
 
     # ------------------------------------------------------------------ CUDA
