@@ -169,6 +169,27 @@ def use_counts(flat) -> tuple | None:
     return (probe(flat.param.untyped_storage()._cdata), probe(flat.grad.untyped_storage()._cdata))
 
 
+class IdSet:
+    """A set of tensors by identity that keeps none alive (a WeakSet compares tensors with ``==``)."""
+
+    __slots__ = ("_refs",)
+
+    def __init__(self):
+        self._refs: dict = {}
+
+    def add(self, t) -> None:
+        self._refs[id(t)] = weakref.ref(t)
+
+    def discard(self, t) -> None:
+        ref = self._refs.get(id(t))
+        if ref is not None and ref() is t:
+            del self._refs[id(t)]
+
+    def __contains__(self, t) -> bool:
+        ref = self._refs.get(id(t))
+        return t is not None and ref is not None and ref() is t
+
+
 # --------------------------------------------------------------------------- plans
 class Plan:
     """What one step of one param group touches, every tensor already checked.
@@ -191,7 +212,7 @@ class Plan:
         self.slow: list = []  # (param index, param) for torch's reference code
         self.deferred: list = []
         self.fresh: list = []  # table rows whose state holds no history yet (the kernel initialises it)
-        self.missing = False  # some row lacks state a later step may need (a step without momentum made none)
+        self.missing: set = set()  # state keys some row lacks (a step without momentum makes no buffer)
         self.cacheable = True
         self.device = device
         self.cuda = None  # device-side copy of the table (CUDA)
@@ -242,6 +263,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     _cols = 0
     _first_col: int | None = None
     _merge_runs = False
+    _scalar_keys: tuple = ()  # per-parameter state that is not per element (the Adam family's step)
     _ptr_cols: tuple = ()  # columns holding addresses (for merging flat runs)
     _n_col = 0  # the column of the element count
     _step_supports_amp_scaling = True
@@ -253,7 +275,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._plans: dict = {}
         self._flat: dict = {}
         self._published: list = []
-        self._fresh = weakref.WeakSet()
+        self._fresh = IdSet()
         groups = self._normalise(params)
         # Every group is checked before torch's constructor adds (and flattens) the first.
         checked = [self._checked_group(gi, g, defaults) for gi, g in enumerate(groups)]
@@ -510,13 +532,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         if flat is not None:
             plan = flat.plan
             counts = use_counts(flat)
-            if plan is not None and counts is not None and counts == flat.counts and not (required and plan.missing):
+            if plan is not None and counts is not None and counts == flat.counts and not plan.missing.intersection(
+                    required):
                 return plan
             return self._flat_plan(gi, group, flat, required)
         params = group["params"]
         plan = self._plans.get(gi)
         key = self._state_keys[0]
-        if (plan is not None and plan.cacheable and plan.params is params and not (required and plan.missing)
+        if (plan is not None and plan.cacheable and plan.params is params and not plan.missing.intersection(required)
                 and _core.plan_current(params, plan.grads, plan.bufs, self.state, key, plan.expect)):
             return plan
         plan = self._build_plan(gi, group, required)
@@ -564,12 +587,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             expect.append((lp.data_ptr(), lg.data_ptr(), lp.numel(), locs[key].data_ptr() if key in locs else 0))
             fused = fused and dense_like(lp, lg)
             row = self._row(p, lp, lg, locs, int(first is None or self._is_fresh(p))) if fused else None
+            need = self._missing(p, required)
+            if need:
+                missing.append((None if row is None else len(rows), pi, p, lp, lg, need))
             if row is None:
                 slow.append((pi, p))
                 continue
-            need = self._missing(p, required)
-            if need:
-                missing.append((len(rows), pi, p, lp, lg, need))
             rows.append(row)
             owners.append((p,))
             keep += [lp, lg, *locs.values()]
@@ -586,7 +609,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan.cacheable = cacheable
         if self._first_col is not None:
             plan.fresh = [r for r, row in enumerate(rows) if row[self._first_col]]
-        plan.missing = any(self._missing(p, self._state_keys) for p, in owners)
+        plan.missing = self._lacking(owners)
         if missing:
             plan.deferred.append(lambda: self._make_missing(plan, missing))
         return plan
@@ -595,6 +618,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Creates the state the rows lack and points their rows at it (runs when the step commits)."""
         for row, pi, p, lp, lg, keys in missing:
             self._create_state(p, keys)
+            if row is None:  # torch's code updates it: mark a first-update buffer as holding no history
+                if self._first_col is not None:
+                    self._fresh.add(self._state_of(p, self._state_keys[0]))
+                continue
             locs = {k: local(v) for k, v in self.state[p].items() if k in self._state_keys}
             plan.table[row] = self._row(p, lp, lg, locs, int(plan.table[row, self._first_col]) if (
                 self._first_col is not None) else 0)
@@ -602,7 +629,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             first = self._state_of(p, self._state_keys[0])
             plan.bufs[pi] = first
             plan.expect[pi, 3] = local(first).data_ptr() if first is not None else 0
-        plan.missing = any(self._missing(p, self._state_keys) for p, in plan.owners)
+        plan.missing = self._lacking(plan.owners)
+
+    def _lacking(self, owners) -> set:
+        """The state keys that some parameter of the rows lacks."""
+        keys = self._state_keys + self._scalar_keys
+        return {k for ps in owners for p in ps for k in self._missing(p, keys)}
 
     # ------------------------------------------------------------------ flat mode
     def _flatten(self, gi: int, group) -> None:
@@ -710,7 +742,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     plan.table[r] = self._row(p, p, flat.grad_view(pi, p.shape), locs,
                                               int(plan.table[r, self._first_col]) if self._first_col is not None
                                               else 0)
-            plan.missing = False
+            plan.missing = self._lacking(owners)
             if complete:
                 flat.counts = use_counts(flat)
 
@@ -718,8 +750,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan.owners = owners
         if self._first_col is not None:
             plan.fresh = [r for r, row in enumerate(rows) if row[self._first_col]]
-        plan.missing = bool(create) and not required or any(
-            self._missing(p, self._state_keys) and not self._missing(p, required) for ps in owners for p in ps)
+        plan.missing = self._lacking(owners)
         plan.deferred.append(bind)
         plan.keep = [fp, fg, *flat.state.values()]
         flat.plan = plan if complete else None
@@ -788,7 +819,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         sd["param_groups"] = groups
         super().load_state_dict(sd)
         self._plans.clear()
-        self._fresh = weakref.WeakSet()
+        self._fresh = IdSet()
         for gi, group in enumerate(self.param_groups):
             group.pop("_cuda", None)
             flat = self._flat.get(gi)
@@ -843,7 +874,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self._plans = {}
         self._flat = {}
-        self._fresh = weakref.WeakSet()
+        self._fresh = IdSet()
         # A copied Parameter owns a copy of its values, not a view of the copied flat storage:
         # lay the group out again (values, gradients and state move with it).
         for gi in flat:
