@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-import torch  # noqa: F401  (fail here, with torch's own message, when torch is missing)
+import torch  # (fail here, with torch's own message, when torch is missing)
 
 _LAZY = {
     "CyclicLR": "schedulers",
@@ -18,6 +18,28 @@ _LAZY = {
     "lr_find": "lr_find",
     "LRFindResult": "lr_find",
 }
+
+
+
+def _allow_schedules_in_torch_load() -> None:
+    """Schedules stored in optimizer groups (e.g. by ZeroRedundancyOptimizer) load with ``torch.load``'s defaults.
+
+    They rebuild through their validating constructors from plain numbers, so they are as
+    safe to unpickle as the tensors around them.
+    """
+    from .. import scales, schedules
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:
+        add([*subclasses(schedules.Schedule), *subclasses(scales.Scale)])
+
+
+_allow_schedules_in_torch_load()
 
 # Bound eagerly: the function shares its module's name, and importing the module
 # (clrfast.torch.lr_find) would otherwise leave the module as this attribute.

@@ -35,6 +35,7 @@ from ..schedules import Schedule, from_dict
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _DEVICES = ("cpu", "cuda")
+_FRESH = "fresh_state"  # state-dict key: indices of a group's parameters whose state holds no history yet
 
 
 # --------------------------------------------------------------------------- tensors
@@ -768,10 +769,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         """torch's layout; schedules are stored as dicts (JSON-safe), so torch and clrfast can load it."""
         self._sync_cuda()
         sd = super().state_dict()
-        for g in sd["param_groups"]:
+        for g, live in zip(sd["param_groups"], self.param_groups):
             g.pop("_cuda", None)
             if isinstance(g.get("schedule"), Schedule):
                 g["schedule"] = g["schedule"].to_dict()
+            if self._first_col is not None:
+                # Buffers made by a state-initialising step hold no history; saved with the state so a
+                # resume from such a checkpoint still makes the first update torch's first update.
+                g[_FRESH] = [pi for pi, p in enumerate(live["params"]) if self._is_fresh(p)]
         return sd
 
     def load_state_dict(self, state_dict) -> None:
@@ -822,6 +827,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._fresh = IdSet()
         for gi, group in enumerate(self.param_groups):
             group.pop("_cuda", None)
+            fresh = group.pop(_FRESH, [])
             flat = self._flat.get(gi)
             if flat is not None:
                 flat.plan = None
@@ -831,6 +837,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                         if value is not None and value is not view:
                             view.copy_(value)
                             self.state[p][key] = view
+            for pi in fresh:
+                value = self._state_of(group["params"][pi], self._state_keys[0])
+                if value is not None:
+                    self._fresh.add(value)
             if group["schedule"] is not None:
                 self._publish_schedule(group)
         self._published = [self._current(g) for g in self.param_groups]
@@ -842,6 +852,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             if key != "params":
                 saved.setdefault(key, value)
         saved["flat"] = current["flat"]  # a storage layout of this optimizer, not state
+        fresh = saved.get(_FRESH, [])
+        if not isinstance(fresh, (list, tuple)) or any(
+                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(current["params"]) for i in fresh):
+            raise ValueError(f"state_dict['param_groups'][{gi}][{_FRESH!r}] must list parameter indices, got {fresh!r}")
+        saved[_FRESH] = list(fresh)
         if isinstance(saved["schedule"], dict):
             try:
                 saved["schedule"] = from_dict(saved["schedule"])
