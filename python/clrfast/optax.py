@@ -1,0 +1,104 @@
+"""optax front end: clrfast schedules as optax schedules, with values from the C++ core.
+
+>>> import optax, clrfast as clr, clrfast.optax
+>>> s = clr.Cyclic(1e-3, 6e-3, step_size_up=2000, base_momentum=0.85, max_momentum=0.95)
+>>> tx = optax.sgd(learning_rate=clrfast.optax.schedule(s), momentum=0.9)
+>>> tx = optax.inject_hyperparams(optax.sgd)(              # cycle the momentum too
+...     learning_rate=clrfast.optax.schedule(s), momentum=clrfast.optax.momentum_schedule(s))
+>>> tx = optax.inject_hyperparams(optax.adam)(             # Adam: the momentum schedule drives b1
+...     learning_rate=clrfast.optax.schedule(s), b1=clrfast.optax.momentum_schedule(s))
+
+The update at optax count ``k`` (0 for the first update) uses ``float32(s.lr(k))``, as torch's
+scheduler gives step ``k``. Values come from a table the core computes once and that is
+gathered on the device under ``jax.jit``; counts past it are computed exactly by the core on the
+host. See :mod:`clrfast._device_table` for why, and for the memory it takes.
+
+Importing this module imports JAX; ``import clrfast`` alone does not.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+try:
+    import jax
+    import jax.numpy as jnp
+except ImportError as e:  # pragma: no cover - exercised in a subprocess without jax
+    raise ImportError(f"clrfast.optax needs JAX and optax: pip install 'clrfast[jax]' ({e})") from e
+
+from ._device_table import ValueTable, jax_lookup
+
+
+class TableSchedule:
+    """An optax schedule (``count -> value``) reading a clrfast schedule's core-computed table.
+
+    Works eagerly, under ``jax.jit``/``vmap``, and wherever optax takes a schedule. ``count`` is
+    an integer: a jax array (traced or not), a NumPy integer array or a Python int. Python ints
+    are answered on the host, so a count beyond ``2**31 - 1`` never overflows an int32.
+    """
+
+    def __init__(self, schedule, quantity, num_steps=None, dtype=None):
+        dtype = np.dtype(jnp.float32 if dtype is None else dtype)
+        if dtype == np.float64 and not jax.config.jax_enable_x64:
+            raise ValueError("dtype=float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
+        self.table = ValueTable(schedule, quantity, num_steps, dtype)
+        with jax.ensure_compile_time_eval():
+            self._device_values = jnp.asarray(self.table.values)
+
+    @property
+    def schedule(self):
+        return self.table.schedule
+
+    @property
+    def num_steps(self) -> int:
+        """Length of the device table; larger counts are computed on the host (or held past the end)."""
+        return self.table.n
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory the table takes."""
+        return self.table.nbytes
+
+    def __call__(self, count):
+        if isinstance(count, (bool, np.bool_)):
+            raise TypeError(f"count must be an integer step count, got {count!r}")
+        if isinstance(count, numbers.Integral) or (isinstance(count, np.ndarray) and count.dtype.kind in "iu"):
+            if np.any(np.asarray(count) < 0):
+                raise ValueError(f"count must be >= 0, got {count!r}")
+            return jnp.asarray(self.table.host(count))
+        if isinstance(count, (numbers.Real, np.ndarray)):
+            raise TypeError(f"count must be an integer step count, got {count!r}")
+        return jax_lookup(self.table, count, self._device_values)
+
+    def __repr__(self) -> str:
+        fn = "schedule" if self.table.quantity == "lr" else "momentum_schedule"
+        return f"clrfast.optax.{fn}({self.table.describe()})"
+
+
+def schedule(s, *, num_steps=None, dtype=None) -> TableSchedule:
+    """The learning rate of clrfast schedule ``s`` as an optax schedule: ``count -> float32(s.lr(count))``.
+
+    ``num_steps`` sets the device table length (default ``min(2**20, s.max_step + 1)``, 4 MiB at
+    most); counts past it stay exact, computed by the core on the host. Past a finite schedule's
+    end the value at ``s.max_step`` is held. ``dtype`` is float32 (default) or float64 (x64 only).
+    """
+    return TableSchedule(s, "lr", num_steps, dtype)
+
+
+def momentum_schedule(s, *, num_steps=None, dtype=None) -> TableSchedule:
+    """The momentum of ``s`` as an optax schedule, for ``momentum`` of ``optax.sgd`` or ``b1`` of ``optax.adam``.
+
+    Pass it through ``optax.inject_hyperparams``, which evaluates callables at each update::
+
+        optax.inject_hyperparams(optax.sgd)(learning_rate=schedule(s), momentum=momentum_schedule(s))
+        optax.inject_hyperparams(optax.adam)(learning_rate=schedule(s), b1=momentum_schedule(s))
+
+    Every piece of ``s`` must define a momentum (``Cyclic`` with ``base_momentum``/``max_momentum``,
+    ``OneCycle`` with ``cycle_momentum=True``). Otherwise as :func:`schedule`.
+    """
+    return TableSchedule(s, "momentum", num_steps, dtype)
+
+
+__all__ = ["schedule", "momentum_schedule", "TableSchedule"]
