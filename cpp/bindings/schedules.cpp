@@ -204,12 +204,6 @@ void bind_schedules(py::module_& m) {
       },
       py::kw_only(), "base_lr"_a, "eta_min"_a, "T_0"_a, "T_mult"_a, "peak_decay"_a, "warmup_steps"_a);
   m.def(
-      "restart_lr",
-      [](const Schedule& s, double T_cur, double T_i) {
-        return restarts_value(s.piece[0].restarts, {T_cur, T_i, 0.0});
-      },
-      "schedule"_a, "T_cur"_a, "T_i"_a, "A cosine-restarts lr at an explicit position in a cycle of length T_i.");
-  m.def(
       "restart_pos_torch_epoch",
       [](double T_0, double T_mult, double epoch) {
         const RestartPos p = restart_pos_torch_epoch(T_0, T_mult, epoch);
