@@ -48,11 +48,13 @@ def main() -> int:
     pb_sched = clr.Cyclic(1e-3, 6e-3, step_size_up=2000)._core
     nb_sched = nb.cyclic(1e-3, 6e-3, 2000.0, 2000.0)
     assert pb_sched.lr(12345.0) == nb_sched.lr(12345.0)
+    halving = _core.ScaleKind.triangular2  # the twin takes its integer code, 1
 
     cases = [
         ("Schedule.lr(t) -> float", lambda: pb_sched.lr(777.0), lambda: nb_sched.lr(777.0)),
         ("Schedule.at(t) -> (lr, momentum)", lambda: pb_sched.at(777.0), lambda: nb_sched.at(777.0)),
-        ("cyclic_scale(kind, gamma, x)", lambda: _core.cyclic_scale(1, 1.0, 3.0), lambda: nb.cyclic_scale(1, 1.0, 3.0)),
+        ("cyclic_scale(kind, gamma, x)", lambda: _core.cyclic_scale(halving, 1.0, 3.0),
+         lambda: nb.cyclic_scale(1, 1.0, 3.0)),
     ]
     empty = best_time(lambda: None, number=calls)
     rows = []

@@ -51,8 +51,8 @@ def scheduler_rows(steps: int) -> list[list[str]]:
 
 
 # ----------------------------------------------------------------------------- tables
-def numpy_cyclic(n, base, top, up, down):
-    """torch's CyclicLR formula (triangular), vectorised with NumPy."""
+def numpy_cyclic(n, base, top, up, down, mode="triangular", gamma=1.0):
+    """torch's CyclicLR formula, vectorised with NumPy."""
     total = float(up) + float(down)
     ratio = float(up) / total
     t = np.arange(n, dtype=np.float64)
@@ -60,10 +60,20 @@ def numpy_cyclic(n, base, top, up, down):
     cycle = np.floor(1.0 + q)
     x = 1.0 + q - cycle
     s = np.where(x <= ratio, x / ratio, (x - 1.0) / (ratio - 1.0))
+    if mode == "triangular2":
+        return base + (top - base) * s * (1 / 2.0 ** (cycle - 1))
+    if mode == "exp_range":
+        return base + (top - base) * s * gamma**t
     return base + (top - base) * s
 
 
-def python_cyclic(n, base, top, up, down):
+def numpy_restarts(n, base, T_0):
+    """torch's CosineAnnealingWarmRestarts with T_mult=1, vectorised with NumPy."""
+    t = np.arange(n, dtype=np.float64)
+    return base * (1 + np.cos(np.pi * np.fmod(t, T_0) / T_0)) / 2
+
+
+def python_cyclic(n, base, top, up, down, mode="triangular", gamma=1.0):
     """The same formula as a plain Python loop (what a pure-Python scheduler does per step)."""
     total = float(up) + float(down)
     ratio = float(up) / total
@@ -72,8 +82,13 @@ def python_cyclic(n, base, top, up, down):
         cycle = math.floor(1 + t / total)
         x = 1.0 + t / total - cycle
         s = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
-        out.append(base + (top - base) * s)
+        scale = {"triangular": 1.0, "triangular2": 1 / (2.0 ** (cycle - 1))}.get(mode) or gamma**t
+        out.append(base + (top - base) * s * scale)
     return out
+
+
+def python_restarts(n, base, T_0):
+    return [base * (1 + math.cos(math.pi * (t % T_0) / T_0)) / 2 for t in range(n)]
 
 
 def numpy_onecycle(n, max_lr, total_steps, pct=0.3, div=25.0, final_div=1e4):
@@ -107,9 +122,18 @@ def python_onecycle(n, max_lr, total_steps, pct=0.3, div=25.0, final_div=1e4):
 
 
 def table_rows(n: int, python_n: int) -> list[list[str]]:
+    g = 0.9999999  # exp_range: gamma**t stays above the base over 10^7 steps
     cases = [
         ("Cyclic triangular", clr.Cyclic(1e-3, 6e-3, step_size_up=2000),
          lambda m: numpy_cyclic(m, 1e-3, 6e-3, 2000, 2000), lambda m: python_cyclic(m, 1e-3, 6e-3, 2000, 2000)),
+        ("Cyclic triangular2", clr.Cyclic(1e-3, 6e-3, step_size_up=2000, mode="triangular2"),
+         lambda m: numpy_cyclic(m, 1e-3, 6e-3, 2000, 2000, "triangular2"),
+         lambda m: python_cyclic(m, 1e-3, 6e-3, 2000, 2000, "triangular2")),
+        ("Cyclic exp_range", clr.Cyclic(1e-3, 6e-3, step_size_up=2000, mode="exp_range", gamma=g),
+         lambda m: numpy_cyclic(m, 1e-3, 6e-3, 2000, 2000, "exp_range", g),
+         lambda m: python_cyclic(m, 1e-3, 6e-3, 2000, 2000, "exp_range", g)),
+        ("CosineRestarts", clr.CosineRestarts(0.1, T_0=1000),
+         lambda m: numpy_restarts(m, 0.1, 1000), lambda m: python_restarts(m, 0.1, 1000)),
         ("OneCycle cos", clr.OneCycle(0.1, total_steps=n),
          lambda m: numpy_onecycle(m, 0.1, n), lambda m: python_onecycle(m, 0.1, n)),
     ]
@@ -120,7 +144,7 @@ def table_rows(n: int, python_n: int) -> list[list[str]]:
     rows = [[f"write the output once (out.fill), n={n:,}", fmt_time(write_once), "", "", "1.0x"],
             [f"allocate + write once (np.empty().fill), n={n:,}", fmt_time(alloc_write), "", "", ""]]
     for label, sched, numpy_fn, python_fn in cases:
-        assert np.allclose(sched.lr_table(1000), numpy_fn(1000), rtol=1e-12, atol=0)
+        assert np.allclose(sched.lr_table(5000), numpy_fn(5000), rtol=1e-12, atol=0)
         t_into = best_time(lambda s=sched: s.lr_table(n, out=out), repeat=7)
         t_alloc = best_time(lambda s=sched: s.lr_table(n), repeat=5)
         t_numpy = best_time(lambda f=numpy_fn: f(n), repeat=3)

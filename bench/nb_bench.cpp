@@ -18,7 +18,7 @@ NB_MODULE(_nb_bench, m) {
   m.def("cyclic", [](double base_lr, double max_lr, double up, double down) {
     Leaf leaf{};
     leaf.kind = Kind::Cyclic;
-    leaf.cyclic = make_cyclic(base_lr, max_lr, up, down, ScaleKind::Triangular, 1.0, ScaleMode::Cycle,
+    leaf.cyclic = make_cyclic(base_lr, max_lr, cyclic_geometry(up, down), ScaleKind::Triangular, 1.0, ScaleMode::Cycle,
                               Window::Triangular, false, 0.0, 0.0);
     return single(leaf);
   });

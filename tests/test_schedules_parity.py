@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import random
-import warnings
 from fractions import Fraction
 
 import clrfast as clr
@@ -20,47 +19,8 @@ import pytest
 from clrfast import scales
 
 torch = pytest.importorskip("torch")
-lr_scheduler = torch.optim.lr_scheduler
 
-
-# ----------------------------------------------------------------- torch oracle
-def _run_torch(opt, sched, n, momentum=True):
-    """lr (and momentum) of param group 0 at last_epoch = 0..n-1, as the optimizer sees them."""
-    lrs = np.empty(n)
-    moms = np.empty(n) if momentum else None
-    group = opt.param_groups[0]
-    with warnings.catch_warnings():
-        # The scheduler is stepped without an optimizer.step(); torch warns about the order.
-        warnings.simplefilter("ignore")
-        for i in range(n):
-            lrs[i] = group["lr"]
-            if momentum:
-                moms[i] = group["momentum"]
-            if i + 1 < n:
-                sched.step()
-    return lrs, moms
-
-
-def _sgd():
-    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
-
-
-def torch_cyclic(n, **kw):
-    opt = _sgd()
-    sched = lr_scheduler.CyclicLR(opt, **kw)
-    return _run_torch(opt, sched, n, momentum=kw.get("cycle_momentum", True))
-
-
-def torch_onecycle(n, **kw):
-    opt = _sgd()
-    sched = lr_scheduler.OneCycleLR(opt, **kw)
-    return _run_torch(opt, sched, n, momentum=kw.get("cycle_momentum", True))
-
-
-def torch_restarts(n, base_lr, **kw):
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
-    sched = lr_scheduler.CosineAnnealingWarmRestarts(opt, **kw)
-    return _run_torch(opt, sched, n, momentum=False)[0]
+from oracles import assert_exact, torch_cyclic, torch_onecycle, torch_restarts  # noqa: E402
 
 
 def clr_cyclic(**kw):
@@ -79,19 +39,6 @@ def clr_onecycle(**kw):
     kw = dict(kw)
     kw["anneal"] = kw.pop("anneal_strategy", "cos")
     return clr.OneCycle(**kw)
-
-
-def _first_mismatch(got, want):
-    bad = np.flatnonzero(~((got == want) | (np.isnan(got) & np.isnan(want))))
-    if bad.size == 0:
-        return "no mismatch"
-    i = int(bad[0])
-    return f"{bad.size} mismatches, first at step {i}: clrfast {got[i]!r} vs torch {want[i]!r}"
-
-
-def assert_exact(got, want, what):
-    assert got.shape == want.shape, what
-    assert np.array_equal(got, want), f"{what}: {_first_mismatch(got, want)}"
 
 
 def check_against_torch(sched, want_lr, want_mom, what, rng=None):

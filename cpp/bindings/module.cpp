@@ -5,6 +5,7 @@
 PYBIND11_MODULE(_core, m) {
   m.doc() = "clrfast compiled core: schedules, batch tables, fused SGD step.";
   clrfast::bind_schedules(m);
+  clrfast::bind_param_groups(m);
   clrfast::bind_optim(m);
 #ifdef CLRFAST_WITH_CUDA
   m.attr("cuda_built") = true;

@@ -1,6 +1,19 @@
 #include "tables.hpp"
 
+#include <cmath>
+
 #include "thread_pool.hpp"
+
+// Each kernel is compiled for AVX-512, AVX2 and baseline x86-64, and the
+// loader picks one from the CPU's features. target_clones is an x86 feature of
+// GCC on glibc; elsewhere (aarch64, clang) the kernels are compiled once.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CLRFAST_TABLE_CLONES __attribute__((flatten, target_clones("avx512f", "avx2", "default")))
+#elif defined(__GNUC__)
+#define CLRFAST_TABLE_CLONES __attribute__((flatten))
+#else
+#define CLRFAST_TABLE_CLONES
+#endif
 
 namespace clrfast {
 namespace {
@@ -32,15 +45,13 @@ inline void gather(F f, const int64_t* steps, int64_t n, T* out) {
 template <typename Body>
 inline void with_evaluator(const Schedule& s, Quantity q, Body body) {
   const bool lr = q == Quantity::Lr;
-  if (s.n == 1 && s.piece[0].kind == Kind::Cyclic) {
+  if (lr && s.n == 1 && s.piece[0].kind == Kind::Cyclic) {
     const CyclicParams p = s.piece[0].cyclic;
     if (p.window == Window::Triangular && p.scale == ScaleKind::Triangular) {
-      if (lr) {
-        // cyclic_at() with the window and scale switches resolved, so the
-        // loop body is branch-free and vectorises.
-        body([p](double t) { return cyclic_combine(p, cyclic_triangle(p, t).s, 1.0).lr; });
-        return;
-      }
+      // cyclic_at() with the window and scale switches resolved, so the
+      // loop body is branch-free and vectorises.
+      body([p](double t) { return cyclic_combine(p, cyclic_triangle(p, t).s, 1.0).lr; });
+      return;
     }
   }
   if (lr) {
@@ -51,16 +62,59 @@ inline void with_evaluator(const Schedule& s, Quantity q, Body body) {
 }
 
 template <typename T>
-__attribute__((flatten, target_clones("avx512f", "avx2", "default"))) void range_kernel(const Schedule& s, Quantity q,
-                                                                                 int64_t first, int64_t n, T* out) {
+CLRFAST_TABLE_CLONES void range_kernel(const Schedule& s, Quantity q, int64_t first, int64_t n, T* out) {
   with_evaluator(s, q, [&](auto f) { fill(f, first, n, out); });
 }
 
 template <typename T>
-__attribute__((flatten, target_clones("avx512f", "avx2", "default"))) void steps_kernel(const Schedule& s, Quantity q,
-                                                                                 const int64_t* steps, int64_t n,
-                                                                                 T* out) {
+CLRFAST_TABLE_CLONES void steps_kernel(const Schedule& s, Quantity q, const int64_t* steps, int64_t n, T* out) {
   with_evaluator(s, q, [&](auto f) { gather(f, steps, n, out); });
+}
+
+// triangular2 and the geometric scales evaluated at the cycle: the scale is
+// constant within a cycle, so a range is filled one cycle at a time with the
+// scale computed once (by the same cyclic_scale() call, so 1/2^(c-1) is the
+// same exact power of two) and a loop body as branch-free as triangular's.
+template <typename T>
+CLRFAST_TABLE_CLONES void cycle_scaled_kernel(const CyclicParams& p, double scale, int64_t first, int64_t n, T* out) {
+  fill([p, scale](double t) { return cyclic_combine(p, cyclic_triangle(p, t).s, scale).lr; }, first, n, out);
+}
+
+// Cycles shorter than this go through the generic loop: per-cycle overhead
+// would dominate.
+constexpr double kMinCycleForSegments = 64.0;
+
+bool cycle_scaled(const Schedule& s, Quantity q) {
+  if (q != Quantity::Lr || s.n != 1 || s.piece[0].kind != Kind::Cyclic) return false;
+  const CyclicParams& p = s.piece[0].cyclic;
+  return p.window == Window::Triangular && p.scale_mode == ScaleMode::Cycle && p.scale != ScaleKind::External &&
+         p.scale != ScaleKind::Triangular && p.total_size >= kMinCycleForSegments;
+}
+
+// First step >= t whose cycle is past `cycle`, found with the same arithmetic
+// that gives each step its cycle (a boundary computed as cycle*total could be
+// one step off after rounding).
+int64_t next_cycle_start(const CyclicParams& p, int64_t t, double cycle) {
+  const double estimate = std::ceil(cycle * p.total_size);
+  if (!(estimate < 9.0e18)) return INT64_MAX;  // past any int64 step: the range ends first
+  int64_t guess = static_cast<int64_t>(estimate);
+  if (guess <= t) guess = t + 1;
+  while (guess > t + 1 && cyclic_triangle(p, static_cast<double>(guess - 1)).cycle > cycle) --guess;
+  while (cyclic_triangle(p, static_cast<double>(guess)).cycle <= cycle) ++guess;
+  return guess;
+}
+
+template <typename T>
+void range_by_cycle(const CyclicParams& p, int64_t first, int64_t n, T* out) {
+  int64_t t = first;
+  const int64_t end = first + n;
+  while (t < end) {
+    const double cycle = cyclic_triangle(p, static_cast<double>(t)).cycle;
+    int64_t stop = next_cycle_start(p, t, cycle);
+    if (stop > end) stop = end;
+    cycle_scaled_kernel<T>(p, cyclic_scale(p.scale, p.gamma, cycle), t, stop - t, out + (t - first));
+    t = stop;
+  }
 }
 
 int parts_for(int64_t n, int threads) {
@@ -72,6 +126,12 @@ int parts_for(int64_t n, int threads) {
 
 template <typename T>
 void table_range(const Schedule& s, Quantity q, int64_t first, int64_t n, T* out, int threads) {
+  if (cycle_scaled(s, q)) {
+    const CyclicParams& p = s.piece[0].cyclic;
+    ThreadPool::instance().run(n, parts_for(n, threads),
+                               [&](int64_t b, int64_t e) { range_by_cycle<T>(p, first + b, e - b, out + b); });
+    return;
+  }
   ThreadPool::instance().run(n, parts_for(n, threads),
                              [&](int64_t b, int64_t e) { range_kernel<T>(s, q, first + b, e - b, out + b); });
 }

@@ -101,6 +101,7 @@ def parse_spec(spec) -> Schedule:
     cls, preset, _ = POLICIES[policy]
     names = {_public_name(cls, f.name): f.name for f in _fields(cls)}
     kwargs = dict(preset)
+    seen = set()
     for tok in tokens[1:]:
         key, sep, raw = tok.partition("=")
         if not sep or not key:
@@ -108,6 +109,9 @@ def parse_spec(spec) -> Schedule:
         field = names.get(key)
         if field is None:
             raise SpecError(f"{policy} has no parameter {key!r}; its parameters: {', '.join(names)}")
+        if key in seen:
+            raise SpecError(f"{key} is given twice")
+        seen.add(key)
         if field in preset:
             raise SpecError(f"{policy} fixes {key}={preset[field]!r}; use 'cyclic' to choose {key}")
         value = parse_value(raw)
@@ -120,21 +124,43 @@ def parse_spec(spec) -> Schedule:
         raise SpecError(f"{policy} needs {', '.join(m + '=...' for m in missing)}")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise SpecError(f"{policy}: {_one_line(e)}") from None
+
+
+# A schedule file is small; a larger one is not a schedule (and is not read whole).
+_MAX_JSON_BYTES = 1 << 20
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise SpecError(f"key {k!r} appears twice in one object")
+    return dict(pairs)
 
 
 def _load_json(path: str) -> Schedule:
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_JSON_BYTES + 1)
     except OSError as e:
         raise SpecError(f"cannot read schedule file {path!r}: {e.strerror or e}") from None
+    if len(raw) > _MAX_JSON_BYTES:
+        raise SpecError(f"{path!r} is larger than {_MAX_JSON_BYTES} bytes; a schedule file is a few hundred")
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path!r} is not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise SpecError(f"{path!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    except RecursionError:
+        raise SpecError(f"{path!r} is nested too deeply to be a schedule") from None
+    except SpecError as e:
+        raise SpecError(f"{path!r}: {e}") from None
     try:
         return from_dict(data)
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, OverflowError, RecursionError) as e:
         raise SpecError(f"{path!r} is not a clrfast schedule: {_one_line(e)}") from None
 
 

@@ -1,4 +1,9 @@
-"""Argument checks shared by the front ends: each error names the argument and the value."""
+"""Argument checks shared by the front ends: each error names the argument and the value.
+
+Each check returns the value as a plain Python ``int``/``float``/``str``/``bool``
+(a NumPy scalar becomes the Python number it holds), so that a schedule holding
+it is JSON-safe and equal, hashed and computed alike whatever type it was given.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,40 @@ import numbers
 import operator
 
 
-def real(name: str, value, *, min=None, max=None, min_open=False) -> float:
-    """Return ``value`` as a float after checking it is a finite real in range."""
+def _short(value) -> str:
+    """repr of a value, shortened for huge integers (10**400 has 401 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"a {value.bit_length()}-bit integer"
+    return repr(value)
+
+
+def real(name: str, value, *, min=None, max=None, min_open=False, keep_int=False):
+    """``value`` as a float after checking it is a finite real in range.
+
+    With ``keep_int`` an integer stays a Python int (``2000`` reads back as ``2000``).
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
+    if isinstance(value, numbers.Integral):
+        try:
+            f = float(value)
+        except OverflowError:
+            raise OverflowError(f"{name} is too large for a double, got {_short(value)}") from None
+        v = int(value) if keep_int else f
+    else:
+        v = f = float(value)
+    if not math.isfinite(f):
         raise ValueError(f"{name} must be finite, got {value!r}")
-    if min is not None and (v < min or (min_open and v == min)):
+    if min is not None and (f < min or (min_open and f == min)):
         op = ">" if min_open else ">="
         raise ValueError(f"{name} must be {op} {min}, got {value!r}")
-    if max is not None and v > max:
+    if max is not None and f > max:
         raise ValueError(f"{name} must be <= {max}, got {value!r}")
     return v
 
 
-def integer(name: str, value, *, min=None) -> int:
-    """Return ``value`` as an int after checking it is a whole number (not a float or bool)."""
+def integer(name: str, value, *, min=None, max=None) -> int:
+    """``value`` as an int after checking it is a whole number (not a float or bool) in range."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
@@ -32,10 +54,19 @@ def integer(name: str, value, *, min=None) -> int:
         raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}") from None
     if min is not None and v < min:
         raise ValueError(f"{name} must be >= {min}, got {value!r}")
-    return v
+    if max is not None and v > max:
+        raise OverflowError(f"{name} must be <= {max}, got {_short(value)}")
+    return int(v)
+
+
+def boolean(name: str, value) -> bool:
+    """``value`` as a bool; only True and False (and NumPy's) are accepted, not truthy values."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}")
 
 
 def choice(name: str, value, options) -> str:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
-    return value
+    return str(value)

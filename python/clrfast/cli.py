@@ -1,18 +1,23 @@
 """The ``clrfast`` command: ``demo``, ``plot``, ``table`` and ``bench``.
 
 ``main(argv)`` returns the exit status: 0 on success, 2 on a usage error (a bad
-schedule spec, a bad option), printed as one line ``clrfast: error: ...``.
+schedule spec, option, path or size), printed as one line ``clrfast: error: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import sys
 
 import numpy as np
 
 from ._spec import SpecError, parse_spec, policies_help
+
+# Rows per chunk of a table: memory stays bounded whatever --steps is.
+_CHUNK = 1 << 16
 
 
 class UsageError(Exception):
@@ -24,16 +29,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-_DESCRIPTION = """\
-cyclical learning-rate schedules with a compiled core.
+_DESCRIPTION = "cyclical learning-rate schedules with a compiled core."
 
-commands:
-  demo    train a small CNN on scikit-learn's digits: LR range test, then fixed LR,
-          triangular, triangular2, exp_range and one-cycle compared (start here)
-  plot    draw a schedule's lr and momentum to a PNG
-  table   write a schedule's lr and momentum per step (CSV, .npy, or stdout)
-  bench   a few seconds of timings against torch and NumPy
-"""
+
+def _plain(doc: str | None) -> str:
+    """A docstring as plain text for --help: reST roles and literals without their markup."""
+    text = doc or ""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+def _steps(text: str) -> int:
+    """--steps: a whole number, also written as 1e6."""
+    try:
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise argparse.ArgumentTypeError(f"--steps must be a whole number, got {text!r}")
+        value = int(value)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .demo import add_arguments
 
-    d = sub.add_parser("demo", help="LR range test and five policies on real data (about a minute on CPU)",
-                       description=__import__("clrfast.demo", fromlist=["x"]).__doc__, formatter_class=fmt)
+    d = sub.add_parser("demo", help="start here: an LR range test, then fixed LR, triangular, triangular2, "
+                       "exp_range and one-cycle compared on scikit-learn's digits (about a minute on 2 cores)",
+                       description=_plain(__import__("clrfast.demo", fromlist=["x"]).__doc__), formatter_class=fmt)
     add_arguments(d)
 
     for name, what in (("plot", "draw lr (and momentum) over steps to a PNG"),
@@ -55,15 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=what, description=what, epilog=policies_help(), formatter_class=fmt)
         c.add_argument("spec", nargs="+", metavar="SPEC",
                        help="POLICY key=value ... or a JSON file written from to_dict()")
-        c.add_argument("--steps", type=int, required=True, help="number of steps, 0..N-1")
+        c.add_argument("--steps", type=_steps, required=True, help="number of steps, 0..N-1 (1e6 is accepted)")
         if name == "plot":
-            c.add_argument("-o", "--output", default="lr.png", help="PNG to write (default: %(default)s)")
-            c.add_argument("--logy", action="store_true", help="log scale for the lr axis")
-            c.add_argument("--title", default=None, help="figure title (default: the schedule)")
+            c.add_argument("-o", "--output", default="lr.png",
+                           help="image to write; PNG unless the extension names another format matplotlib "
+                           "writes (.svg, .pdf, ...) (default: %(default)s)")
+            c.add_argument("--logy", action="store_true", default=None,
+                           help="log scale for the lr axis (default: log for an exponential sweep)")
+            c.add_argument("--title", default=None, help="figure title (default: the schedule's parameters)")
         else:
             c.add_argument("-o", "--output", default=None, help="a .csv or .npy file (default: CSV on stdout)")
-    sub.add_parser("bench", help="quick timings against torch and NumPy (seconds)",
-                   description=__import__("clrfast.quickbench", fromlist=["x"]).__doc__, formatter_class=fmt)
+    sub.add_parser("bench", help="a few seconds of timings against torch and NumPy",
+                   description=_plain(__import__("clrfast.quickbench", fromlist=["x"]).__doc__),
+                   formatter_class=fmt)
     return p
 
 
@@ -71,6 +92,7 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit status (also used as the console script)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    args = None
     try:
         try:
             args = parser.parse_args(argv)
@@ -81,58 +103,104 @@ def main(argv=None) -> int:
             return 0
         return _COMMANDS[args.command](args)
     except (UsageError, SpecError) as e:
-        print(f"clrfast: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, 2)
+    except MemoryError:
+        return _fail(f"not enough memory for --steps {getattr(args, 'steps', None)}", 2)
+    except OSError as e:  # a path that cannot be written (a folder, /proc, a full disk)
+        return _fail(f"cannot write {e.filename!r}: {e.strerror or e}" if e.filename else e, 2)
     except ImportError as e:
-        print(f"clrfast: error: {e}", file=sys.stderr)
-        return 1
+        return _fail(e, 1)
+
+
+def _fail(message, status: int) -> int:
+    print(f"clrfast: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return status
 
 
 def _schedule_and_steps(args):
     schedule = parse_spec(args.spec)
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.steps > 2**53:
+        raise UsageError(f"--steps must be <= 2**53 (steps past it are not whole doubles), got {args.steps}")
     last = schedule.max_step
     if last is not None and args.steps - 1 > last:
         raise UsageError(f"--steps {args.steps} runs past the schedule's last step {last}")
+    try:
+        schedule._check_max(args.steps - 1, first=0)
+    except OverflowError as e:
+        raise UsageError(str(e)) from None
     return schedule, args.steps
 
 
 def _cmd_plot(args) -> int:
     schedule, n = _schedule_and_steps(args)
-    _check_dir(args.output)
-    from .plotting import plot
+    path = _check_path(args.output)
+    from .plotting import plot, require_matplotlib, written_path
 
-    plot(schedule, n, path=args.output, logy=args.logy, title=args.title)
-    print(f"wrote {args.output} ({n} steps of {type(schedule).__name__})")
+    Figure, _ = require_matplotlib()
+    formats = Figure().canvas.get_supported_filetypes()
+    path = written_path(path)
+    ext = os.path.splitext(path)[1][1:].lower()
+    if ext not in formats:
+        raise UsageError(f"-o {args.output!r}: matplotlib cannot write .{ext} files; use one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    if n > 1_000_000:
+        raise UsageError(f"--steps {n} is more than a plot can show; use at most 1000000 (or 'table')")
+    plot(schedule, n, path=path, logy=args.logy, title=args.title)
+    print(f"wrote {path} ({n} steps of {type(schedule).__name__})")
     return 0
 
 
 def _cmd_table(args) -> int:
     schedule, n = _schedule_and_steps(args)
-    lr = schedule.lr_table(n)
-    mom = schedule.momentum_table(n)
-    if mom is None:
-        mom = np.full(n, np.nan)
     out = args.output
+    momentum = schedule.has_momentum
+    columns = ["step", "lr", "momentum"] if momentum else ["step", "lr"]
     if out is not None and out.lower().endswith(".npy"):
-        _check_dir(out)
-        np.save(out, np.column_stack([np.arange(n, dtype=np.float64), lr, mom]))
-        print(f"wrote {out}: array ({n}, 3) of step, lr, momentum")
+        _check_path(out)
+        need = n * len(columns) * 8
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(out))).free
+        if need > free:
+            raise UsageError(f"--steps {n} needs {need / 1e9:.3g} GB for {out!r}, {free / 1e9:.3g} GB are free")
+        arr = np.lib.format.open_memmap(out, mode="w+", dtype=np.float64, shape=(n, len(columns)))
+        for first, lr, mom in _chunks(schedule, n):
+            arr[first:first + len(lr), 0] = np.arange(first, first + len(lr), dtype=np.float64)
+            arr[first:first + len(lr), 1] = lr
+            if momentum:
+                arr[first:first + len(lr), 2] = mom
+        arr.flush()
+        del arr
+        print(f"wrote {out}: array ({n}, {len(columns)}) of {', '.join(columns)}")
         return 0
     if out is not None and not out.lower().endswith(".csv"):
         raise UsageError(f"-o must name a .csv or .npy file, got {out!r}")
-    lines = ["step,lr,momentum"]
-    lines += [f"{i},{a!r},{'' if np.isnan(b) else repr(b)}" for i, a, b in zip(range(n), lr.tolist(), mom.tolist())]
-    text = "\n".join(lines) + "\n"
     if out is None:
-        sys.stdout.write(text)
-    else:
-        _check_dir(out)
-        with open(out, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        print(f"wrote {out}: {n} rows of step,lr,momentum")
+        _write_csv(sys.stdout, schedule, n, columns)
+        return 0
+    _check_path(out)
+    with open(out, "w", encoding="utf-8") as fh:
+        _write_csv(fh, schedule, n, columns)
+    print(f"wrote {out}: {n} rows of {','.join(columns)}")
     return 0
+
+
+def _chunks(schedule, n):
+    """(first step, lr, momentum or None) for consecutive chunks of steps."""
+    for first in range(0, n, _CHUNK):
+        steps = np.arange(first, min(n, first + _CHUNK), dtype=np.int64)
+        yield first, schedule.lr_table(steps), schedule.momentum_table(steps)
+
+
+def _write_csv(fh, schedule, n, columns) -> None:
+    fh.write(",".join(columns) + "\n")
+    for first, lr, mom in _chunks(schedule, n):
+        steps = range(first, first + len(lr))
+        if mom is None:  # repr round-trips doubles exactly
+            fh.write("".join(f"{i},{a!r}\n" for i, a in zip(steps, lr.tolist())))
+        else:
+            fh.write("".join(f"{i},{a!r},{'' if b != b else repr(b)}\n"
+                             for i, a, b in zip(steps, lr.tolist(), mom.tolist())))
 
 
 def _cmd_bench(args) -> int:
@@ -153,10 +221,14 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _check_dir(path: str) -> None:
+def _check_path(path: str) -> str:
+    """A writable file path, or a usage error saying why not."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"folder {os.path.dirname(path)!r} of {path!r} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{path!r} is a folder; -o must name a file")
+    return path
 
 
 _COMMANDS = {"plot": _cmd_plot, "table": _cmd_table, "bench": _cmd_bench, "demo": _cmd_demo}

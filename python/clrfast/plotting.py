@@ -6,6 +6,9 @@ without a display and never changes pyplot's global backend.
 
 from __future__ import annotations
 
+import os
+import textwrap
+
 import numpy as np
 
 _MISSING = "clrfast plotting needs matplotlib; install it with: pip install 'clrfast[plot]'"
@@ -29,9 +32,17 @@ def new_figure(figsize=(6.4, 3.6), dpi=100):
     return fig
 
 
-def save(fig, path) -> None:
-    """Write ``fig`` to ``path`` (format from the extension, PNG by default)."""
+def written_path(path) -> str:
+    """The file a figure saved to ``path`` lands in: matplotlib adds ``.png`` to a bare name."""
+    path = str(path)
+    return path if os.path.splitext(path)[1] else path + ".png"
+
+
+def save(fig, path) -> str:
+    """Write ``fig`` to ``path`` (format from the extension, PNG by default); returns the file written."""
+    path = written_path(path)
     fig.savefig(path, bbox_inches="tight")
+    return path
 
 
 def _steps_array(steps) -> np.ndarray:
@@ -47,13 +58,14 @@ def _steps_array(steps) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def plot(schedule, steps, path=None, *, title=None, logy=False, momentum=True, label=None,
+def plot(schedule, steps, path=None, *, title=None, logy=None, momentum=True, label=None,
          figsize=(6.4, 3.6), dpi=100, ax=None):
     """Draw the learning rate (and momentum, on a second axis) of ``schedule`` over ``steps``.
 
     ``steps`` is a count ``N`` (steps ``0..N-1``) or an integer array of steps. The
     values come from ``schedule.lr_table``/``momentum_table``. With ``path`` the figure
-    is written there (PNG unless the extension says otherwise). ``ax`` draws into an
+    is written there (PNG unless the extension says otherwise; a bare name gets ``.png``).
+    ``logy`` defaults to a log lr axis for an exponential sweep. ``ax`` draws into an
     existing matplotlib Axes instead of a new figure. Returns the Figure.
     """
     from .schedules import Schedule
@@ -71,6 +83,8 @@ def plot(schedule, steps, path=None, *, title=None, logy=False, momentum=True, l
     ax.plot(x, lr, color="tab:blue", lw=1.5, label=label or "lr")
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate", color="tab:blue")
+    if logy is None:
+        logy = type(schedule).__name__ == "RangeSweep" and schedule.mode == "exp"
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -85,5 +99,16 @@ def plot(schedule, steps, path=None, *, title=None, logy=False, momentum=True, l
 
 
 def _describe(schedule) -> str:
-    text = repr(schedule)
-    return text if len(text) <= 90 else text[:87] + "..."
+    """The schedule's type and the parameters that differ from their defaults, wrapped."""
+    import dataclasses
+
+    parts = []
+    for f in dataclasses.fields(schedule):
+        value = getattr(schedule, f.name)
+        if f.default is not dataclasses.MISSING and value == f.default and f.name != "mode":
+            continue  # the mode names the policy: always shown
+        if isinstance(value, tuple) and value and hasattr(value[0], "to_dict"):
+            value = "[" + ", ".join(type(v).__name__ for v in value) + "]"
+        parts.append(f"{f.name}={value!r}" if not isinstance(value, str) or not value.startswith("[") else
+                     f"{f.name}={value}")
+    return "\n".join(textwrap.wrap(f"{type(schedule).__name__}({', '.join(parts)})", 90))

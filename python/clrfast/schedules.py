@@ -4,6 +4,11 @@ Every schedule is a small frozen dataclass (picklable, hashable, equal by
 value, JSON-safe through ``to_dict``/``from_dict``) that compiles to a
 ``clrfast._core.Schedule``; all arithmetic happens in the C++ core
 (``cpp/include/clrfast/schedule.hpp``), never in Python.
+
+Arguments are checked and stored as plain Python numbers when a schedule is
+built, and it is compiled right away, so a schedule that exists can be
+evaluated. A value that would overflow a double raises ``OverflowError``
+instead of returning inf or NaN.
 """
 
 from __future__ import annotations
@@ -20,12 +25,12 @@ from .scales import ExpRange, Flat, Geometric, Halving, Scale
 
 FORMAT_VERSION = 1
 
-# Codes shared with the C++ enums in schedule.hpp.
-_WINDOWS = {"triangular": 0, "welch": 1, "hann": 2}
-_SCALE_MODES = {"cycle": 0, "iterations": 1}
-_ANNEAL = {"cos": 0, "linear": 1}
-_SWEEP = {"linear": 0, "exp": 1}
-_LR, _MOMENTUM = 0, 1
+# The enum members of the core, by the names the Python API uses.
+_WINDOWS = _core.Window.__members__
+_SCALE_MODES = _core.ScaleMode.__members__
+_ANNEAL = _core.Anneal.__members__
+_SWEEP = _core.SweepMode.__members__
+_MAX_STEP = 2**63 - 1  # tables index steps with int64
 
 Steps = Union[int, "np.ndarray", list]
 
@@ -33,20 +38,35 @@ Steps = Union[int, "np.ndarray", list]
 class Schedule:
     """Base class: a pure function of the step number (steps count from 0).
 
-    Subclasses define ``_compile()``; the compiled core object is cached.
+    Subclasses validate their fields in ``__post_init__`` and define ``_compile()``.
     """
+
+    # Set by subclasses whose values can grow without bound with the step
+    # (a cyclic scale, a growing restart peak): their steps are checked.
+    _can_overflow = False
+
+    def __post_init__(self):
+        self._validate()
+        object.__setattr__(self, "_compiled", self._compile())
+        # A finite schedule is checked over all its steps once; an endless one at step 0
+        # here and at every step asked for later (when its values can grow).
+        last = self.max_step
+        self._check_range(0, 0 if last is None else last)
+
+    def _validate(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _compile(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
 
     # ---------------------------------------------------------------- values
     @property
     def _core(self):
-        core = self.__dict__.get("_compiled")
-        if core is None:
-            core = self._compile()
-            object.__setattr__(self, "_compiled", core)
-        return core
-
-    def _compile(self):  # pragma: no cover - abstract
-        raise NotImplementedError
+        """The compiled schedule (``clrfast._core.Schedule``)."""
+        return self.__dict__["_compiled"]
 
     @property
     def max_step(self) -> int | None:
@@ -58,15 +78,46 @@ class Schedule:
         """True when the schedule defines a momentum for at least some steps."""
         return self._core.has_momentum
 
-    def _check_step(self, step) -> int:
+    def _check_step(self, step) -> float:
         t = check.integer("step", step, min=0)
         self._check_max(t)
-        return t
+        try:
+            return float(t)  # exact below 2**53; steps past it are rounded, as torch's float arithmetic does
+        except OverflowError:
+            raise OverflowError(f"step is too large for a double, got {check._short(t)}") from None
 
-    def _check_max(self, t: int) -> None:
+    def _check_max(self, t: int, first: int | None = None) -> None:
+        """Raise unless steps ``first..t`` (default just ``t``) all have finite values.
+
+        Past ``max_step``: torch's ``ValueError``; where a value overflows a double:
+        ``OverflowError``. Nothing is computed or changed either way.
+        """
         last = self.max_step
         if last is not None and t > last:
             raise ValueError(f"Tried to step {t} times. The specified number of total steps is {last}")
+        if self._can_overflow:
+            self._check_range(t if first is None else first, t)
+
+    def _check_range(self, lo: int, hi: int) -> None:
+        try:
+            status = self._core.status_between(float(lo), float(hi))
+        except OverflowError:
+            raise OverflowError(f"step is too large for a double, got {check._short(hi)}") from None
+        if status != _core.Status.ok:
+            raise OverflowError(self._overflow_message(lo, hi))
+
+    def _overflow_message(self, lo: int, hi: int) -> str:
+        # Overflow is monotone in the step, so bisect for the first bad one.
+        ok = lambda t: self._core.status_between(float(lo), float(t)) == _core.Status.ok  # noqa: E731
+        if not ok(lo):
+            bad = lo
+        else:
+            good, bad = lo, hi
+            while bad - good > 1:
+                mid = (good + bad) // 2
+                good, bad = (mid, bad) if ok(mid) else (good, mid)
+        return (f"{self!r} has no finite value at step {bad}: a scale, the cycle height or the "
+                f"learning rate overflows a double there (asked for steps {lo}..{hi})")
 
     def lr(self, step: int) -> float:
         """Learning rate at ``step``."""
@@ -85,9 +136,10 @@ class Schedule:
 
         Computed in C++ with the GIL released, across threads for large tables.
         ``dtype`` is float64 or float32; ``out`` (C-contiguous, that dtype and
-        shape) receives the values in place.
+        shape) receives the values in place. Every step is checked before
+        anything is written.
         """
-        return self._table(_LR, steps, dtype, out)
+        return self._table(_core.Quantity.lr, steps, dtype, out)
 
     def momentum_table(self, steps: Steps, dtype=np.float64, out: np.ndarray | None = None):
         """Momentum at the given steps (as :meth:`lr_table`); NaN where undefined.
@@ -96,30 +148,30 @@ class Schedule:
         """
         if not self.has_momentum:
             return None
-        return self._table(_MOMENTUM, steps, dtype, out)
+        return self._table(_core.Quantity.momentum, steps, dtype, out)
 
-    def _table(self, quantity: int, steps, dtype, out):
+    def _table(self, quantity, steps, dtype, out):
         dtype = np.dtype(dtype)
         if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
             raise TypeError(f"dtype must be float64 or float32, got {dtype}")
-        if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
-            n = check.integer("steps", steps, min=0)
+        if isinstance(steps, (int, np.integer)) and not isinstance(steps, (bool, np.bool_)):
+            n = check.integer("steps", steps, min=0, max=_MAX_STEP)
             if n > 0:
-                self._check_max(n - 1)
+                self._check_max(n - 1, first=0)
             out = _prepare_out(out, (n,), dtype)
             self._core.table_range(quantity, 0, n, out)
             return out
         arr = np.asarray(steps)
         if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"steps must be an int count or an integer array, got dtype {arr.dtype}")
-        flat = np.ascontiguousarray(arr.reshape(-1), dtype=np.int64)
-        if arr.dtype == np.uint64 and flat.size and (arr.reshape(-1) > np.iinfo(np.int64).max).any():
+        if arr.dtype == np.uint64 and arr.size and (arr.reshape(-1) > np.iinfo(np.int64).max).any():
             raise ValueError("steps holds values too large for int64")
+        flat = np.ascontiguousarray(arr.reshape(-1), dtype=np.int64)
         if flat.size:
             lo = int(flat.min())
             if lo < 0:
                 raise ValueError(f"steps must be >= 0, got {lo}")
-            self._check_max(int(flat.max()))
+            self._check_max(int(flat.max()), first=lo)
         out = _prepare_out(out, arr.shape, dtype)
         self._core.table_steps(quantity, flat, out.reshape(-1))
         return out
@@ -170,7 +222,14 @@ def _momentum_pair(base_momentum, max_momentum):
         )
     if base_momentum is None:
         return None
-    return (check.real("base_momentum", base_momentum, min=0.0), check.real("max_momentum", max_momentum, min=0.0))
+    return (check.real("base_momentum", base_momentum, min=0.0, keep_int=True),
+            check.real("max_momentum", max_momentum, min=0.0, keep_int=True))
+
+
+def _finite_product(what: str, value: float, args: str) -> float:
+    if not math.isfinite(value):
+        raise OverflowError(f"{what} overflows a double: {args}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -187,7 +246,10 @@ class Cyclic(Schedule):
     ``scale`` comes from ``mode``: triangular ``1``, triangular2 ``1/2**(cycle-1)``,
     exp_range ``gamma**t``; or from ``scale_fn``, a :mod:`clrfast.scales` value. It is
     evaluated at the cycle or the iteration per ``scale_mode`` (default: iterations for
-    exp_range, else cycle, as torch).
+    exp_range, else cycle, as torch). A step where the scale or the cycle height
+    ``(max_lr - base_lr) * scale`` overflows a double raises ``OverflowError`` (torch's
+    ``gamma**x`` raises there too). A scale that underflows is its limit, 0: triangular2
+    gives ``base_lr`` from cycle 1025 on, where torch's ``2.0**(cycle - 1)`` raises.
     """
 
     base_lr: float
@@ -202,23 +264,41 @@ class Cyclic(Schedule):
     max_momentum: float | None = None
     scale_fn: Scale | None = None
 
-    def __post_init__(self):
-        check.real("base_lr", self.base_lr, min=0.0)
-        check.real("max_lr", self.max_lr, min=0.0)
-        check.real("step_size_up", self.step_size_up, min=0.0, min_open=True)
+    _can_overflow = True
+
+    def _validate(self):
+        self._set("base_lr", check.real("base_lr", self.base_lr, min=0.0, keep_int=True))
+        self._set("max_lr", check.real("max_lr", self.max_lr, min=0.0, keep_int=True))
+        self._set("step_size_up", check.real("step_size_up", self.step_size_up, min=0.0, min_open=True,
+                                             keep_int=True))
         if self.step_size_down is not None:
-            check.real("step_size_down", self.step_size_down, min=0.0)
-        check.choice("mode", self.mode, ("triangular", "triangular2", "exp_range"))
-        check.real("gamma", self.gamma, min=0.0, min_open=True)
+            self._set("step_size_down", check.real("step_size_down", self.step_size_down, min=0.0,
+                                                   keep_int=True))
+        self._set("mode", check.choice("mode", self.mode, ("triangular", "triangular2", "exp_range")))
+        self._set("gamma", check.real("gamma", self.gamma, min=0.0, min_open=True, keep_int=True))
         if self.scale_mode is not None:
-            check.choice("scale_mode", self.scale_mode, tuple(_SCALE_MODES))
-        check.choice("window", self.window, tuple(_WINDOWS))
-        _momentum_pair(self.base_momentum, self.max_momentum)
+            self._set("scale_mode", check.choice("scale_mode", self.scale_mode, tuple(_SCALE_MODES)))
+        self._set("window", check.choice("window", self.window, tuple(_WINDOWS)))
+        mom = _momentum_pair(self.base_momentum, self.max_momentum)
+        if mom is not None:
+            self._set("base_momentum", mom[0])
+            self._set("max_momentum", mom[1])
         if self.scale_fn is not None and not isinstance(self.scale_fn, Scale):
             raise TypeError(
                 "scale_fn must be a clrfast.scales value (Flat, Halving, ExpRange, Geometric), "
                 f"got {self.scale_fn!r}; plain callables work with clrfast.torch.CyclicLR"
             )
+        total, ratio = self._geometry()
+        sizes = f"step_size_up={self.step_size_up!r}, step_size_down={self.step_size_down!r}"
+        _finite_product("step_size_up + step_size_down", total, sizes)
+        if ratio == 0.0:
+            raise ValueError(f"step_size_up is too small against step_size_down: {sizes} gives a rising "
+                             "half-cycle of length 0 (torch divides by zero there)")
+
+    def _geometry(self) -> tuple[float, float]:
+        up = float(self.step_size_up)
+        down = float(self.step_size_down) if self.step_size_down is not None else up
+        return _core.cyclic_geometry(up, down)
 
     @property
     def scale(self) -> Scale:
@@ -236,14 +316,14 @@ class Cyclic(Schedule):
         return "cycle"
 
     def _compile(self):
-        up = float(self.step_size_up)
-        down = float(self.step_size_down) if self.step_size_down is not None else up
+        total, ratio = self._geometry()
         mom = _momentum_pair(self.base_momentum, self.max_momentum)
         scale = self.scale
         return _core.cyclic(
-            float(self.base_lr), float(self.max_lr), up, down, scale._kind, scale._gamma,
-            _SCALE_MODES[self.resolved_scale_mode], _WINDOWS[self.window],
-            mom is not None, *(mom or (0.0, 0.0)),
+            base_lr=float(self.base_lr), max_lr=float(self.max_lr), total_size=total, step_ratio=ratio,
+            scale=scale._kind, gamma=scale._gamma, scale_mode=_SCALE_MODES[self.resolved_scale_mode],
+            window=_WINDOWS[self.window], cycle_momentum=mom is not None,
+            base_momentum=float(mom[0]) if mom else 0.0, max_momentum=float(mom[1]) if mom else 0.0,
         )
 
     @classmethod
@@ -278,21 +358,28 @@ class OneCycle(Schedule):
     max_momentum: float = 0.95
     cycle_momentum: bool = True
 
-    def __post_init__(self):
-        check.real("max_lr", self.max_lr, min=0.0)
-        check.integer("total_steps", self.total_steps, min=1)
-        check.real("pct_start", self.pct_start, min=0.0, max=1.0)
-        check.choice("anneal", self.anneal, tuple(_ANNEAL))
-        check.real("div_factor", self.div_factor, min=0.0, min_open=True)
-        check.real("final_div_factor", self.final_div_factor, min=0.0, min_open=True)
+    def _validate(self):
+        self._set("max_lr", check.real("max_lr", self.max_lr, min=0.0, keep_int=True))
+        self._set("total_steps", check.integer("total_steps", self.total_steps, min=1, max=_MAX_STEP))
+        self._set("pct_start", check.real("pct_start", self.pct_start, min=0.0, max=1.0, keep_int=True))
+        self._set("anneal", check.choice("anneal", self.anneal, tuple(_ANNEAL)))
+        self._set("three_phase", check.boolean("three_phase", self.three_phase))
+        self._set("div_factor", check.real("div_factor", self.div_factor, min=0.0, min_open=True, keep_int=True))
+        self._set("final_div_factor", check.real("final_div_factor", self.final_div_factor, min=0.0,
+                                                 min_open=True, keep_int=True))
+        self._set("cycle_momentum", check.boolean("cycle_momentum", self.cycle_momentum))
         if self.cycle_momentum:
-            _momentum_pair(self.base_momentum, self.max_momentum)
+            b, m = _momentum_pair(self.base_momentum, self.max_momentum)
+            self._set("base_momentum", b)
+            self._set("max_momentum", m)
+        initial = _finite_product("max_lr/div_factor", self.max_lr / self.div_factor,
+                                  f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}")
+        _finite_product("max_lr/div_factor/final_div_factor", initial / self.final_div_factor,
+                        f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}, "
+                        f"final_div_factor={self.final_div_factor!r}")
         # A phase of zero length that a step falls into would divide 0 by 0.
-        t = float(self.total_steps)
-        p = float(self.pct_start)
-        ends = [p * t - 1, 2 * p * t - 2, t - 1] if self.three_phase else [p * t - 1, t - 1]
         start = 0.0
-        for end in ends:
+        for end in _core.onecycle_phase_ends(float(self.total_steps), float(self.pct_start), self.three_phase):
             if end == start:
                 raise ValueError(
                     f"pct_start={self.pct_start!r} with total_steps={self.total_steps!r} gives a phase of "
@@ -306,9 +393,10 @@ class OneCycle(Schedule):
 
     def _compile(self):
         return _core.onecycle(
-            float(self.max_lr), float(self.total_steps), float(self.pct_start), _ANNEAL[self.anneal],
-            bool(self.three_phase), float(self.div_factor), float(self.final_div_factor),
-            bool(self.cycle_momentum), float(self.base_momentum), float(self.max_momentum),
+            max_lr=float(self.max_lr), total_steps=float(self.total_steps), pct_start=float(self.pct_start),
+            anneal=_ANNEAL[self.anneal], three_phase=self.three_phase, div_factor=float(self.div_factor),
+            final_div_factor=float(self.final_div_factor), cycle_momentum=self.cycle_momentum,
+            base_momentum=float(self.base_momentum), max_momentum=float(self.max_momentum),
         )
 
 
@@ -320,7 +408,8 @@ class CosineRestarts(Schedule):
     ``lr = eta_min + (peak - eta_min) * (1 + cos(pi * T_cur/T_i))/2`` with
     ``peak = base_lr * peak_decay**k``. With ``warmup_steps = W > 0`` each cycle first rises
     linearly from ``eta_min`` to the peak, ``eta_min + (peak - eta_min) * T_cur/W``, then anneals
-    over the remaining ``T_i - W`` steps. ``T_mult`` may be any real ``>= 1``.
+    over the remaining ``T_i - W`` steps. ``T_mult`` may be any real ``>= 1``; with
+    ``peak_decay > 1`` a step where the peak overflows a double raises ``OverflowError``.
     """
 
     base_lr: float
@@ -330,20 +419,25 @@ class CosineRestarts(Schedule):
     peak_decay: float = 1.0
     warmup_steps: int = 0
 
-    def __post_init__(self):
-        check.real("base_lr", self.base_lr, min=0.0)
-        check.integer("T_0", self.T_0, min=1)
-        check.real("T_mult", self.T_mult, min=1.0)
-        check.real("eta_min", self.eta_min, min=0.0)
-        check.real("peak_decay", self.peak_decay, min=0.0, min_open=True)
+    def _validate(self):
+        self._set("base_lr", check.real("base_lr", self.base_lr, min=0.0, keep_int=True))
+        self._set("T_0", check.integer("T_0", self.T_0, min=1, max=_MAX_STEP))
+        self._set("T_mult", check.real("T_mult", self.T_mult, min=1.0, keep_int=True))
+        self._set("eta_min", check.real("eta_min", self.eta_min, min=0.0, keep_int=True))
+        self._set("peak_decay", check.real("peak_decay", self.peak_decay, min=0.0, min_open=True, keep_int=True))
         w = check.integer("warmup_steps", self.warmup_steps, min=0)
         if w >= self.T_0:
             raise ValueError(f"warmup_steps must be < T_0={self.T_0}, got {self.warmup_steps!r}")
+        self._set("warmup_steps", w)
+
+    @property
+    def _can_overflow(self) -> bool:
+        return self.peak_decay > 1
 
     def _compile(self):
         return _core.cosine_restarts(
-            float(self.base_lr), float(self.eta_min), float(self.T_0), float(self.T_mult),
-            float(self.peak_decay), float(self.warmup_steps),
+            base_lr=float(self.base_lr), eta_min=float(self.eta_min), T_0=float(self.T_0),
+            T_mult=float(self.T_mult), peak_decay=float(self.peak_decay), warmup_steps=float(self.warmup_steps),
         )
 
 
@@ -359,13 +453,14 @@ class Warmup(Schedule):
     end_lr: float
     warmup_steps: int
 
-    def __post_init__(self):
-        check.real("start_lr", self.start_lr, min=0.0)
-        check.real("end_lr", self.end_lr, min=0.0)
-        check.integer("warmup_steps", self.warmup_steps, min=1)
+    def _validate(self):
+        self._set("start_lr", check.real("start_lr", self.start_lr, min=0.0, keep_int=True))
+        self._set("end_lr", check.real("end_lr", self.end_lr, min=0.0, keep_int=True))
+        self._set("warmup_steps", check.integer("warmup_steps", self.warmup_steps, min=1, max=_MAX_STEP))
 
     def _compile(self):
-        return _core.linear(float(self.start_lr), float(self.end_lr), float(self.warmup_steps))
+        return _core.linear(start_lr=float(self.start_lr), end_lr=float(self.end_lr),
+                            steps=float(self.warmup_steps))
 
 
 @dataclass(frozen=True)
@@ -374,11 +469,11 @@ class Constant(Schedule):
 
     lr_value: float
 
-    def __post_init__(self):
-        check.real("lr", self.lr_value, min=0.0)
+    def _validate(self):
+        self._set("lr_value", check.real("lr", self.lr_value, min=0.0, keep_int=True))
 
     def _compile(self):
-        return _core.constant(float(self.lr_value))
+        return _core.constant(lr=float(self.lr_value))
 
     def __repr__(self) -> str:
         return f"Constant({self.lr_value!r})"
@@ -397,15 +492,19 @@ class RangeSweep(Schedule):
     num_steps: int
     mode: str = "exp"
 
-    def __post_init__(self):
+    def _validate(self):
+        self._set("mode", check.choice("mode", self.mode, tuple(_SWEEP)))
         open_ = self.mode == "exp"
-        check.choice("mode", self.mode, tuple(_SWEEP))
-        check.real("start_lr", self.start_lr, min=0.0, min_open=open_)
-        check.real("end_lr", self.end_lr, min=0.0, min_open=open_)
-        check.integer("num_steps", self.num_steps, min=1)
+        self._set("start_lr", check.real("start_lr", self.start_lr, min=0.0, min_open=open_, keep_int=True))
+        self._set("end_lr", check.real("end_lr", self.end_lr, min=0.0, min_open=open_, keep_int=True))
+        self._set("num_steps", check.integer("num_steps", self.num_steps, min=1, max=_MAX_STEP))
+        if open_:
+            _finite_product("end_lr/start_lr", self.end_lr / self.start_lr,
+                            f"start_lr={self.start_lr!r}, end_lr={self.end_lr!r}")
 
     def _compile(self):
-        return _core.sweep(float(self.start_lr), float(self.end_lr), float(self.num_steps), _SWEEP[self.mode])
+        return _core.sweep(start_lr=float(self.start_lr), end_lr=float(self.end_lr),
+                           num_steps=float(self.num_steps), mode=_SWEEP[self.mode])
 
 
 @dataclass(frozen=True)
@@ -413,16 +512,21 @@ class Join(Schedule):
     """Schedules joined at step boundaries; each piece starts its own clock at 0.
 
     ``Join([a, b], boundaries=[5000])`` gives ``a(t)`` for ``t < 5000`` and ``b(t - 5000)``
-    after (as optax's ``join_schedules``). Momentum is that of the active piece.
+    after (as optax's ``join_schedules``). Momentum is that of the active piece. Nested
+    joins are flattened; the result may hold at most 16 pieces.
     """
 
     schedules: tuple
     boundaries: tuple
 
-    def __post_init__(self):
+    def _validate(self):
+        if isinstance(self.schedules, (str, bytes, dict)) or not hasattr(self.schedules, "__iter__"):
+            raise TypeError(f"schedules must be a list of clrfast schedules, got {self.schedules!r}")
+        if isinstance(self.boundaries, (str, bytes, dict)) or not hasattr(self.boundaries, "__iter__"):
+            raise TypeError(f"boundaries must be a list of integers, got {self.boundaries!r}")
         scheds = tuple(self.schedules)
         bounds = tuple(self.boundaries)
-        object.__setattr__(self, "schedules", scheds)
+        self._set("schedules", scheds)
         if not scheds:
             raise ValueError("schedules must not be empty")
         for i, s in enumerate(scheds):
@@ -432,8 +536,8 @@ class Join(Schedule):
             raise ValueError(
                 f"boundaries must have len(schedules) - 1 = {len(scheds) - 1} entries, got {len(bounds)}"
             )
-        bounds = tuple(check.integer(f"boundaries[{i}]", b, min=1) for i, b in enumerate(bounds))
-        object.__setattr__(self, "boundaries", bounds)
+        bounds = tuple(check.integer(f"boundaries[{i}]", b, min=1, max=2**53) for i, b in enumerate(bounds))
+        self._set("boundaries", bounds)
         for i in range(1, len(bounds)):
             if bounds[i] <= bounds[i - 1]:
                 raise ValueError(f"boundaries must increase, got {list(bounds)}")
@@ -446,6 +550,10 @@ class Join(Schedule):
                 )
 
     @property
+    def _can_overflow(self) -> bool:
+        return any(s._can_overflow for s in self.schedules)
+
+    @property
     def max_step(self) -> int | None:
         last = self.schedules[-1].max_step
         if last is None:
@@ -453,10 +561,22 @@ class Join(Schedule):
         return (self.boundaries[-1] if self.boundaries else 0) + last
 
     def _compile(self):
-        return _core.join([s._core for s in self.schedules], [float(b) for b in self.boundaries])
+        try:
+            return _core.join(schedules=[s._core for s in self.schedules],
+                              boundaries=[float(b) for b in self.boundaries])
+        except ValueError as e:  # more than 16 pieces after flattening
+            raise ValueError(f"{e}; got {self._leaf_count()} (nested joins count their pieces)") from None
+
+    def _leaf_count(self) -> int:
+        return sum(s._leaf_count() if isinstance(s, Join) else 1 for s in self.schedules)
 
     @classmethod
     def _from_params(cls, p: dict) -> Join:
+        for key in ("schedules", "boundaries"):
+            if key not in p:
+                raise TypeError(f"Join params need {key!r}, got {sorted(p)}")
+        if not isinstance(p["schedules"], list):
+            raise TypeError(f"Join schedules must be a list of dicts, got {p['schedules']!r}")
         return cls([from_dict(d) for d in p["schedules"]], p["boundaries"])
 
 
@@ -474,6 +594,8 @@ def from_dict(d: dict) -> Schedule:
     if cls is None:
         raise ValueError(f"unknown schedule type {d.get('type')!r}; known: {', '.join(_TYPES)}")
     params = d.get("params", {})
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of {cls.__name__}'s arguments, got {params!r}")
     if hasattr(cls, "_from_params"):
         return cls._from_params(params)
     return cls(**params)

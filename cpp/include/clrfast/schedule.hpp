@@ -188,16 +188,27 @@ CLRFAST_HD LrMom cyclic_at(const CyclicParams& p, double t) {
   return cyclic_combine(p, pos.s, cyclic_scale(p.scale, p.gamma, cyclic_scale_arg(p, t, pos.cycle)));
 }
 
-// Builds the parameters from torch's arguments: total = float(up) + float(down),
-// ratio = up / total, exactly as CyclicLR computes them.
-CLRFAST_HD CyclicParams make_cyclic(double base_lr, double max_lr, double step_size_up, double step_size_down,
-                                    ScaleKind scale, double gamma, ScaleMode scale_mode, Window window,
-                                    bool cycle_momentum, double base_momentum, double max_momentum) {
+// The cycle geometry from torch's arguments, as CyclicLR computes it:
+// total = float(up) + float(down), ratio = up / total.
+struct CyclicGeometry {
+  double total_size, step_ratio;
+};
+
+CLRFAST_HD CyclicGeometry cyclic_geometry(double step_size_up, double step_size_down) {
+  const double total = step_size_up + step_size_down;
+  return {total, step_size_up / total};
+}
+
+// Builds the parameters from a geometry (CyclicLR keeps total_size and
+// step_ratio as its state, so a loaded state brings its own).
+CLRFAST_HD CyclicParams make_cyclic(double base_lr, double max_lr, CyclicGeometry geometry, ScaleKind scale,
+                                    double gamma, ScaleMode scale_mode, Window window, bool cycle_momentum,
+                                    double base_momentum, double max_momentum) {
   CyclicParams p;
   p.base_lr = base_lr;
   p.max_lr = max_lr;
-  p.total_size = step_size_up + step_size_down;
-  p.step_ratio = step_size_up / p.total_size;
+  p.total_size = geometry.total_size;
+  p.step_ratio = geometry.step_ratio;
   p.gamma = gamma;
   p.scale = scale;
   p.scale_mode = scale_mode;
@@ -219,19 +230,41 @@ CLRFAST_HD double anneal(Anneal a, double start, double end, double pct) {
   return (end - start) * pct + start;
 }
 
-CLRFAST_HD LrMom onecycle_at(const OneCycleParams& p, double t) {
-  double start = 0.0;
+// Index of the phase that step t falls in, as OneCycleLR's search: the first
+// whose end is >= t, else the last.
+CLRFAST_HD int onecycle_phase(const OneCycleParams& p, double t, double* start) {
+  *start = 0.0;
   int i = 0;
   for (; i < p.n_phases - 1; ++i) {
     if (t <= p.phase[i].end_step) break;
-    start = p.phase[i].end_step;
+    *start = p.phase[i].end_step;
   }
-  const OneCyclePhase& ph = p.phase[i];
+  return i;
+}
+
+CLRFAST_HD LrMom onecycle_at(const OneCycleParams& p, double t) {
+  double start;
+  const OneCyclePhase& ph = p.phase[onecycle_phase(p, t, &start)];
   const double pct = (t - start) / (ph.end_step - start);
   LrMom r;
   r.lr = anneal(p.anneal, ph.start_lr, ph.end_lr, pct);
   r.momentum = p.cycle_momentum ? anneal(p.anneal, ph.start_momentum, ph.end_momentum, pct) : nan_value();
   return r;
+}
+
+// The phase end steps of torch.optim.lr_scheduler.OneCycleLR, in its operation
+// order: two phases end at pct*T - 1 and T - 1; three phases at pct*T - 1,
+// 2*pct*T - 2 and T - 1. Returns the number of phases.
+CLRFAST_HD int onecycle_phase_ends(double total_steps, double pct_start, bool three_phase, double ends[3]) {
+  ends[0] = pct_start * total_steps - 1.0;
+  if (three_phase) {
+    ends[1] = 2.0 * pct_start * total_steps - 2.0;
+    ends[2] = total_steps - 1.0;
+    return 3;
+  }
+  ends[1] = total_steps - 1.0;
+  ends[2] = ends[1];
+  return 2;
 }
 
 // Builds the phases exactly as torch.optim.lr_scheduler.OneCycleLR does.
@@ -241,18 +274,18 @@ CLRFAST_HD OneCycleParams make_onecycle(double max_lr, double total_steps, doubl
   OneCycleParams p;
   const double initial_lr = max_lr / div_factor;
   const double min_lr = initial_lr / final_div_factor;
+  double ends[3];
+  p.n_phases = onecycle_phase_ends(total_steps, pct_start, three_phase, ends);
   p.anneal = anneal_kind;
   p.cycle_momentum = cycle_momentum ? 1 : 0;
   p.total_steps = total_steps;
   if (three_phase) {
-    p.n_phases = 3;
-    p.phase[0] = {pct_start * total_steps - 1.0, initial_lr, max_lr, max_momentum, base_momentum};
-    p.phase[1] = {2.0 * pct_start * total_steps - 2.0, max_lr, initial_lr, base_momentum, max_momentum};
-    p.phase[2] = {total_steps - 1.0, initial_lr, min_lr, max_momentum, max_momentum};
+    p.phase[0] = {ends[0], initial_lr, max_lr, max_momentum, base_momentum};
+    p.phase[1] = {ends[1], max_lr, initial_lr, base_momentum, max_momentum};
+    p.phase[2] = {ends[2], initial_lr, min_lr, max_momentum, max_momentum};
   } else {
-    p.n_phases = 2;
-    p.phase[0] = {pct_start * total_steps - 1.0, initial_lr, max_lr, max_momentum, base_momentum};
-    p.phase[1] = {total_steps - 1.0, max_lr, min_lr, base_momentum, max_momentum};
+    p.phase[0] = {ends[0], initial_lr, max_lr, max_momentum, base_momentum};
+    p.phase[1] = {ends[1], max_lr, min_lr, base_momentum, max_momentum};
     p.phase[2] = p.phase[1];
   }
   return p;
@@ -291,11 +324,20 @@ CLRFAST_HD RestartPos restart_pos(double T_0, double T_mult, double t) {
   // k is the largest with S_k <= t, found from the logarithm and then moved
   // with the same rounded S_k that gives T_cur, so T_cur = t - S_k is never
   // negative (a rounded S_k can land a hair past a whole-number boundary).
+  // The logarithm is off by at most one or two, so each correction loop is
+  // bounded: past 2^53 a step of k by 1.0 changes nothing and an unbounded
+  // loop would never end.
   double k = floor(log(t * (T_mult - 1.0) / T_0 + 1.0) / log(T_mult));
   if (!(k >= 0.0)) k = 0.0;
-  while (k > 0.0 && restart_cycle_start(T_0, T_mult, k) > t) k -= 1.0;
-  while (restart_cycle_start(T_0, T_mult, k + 1.0) <= t) k += 1.0;
-  return {t - restart_cycle_start(T_0, T_mult, k), T_0 * pow(T_mult, k), k};
+  for (int i = 0; i < 4 && k > 0.0 && restart_cycle_start(T_0, T_mult, k) > t; ++i) k -= 1.0;
+  for (int i = 0; i < 4 && restart_cycle_start(T_0, T_mult, k + 1.0) <= t; ++i) k += 1.0;
+  const double T_i = T_0 * pow(T_mult, k);
+  // Where S_k has lost all precision (k near 2^53 or beyond), keep the
+  // position inside the cycle rather than return a negative or infinite one.
+  double T_cur = t - restart_cycle_start(T_0, T_mult, k);
+  if (!(T_cur >= 0.0)) T_cur = 0.0;
+  if (T_cur > T_i) T_cur = T_i;
+  return {T_cur, T_i, k};
 }
 
 // torch's closed form for step(epoch) with a (possibly fractional) epoch:
@@ -379,6 +421,112 @@ CLRFAST_HD LrMom schedule_at(const Schedule& s, double t) {
 
 CLRFAST_HD double lr_at(const Schedule& s, double t) { return schedule_at(s, t).lr; }
 CLRFAST_HD double momentum_at(const Schedule& s, double t) { return schedule_at(s, t).momentum; }
+
+// ---------------------------------------------------------------- defined steps
+
+// Whether a schedule has a finite value at a step, and if not why. The values
+// are finite for validated parameters except where something grows with the
+// step: a cyclic scale gamma^x (torch's Python raises OverflowError when that
+// power overflows), the cycle height that the scale multiplies, or a decaying
+// peak with peak_decay > 1. torch divides by zero (ZeroDivisionError) in a
+// one-cycle phase of zero length and in a cycle whose rising part is empty.
+enum class Status : int32_t { Ok = 0, Overflow = 1, ZeroDivision = 2 };
+
+// pow overflows the way Python's float ** reports it: finite operands, an
+// infinite result.
+CLRFAST_HD bool cyclic_scale_overflows(ScaleKind kind, double gamma, double x) {
+  switch (kind) {
+    case ScaleKind::Triangular2:
+      return std::isinf(pow(2.0, x - 1.0));
+    case ScaleKind::ExpRange:
+      return std::isinf(pow(gamma, x));
+    case ScaleKind::Geometric:
+      return std::isinf(pow(gamma, x - 1.0));
+    default:
+      return false;
+  }
+}
+
+// Overflow is monotone in t for every kind (the scale argument and the cycle
+// index only grow with t, and a power is monotone in its exponent), so a range
+// of steps is defined when both of its ends are. With `as_torch`, a power that
+// overflows is an error even where the scale is finite (1/2^(c-1) past cycle
+// 1024 is 0, but torch's 2.0 ** (c - 1) raises there); the drop-ins use that,
+// the schedules return the limit.
+CLRFAST_HD Status cyclic_status(const CyclicParams& p, double t, bool as_torch) {
+  const double q = t / p.total_size;
+  if (!std::isfinite(q)) return Status::Overflow;
+  const CyclicPos tri = cyclic_triangle(p, t);
+  if (std::isnan(tri.s)) return Status::ZeroDivision;  // 0/0 on an empty rising part
+  if (p.scale == ScaleKind::External) return Status::Ok;
+  const double x = cyclic_scale_arg(p, t, tri.cycle);
+  if (as_torch && cyclic_scale_overflows(p.scale, p.gamma, x)) return Status::Overflow;
+  // The cycle's height at this scale: what s in [0, 1] multiplies.
+  const double scale = cyclic_scale(p.scale, p.gamma, x);
+  if (!std::isfinite(scale)) return Status::Overflow;
+  if (!std::isfinite(p.base_lr + (p.max_lr - p.base_lr) * scale)) return Status::Overflow;
+  if (p.cycle_momentum && !std::isfinite(p.max_momentum - (p.max_momentum - p.base_momentum) * scale))
+    return Status::Overflow;
+  return Status::Ok;
+}
+
+CLRFAST_HD Status onecycle_status(const OneCycleParams& p, double t) {
+  double start;
+  const OneCyclePhase& ph = p.phase[onecycle_phase(p, t, &start)];
+  if (ph.end_step - start == 0.0) return Status::ZeroDivision;
+  // pct grows past 1 only in the last phase, and linearly: the value is
+  // finite up to t when it is finite at t.
+  const LrMom r = onecycle_at(p, t);
+  if (!std::isfinite(r.lr) || (p.cycle_momentum && !std::isfinite(r.momentum))) return Status::Overflow;
+  return Status::Ok;
+}
+
+CLRFAST_HD Status restarts_status(const CosineRestartsParams& p, double t) {
+  if (p.peak_decay == 1.0) return Status::Ok;
+  const double decay = pow(p.peak_decay, restart_pos(p.T_0, p.T_mult, t).k);
+  return std::isfinite(decay) && std::isfinite(p.base_lr * decay) ? Status::Ok : Status::Overflow;
+}
+
+CLRFAST_HD Status leaf_status(const Leaf& leaf, double t, bool as_torch) {
+  switch (leaf.kind) {
+    case Kind::Cyclic:
+      return cyclic_status(leaf.cyclic, t, as_torch);
+    case Kind::OneCycle:
+      return onecycle_status(leaf.onecycle, t);
+    case Kind::CosineRestarts:
+      return restarts_status(leaf.restarts, t);
+    default:  // constant, linear and sweep values lie between validated finite ends
+      return Status::Ok;
+  }
+}
+
+// Status of the steps first..last (first <= last): the worst over the pieces
+// the range touches, each checked at both ends of its part of the range.
+CLRFAST_HD Status status_between(const Schedule& s, double first, double last) {
+  Status worst = Status::Ok;
+  for (int i = 0; i < s.n; ++i) {
+    const double begin = i == 0 ? 0.0 : s.boundary[i - 1];
+    const double end = i == s.n - 1 ? INFINITY : s.boundary[i];  // exclusive
+    if (last < begin || first >= end) continue;
+    const double lo = (first > begin ? first : begin) - begin;
+    const double hi = (last < end - 1.0 ? last : end - 1.0) - begin;
+    const Status a = leaf_status(s.piece[i], lo, false);
+    const Status b = leaf_status(s.piece[i], hi, false);
+    if (static_cast<int32_t>(a) > static_cast<int32_t>(worst)) worst = a;
+    if (static_cast<int32_t>(b) > static_cast<int32_t>(worst)) worst = b;
+  }
+  return worst;
+}
+
+// True when some piece defines a momentum (cyclic or one-cycle with cycling on).
+CLRFAST_HD bool has_momentum(const Schedule& s) {
+  for (int i = 0; i < s.n; ++i) {
+    const Leaf& l = s.piece[i];
+    if (l.kind == Kind::Cyclic && l.cyclic.cycle_momentum) return true;
+    if (l.kind == Kind::OneCycle && l.onecycle.cycle_momentum) return true;
+  }
+  return false;
+}
 
 CLRFAST_HD Schedule single(const Leaf& leaf) {
   Schedule s{};

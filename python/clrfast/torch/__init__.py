@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import importlib
 
-import torch  # (fail here, with torch's own message, when torch is missing)
+try:
+    import torch
+except ModuleNotFoundError as e:  # only torch itself missing, not a module torch fails to import
+    if e.name != "torch":
+        raise
+    raise ModuleNotFoundError(
+        "clrfast.torch needs PyTorch, which is not installed; install it with: pip install 'clrfast[torch]'",
+        name="torch",
+    ) from None
 
 _LAZY = {
     "CyclicLR": "schedulers",
     "OneCycleLR": "schedulers",
     "CosineAnnealingWarmRestarts": "schedulers",
-    "ScheduleLR": "schedulers",
     "CLRSGD": "optim",
     "lr_find": "lr_find",
     "LRFindResult": "lr_find",
 }
-
 
 
 def _allow_schedules_in_torch_load() -> None:

@@ -2,16 +2,31 @@
 
 Same constructor signatures, defaults, errors, attributes and ``state_dict`` keys as
 ``torch.optim.lr_scheduler``; they subclass ``LRScheduler`` so type checks accept them.
-Every value comes from the C++ core, which repeats torch's arithmetic operation for
-operation: the learning rates and momenta are the same doubles as torch's at every step.
-A whole ``step()`` is one call into C++ that also writes the param groups, which is what
-makes it several times cheaper than torch's.
 
-Differences, all additive:
+How it is split:
+
+- the scheduler state is torch's, as plain data in ``__dict__`` (``last_epoch``,
+  ``_step_count``, ``_last_lr``, ``T_cur``, ``total_size``, ``_schedule_phases``, ...), so
+  ``state_dict()`` is interchangeable with torch's and two schedulers in the same state
+  compare equal attribute by attribute;
+- torch's step logic (counters, restarts, ``step(epoch)``) is the Python below;
+- the values come from the C++ core, which repeats torch's arithmetic operation for
+  operation, so the learning rates and momenta are the same doubles as torch's; one
+  ``_core.GroupWriter`` call per step computes them for every param group and writes the
+  groups. The writer is built from the state (at construction and on every load) and kept
+  outside ``__dict__``.
+
+A step that raises changes nothing: the writer checks every value before writing any,
+and the counters are committed only afterwards. Differences from torch, all additive:
+
 - a :mod:`clrfast.scales` value given as ``scale_fn`` is computed in C++ and is saved in
   ``state_dict()`` as data (torch drops lambdas and functions);
-- non-finite bounds and non-positive step sizes raise ``ValueError`` at construction
-  instead of producing NaNs or ``ZeroDivisionError`` later.
+- non-finite bounds and non-positive step sizes raise ``ValueError`` at construction;
+- a step whose value would be inf or NaN raises: ``OverflowError`` (where torch's
+  ``gamma**x`` raises it too, or torch would write inf), ``ValueError`` for a NaN epoch;
+- a state dict whose counters are not numbers is refused by ``load_state_dict``;
+- group values (bounds, one-cycle endpoints) are read at construction and on
+  ``load_state_dict``, not on every step.
 """
 
 from __future__ import annotations
@@ -19,15 +34,17 @@ from __future__ import annotations
 import math
 import types
 import warnings
+from functools import partial
 from typing import Any
 
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim import lr_scheduler as _torch_schedulers
 from torch.optim.lr_scheduler import LRScheduler
 
 from .. import _core
 from .. import _validate as check
-from ..scales import ExpRange, Flat, Halving, Scale
+from ..scales import Scale
 
 __all__ = ["CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts"]
 
@@ -41,9 +58,10 @@ EPOCH_DEPRECATION_WARNING = (
     "https://github.com/pytorch/pytorch/issues/new/choose."
 )
 
-_MOMENTUM_NONE, _MOMENTUM_KEY, _MOMENTUM_BETAS = 0, 1, 2
-_SCALE_EXTERNAL = 4  # clrfast::ScaleKind::External
-_SCALE_MODES = {"cycle": 0, "iterations": 1}
+_KEY = _core.MomentumKey
+_SCALE_MODES = _core.ScaleMode.__members__
+_TorchCyclic = _torch_schedulers.CyclicLR
+_TorchOneCycle = _torch_schedulers.OneCycleLR
 
 
 def _format_param(name: str, optimizer: Optimizer, param) -> list:
@@ -59,15 +77,37 @@ def _format_param(name: str, optimizer: Optimizer, param) -> list:
     return [p.clone() if isinstance(p, Tensor) else p for p in param]
 
 
-def _finite(name: str, values: list) -> list:
+def _finite(name: str, values: list) -> list[float]:
     out = []
     for i, v in enumerate(values):
-        f = float(v)
+        label = name if len(values) == 1 else f"{name}[{i}]"
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(f"{label} must be a real number, got {v!r}") from None
         if not math.isfinite(f):
-            label = name if len(values) == 1 else f"{name}[{i}]"
             raise ValueError(f"{label} must be finite, got {v!r}")
         out.append(f)
     return out
+
+
+def _epoch_value(epoch) -> float:
+    """An epoch as the double the core computes with; torch's errors where it has them."""
+    if isinstance(epoch, (bool, str, bytes)) or not hasattr(type(epoch), "__float__"):
+        raise TypeError(f"epoch must be a real number, got {epoch!r} of type {type(epoch).__name__}")
+    t = float(epoch)  # OverflowError for an int past a double, as torch's arithmetic raises
+    if math.isnan(t):
+        raise ValueError(f"epoch must be a number, got {epoch!r}")
+    if math.isinf(t):
+        raise OverflowError(f"epoch must be finite, got {epoch!r}")
+    return t
+
+
+def _scale_value(value, x) -> float:
+    if isinstance(value, (bool, str, bytes)) or not hasattr(type(value), "__float__"):
+        raise TypeError(f"scale_fn must return a real number, got {value!r} of type {type(value).__name__} "
+                        f"for x={x!r}")
+    return float(value)
 
 
 def _set_group(group: dict, key: str, value) -> None:
@@ -101,21 +141,9 @@ def _warn_call_order(sched: LRScheduler) -> None:
         )
 
 
-def _momentum_mode(optimizer: Optimizer, cycle_momentum: bool) -> int:
-    if not cycle_momentum:
-        return _MOMENTUM_NONE
+def _check_momentum_support(optimizer: Optimizer) -> None:
     if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
         raise ValueError("optimizer must support momentum or beta1 with `cycle_momentum` option enabled")
-    return _MOMENTUM_BETAS if "betas" in optimizer.defaults else _MOMENTUM_KEY
-
-
-def _momentum_bounds(optimizer: Optimizer, base_momentum, max_momentum) -> tuple[list, list]:
-    """Per-group (base, max) momentum lists, checked finite."""
-    base = _format_param("base_momentum", optimizer, base_momentum)
-    top = _format_param("max_momentum", optimizer, max_momentum)
-    _finite("base_momentum", base)
-    _finite("max_momentum", top)
-    return base, top
 
 
 def _set_initial_momentum(optimizer, use_beta1, max_momentums, base_momentums) -> None:
@@ -128,62 +156,59 @@ def _set_initial_momentum(optimizer, use_beta1, max_momentums, base_momentums) -
         group["base_momentum"] = b_momentum
 
 
-def _engine_field(name: str, doc: str) -> property:
-    def get(self):
-        return getattr(self._engine, name)
+def _momentum_key(state) -> Any:
+    if not state.get("cycle_momentum"):
+        return _KEY.none
+    return _KEY.betas if state.get("use_beta1") else _KEY.momentum
 
-    def set(self, value):
-        setattr(self._engine, name, value)
 
-    return property(get, set, doc=doc)
+# Counters a loaded state may carry, and what they must be.
+def _check_counter(key: str, value) -> None:
+    if key == "_step_count":
+        check.integer(f"state_dict[{key!r}]", value)
+    elif key in ("last_epoch", "T_cur", "T_i", "T_0", "T_mult"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"state_dict[{key!r}] must be an int or a float, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"state_dict[{key!r}] must be finite, got {value!r}")
 
 
 class _CoreScheduler(LRScheduler):
-    """Shared machinery: the counters live in one compiled engine, so a step is one C++ call.
+    """Shared machinery: torch's state as plain data, one compiled writer per scheduler."""
 
-    The engine is rebuilt from the (torch-compatible) state on load and unpickling.
-    """
+    # The compiled writer is derived from the state and rebuilt from it; a slot keeps it
+    # out of __dict__ (and so out of state_dict() and attribute-by-attribute comparisons).
+    __slots__ = ("_writer",)
 
-    _engine: Any = None
-    _RESTARTS = False
-    # Counters kept by the engine; listed here so state_dict() and pickling include them.
-    _ENGINE_STATE = ("last_epoch", "_step_count", "_last_lr")
-
-    last_epoch = _engine_field("last_epoch", "Index of the last step taken.")
-    _step_count = _engine_field("step_count", "Number of step() calls, as torch counts them.")
-    _last_lr = _engine_field("last_lr", "Learning rates written by the last step().")
-
-    def _make_engine(self):  # pragma: no cover - abstract
+    def _make_writer(self, state: dict):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _build_engine(self) -> None:
-        state = {k: getattr(self, k) for k in self._ENGINE_STATE} if self._engine is not None else None
-        engine = self._make_engine()
-        self.__dict__["_engine"] = engine
-        # The bound step, looked up once: attribute access on the compiled object is a
-        # noticeable part of a ~0.4 us step.
-        self.__dict__["_engine_step"] = engine.fast_step(self._RESTARTS)
-        if state is not None:
-            for k, v in state.items():
-                setattr(self, k, v)
+    def _build_writer(self) -> None:
+        self._writer = self._make_writer(self.__dict__)
+
+    def _write(self, t, groups) -> list:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def step(self, epoch=None) -> None:
         """Advance one step (or jump to ``epoch``, deprecated as in torch) and write lr/momentum."""
-        if epoch is None:
-            if self._engine_step(self.optimizer.param_groups):
-                _warn_call_order(self)
+        if epoch is None and self._step_count != 1:
+            t = self.last_epoch + 1
+            self._last_lr = self._write(t, self.optimizer.param_groups)
+            self.last_epoch = t
+            self._step_count += 1
             return
         if self._step_count == 1:
             _warn_call_order(self)
+        if epoch is None:
+            t = self.last_epoch + 1
+        else:
+            _epoch_value(epoch)  # NaN, inf and non-numbers are refused before anything happens
+            warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
+            t = epoch
+        lrs = self._write(t, self.optimizer.param_groups)
+        self.last_epoch = t
         self._step_count += 1
-        warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
-        self.last_epoch = epoch
-        self._last_lr = self._engine.apply(self.last_epoch, self.optimizer.param_groups)
-
-    def get_lr(self) -> list[float]:
-        """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
-        self._warn_get_lr()
-        return self._engine.values(self.last_epoch)
+        self._last_lr = lrs
 
     def _warn_get_lr(self) -> None:
         if not self._get_lr_called_within_step:
@@ -194,31 +219,27 @@ class _CoreScheduler(LRScheduler):
             )
 
     def state_dict(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_engine", "_engine_step")}
-        state.update({k: getattr(self, k) for k in self._ENGINE_STATE})
-        return state
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        counters = {k: state.pop(k) for k in self._ENGINE_STATE if k in state}
-        self.__dict__.update(state)
-        self._build_engine()
-        for k, v in counters.items():
-            setattr(self, k, v)
+        """Every entry of ``__dict__`` but the optimizer, as torch's ``LRScheduler``."""
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restore(state_dict)
+        """Adopt a state saved by this class or by torch's; refused, changing nothing, if it is broken."""
+        self._load(dict(state_dict))
+
+    def _load(self, state: dict) -> None:
+        for key, value in state.items():
+            _check_counter(key, value)
+        merged = {**self.__dict__, **state}
+        writer = self._make_writer(merged)  # raises before anything is adopted
+        self.__dict__.update(state)
+        self._writer = writer
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_engine", None)
-        state.pop("_engine_step", None)
-        state.update({k: getattr(self, k) for k in self._ENGINE_STATE})
-        return state
+        return self.__dict__.copy()
 
     def __setstate__(self, state):
-        self.__dict__["_engine"] = None
-        self._restore(state)
+        self.__dict__.update(state)
+        self._build_writer()
 
 
 class CyclicLR(_CoreScheduler):
@@ -226,8 +247,8 @@ class CyclicLR(_CoreScheduler):
 
     ``lr = base_lr + (max_lr - base_lr) * s * scale`` with ``s`` the triangular position in the
     cycle (see :class:`clrfast.Cyclic`); momentum mirrors it between ``max_momentum`` and
-    ``base_momentum``. ``scale_fn`` may be any callable (called from C++, as torch calls it) or,
-    faster and serialisable, a :mod:`clrfast.scales` value.
+    ``base_momentum``. ``scale_fn`` may be any callable (called as torch calls it) or, faster
+    and serialisable, a :mod:`clrfast.scales` value.
     """
 
     def __init__(
@@ -248,6 +269,7 @@ class CyclicLR(_CoreScheduler):
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+        # Every check before the optimizer's groups are touched.
         base_lrs = _format_param("base_lr", optimizer, base_lr)
         max_lrs = _format_param("max_lr", optimizer, max_lr)
         _finite("base_lr", base_lrs)
@@ -259,30 +281,33 @@ class CyclicLR(_CoreScheduler):
             raise ValueError("mode is invalid and scale_fn is None")
         if scale_fn is not None and scale_mode not in _SCALE_MODES:
             raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
+        if scale_fn is not None and not callable(scale_fn):
+            raise TypeError(f"scale_fn must be callable, got {scale_fn!r}")
         check.real("gamma", gamma)
-        use_momentum = _momentum_mode(optimizer, cycle_momentum)
-        if use_momentum:
-            base_momentums, max_momentums = _momentum_bounds(optimizer, base_momentum, max_momentum)
+        cycle_momentum = check.boolean("cycle_momentum", cycle_momentum)
+        if cycle_momentum:
+            _check_momentum_support(optimizer)
+            base_momentums = _format_param("base_momentum", optimizer, base_momentum)
+            max_momentums = _format_param("max_momentum", optimizer, max_momentum)
+            _finite("base_momentum", base_momentums)
+            _finite("max_momentum", max_momentums)
 
         self.optimizer = optimizer
         if last_epoch == -1:
             for lr, group in zip(base_lrs, optimizer.param_groups):
                 _set_group(group, "lr", lr)
         self.max_lrs = max_lrs
-        self.total_size = float(step_size_up) + (
-            float(step_size_down) if step_size_down is not None else float(step_size_up)
-        )
-        self.step_ratio = float(step_size_up) / self.total_size
-        self._step_size_up = float(step_size_up)
+        up = float(step_size_up)
+        self.total_size, self.step_ratio = _core.cyclic_geometry(
+            up, float(step_size_down) if step_size_down is not None else up)
         self.mode = mode
         self.gamma = gamma
         self._scale_fn_custom = scale_fn
         self.scale_mode = scale_mode
         self._init_scale_fn()
         self.cycle_momentum = cycle_momentum
-        self._momentum_key = use_momentum
-        if use_momentum:
-            self.use_beta1 = use_momentum == _MOMENTUM_BETAS
+        if cycle_momentum:
+            self.use_beta1 = "betas" in optimizer.defaults
             self.base_momentums = base_momentums
             self.max_momentums = max_momentums
             if last_epoch == -1:
@@ -292,52 +317,85 @@ class CyclicLR(_CoreScheduler):
         self.base_lrs = [
             g["initial_lr"] if "initial_lr" in g else b for g, b in zip(optimizer.param_groups, base_lrs)
         ]
-        self._build_engine()
+        self._build_writer()
         super().__init__(optimizer, last_epoch)
         self.base_lrs = base_lrs
-        self._build_engine()
+        self._build_writer()
 
     def _init_scale_fn(self) -> None:
         if self._scale_fn_custom is not None:
             return
-        self.scale_mode = "iterations" if self.mode == "exp_range" else "cycle"
-
-    def _scale(self) -> Scale | None:
-        """The scale as clrfast data, or None for a plain Python callable."""
-        fn = self._scale_fn_custom
-        if fn is None:
-            return {"triangular": Flat(), "triangular2": Halving()}.get(self.mode) or ExpRange(self.gamma)
-        return fn if isinstance(fn, Scale) else None
+        # torch's own scale functions: plain functions, dropped from state_dict().
+        if self.mode == "triangular":
+            self._scale_fn_ref = _TorchCyclic._triangular_scale_fn
+            self.scale_mode = "cycle"
+        elif self.mode == "triangular2":
+            self._scale_fn_ref = _TorchCyclic._triangular2_scale_fn
+            self.scale_mode = "cycle"
+        elif self.mode == "exp_range":
+            self._scale_fn_ref = partial(_TorchCyclic._exp_range_scale_fn, self.gamma)
+            self.scale_mode = "iterations"
 
     def scale_fn(self, x) -> float:
         """The amplitude scale at cycle (or iteration) ``x``."""
         if self._scale_fn_custom is not None:
             return self._scale_fn_custom(x)
-        return self._scale()(x)
+        return self._scale_fn_ref(x)
 
-    def _make_engine(self):
-        scale = self._scale()
-        kind, gamma = (scale._kind, scale._gamma) if scale is not None else (_SCALE_EXTERNAL, 1.0)
-        momentum_key = getattr(self, "_momentum_key", _MOMENTUM_NONE) if self.cycle_momentum else 0
-        if self.cycle_momentum and momentum_key == _MOMENTUM_NONE:  # state loaded from torch
-            momentum_key = _MOMENTUM_BETAS if getattr(self, "use_beta1", False) else _MOMENTUM_KEY
-        # The given step_size_up, exactly; a state saved by torch only has ratio and total.
-        up = getattr(self, "_step_size_up", self.step_ratio * self.total_size)
-        down = self.total_size - up
+    @staticmethod
+    def _core_scale(state) -> tuple:
+        """(kind, gamma) of the scale the core computes; kind external for a Python callable."""
+        fn = state.get("_scale_fn_custom")
+        if fn is None:
+            kind = _core.ScaleKind.__members__.get(state["mode"], _core.ScaleKind.triangular)
+            return kind, float(state["gamma"])
+        if isinstance(fn, Scale):
+            return fn._kind, fn._gamma
+        return _core.ScaleKind.external, 1.0
+
+    def _make_writer(self, state: dict):
+        kind, gamma = self._core_scale(state)
+        key = _momentum_key(state)
         scheds = []
-        for i, (base, top) in enumerate(zip(self.base_lrs, self.max_lrs)):
-            bm, mm = (
-                (float(self.base_momentums[i]), float(self.max_momentums[i])) if momentum_key else (0.0, 0.0)
-            )
-            scheds.append(
-                _core.cyclic(float(base), float(top), up, down, kind, gamma, _SCALE_MODES[self.scale_mode], 0,
-                             bool(momentum_key), bm, mm)
-            )
-        return _core.GroupEngine(scheds, momentum_key, None if scale is not None else self._scale_fn_custom)
+        for i, (base, top) in enumerate(zip(_finite("base_lrs", state["base_lrs"]),
+                                            _finite("max_lrs", state["max_lrs"]))):
+            bm, mm = (float(state["base_momentums"][i]), float(state["max_momentums"][i])) \
+                if key != _KEY.none else (0.0, 0.0)
+            scheds.append(_core.cyclic(
+                base_lr=base, max_lr=top, total_size=float(state["total_size"]),
+                step_ratio=float(state["step_ratio"]),
+                scale=kind, gamma=gamma,
+                scale_mode=_SCALE_MODES[state["scale_mode"]], window=_core.Window.triangular,
+                cycle_momentum=key != _KEY.none, base_momentum=bm, max_momentum=mm))
+        return _core.GroupWriter(schedules=scheds, momentum_key=key)
+
+    def _write(self, t, groups) -> list:
+        if self._scale_fn_custom is None or isinstance(self._scale_fn_custom, Scale):
+            return self._writer.write(float(t), groups)
+        return self._write_scaled(t, _epoch_value(t), groups)
+
+    def _write_scaled(self, t, tf: float, groups) -> list:
+        # torch calls scale_fn once per group for the lrs, then once per group for the momenta,
+        # with the cycle (an int) or the iteration as it is.
+        x = int(self._writer.cycle(tf)) if self.scale_mode == "cycle" else t
+        n = len(groups)
+        lr_scales = [_scale_value(self.scale_fn(x), x) for _ in range(n)]
+        mom_scales = [_scale_value(self.scale_fn(x), x) for _ in range(n)] if self.cycle_momentum else []
+        return self._writer.write_scaled(tf, lr_scales, mom_scales, groups)
+
+    def get_lr(self) -> list[float]:
+        """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
+        self._warn_get_lr()
+        t = self.last_epoch
+        if self._scale_fn_custom is None or isinstance(self._scale_fn_custom, Scale):
+            return self._writer.values(_epoch_value(t))
+        copies = [dict(g) for g in self.optimizer.param_groups]
+        return self._write_scaled(t, _epoch_value(t), copies)
 
     def state_dict(self) -> dict[str, Any]:
         """State as torch's CyclicLR saves it; a clrfast scale is kept as data."""
         state = super().state_dict()
+        state.pop("_scale_fn_ref", None)  # a function (or bound method): not state
         fn = state.pop("_scale_fn_custom")
         state["_scale_fn_custom"] = None
         if isinstance(fn, Scale):
@@ -347,25 +405,29 @@ class CyclicLR(_CoreScheduler):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        fn = state_dict.pop("_scale_fn_custom", None)
-        state_dict.pop("_scale_fn_ref", None)
+        state = dict(state_dict)
+        fn = state.pop("_scale_fn_custom", None)
+        state.pop("_scale_fn_ref", None)
+        custom = self._scale_fn_custom
         if isinstance(fn, dict) and "clrfast_scale" in fn:
-            state_dict["_scale_fn_custom"] = Scale.from_dict(fn["clrfast_scale"])
-        elif fn is not None and self._scale_fn_custom is not None:
-            self._scale_fn_custom.__dict__.update(fn)
-        self._restore(state_dict)
+            custom = Scale.from_dict(fn["clrfast_scale"])
+        elif fn is not None and custom is not None and not isinstance(custom, Scale):
+            custom.__dict__.update(fn)  # torch keeps a callable object's attributes
+        elif isinstance(custom, Scale):
+            custom = None  # a saved built-in mode replaces a clrfast scale
+        state["_scale_fn_custom"] = custom
+        self._load(state)
         self._init_scale_fn()
-        self._build_engine()
 
 
 class OneCycleLR(_CoreScheduler):
     r"""One-cycle policy (Smith 2018): ``torch.optim.lr_scheduler.OneCycleLR``, computed in C++.
 
-    Phases and annealing as :class:`clrfast.OneCycle`; the per-group endpoints are read from the
-    param groups (``initial_lr``, ``max_lr``, ``min_lr``, ``base_momentum``, ``max_momentum``)
-    when the scheduler is built or its state is loaded. Stepping past ``total_steps`` raises
-    torch's ``ValueError``.
+    Phases and annealing as :class:`clrfast.OneCycle`. The phase ends come from
+    ``_schedule_phases`` and the per-group endpoints from the param groups (``initial_lr``,
+    ``max_lr``, ``min_lr``, ``base_momentum``, ``max_momentum``), read when the scheduler is
+    built or its state is loaded. Stepping past ``total_steps`` raises torch's ``ValueError``;
+    a step in a phase of zero length torch's ``ZeroDivisionError``.
     """
 
     def __init__(
@@ -387,79 +449,103 @@ class OneCycleLR(_CoreScheduler):
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
-        self.optimizer = optimizer
         if total_steps is not None:
-            if total_steps <= 0 or not isinstance(total_steps, int):
+            if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
                 raise ValueError(f"Expected positive integer total_steps, but got {total_steps}")
-            self.total_steps = total_steps
         elif epochs is not None and steps_per_epoch is not None:
-            if not isinstance(epochs, int) or epochs <= 0:
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
                 raise ValueError(f"Expected positive integer epochs, but got {epochs}")
-            if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
+            if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
                 raise ValueError(f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}")
-            self.total_steps = epochs * steps_per_epoch
+            total_steps = epochs * steps_per_epoch
         else:
             raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
-        self._schedule_phases = _phase_table(self.total_steps, pct_start, three_phase)
-        if pct_start < 0 or pct_start > 1 or not isinstance(pct_start, float):
+        check.integer("total_steps", total_steps, max=2**63 - 1)
+        if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
             raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
         if anneal_strategy not in ["cos", "linear"]:
             raise ValueError(f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}")
-        self._anneal_func_type = anneal_strategy
         check.real("div_factor", div_factor, min=0.0, min_open=True)
         check.real("final_div_factor", final_div_factor, min=0.0, min_open=True)
+        three_phase = check.boolean("three_phase", three_phase)
+        cycle_momentum = check.boolean("cycle_momentum", cycle_momentum)
         max_lrs = _format_param("max_lr", optimizer, max_lr)
-        _finite("max_lr", max_lrs)
-        self.cycle_momentum = cycle_momentum
-        use_momentum = _momentum_mode(optimizer, cycle_momentum)
-        if use_momentum:
-            base_momentums, max_momentums = _momentum_bounds(optimizer, base_momentum, max_momentum)
+        for i, m in enumerate(_finite("max_lr", max_lrs)):
+            label = "max_lr" if len(max_lrs) == 1 else f"max_lr[{i}]"
+            initial = m / float(div_factor)
+            if not (math.isfinite(initial) and math.isfinite(initial / float(final_div_factor))):
+                raise OverflowError(f"{label}/div_factor/final_div_factor overflows a double: {label}={m!r}, "
+                                    f"div_factor={div_factor!r}, final_div_factor={final_div_factor!r}")
+        if cycle_momentum:
+            _check_momentum_support(optimizer)
+            max_momentums = _format_param("max_momentum", optimizer, max_momentum)
+            base_momentums = _format_param("base_momentum", optimizer, base_momentum)
+            _finite("base_momentum", base_momentums)
+            _finite("max_momentum", max_momentums)
+
+        self.optimizer = optimizer
+        self.total_steps = total_steps
+        self._schedule_phases = _phase_table(total_steps, pct_start, three_phase)
+        self._anneal_func_type = anneal_strategy
         if last_epoch == -1:
             for idx, group in enumerate(optimizer.param_groups):
                 group["initial_lr"] = max_lrs[idx] / div_factor
                 group["max_lr"] = max_lrs[idx]
                 group["min_lr"] = group["initial_lr"] / final_div_factor
-        if use_momentum:
-            self.use_beta1 = use_momentum == _MOMENTUM_BETAS
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            self.use_beta1 = "betas" in optimizer.defaults
             if last_epoch == -1:
                 _set_initial_momentum(optimizer, self.use_beta1, max_momentums, base_momentums)
-        self._three_phase = bool(three_phase)
-        self._pct_start = float(pct_start)
-        self._build_engine()
+        self._build_writer()
         super().__init__(optimizer, last_epoch)
 
-    def _make_engine(self):
-        momentum_key = 0
-        if self.cycle_momentum:
-            momentum_key = _MOMENTUM_BETAS if getattr(self, "use_beta1", False) else _MOMENTUM_KEY
-        three = len(self._schedule_phases) == 3
-        pct = getattr(self, "_pct_start", None)
-        if pct is None:  # state saved by torch: recover pct_start from the first phase end
-            pct = (self._schedule_phases[0]["end_step"] + 1) / self.total_steps
-        anneal = 0 if self._anneal_func_type == "cos" else 1
+    def _make_writer(self, state: dict):
+        key = _momentum_key(state)
+        anneal = state.get("_anneal_func_type")
+        if anneal is None:  # a state from before torch named the strategy: its function
+            anneal = "linear" if state.get("anneal_func") is _TorchOneCycle._annealing_linear else "cos"
+        phases = state["_schedule_phases"]
         scheds = []
         for g in self.optimizer.param_groups:
-            bm, mm = (float(g["base_momentum"]), float(g["max_momentum"])) if momentum_key else (0.0, 0.0)
-            scheds.append(
-                _core.onecycle_groups(float(g["initial_lr"]), float(g["max_lr"]), float(g["min_lr"]),
-                                      float(self.total_steps), float(pct), anneal, three, bool(momentum_key), bm, mm)
-            )
-        return _core.GroupEngine(scheds, momentum_key, None)
+            rows = []
+            for ph in phases:
+                moms = (float(g[ph["start_momentum"]]), float(g[ph["end_momentum"]])) if key != _KEY.none \
+                    else (0.0, 0.0)
+                rows.append((float(ph["end_step"]), float(g[ph["start_lr"]]), float(g[ph["end_lr"]]), *moms))
+            scheds.append(_core.onecycle_phases(phases=rows, total_steps=float(state["total_steps"]),
+                                                anneal=_core.Anneal.__members__[anneal],
+                                                cycle_momentum=key != _KEY.none))
+        return _core.GroupWriter(schedules=scheds, momentum_key=key)
+
+    def _write(self, t, groups) -> list:
+        if t > self.total_steps:
+            raise ValueError(f"Tried to step {t} times. The specified number of total steps is {self.total_steps}")
+        return self._writer.write(float(t), groups)
+
+    def get_lr(self) -> list[float]:
+        """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
+        self._warn_get_lr()
+        t = self.last_epoch
+        if t > self.total_steps:
+            raise ValueError(f"Tried to step {t} times. The specified number of total steps is {self.total_steps}")
+        return self._writer.values(_epoch_value(t))
 
 
 def _phase_table(total_steps: int, pct_start: float, three_phase: bool) -> list[dict]:
-    """torch's ``_schedule_phases`` (kept in the state_dict for compatibility)."""
+    """torch's ``_schedule_phases`` (kept in the state_dict for compatibility); ends from the core."""
+    ends = _core.onecycle_phase_ends(float(total_steps), float(pct_start), three_phase)
     if three_phase:
         return [
-            {"end_step": float(pct_start * total_steps) - 1, "start_lr": "initial_lr", "end_lr": "max_lr",
+            {"end_step": ends[0], "start_lr": "initial_lr", "end_lr": "max_lr",
              "start_momentum": "max_momentum", "end_momentum": "base_momentum"},
-            {"end_step": float(2 * pct_start * total_steps) - 2, "start_lr": "max_lr", "end_lr": "initial_lr",
+            {"end_step": ends[1], "start_lr": "max_lr", "end_lr": "initial_lr",
              "start_momentum": "base_momentum", "end_momentum": "max_momentum"},
             {"end_step": total_steps - 1, "start_lr": "initial_lr", "end_lr": "min_lr",
              "start_momentum": "max_momentum", "end_momentum": "max_momentum"},
         ]
     return [
-        {"end_step": float(pct_start * total_steps) - 1, "start_lr": "initial_lr", "end_lr": "max_lr",
+        {"end_step": ends[0], "start_lr": "initial_lr", "end_lr": "max_lr",
          "start_momentum": "max_momentum", "end_momentum": "base_momentum"},
         {"end_step": total_steps - 1, "start_lr": "max_lr", "end_lr": "min_lr",
          "start_momentum": "base_momentum", "end_momentum": "max_momentum"},
@@ -471,14 +557,10 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
 
     ``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2``. ``step()`` advances
     ``T_cur`` and restarts with ``T_i *= T_mult``; ``step(epoch)`` accepts fractional epochs and
-    uses torch's closed form. ``T_cur`` and ``T_i`` are kept as torch keeps them, so state dicts
-    are interchangeable.
+    uses torch's closed form (computed by the core, exact for epochs below 2**53). ``T_cur`` and
+    ``T_i`` are Python numbers as in torch, so state dicts are interchangeable. As in torch,
+    ``step()`` does not count ``_step_count`` and does not warn.
     """
-
-    _ENGINE_STATE = ("last_epoch", "_step_count", "_last_lr", "T_cur", "T_i")
-    _RESTARTS = True
-    T_cur = _engine_field("T_cur", "Steps since the last restart.")
-    T_i = _engine_field("T_i", "Length of the current cycle.")
 
     def __init__(
         self,
@@ -488,57 +570,70 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
         eta_min: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
-        if T_0 <= 0 or not isinstance(T_0, int):
+        if isinstance(T_0, bool) or not isinstance(T_0, int) or T_0 <= 0:
             raise ValueError(f"Expected positive integer T_0, but got {T_0}")
-        if T_mult < 1 or not isinstance(T_mult, int):
+        if isinstance(T_mult, bool) or not isinstance(T_mult, int) or T_mult < 1:
             raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
         if not isinstance(eta_min, (float, int)):
             raise ValueError(f"Expected float or int eta_min, but got {eta_min} of type {type(eta_min)}")
         check.real("eta_min", eta_min)
+        check.real("T_0", T_0)  # OverflowError for a T_0 past a double, before anything changes
         self.T_0 = T_0
+        self.T_i = T_0
         self.T_mult = T_mult
         self.eta_min = eta_min
+        self.T_cur = last_epoch
         self.optimizer = optimizer
         # The values torch's LRScheduler.__init__ is about to store as base_lrs (it raises the
         # KeyError for a resume without initial_lr itself).
         self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
-        self._build_engine()
-        self.T_i = T_0
-        self.T_cur = last_epoch
+        self._build_writer()
         super().__init__(optimizer, last_epoch)
-        self._build_engine()
+        self._build_writer()
 
-    def _make_engine(self):
+    def _make_writer(self, state: dict):
         scheds = [
-            _core.cosine_restarts(float(b), float(self.eta_min), float(self.T_0), float(self.T_mult), 1.0, 0.0)
-            for b in self.base_lrs
+            _core.cosine_restarts(base_lr=b, eta_min=float(state["eta_min"]), T_0=float(state["T_0"]),
+                                  T_mult=float(state["T_mult"]), peak_decay=1.0, warmup_steps=0.0)
+            for b in _finite("base_lrs", state["base_lrs"])
         ]
-        engine = _core.GroupEngine(scheds, 0, None)
-        engine.T_mult = self.T_mult
-        return engine
+        return _core.GroupWriter(schedules=scheds, momentum_key=_KEY.none)
 
     def get_lr(self) -> list[float]:
         """Learning rates at the current ``T_cur``/``T_i``."""
         self._warn_get_lr()
-        return self._engine.values_restarts(float(self.T_cur), float(self.T_i))
+        return self._writer.values_restarts(float(self.T_cur), float(self.T_i))
 
     def step(self, epoch=None) -> None:
         """Advance one step, or jump to a (possibly fractional) ``epoch`` with torch's closed form."""
-        if epoch is None and self._engine_step(self.optimizer.param_groups):
+        if epoch is None and self.last_epoch >= 0:
+            # The common step, kept lean: torch's counter update, then one call to write.
+            T_cur = self.T_cur + 1
+            T_i = self.T_i
+            if T_cur >= T_i:
+                T_cur = T_cur % T_i
+                T_i = T_i * self.T_mult
+                self._last_lr = self._writer.write_restarts(float(T_cur), float(T_i), self.optimizer.param_groups)
+                self.T_i = T_i
+            else:
+                self._last_lr = self._writer.write_restarts(float(T_cur), float(T_i), self.optimizer.param_groups)
+            self.T_cur = T_cur
+            self.last_epoch += 1
             return
         if epoch is None:
             epoch = 0
+        t = _epoch_value(epoch)
         if epoch < 0:
             raise ValueError(f"Expected non-negative epoch, but got {epoch}")
+        T_cur, T_i = self.T_cur, self.T_i
         if epoch >= self.T_0:
+            cur, length = _core.restart_pos_torch_epoch(float(self.T_0), float(self.T_mult), t)
             if self.T_mult == 1:
-                self.T_cur = epoch % self.T_0
+                T_cur = int(cur) if isinstance(epoch, int) else cur  # torch's epoch % T_0 keeps the type
             else:
-                T_cur, T_i = _core.restart_pos_torch_epoch(float(self.T_0), float(self.T_mult), float(epoch))
-                self.T_cur = T_cur
-                self.T_i = int(T_i)
+                T_cur, T_i = cur, int(length)
         else:
-            self.T_i = self.T_0
-            self.T_cur = epoch
-        self.last_epoch = math.floor(epoch)
-        self._last_lr = self._engine.apply_restarts(float(self.T_cur), float(self.T_i), self.optimizer.param_groups)
+            T_i, T_cur = self.T_0, epoch
+        last_epoch = math.floor(epoch)
+        lrs = self._writer.write_restarts(float(T_cur), float(T_i), self.optimizer.param_groups)
+        self.T_cur, self.T_i, self.last_epoch, self._last_lr = T_cur, T_i, last_epoch, lrs

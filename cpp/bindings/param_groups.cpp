@@ -1,0 +1,186 @@
+// Bindings for the torch drop-in schedulers (python/clrfast/torch/schedulers.py):
+// one call computes a step's values for every param group with the schedule
+// core and writes them into torch's param-group dicts.
+//
+// The scheduler state (last_epoch, T_cur, ...) and torch's step logic live in
+// Python; this file only converts: core values into dict entries (a float, a
+// tensor filled in place, a betas tuple), and core statuses into the
+// exceptions torch raises (OverflowError, ZeroDivisionError). Every value is
+// computed and checked before the first group is written, so a raising call
+// leaves the groups as they were.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "clrfast/schedule.hpp"
+
+namespace py = pybind11;
+using namespace py::literals;
+
+namespace clrfast {
+namespace {
+
+enum class MomentumKey : int32_t { None = 0, Momentum = 1, Betas = 2 };
+
+[[noreturn]] void raise_status(Status status, double t) {
+  const std::string at = "at step " + py::repr(py::float_(t)).cast<std::string>();
+  if (status == Status::ZeroDivision) {
+    PyErr_SetString(PyExc_ZeroDivisionError,
+                    ("float division by zero " + at + " (a phase or half-cycle of zero length)").c_str());
+    throw py::error_already_set();
+  }
+  throw std::overflow_error("the schedule's values overflow a double " + at +
+                           " (Python's float ** raises (34, 'Numerical result out of range') there)");
+}
+
+class GroupWriter {
+ public:
+  GroupWriter(std::vector<Schedule> schedules, MomentumKey key) : schedules_(std::move(schedules)), key_(key) {}
+
+  // Values at step t for every group, checked.
+  const std::vector<LrMom>& compute(double t) {
+    values_.resize(schedules_.size());
+    for (size_t i = 0; i < schedules_.size(); ++i) {
+      const Status st = leaf_status(schedules_[i].piece[0], t, true);
+      if (st != Status::Ok) raise_status(st, t);
+      values_[i] = schedule_at(schedules_[i], t);
+    }
+    return values_;
+  }
+
+  py::list write(double t, const py::list& groups) {
+    check_groups(groups);
+    return write_all(compute(t), groups);
+  }
+
+  // Cyclic values with scales supplied by a Python scale_fn: one per group for
+  // the lr and one per group for the momentum, as torch calls it.
+  py::list write_scaled(double t, const std::vector<double>& lr_scales, const std::vector<double>& momentum_scales,
+                        const py::list& groups) {
+    check_groups(groups);
+    const size_t n = schedules_.size();
+    if (lr_scales.size() != n || (key_ != MomentumKey::None && momentum_scales.size() != n))
+      throw py::value_error("one scale per param group is needed");
+    values_.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      const CyclicParams& p = schedules_[i].piece[0].cyclic;
+      const Status st = cyclic_status(p, t, true);
+      if (st != Status::Ok) raise_status(st, t);
+      const CyclicPos pos = cyclic_pos(p, t);
+      values_[i] = cyclic_combine(p, pos.s, lr_scales[i]);
+      if (key_ != MomentumKey::None) values_[i].momentum = cyclic_combine(p, pos.s, momentum_scales[i]).momentum;
+      if (!std::isfinite(values_[i].lr) || (key_ != MomentumKey::None && !std::isfinite(values_[i].momentum)))
+        throw std::overflow_error("scale_fn gives a non-finite learning rate or momentum at step " +
+                                 py::repr(py::float_(t)).cast<std::string>());
+    }
+    return write_all(values_, groups);
+  }
+
+  // The cycle index at step t (torch passes it to scale_fn in "cycle" mode).
+  double cycle(double t) const { return cyclic_triangle(schedules_.at(0).piece[0].cyclic, t).cycle; }
+
+  // CosineAnnealingWarmRestarts: values at an explicit (T_cur, T_i).
+  const std::vector<LrMom>& compute_restarts(double T_cur, double T_i) {
+    values_.resize(schedules_.size());
+    for (size_t i = 0; i < schedules_.size(); ++i)
+      values_[i] = {restarts_value(schedules_[i].piece[0].restarts, {T_cur, T_i, 0.0}), nan_value()};
+    return values_;
+  }
+
+  py::list write_restarts(double T_cur, double T_i, const py::list& groups) {
+    check_groups(groups);
+    return write_all(compute_restarts(T_cur, T_i), groups);
+  }
+
+  py::list lrs(const std::vector<LrMom>& v) const {
+    py::list out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = py::float_(v[i].lr);
+    return out;
+  }
+
+  py::list values(double t) { return lrs(compute(t)); }
+  py::list values_restarts(double T_cur, double T_i) { return lrs(compute_restarts(T_cur, T_i)); }
+
+ private:
+  void check_groups(const py::list& groups) const {
+    if (groups.size() != schedules_.size())
+      throw py::value_error("the optimizer has " + std::to_string(groups.size()) + " param groups, the scheduler " +
+                            std::to_string(schedules_.size()));
+    for (const py::handle g : groups)
+      if (!PyDict_Check(g.ptr())) throw py::type_error("param_groups must hold dicts");
+  }
+
+  // Writes the checked values; returns the lrs as torch's _last_lr (a clone
+  // where the group's lr is a tensor).
+  py::list write_all(const std::vector<LrMom>& v, const py::list& groups) const {
+    static const Keys& k = *new Keys();  // leaked: must outlive the interpreter's teardown
+    py::list lrs(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      PyObject* group = groups[i].ptr();
+      // The C API directly: this runs once per group per training step and
+      // pybind11's accessors would double its cost.
+      PyObject* current = PyDict_GetItemWithError(group, k.lr.ptr());  // borrowed
+      if (current == nullptr && PyErr_Occurred()) throw py::error_already_set();
+      if (current == nullptr || PyFloat_Check(current) || PyLong_Check(current)) {
+        py::float_ lr(v[i].lr);
+        if (PyDict_SetItem(group, k.lr.ptr(), lr.ptr()) != 0) throw py::error_already_set();
+        lrs[i] = lr;
+      } else {  // a tensor lr is updated in place, as torch does
+        py::handle cur(current);
+        cur.attr(k.fill)(v[i].lr);
+        lrs[i] = cur.attr(k.clone)();
+      }
+      if (key_ == MomentumKey::Momentum) {
+        py::float_ m(v[i].momentum);
+        if (PyDict_SetItem(group, k.momentum.ptr(), m.ptr()) != 0) throw py::error_already_set();
+      } else if (key_ == MomentumKey::Betas) {
+        // (momentum, *betas[1:]), as torch builds it: any sequence, any length.
+        py::object old = py::reinterpret_borrow<py::object>(groups[i])[k.betas];
+        py::object rest = py::reinterpret_steal<py::object>(PySequence_GetSlice(old.ptr(), 1, PY_SSIZE_T_MAX));
+        if (!rest) throw py::error_already_set();
+        py::tuple tail = py::tuple(rest);
+        py::tuple betas(tail.size() + 1);
+        betas[0] = py::float_(v[i].momentum);
+        for (size_t j = 0; j < tail.size(); ++j) betas[j + 1] = tail[j];
+        if (PyDict_SetItem(group, k.betas.ptr(), betas.ptr()) != 0) throw py::error_already_set();
+      }
+    }
+    return lrs;
+  }
+
+  struct Keys {
+    py::str lr{"lr"}, momentum{"momentum"}, betas{"betas"}, fill{"fill_"}, clone{"clone"};
+  };
+
+  std::vector<Schedule> schedules_;
+  MomentumKey key_;
+  std::vector<LrMom> values_;  // reused: no allocation per step
+};
+
+}  // namespace
+
+void bind_param_groups(py::module_& m) {
+  py::enum_<MomentumKey>(m, "MomentumKey", "Which param-group entry a scheduler's momentum goes to.")
+      .value("none", MomentumKey::None)
+      .value("momentum", MomentumKey::Momentum)
+      .value("betas", MomentumKey::Betas);
+
+  py::class_<GroupWriter>(m, "GroupWriter",
+                          "Writes one step's lr and momentum, from one compiled schedule per param group.")
+      .def(py::init<std::vector<Schedule>, MomentumKey>(), py::kw_only(), "schedules"_a, "momentum_key"_a)
+      .def("write", &GroupWriter::write, "t"_a, "groups"_a,
+           "Values at step t into the groups; returns the lrs. Raises before writing anything.")
+      .def("write_scaled", &GroupWriter::write_scaled, "t"_a, "lr_scales"_a, "momentum_scales"_a, "groups"_a,
+           "Cyclic values with scales from a Python scale_fn.")
+      .def("write_restarts", &GroupWriter::write_restarts, "T_cur"_a, "T_i"_a, "groups"_a)
+      .def("cycle", &GroupWriter::cycle, "t"_a)
+      .def("values", &GroupWriter::values, "t"_a)
+      .def("values_restarts", &GroupWriter::values_restarts, "T_cur"_a, "T_i"_a);
+}
+
+}  // namespace clrfast
