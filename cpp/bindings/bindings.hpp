@@ -7,4 +7,5 @@ namespace clrfast {
 void bind_schedules(pybind11::module_& m);
 void bind_param_groups(pybind11::module_& m);
 void bind_optim(pybind11::module_& m);
+void bind_adam(pybind11::module_& m);
 }  // namespace clrfast

@@ -1,0 +1,171 @@
+// The per-element Adam / AdamW update shared by the CPU kernels and the CUDA
+// kernel.
+//
+// It reproduces torch.optim.Adam / AdamW's single-tensor path (foreach=False)
+// on the CPU, which applies one ATen op after another to whole tensors. How
+// ATen rounds each of those ops (measured, identical in the vectorized body
+// and in the scalar tail of every kernel, float32 and float64):
+//   lerp_(end, w)             |w| < 0.5: fma(w, end - self, self)
+//                             else:      fma(w - 1, end - self, end)
+//   addcmul_(t1, t2, value=c) fma(c * t1, t2, self)
+//   add(other, alpha=a)       fma(other, a, self)
+//   addcdiv_(t1, t2, value=c) self + (c * t1) / t2
+//   t / scalar                a true division (not a reciprocal product)
+//   t * scalar, t + scalar    one rounding each
+//   sqrt()                    NOT IEEE where torch is built with MKL (the x86
+//                             wheels): ATen calls MKL VML's vsSqrt/vdSqrt,
+//                             which is faithfully rounded (within 1 ulp), so
+//                             about 1 float32 root in 6 and 1 float64 root in
+//                             70 differ from sqrt by one ulp
+// Python-float scalars are rounded to the tensor's type before use.
+// The kernels therefore take the square root as a parameter: IEEE sqrt by
+// default (CUDA, bfloat16/float16, torch without MKL), or the very routine
+// torch calls (its address handed over by the front end) for bit parity.
+//
+// So one element of one step is, in the opmath type (float for float32,
+// bfloat16 and float16 storage, double for float64):
+//   g  = grad * inv_scale                   GradScaler unscaling (1 without it)
+//   g  = -g                                 if maximize
+//   g  = fma(p, wd, g)                      Adam (L2), if wd != 0
+//   p  = p * (1 - lr*wd)                    AdamW (decoupled), if wd != 0
+//   m  = lerp(m, g, 1 - beta1)              exp_avg
+//   v  = fma((1 - beta2) * g, g, v * beta2) exp_avg_sq
+//   vm = max(vm, v)  (NaN wins)             amsgrad; vm is used below instead of v
+//   p  = p + (-step_size * m) / (sqrt(v) / bc2_sqrt + eps)
+// with the per-parameter scalars computed in double exactly as torch's Python:
+//   bc1 = 1 - beta1**step, bc2 = 1 - beta2**step, step_size = lr / bc1,
+//   bc2_sqrt = bc2**0.5,
+// where beta1 is the current (possibly cycled) value and step the parameter's
+// count after this step's increment. Half-precision storage is loaded once and
+// rounded once on store, as torch's fused kernel. The FMAs are written out
+// because the project is compiled without FP contraction.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "clrfast/macros.hpp"
+#include "clrfast/sgd_update.hpp"
+
+namespace clrfast {
+
+// How weight decay enters: none, L2 (Adam: added to the gradient) or
+// decoupled (AdamW: shrinks the parameter first).
+enum class WdMode : int32_t { None = 0, L2 = 1, Decoupled = 2 };
+
+// Scalars of one parameter's step, already rounded to the opmath type.
+template <typename Acc>
+struct AdamCoef {
+  Acc lerp_w;       // 1 - beta1, or (1 - beta1) - 1 when lerp_small is false
+  bool lerp_small;  // ATen's lerp branch: |1 - beta1| < 0.5
+  Acc beta2, one_minus_beta2;
+  Acc bc2_sqrt, eps, neg_step_size;
+  Acc wd;     // L2 coefficient
+  Acc decay;  // 1 - lr*wd, the decoupled shrink factor
+  Acc inv_scale, sign;
+};
+
+// The double-precision scalars torch's Python computes for one parameter at
+// (already incremented) step `step`.
+struct AdamScalars {
+  double step_size, bc2_sqrt;
+};
+
+CLRFAST_HD AdamScalars adam_scalars(double lr, double beta1, double beta2, double step) {
+  AdamScalars s;
+  const double bc1 = 1.0 - pow(beta1, step);
+  const double bc2 = 1.0 - pow(beta2, step);
+  s.step_size = lr / bc1;
+  // Python's `bc2 ** 0.5` is C pow(bc2, 0.5); both it and sqrt are correctly
+  // rounded in glibc, so sqrt gives the same double (and is exact on CUDA too).
+  s.bc2_sqrt = sqrt(bc2);
+  return s;
+}
+
+template <typename Acc>
+CLRFAST_HD AdamCoef<Acc> make_adam_coef(double lr, double beta1, double beta2, double eps, double wd, double step,
+                                        double inv_scale, bool maximize) {
+  const AdamScalars s = adam_scalars(lr, beta1, beta2, step);
+  AdamCoef<Acc> c;
+  const Acc w = static_cast<Acc>(1.0 - beta1);
+  c.lerp_small = (w < Acc(0) ? -w : w) < Acc(0.5);
+  c.lerp_w = c.lerp_small ? w : w - Acc(1);
+  c.beta2 = static_cast<Acc>(beta2);
+  c.one_minus_beta2 = static_cast<Acc>(1.0 - beta2);
+  c.bc2_sqrt = static_cast<Acc>(s.bc2_sqrt);
+  c.eps = static_cast<Acc>(eps);
+  c.neg_step_size = static_cast<Acc>(-s.step_size);
+  c.wd = static_cast<Acc>(wd);
+  c.decay = static_cast<Acc>(1.0 - lr * wd);
+  c.inv_scale = static_cast<Acc>(inv_scale);
+  c.sign = maximize ? Acc(-1) : Acc(1);
+  return c;
+}
+
+// IEEE square root in the opmath type (a float root of a float, never via double).
+CLRFAST_HD float ieee_sqrt(float x) { return sqrtf(x); }
+CLRFAST_HD double ieee_sqrt(double x) { return sqrt(x); }
+
+// torch.maximum: NaN in either operand gives NaN.
+template <typename Acc>
+CLRFAST_HD Acc nan_max(Acc a, Acc b) {
+  return (a != a || a > b) ? a : b;
+}
+
+// The first half of one element: everything up to the square root. `g` is
+// the unscaled gradient; updates p (weight decay only), m, v and (amsgrad)
+// vm, and returns the second moment the denominator is built from.
+template <WdMode W, bool AMS, typename Acc>
+CLRFAST_HD Acc adam_moments(Acc& p, Acc g, Acc& m, Acc& v, Acc& vm, const AdamCoef<Acc>& c) {
+  g = g * c.sign;  // exact: negation when maximizing
+  if (W == WdMode::L2) g = fused_madd(p, c.wd, g);
+  if (W == WdMode::Decoupled) p = p * c.decay;
+  // lerp(m, g, w): the branch is per step, not per element, but written as a
+  // select so the loop stays branch-free.
+  m = fused_madd(c.lerp_w, g - m, c.lerp_small ? m : g);
+  v = fused_madd(c.one_minus_beta2 * g, g, v * c.beta2);
+  if (!AMS) return v;
+  vm = nan_max(vm, v);
+  return vm;
+}
+
+// The second half: the parameter update from the square root of the moment
+// adam_moments returned.
+template <typename Acc>
+CLRFAST_HD void adam_apply(Acc& p, Acc m, Acc root, const AdamCoef<Acc>& c) {
+  const Acc denom = root / c.bc2_sqrt + c.eps;
+  p = p + (c.neg_step_size * m) / denom;
+}
+
+// One element, with an IEEE square root.
+template <WdMode W, bool AMS, typename Acc>
+CLRFAST_HD void adam_element(Acc& p, Acc g, Acc& m, Acc& v, Acc& vm, const AdamCoef<Acc>& c) {
+  const Acc vv = adam_moments<W, AMS>(p, g, m, v, vm, c);
+  adam_apply(p, m, ieee_sqrt(vv), c);
+}
+
+// The whole update of element i as stored in memory: load to the opmath type,
+// unscale, optionally store the unscaled gradient back (GradScaler's fused
+// contract), update, round once on store. The CPU loops and the CUDA kernel
+// both run exactly this.
+template <DType D, WdMode W, bool AMS>
+CLRFAST_HD void adam_update_at(typename Storage<D>::type* p, typename Storage<D>::type* g,
+                               typename Storage<D>::type* m, typename Storage<D>::type* v,
+                               typename Storage<D>::type* vm, int64_t i,
+                               const AdamCoef<typename Storage<D>::acc>& c, bool store_grad) {
+  using S = Storage<D>;
+  using Acc = typename S::acc;
+  Acc pv = S::load(p[i]);
+  const Acc gv = S::load(g[i]) * c.inv_scale;
+  if (store_grad) g[i] = S::store(gv);
+  Acc mv = S::load(m[i]);
+  Acc vv = S::load(v[i]);
+  Acc vmv = AMS ? S::load(vm[i]) : Acc(0);
+  adam_element<W, AMS>(pv, gv, mv, vv, vmv, c);
+  if (AMS) vm[i] = S::store(vmv);
+  v[i] = S::store(vv);
+  m[i] = S::store(mv);
+  p[i] = S::store(pv);
+}
+
+}  // namespace clrfast
