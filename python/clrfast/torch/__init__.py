@@ -22,6 +22,8 @@ _LAZY = {
     "OneCycleLR": "schedulers",
     "CosineAnnealingWarmRestarts": "schedulers",
     "CLRSGD": "optim",
+    "CLRAdamW": "adam",
+    "CLRAdam": "adam",
     "lr_find": "lr_find",
     "LRFindResult": "lr_find",
 }
