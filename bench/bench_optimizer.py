@@ -1,10 +1,13 @@
-"""Optimizer step time: CLRSGD (list and flat mode) against torch.optim.SGD + CyclicLR.
+"""Optimizer step time: CLRSGD and CLRAdamW (list and flat mode) against torch's SGD and AdamW + CyclicLR.
 
-One run, one table. Every optimizer applies momentum 0.9 and weight decay 5e-4
-with a cyclical lr; the floor is 20 bytes/param over the bandwidth of an
-in-place ``a.add_(b)`` (12 bytes/element) measured in the same run.
+One run, one table per rule. SGD applies momentum 0.9 and weight decay 5e-4 with a
+cyclical lr; AdamW applies weight decay 1e-2 with a cyclical lr and beta1 cycling
+0.95 -> 0.85 (torch: ``CyclicLR(cycle_momentum=True)``). The floor is the bytes each
+update must move (SGD: read p, g, buf, write p, buf = 20 bytes/param; AdamW: read p,
+g, m, v, write p, m, v = 28) over the bandwidth of an in-place ``a.add_(b)``
+(12 bytes/element) measured in the same run.
 
-    python bench/bench_optimizer.py [--repeat N]
+    python bench/bench_optimizer.py [--repeat N] [--rule sgd|adamw|all] [--gpt2]
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 import clrfast as clr
 import torch
 from clrfast import _core
-from clrfast.torch import CLRSGD
+from clrfast.torch import CLRSGD, CLRAdamW
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine  # noqa: E402
@@ -39,6 +42,15 @@ def resnet18_shapes():
                     shapes += [(cout, c0, 1, 1), (cout,), (cout,)]
             cin = cout
         return shapes + [(1000, 512), (1000,)]
+
+
+def gpt2_small_shapes():
+    """GPT-2 small's 148 parameter tensors (124,439,808 parameters; the output layer is tied to wte)."""
+    d, ff, layers = 768, 3072, 12
+    shapes = [(50257, d), (1024, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, ff), (ff,), (ff, d), (d,)]
+    return shapes + [(d,), (d,)]
 
 
 def make(shapes):
@@ -93,37 +105,85 @@ def clr_runner(ps, flat):
     return opt.step
 
 
-def floor_seconds(n, repeat):
+def torch_adamw_runner(ps, **kw):
+    opt = torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2, **kw)
+    sch = torch.optim.lr_scheduler.CyclicLR(opt, 1e-4, 1e-3, step_size_up=100, base_momentum=0.85,
+                                            max_momentum=0.95)
+
+    def fn():
+        opt.step()
+        sch.step()
+
+    return fn
+
+
+def clr_adamw_runner(ps, flat, match_torch=True):
+    s = clr.Cyclic(1e-4, 1e-3, step_size_up=100, base_momentum=0.85, max_momentum=0.95)
+    return CLRAdamW(ps, s, weight_decay=1e-2, flat=flat, match_torch=match_torch).step
+
+
+RULES = {
+    "sgd": (20, "SGD", {
+        "torch SGD default": lambda ps: torch_runner(ps),
+        "torch SGD foreach": lambda ps: torch_runner(ps, foreach=True),
+        "torch SGD fused": lambda ps: torch_runner(ps, fused=True),
+        "CLRSGD list": lambda ps: clr_runner(ps, False),
+        "CLRSGD flat": lambda ps: clr_runner(ps, True),
+    }),
+    "adamw": (28, "AdamW", {
+        "torch AdamW default": lambda ps: torch_adamw_runner(ps),
+        "torch AdamW for-loop": lambda ps: torch_adamw_runner(ps, foreach=False),
+        "torch AdamW fused": lambda ps: torch_adamw_runner(ps, fused=True),
+        "CLRAdamW list": lambda ps: clr_adamw_runner(ps, False),
+        "CLRAdamW flat": lambda ps: clr_adamw_runner(ps, True),
+        "CLRAdamW list, IEEE sqrt": lambda ps: clr_adamw_runner(ps, False, match_torch=False),
+    }),
+}
+
+
+def floor_seconds(n, repeat, bytes_per_param=20):
     a, b = torch.randn(n), torch.randn(n)
     t = time_step(lambda: a.add_(b), repeat)
     bw = 12 * n / t
-    return 20 * n / bw, bw
+    return bytes_per_param * n / bw, bw
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--rule", choices=["sgd", "adamw", "all"], default="all")
+    ap.add_argument("--gpt2", action="store_true", help="add GPT-2 small's 124 M parameters (AdamW; ~8 GB RAM)")
     args = ap.parse_args()
     sets = {"ResNet-18 (62 tensors, 11.7 M)": resnet18_shapes(), "2,000 x 256": [(256,)] * 2000}
     print(f"Machine: {machine()}; clrfast kernels: {_core.sgd_cpu_isa()}, threads {torch.get_num_threads()}")
-    print()
-    print("| parameter set | optimizer | step (ms) | vs torch default | vs torch fused | vs floor |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name, shapes in sets.items():
-        n = sum(torch.Size(s).numel() for s in shapes)
-        floor, bw = floor_seconds(n, args.repeat)
-        rows = {
-            "torch SGD default": torch_runner(make(shapes)),
-            "torch SGD foreach": torch_runner(make(shapes), foreach=True),
-            "torch SGD fused": torch_runner(make(shapes), fused=True),
-            "CLRSGD list": clr_runner(make(shapes), False),
-            "CLRSGD flat": clr_runner(make(shapes), True),
-        }
-        times = interleaved(rows, args.repeat)
-        for k, t in times.items():
-            print(f"| {name} | {k} | {t * 1e3:.3f} | {times['torch SGD default'] / t:.2f}x | "
-                  f"{times['torch SGD fused'] / t:.2f}x | {t / floor:.2f} |")
-        print(f"| {name} | bandwidth floor ({bw / 1e9:.1f} GB/s add_) | {floor * 1e3:.3f} | | | 1.00 |")
+    for rule in (["sgd", "adamw"] if args.rule == "all" else [args.rule]):
+        nbytes, name, runners = RULES[rule]
+        rule_sets = dict(sets)
+        if args.gpt2 and rule == "adamw":
+            rule_sets["GPT-2 small (148 tensors, 124 M)"] = gpt2_small_shapes()
+        base, fused = f"torch {name} default", f"torch {name} fused"
+        print()
+        print(f"| parameter set | optimizer | step (ms) | vs torch default | vs torch fused | "
+              f"vs floor ({nbytes} B/param) |")
+        print("|---|---|---:|---:|---:|---:|")
+        for set_name, shapes in rule_sets.items():
+            n = sum(torch.Size(s).numel() for s in shapes)
+            floor, bw = floor_seconds(n, args.repeat, nbytes)
+            big = n > 50_000_000
+            # 124 M parameters: one optimizer at a time, few steps, and no flat copy or for-loop
+            keys = [k for k in runners if not (big and ("flat" in k or "for-loop" in k))]
+            times = {}
+            if big:
+                for k in keys:
+                    fn = runners[k](make(shapes))
+                    times[k] = time_step(fn, max(3, args.repeat // 10))
+                    del fn
+            else:
+                times = interleaved({k: runners[k](make(shapes)) for k in keys}, args.repeat)
+            for k, t in times.items():
+                print(f"| {set_name} | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | {times[fused] / t:.2f}x | "
+                      f"{t / floor:.2f} |")
+            print(f"| {set_name} | bandwidth floor ({bw / 1e9:.1f} GB/s add_) | {floor * 1e3:.3f} | | | 1.00 |")
 
 
 if __name__ == "__main__":

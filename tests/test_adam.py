@@ -246,3 +246,25 @@ def test_bad_input_is_a_clear_error_that_changes_nothing():
     with pytest.raises(ValueError, match="parameter 2: gradient shape"):
         opt.step()
     assert opt.param_groups[0]["step"] == 1 and all(opt.state[p]["step"] == 1 for p in a)
+
+
+def test_ieee_root_differs_from_torch_only_in_the_last_bits():
+    s, make = SCHEDULERS["cyclic"]
+    a, b, c = _params(), _params(), _params()
+    oa = CLRAdamW(a, s, match_torch=False)
+    ob = torch.optim.AdamW(b, lr=1e-3, foreach=False)
+    oc = CLRAdamW(c, s)
+    sb = make(ob)
+    for t in range(20):
+        gs = _grads(a, t)
+        for ps in (a, b, c):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+        oa.step()
+        ob.step()
+        oc.step()
+        sb.step()
+    assert all(torch.equal(x, y) for x, y in zip(b, c))
+    assert not all(torch.equal(x, y) for x, y in zip(a, b))  # MKL's root is not IEEE's on these values
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
