@@ -23,8 +23,11 @@ so every rule gets the same guarantees:
 
 from __future__ import annotations
 
+import itertools
 import numbers
+import sys
 import weakref
+from typing import Optional
 
 import numpy as np
 import torch
@@ -191,6 +194,39 @@ class IdSet:
         return t is not None and ref is not None and ref() is t
 
 
+# --------------------------------------------------------------------------- torch.compile
+# Under torch.compile a step is one opaque custom op: Dynamo traces neither the plans nor the
+# param_groups (whose lr and step change every step and would be guarded on, recompiling each
+# time), only a list of parameters and their gradients, which are stable. The op finds its
+# optimizer by a handle, a constant int, and runs the eager step at run time; lr and momentum
+# are computed there from the clock, so nothing the graph sees changes while the schedule moves.
+_OPTIMIZERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_HANDLES = itertools.count(1)
+
+
+@torch.library.custom_op("clrfast::fused_step", mutates_args=("params", "grads"))
+def _fused_step(params: list[torch.Tensor], grads: list[Optional[torch.Tensor]], handle: int) -> None:  # noqa: UP045 (torch.library parses the annotation at run time; py3.9 has no X | None)
+    # grads are mutated only by GradScaler's unscale-in-place; listing them keeps the order right
+    _OPTIMIZERS[handle]._eager_step()
+
+
+@_fused_step.register_fake
+def _(params, grads, handle) -> None:
+    return None
+
+
+def _called_from_dcp_init(depth: int = 12) -> bool:
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "_init_optim_state" and frame.f_globals.get("__name__", "").startswith(
+                "torch.distributed.checkpoint"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 # --------------------------------------------------------------------------- plans
 class Plan:
     """What one step of one param group touches, every tensor already checked.
@@ -283,6 +319,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         check_no_overlap([(where(gi, pi), local(p)) for gi, g in enumerate(checked)
                           for pi, p in enumerate(g["params"])])
         self._constructing = True
+        self._register()
         try:
             super().__init__(checked, defaults)
         finally:
@@ -347,11 +384,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             check_no_overlap(named + [(where(gi, pi), local(p)) for pi, p in enumerate(group["params"])])
         super().add_param_group(group)
         group = self.param_groups[-1]
+        self._all_params = self._all_params + list(group["params"])
         if group["schedule"] is not None:
             self._publish_schedule(group)
         self._published.append(self._current(group))
         if group["flat"]:
             self._flatten(gi, group)
+
+    def _register(self) -> None:
+        self._handle = next(_HANDLES)
+        _OPTIMIZERS[self._handle] = self
+        self._all_params: list = []  # every parameter, in group order: what a compiled step sees
 
     def _check_flattenable(self, gi: int, params) -> None:
         if not params:
@@ -392,6 +435,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------------ zero_grad
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch's. A flat group zeroes its bound gradients in one call."""
+        if torch.compiler.is_compiling():
+            # The traced form touches no param_groups (see the custom op above).
+            for p in self._all_params:
+                if p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.zero_()
+            return
         for gi, group in enumerate(self.param_groups):
             flat = self._flat.get(gi)
             if flat is not None and not set_to_none:
@@ -410,20 +462,32 @@ class FusedOptimizer(torch.optim.Optimizer):
                     g.zero_()
 
     # ------------------------------------------------------------------ the step
-    @torch.no_grad()
     def step(self, closure=None):
-        """One update of every group; returns the closure's loss when one is given."""
+        """One update of every group; returns the closure's loss when one is given.
+
+        Under ``torch.compile`` the update is one opaque call (``clrfast::fused_step``), so a
+        moving schedule never recompiles the graph around it.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            params = self._all_params
+            torch.ops.clrfast.fused_step(params, [p.grad for p in params], self._handle)
+        else:
+            self._eager_step()
+        return loss
+
+    @torch.no_grad()
+    def _eager_step(self) -> None:
         if self._is_state_init_step():
             self._init_state_only()
-            return loss
+            return
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) != 0.0:
-            return loss
+            return
         # Validate every group, then mutate: nothing after the plans raises on input.
         hypers = [self._step_hyper(gi, g) for gi, g in enumerate(self.param_groups)]
         plans = [self._plan(gi, g, h) for gi, (g, h) in enumerate(zip(self.param_groups, hypers))]
@@ -451,7 +515,6 @@ class FusedOptimizer(torch.optim.Optimizer):
             if self._required(hyper):
                 self._initialised(plan)
             self._advance(gi, group)
-        return loss
 
     def _initialised(self, plan: Plan) -> None:
         """The kernel wrote the state of the rows that had none: they hold history from now on."""
@@ -499,10 +562,11 @@ class FusedOptimizer(torch.optim.Optimizer):
 
         On an optimizer without state it gives every parameter a zero gradient, sets every
         group's lr to 0 and calls ``step()`` to make the state exist, expecting no weight to
-        move. Recognised by exactly that (lr written as 0 by other code, all gradients zero),
-        the call creates the state, marked as holding no history, and changes nothing else.
+        move. Recognised by that caller on the stack (a warm-up from lr 0 on an all-zero first
+        batch looks the same otherwise, and must be torch's first update), the call creates the
+        state, marked as holding no history, and changes nothing else.
         """
-        if self.state or not self.param_groups:
+        if self.state or not self.param_groups or not _called_from_dcp_init():
             return False
         for gi, group in enumerate(self.param_groups):
             lr = group.get("lr")
@@ -875,7 +939,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __getstate__(self):
         self._sync_cuda()
         state = super().__getstate__()
-        state["_threads"] = self._threads
+        state["_threads"] = self._threads  # torch keeps only defaults, state and param_groups
         state["_flat_groups"] = sorted(self._flat)
         state["_fresh_ids"] = [(gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"])
                                if self._is_fresh(p)]
@@ -887,6 +951,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._threads = state.pop("_threads", None)
         self._constructing = False
         super().__setstate__(state)
+        self._register()
+        self._all_params = [p for g in self.param_groups for p in g["params"]]
         self._plans = {}
         self._flat = {}
         self._fresh = IdSet()
