@@ -1,4 +1,4 @@
-"""``clrfast demo``: the LR range test and five LR policies on real data, in about a minute on a CPU.
+"""``clrfast demo``: the LR range test and six LR policies on real data, in about a minute on a CPU.
 
 A small CNN learns scikit-learn's bundled handwritten digits (1797 8x8 images,
 shipped inside scikit-learn, nothing is downloaded). The demo
@@ -6,8 +6,9 @@ shipped inside scikit-learn, nothing is downloaded). The demo
 1. runs the LR range test (:func:`clrfast.torch.lr_find`) over a few seeds and
    reads ``base_lr`` and ``max_lr`` off the curve;
 2. trains with :class:`clrfast.torch.CLRSGD` under a fixed LR, ``triangular``,
-   ``triangular2``, ``exp_range`` and one-cycle, each for the same number of
-   iterations and the same seeds;
+   ``triangular2``, ``exp_range`` and one-cycle, and with
+   :class:`clrfast.torch.CLRAdamW` under fastai's one-cycle recipe (beta1
+   0.95 -> 0.85 -> 0.95), each for the same number of iterations and the same seeds;
 3. prints a table in the spirit of Smith's Table 1 (final test accuracy mean ± std,
    iterations to reach a target accuracy) and writes PNGs of the range test, the
    schedules and the accuracy curves.
@@ -40,6 +41,8 @@ class Config:
     cycles: int = 4            # triangular cycles in the budget: step_size_up = iterations/(2*cycles)
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    adamw_max_lr: float = 3e-3        # fastai v1's fit_one_cycle default; see ADAMW_RECIPE
+    adamw_weight_decay: float = 1e-2  # CLRAdamW's (and torch's AdamW's) default, fastai's wd too
     sweep_steps: int = 200
     sweep_start: float = 1e-4
     sweep_end: float = 10.0
@@ -48,6 +51,14 @@ class Config:
 
 
 FAST = Config(iterations=120, seeds=(0, 1), eval_every=20, cycles=2, sweep_steps=40)
+
+# fastai's fit_one_cycle recipe for AdamW: the lr rises from max_lr/25 to max_lr over the first quarter of
+# the run, then anneals (cosine) to max_lr/25/1e5; beta1 mirrors it, 0.95 -> 0.85 (at the lr peak) -> 0.95.
+# max_lr is Config.adamw_max_lr, not the SGD range test's: Adam's useful lrs sit an order of magnitude lower.
+ADAMW_RECIPE = dict(pct_start=0.25, div_factor=25.0, final_div_factor=1e5, base_momentum=0.85, max_momentum=0.95,
+                    anneal="cos")
+# Which optimizer trains each policy (the rest: CLRSGD).
+OPTIMIZERS = {"adamw_onecycle": "adamw"}
 
 
 def _require():
@@ -112,11 +123,19 @@ def make_model(seed: int):
     )
 
 
-def make_optimizer(params, schedule, cfg: Config):
-    """The one place the demo builds its optimizer: lr (and momentum, where defined) from ``schedule``."""
-    from clrfast.torch import CLRSGD
+def make_optimizer(params, schedule, cfg: Config, rule: str = "sgd"):
+    """The one place the demo builds its optimizers: lr (and momentum or beta1, where defined) from ``schedule``.
 
-    return CLRSGD(params, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    ``rule="sgd"``: :class:`~clrfast.torch.CLRSGD`; ``rule="adamw"``: :class:`~clrfast.torch.CLRAdamW` with
+    torch's betas/eps defaults, beta1 replaced by the schedule's momentum.
+    """
+    from clrfast.torch import CLRSGD, CLRAdamW
+
+    if rule == "sgd":
+        return CLRSGD(params, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if rule == "adamw":
+        return CLRAdamW(params, schedule, weight_decay=cfg.adamw_weight_decay)
+    raise ValueError(f"rule must be 'sgd' or 'adamw', got {rule!r}")
 
 
 def accuracy(model, x, y) -> float:
@@ -131,7 +150,7 @@ def accuracy(model, x, y) -> float:
 
 # ----------------------------------------------------------------------------- the demo
 def policies(result, cfg: Config) -> dict:
-    """The five schedules, all from the range test's bounds, over ``cfg.iterations`` steps."""
+    """The six schedules over ``cfg.iterations`` steps: five for SGD from the range test's bounds, one for AdamW."""
     import clrfast as clr
 
     n = cfg.iterations
@@ -142,26 +161,28 @@ def policies(result, cfg: Config) -> dict:
         "triangular2": result.to_schedule("triangular2", step_size_up=step),
         "exp_range": result.to_schedule("exp_range", step_size_up=step, total_steps=n),
         "onecycle": result.to_schedule("onecycle", total_steps=n),
+        "adamw_onecycle": clr.OneCycle(cfg.adamw_max_lr, total_steps=n, **ADAMW_RECIPE),
     }
 
 
 def describe(name: str, s) -> str:
     if name == "fixed":
         return f"lr={s.lr_value:.3g} (mean of the cycle)"
-    if name == "onecycle":
+    if name in ("onecycle", "adamw_onecycle"):
         return f"{s.max_lr / s.div_factor:.3g} -> {s.max_lr:.3g} -> {s.max_lr / s.div_factor / s.final_div_factor:.2g}"
     extra = f", gamma={s.gamma:.5f}" if s.mode == "exp_range" else ""
     return f"{s.base_lr:.3g}..{s.max_lr:.3g}, step {s.step_size_up:g}{extra}"
 
 
-def train(schedule, seed: int, data, cfg: Config, bar=None):
-    """Train one model; returns the test accuracy at every ``eval_every`` steps and at the end."""
+def train(schedule, seed: int, data, cfg: Config, bar=None, rule: str = "sgd"):
+    """Train one model (``rule``: see :func:`make_optimizer`); returns the test accuracy at every ``eval_every``
+    steps and at the end."""
     import torch
     import torch.nn.functional as F
 
     xtr, ytr, xte, yte = data
     model = make_model(seed)
-    opt = make_optimizer(model.parameters(), schedule, cfg)
+    opt = make_optimizer(model.parameters(), schedule, cfg, rule)
     gen = torch.Generator().manual_seed(seed)
     loader = Batches(xtr, ytr, cfg.batch_size, generator=gen)
     steps, accs = [], []
@@ -237,7 +258,7 @@ def run_demo(out="clrfast-demo", cfg: Config = Config(), quiet=False, stream=Non
                 for seed in cfg.seeds:
                     if bar is not None:
                         bar.set_description(f"{name} seed {seed}")
-                    runs.append(train(sched, seed, data, cfg, bar))
+                    runs.append(train(sched, seed, data, cfg, bar, OPTIMIZERS.get(name, "sgd")))
                 curves[name] = (runs[0][0], np.stack([r[1] for r in runs]))
         finally:
             if bar is not None:
@@ -250,7 +271,8 @@ def run_demo(out="clrfast-demo", cfg: Config = Config(), quiet=False, stream=Non
             hit = [int(steps[np.argmax(a >= cfg.target)]) if (a >= cfg.target).any() else None for a in accs]
             reached = [h for h in hit if h is not None]
             rows.append({
-                "policy": name, "schedule": describe(name, scheds[name]),
+                "policy": name, "optimizer": {"sgd": "CLRSGD", "adamw": "CLRAdamW"}[OPTIMIZERS.get(name, "sgd")],
+                "schedule": describe(name, scheds[name]),
                 "acc_mean": float(np.mean(final)), "acc_std": float(np.std(final)),
                 "iters_to_target": hit,
                 "iters_mean": float(np.mean(reached)) if reached else None,
@@ -278,34 +300,51 @@ def run_demo(out="clrfast-demo", cfg: Config = Config(), quiet=False, stream=Non
 def _print_table(rows, cfg: Config, say) -> None:
     target = f"iters to {cfg.target:.0%} (runs)"
     say("")
-    say(f"{'policy':<12} {'schedule (lr)':<38} {'final test acc':>16}   {target}")
-    say(f"{'-' * 12} {'-' * 38} {'-' * 16}   {'-' * len(target)}")
+    say(f"{'policy':<14} {'schedule (lr)':<38} {'final test acc':>16}   {target}")
+    say(f"{'-' * 14} {'-' * 38} {'-' * 16}   {'-' * len(target)}")
     for r in rows:
         acc = f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} %"
         n_hit = sum(h is not None for h in r["iters_to_target"])
         runs = len(r["iters_to_target"])
         its = f"{r['iters_mean']:.0f} ({n_hit}/{runs})" if n_hit else f"never (0/{runs})"
-        say(f"{r['policy']:<12} {r['schedule']:<38} {acc:>16}   {its}")
+        say(f"{r['policy']:<14} {r['schedule']:<38} {acc:>16}   {its}")
     say("")
 
 
 _COLORS = {"fixed": "0.4", "triangular": "tab:blue", "triangular2": "tab:green", "exp_range": "tab:purple",
-           "onecycle": "tab:red"}
+           "onecycle": "tab:red", "adamw_onecycle": "tab:orange"}
 
 
 def _plot_schedules(scheds, cfg: Config, path) -> None:
+    """SGD lrs on the left axis; AdamW's (an order of magnitude smaller) dashed on a right axis of its own."""
     from clrfast.plotting import new_figure, save
 
     fig = new_figure(figsize=(6.4, 3.4), dpi=90)
     ax = fig.add_subplot(1, 1, 1)
     steps = np.arange(cfg.iterations)
+    adamw = [name for name in scheds if OPTIMIZERS.get(name) == "adamw"]
+    lines, top = [], 0.0
     for name, s in scheds.items():
-        ax.plot(steps, s.lr_table(steps), label=name, color=_COLORS[name], lw=1.3)
+        if name not in adamw:
+            lrs = s.lr_table(steps)
+            top = max(top, float(lrs.max()))
+            lines += ax.plot(steps, lrs, label=name, color=_COLORS[name], lw=1.3)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("learning rate")
-    ax.set_title("the five policies, bounds from the range test", fontsize=10)
+    ax.set_ylabel("learning rate (SGD)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=3)
+    if adamw:
+        ax2 = ax.twinx()
+        top2 = 0.0
+        for name in adamw:
+            lrs = scheds[name].lr_table(steps)
+            top2 = max(top2, float(lrs.max()))
+            lines += ax2.plot(steps, lrs, label=f"{name} (right axis)", color=_COLORS[name], lw=1.3, ls="--")
+        ax2.set_ylabel("learning rate (AdamW)", color=_COLORS[adamw[0]])
+        ax2.tick_params(axis="y", colors=_COLORS[adamw[0]])
+        ax2.set_ylim(0, 1.35 * top2)  # headroom for the legend, as on the left
+    ax.set_ylim(0, 1.35 * top)
+    ax.set_title("the policies: SGD's bounds from the range test, AdamW's one-cycle at its own scale", fontsize=10)
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, ncol=3, loc="upper right")
     save(fig, path)
 
 
@@ -316,7 +355,8 @@ def _plot_accuracy(curves, cfg: Config, path) -> None:
     ax = fig.add_subplot(1, 1, 1)
     for name, (steps, accs) in curves.items():
         mean = accs.mean(0)
-        ax.plot(steps, 100 * mean, label=name, color=_COLORS[name], lw=1.3)
+        ls = "--" if OPTIMIZERS.get(name) == "adamw" else "-"
+        ax.plot(steps, 100 * mean, label=name, color=_COLORS[name], lw=1.3, ls=ls)
         if len(accs) > 1:
             ax.fill_between(steps, 100 * accs.min(0), 100 * accs.max(0), color=_COLORS[name], alpha=0.15)
     ax.axhline(100 * cfg.target, color="k", lw=0.8, ls=":")
