@@ -491,6 +491,40 @@ def test_drop_in_bad_input(call, exc, match):
     assert opt.param_groups[0]["lr"] == before and "initial_lr" not in opt.param_groups[0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["get_cosine_schedule_with_warmup", "get_wsd_schedule",
+                                  "get_polynomial_decay_schedule_with_warmup", "get_constant_schedule_with_warmup"])
+def test_drop_in_tensor_lr_matches_lambda_lr(name, dtype):
+    # LambdaLR multiplies a tensor initial lr in its dtype: float32 rounds differently from a double product.
+    kw = {"get_cosine_schedule_with_warmup": dict(num_warmup_steps=10, num_training_steps=300),
+          "get_wsd_schedule": dict(num_warmup_steps=10, num_decay_steps=100, num_training_steps=300,
+                                   decay_type="1-sqrt", min_lr_ratio=0.1),
+          "get_polynomial_decay_schedule_with_warmup": dict(num_warmup_steps=10, num_training_steps=300, power=2.0),
+          "get_constant_schedule_with_warmup": dict(num_warmup_steps=10)}[name]
+
+    def make():
+        p = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+        return torch.optim.AdamW([{"params": [p[0]], "lr": torch.tensor(1.3e-3, dtype=dtype)},
+                                  {"params": [p[1]], "lr": 3.7e-4}], lr=1.3e-3)
+
+    oa, ob = make(), make()
+    a, b = getattr(transformers, name)(oa, **kw), getattr(ct, name)(ob, **kw)
+    lr_tensor = ob.param_groups[0]["lr"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in range(320):
+            assert oa.param_groups[0]["lr"].item() == lr_tensor.item(), t
+            assert oa.param_groups[1]["lr"] == ob.param_groups[1]["lr"], t
+            if t == 150:  # resume from a state dict mid-way
+                saved = pickle.loads(pickle.dumps(b.state_dict()))
+                b = getattr(ct, name)(ob, **kw, last_epoch=t - 1)
+                b.load_state_dict(saved)
+            a.step()
+            b.step()
+    assert ob.param_groups[0]["lr"] is lr_tensor
+    assert [float(x) for x in a.get_last_lr()] == [float(x) for x in b.get_last_lr()]
+
+
 def test_wsd_both_counts_warns_as_transformers():
     with pytest.warns(UserWarning, match="num_stable_steps will be used"):
         s = ct.get_wsd_schedule(two_groups(), 1, 2, num_training_steps=100, num_stable_steps=7)

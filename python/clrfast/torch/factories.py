@@ -12,10 +12,12 @@ Unlike a ``LambdaLR`` over a lambda, the schedules are data: the scheduler pickl
 A state dict saved by transformers' ``LambdaLR`` loads into it (the groups' saved
 ``base_lrs`` rescale the schedules), and its own state dict loads into a ``LambdaLR``.
 
-Differences, all additive: arguments are checked at construction (a ``ValueError`` or
-``TypeError`` naming the argument, where transformers would fail at some later step or
-return a negative or inf lr), and a tensor ``lr`` gets the double product rounded once to
-its dtype.
+A group whose initial lr is a tensor gets ``initial_lr * factor`` as a tensor product, as
+``LambdaLR`` computes it (in the tensor's dtype), written with ``fill_``.
+
+The one difference is additive: arguments are checked at construction (a ``ValueError`` or
+``TypeError`` naming the argument) where transformers would fail at some later step or give
+a negative, inf or jumping lr (a decay that ends before the warmup, ``min_lr`` above the lr).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import dataclasses
 import warnings
 from typing import Any
 
+from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import _validate as check
@@ -61,6 +64,52 @@ class FactoryLR(ScheduleLR):
     ``lr_lambdas``), and a ``LambdaLR`` state dict loads into it: the saved ``base_lrs``
     become the schedules' ``peak_lr``.
     """
+
+    # With a tensor initial lr, LambdaLR multiplies in the tensor's dtype (tensor * factor):
+    # that path repeats it in Python with the factor from the core (a schedule with
+    # peak_lr = 1 gives 1.0 * factor == factor exactly). Floats take the one-call path.
+    __slots__ = ("_units",)
+
+    def _build_writer(self) -> None:
+        super()._build_writer()
+        self._set_units()
+
+    def _set_units(self) -> None:
+        bases = self.__dict__.get("base_lrs")
+        if bases is None:  # before LRScheduler.__init__ records them
+            bases = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
+        tensors = any(isinstance(b, Tensor) for b in bases)
+        self._units = [_rescale(s, 1.0)._core for s in self.schedules] if tensors else None
+
+    def _load(self, state: dict) -> None:
+        super()._load(state)
+        self._set_units()
+
+    def _lambda_lrs(self, t) -> list:
+        bases = self.__dict__.get("base_lrs")
+        if bases is None:
+            bases = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
+        return [base * unit.lr(float(t)) for base, unit in zip(bases, self._units)]
+
+    def _write(self, t, groups) -> list:
+        if self._units is None:
+            return super()._write(t, groups)
+        if len(groups) != len(self._units):
+            raise ValueError(f"the optimizer has {len(groups)} param groups, the scheduler {len(self._units)}")
+        values = self._lambda_lrs(t)
+        for group, lr in zip(groups, values):
+            current = group["lr"]
+            if isinstance(current, Tensor):
+                current.fill_(lr.squeeze() if isinstance(lr, Tensor) and lr.dim() != 0 else lr)
+            else:
+                group["lr"] = lr
+        return [g["lr"].clone() if isinstance(g["lr"], Tensor) else g["lr"] for g in groups]
+
+    def get_lr(self) -> list:
+        if self._units is None:
+            return super().get_lr()
+        self._warn_get_lr()
+        return self._lambda_lrs(self.last_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
