@@ -40,15 +40,26 @@ enum class MomentumKey : int32_t { None = 0, Momentum = 1, Betas = 2 };
 
 class GroupWriter {
  public:
-  GroupWriter(std::vector<Schedule> schedules, MomentumKey key) : schedules_(std::move(schedules)), key_(key) {}
+  // `fallback_momentum` (one per group, or empty) is written where a
+  // schedule defines no momentum at the step (a joined piece without one), so
+  // a group never keeps a stale value from another piece. `as_torch` checks
+  // values as torch computes them (a scale power that overflows raises even
+  // where the scale's limit is finite); off, as the clrfast schedules do.
+  GroupWriter(std::vector<Schedule> schedules, MomentumKey key, std::vector<double> fallback_momentum, bool as_torch)
+      : schedules_(std::move(schedules)), key_(key), fallback_(std::move(fallback_momentum)), as_torch_(as_torch) {
+    if (!fallback_.empty() && fallback_.size() != schedules_.size())
+      throw py::value_error("fallback_momentum needs one value per schedule");
+  }
 
   // Values at step t for every group, checked.
   const std::vector<LrMom>& compute(double t) {
     values_.resize(schedules_.size());
     for (size_t i = 0; i < schedules_.size(); ++i) {
-      const Status st = leaf_status(schedules_[i].piece[0], t, true);
+      const Schedule& s = schedules_[i];
+      const Status st = as_torch_ ? leaf_status(s.piece[0], t, true) : status_between(s, t, t);
       if (st != Status::Ok) raise_status(st, t);
-      values_[i] = schedule_at(schedules_[i], t);
+      values_[i] = schedule_at(s, t);
+      if (!fallback_.empty() && std::isnan(values_[i].momentum)) values_[i].momentum = fallback_[i];
     }
     return values_;
   }
@@ -159,6 +170,8 @@ class GroupWriter {
 
   std::vector<Schedule> schedules_;
   MomentumKey key_;
+  std::vector<double> fallback_;
+  bool as_torch_;
   std::vector<LrMom> values_;  // reused: no allocation per step
 };
 
@@ -172,7 +185,8 @@ void bind_param_groups(py::module_& m) {
 
   py::class_<GroupWriter>(m, "GroupWriter",
                           "Writes one step's lr and momentum, from one compiled schedule per param group.")
-      .def(py::init<std::vector<Schedule>, MomentumKey>(), py::kw_only(), "schedules"_a, "momentum_key"_a)
+      .def(py::init<std::vector<Schedule>, MomentumKey, std::vector<double>, bool>(), py::kw_only(), "schedules"_a,
+           "momentum_key"_a, "fallback_momentum"_a = std::vector<double>(), "as_torch"_a = true)
       .def("write", &GroupWriter::write, "t"_a, "groups"_a,
            "Values at step t into the groups; returns the lrs. Raises before writing anything.")
       .def("write_scaled", &GroupWriter::write_scaled, "t"_a, "lr_scales"_a, "momentum_scales"_a, "groups"_a,

@@ -113,6 +113,23 @@ void bind_schedules(py::module_& m) {
   py::enum_<SweepMode>(m, "SweepMode", "Range-test sweep.")
       .value("linear", SweepMode::Linear)
       .value("exp", SweepMode::Exp);
+  py::enum_<Ramp>(m, "Ramp", "Shape of a warmup-stable-decay ramp.")
+      .value("linear", Ramp::Linear)
+      .value("cosine", Ramp::Cosine)
+      .value("one_minus_sqrt", Ramp::OneMinusSqrt);
+  py::enum_<Kind>(m, "Kind", "Kind of a leaf schedule.")
+      .value("constant", Kind::Constant)
+      .value("linear", Kind::Linear)
+      .value("sweep", Kind::Sweep)
+      .value("cyclic", Kind::Cyclic)
+      .value("onecycle", Kind::OneCycle)
+      .value("cosine_restarts", Kind::CosineRestarts)
+      .value("warmup_stable_decay", Kind::WarmupStableDecay)
+      .value("warmup_linear", Kind::WarmupLinear)
+      .value("warmup_cosine", Kind::WarmupCosine)
+      .value("warmup_hard_restarts", Kind::WarmupHardRestarts)
+      .value("warmup_polynomial", Kind::WarmupPolynomial)
+      .value("inverse_sqrt", Kind::InverseSqrt);
   py::enum_<Quantity>(m, "Quantity", "What a table holds.")
       .value("lr", Quantity::Lr)
       .value("momentum", Quantity::Momentum);
@@ -225,6 +242,20 @@ void bind_schedules(py::module_& m) {
   m.def(
       "constant", [](double lr) { return leaf_schedule(Kind::Constant, [&](Leaf& l) { l.constant = {lr}; }); },
       py::kw_only(), "lr"_a);
+  m.def(
+      "warmup_decay",
+      [](Kind kind, double peak, double warmup, double stable, double decay, double num_cycles, double min_ratio,
+         double power, double lr_end, double lr_init, double timescale, Ramp warmup_shape, Ramp decay_shape) {
+        if (!is_warmup_kind(kind)) throw py::value_error("warmup_decay: kind must be a warmup-decay kind");
+        return leaf_schedule(kind, [&](Leaf& l) {
+          l.warmup = {peak,   warmup, stable,  decay,     num_cycles,   min_ratio,
+                      power, lr_end, lr_init, timescale, warmup_shape, decay_shape};
+        });
+      },
+      py::kw_only(), "kind"_a, "peak"_a, "warmup"_a, "stable"_a = 0.0, "decay"_a = 0.0, "num_cycles"_a = 0.5,
+      "min_ratio"_a = 0.0, "power"_a = 1.0, "lr_end"_a = 0.0, "lr_init"_a = 1.0, "timescale"_a = 1.0,
+      "warmup_shape"_a = Ramp::Linear, "decay_shape"_a = Ramp::Linear,
+      "A warmup-decay leaf: lr = peak * factor(t), factor the transformers lambda of `kind`.");
   m.def("join", &make_join, py::kw_only(), "schedules"_a, "boundaries"_a,
         "Schedules joined at step boundaries (nested joins flattened; at most 16 pieces).");
   m.def(

@@ -1,4 +1,4 @@
-"""clrfast: cyclical learning-rate schedules with a compiled C++ core.
+"""clrfast: cyclical and warmup-decay learning-rate schedules with a compiled C++ core.
 
 >>> import clrfast as clr
 >>> s = clr.Cyclic(base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
@@ -14,13 +14,19 @@ from . import scales
 from .schedules import (
     FORMAT_VERSION,
     Constant,
+    CosineHardRestarts,
     CosineRestarts,
     Cyclic,
+    InverseSqrt,
     Join,
     OneCycle,
+    PolynomialDecay,
     RangeSweep,
     Schedule,
     Warmup,
+    WarmupCosine,
+    WarmupLinear,
+    WarmupStableDecay,
     from_dict,
 )
 
@@ -36,5 +42,6 @@ def plot(schedule, steps, path=None, **kwargs):
 
 __all__ = [
     "Schedule", "Cyclic", "OneCycle", "CosineRestarts", "Warmup", "Constant", "RangeSweep", "Join",
+    "WarmupStableDecay", "WarmupLinear", "WarmupCosine", "CosineHardRestarts", "PolynomialDecay", "InverseSqrt",
     "from_dict", "scales", "plot", "FORMAT_VERSION", "__version__",
 ]

@@ -20,6 +20,29 @@ class Anneal:
     def __init__(self, value: int) -> None: ...
     def __int__(self) -> int: ...
 
+class Kind:
+    """Kind of a leaf schedule."""
+
+    constant: ClassVar[Kind]
+    linear: ClassVar[Kind]
+    sweep: ClassVar[Kind]
+    cyclic: ClassVar[Kind]
+    onecycle: ClassVar[Kind]
+    cosine_restarts: ClassVar[Kind]
+    warmup_stable_decay: ClassVar[Kind]
+    warmup_linear: ClassVar[Kind]
+    warmup_cosine: ClassVar[Kind]
+    warmup_hard_restarts: ClassVar[Kind]
+    warmup_polynomial: ClassVar[Kind]
+    inverse_sqrt: ClassVar[Kind]
+    __members__: ClassVar[dict[str, Kind]]
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+
 class MomentumKey:
     """Which param-group entry a scheduler's momentum goes to."""
 
@@ -40,6 +63,20 @@ class Quantity:
     lr: ClassVar[Quantity]
     momentum: ClassVar[Quantity]
     __members__: ClassVar[dict[str, Quantity]]
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+    def __init__(self, value: int) -> None: ...
+    def __int__(self) -> int: ...
+
+class Ramp:
+    """Shape of a warmup-stable-decay ramp."""
+
+    linear: ClassVar[Ramp]
+    cosine: ClassVar[Ramp]
+    one_minus_sqrt: ClassVar[Ramp]
+    __members__: ClassVar[dict[str, Ramp]]
     @property
     def name(self) -> str: ...
     @property
@@ -138,7 +175,7 @@ class Schedule:
 class GroupWriter:
     """Writes one step's lr and momentum, from one compiled schedule per param group."""
 
-    def __init__(self, *, schedules: Sequence[Schedule], momentum_key: MomentumKey) -> None:
+    def __init__(self, *, schedules: Sequence[Schedule], momentum_key: MomentumKey, fallback_momentum: Sequence[float] = ..., as_torch: bool = True) -> None:
         ...
     def write(self, t: float, groups: list) -> list:
         """Values at step t into the groups; returns the lrs. Raises before writing anything."""
@@ -193,3 +230,5 @@ def sgd_step_cuda(arg0: int, arg1: int, arg2: int, arg3: int, arg4: int, arg5: f
     """Fused SGD step on the caller's CUDA stream; lr/momentum computed on the device from *step, which the kernel advances unless *found_inf is nonzero. No host synchronization."""
 def sweep(*, start_lr: float, end_lr: float, num_steps: float, mode: SweepMode) -> Schedule:
     ...
+def warmup_decay(*, kind: Kind, peak: float, warmup: float, stable: float = 0.0, decay: float = 0.0, num_cycles: float = 0.5, min_ratio: float = 0.0, power: float = 1.0, lr_end: float = 0.0, lr_init: float = 1.0, timescale: float = 1.0, warmup_shape: Ramp = ..., decay_shape: Ramp = ...) -> Schedule:
+    """A warmup-decay leaf: lr = peak * factor(t), factor the transformers lambda of `kind`."""

@@ -15,7 +15,22 @@ import json
 import os
 import textwrap
 
-from .schedules import Constant, CosineRestarts, Cyclic, OneCycle, RangeSweep, Schedule, Warmup, from_dict
+from .schedules import (
+    Constant,
+    CosineHardRestarts,
+    CosineRestarts,
+    Cyclic,
+    InverseSqrt,
+    OneCycle,
+    PolynomialDecay,
+    RangeSweep,
+    Schedule,
+    Warmup,
+    WarmupCosine,
+    WarmupLinear,
+    WarmupStableDecay,
+    from_dict,
+)
 
 
 class SpecError(ValueError):
@@ -33,12 +48,18 @@ POLICIES = {
     "warmup": (Warmup, {}, "linear warmup from start_lr to end_lr, then constant"),
     "constant": (Constant, {}, "a fixed learning rate"),
     "sweep": (RangeSweep, {}, "LR range-test sweep, exp or linear"),
+    "wsd": (WarmupStableDecay, {}, "warmup-stable-decay: linear/cosine/1-sqrt warmup and decay"),
+    "warmup_linear": (WarmupLinear, {}, "linear warmup, then linear decay to 0 at total_steps"),
+    "warmup_cosine": (WarmupCosine, {}, "linear warmup, then cosine to a floor (min_lr or min_lr_rate)"),
+    "hard_restarts": (CosineHardRestarts, {}, "linear warmup, then num_cycles cosines with hard restarts"),
+    "polynomial": (PolynomialDecay, {}, "linear warmup, then polynomial decay to lr_end"),
+    "inverse_sqrt": (InverseSqrt, {}, "linear warmup, then lr*sqrt(timescale/(t - warmup + timescale))"),
 }
 
 # Spec keys that differ from the dataclass field names.
 _ALIASES = {Constant: {"lr": "lr_value"}}
 # Fields that take a whole number: accept 1e4 as well as 10000.
-_INT_FIELDS = {"total_steps", "T_0", "warmup_steps", "num_steps"}
+_INT_FIELDS = {"total_steps", "T_0", "warmup_steps", "num_steps", "stable_steps", "decay_steps"}
 
 
 def parse_value(text: str):
@@ -187,5 +208,7 @@ def policies_help() -> str:
         "  parameters without a default are required. Examples:",
         "    clrfast plot triangular2 base_lr=1e-3 max_lr=6e-3 step_size_up=2000 --steps 10000 -o lr.png",
         "    clrfast table onecycle max_lr=0.1 total_steps=1000 --steps 1000 -o onecycle.csv",
+        "    clrfast plot wsd peak_lr=3e-4 warmup_steps=200 stable_steps=1400 decay_steps=400 decay_type=1-sqrt "
+        "--steps 2000",
     ]
     return "\n".join(lines)

@@ -445,6 +445,8 @@ class CosineRestarts(Schedule):
 class Warmup(Schedule):
     r"""Linear warmup: ``lr = start_lr + (end_lr - start_lr) * t/warmup_steps``, then ``end_lr``.
 
+    ``Warmup(0.0, lr, W)`` is constant with warmup, the values of transformers'
+    ``get_constant_schedule_with_warmup`` (``lr * t/W``, then ``lr``).
     Join it in front of another schedule:
     ``Join([Warmup(0.0, 0.1, 500), CosineRestarts(0.1, T_0=1000)], boundaries=[500])``.
     """
@@ -505,6 +507,281 @@ class RangeSweep(Schedule):
     def _compile(self):
         return _core.sweep(start_lr=float(self.start_lr), end_lr=float(self.end_lr),
                            num_steps=float(self.num_steps), mode=_SWEEP[self.mode])
+
+
+# ----------------------------------------------------------------- warmup and decay
+#
+# Each of these is peak_lr * factor(t), where factor is the lambda behind the transformers
+# factory of the same family, computed by the core with the same float operations in the
+# same order: lr(t) is the double transformers' LambdaLR gives for a group whose initial lr
+# is ``peak_lr``. All are endless (defined at every step, past the end of training too).
+# Step counts are whole numbers in practice; reals are accepted and computed with, as
+# transformers does with a float num_warmup_steps.
+
+_RAMPS = {"linear": _core.Ramp.linear, "cosine": _core.Ramp.cosine, "1-sqrt": _core.Ramp.one_minus_sqrt}
+_MAX_COUNT = 2**53  # step counts are whole doubles below this
+
+
+def _count(name: str, value):
+    # Whole numbers in practice; a real is accepted (and computed with) as transformers does.
+    return check.real(name, value, min=0.0, max=float(_MAX_COUNT), keep_int=True)
+
+
+def _peak(value) -> float:
+    lr = check.real("peak_lr", value, min=0.0, keep_int=True)
+    # A factor may round a few ulps above 1; peak_lr*2 finite keeps peak_lr*factor finite.
+    _finite_product("peak_lr*2", lr * 2.0, f"peak_lr={lr!r} is within a factor 2 of the largest double")
+    return lr
+
+
+def _ratio(name: str, value) -> float:
+    return check.real(name, value, min=0.0, max=1.0, keep_int=True)
+
+
+def _cycles(value) -> float:
+    # Bounded so that pi * num_cycles * 2 * progress stays finite at every step (progress <= 2**63).
+    return check.real("num_cycles", value, min=0.0, max=float(_MAX_COUNT), keep_int=True)
+
+
+def _total_after_warmup(warmup: int, total: int, strict: bool = False) -> None:
+    if total < warmup or (strict and total == warmup):
+        op = ">" if strict else ">="
+        raise ValueError(f"total_steps must be {op} warmup_steps={warmup}, got {total}")
+
+
+class _WarmupDecay(Schedule):
+    """Shared compile step: peak_lr * factor(t), ``factor`` the transformers lambda of ``_kind``."""
+
+    _kind = None
+
+    def _core_args(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _compile(self):
+        return _core.warmup_decay(kind=self._kind, peak=float(self.peak_lr), **self._core_args())
+
+
+@dataclass(frozen=True)
+class WarmupStableDecay(_WarmupDecay):
+    r"""Warmup-stable-decay (WSD), the values of transformers' ``get_wsd_schedule``.
+
+    With ``W, S, D`` the warmup, stable and decay step counts and ``r = min_lr_ratio``,
+    ``lr(t) = P * f(t)`` (``P = peak_lr``):
+
+    - warmup, ``t < W``: ``p = t/max(1, W)``, ``f = max(0, g(p)*(1 - r) + r)`` with ``g`` per
+      ``warmup_type``: linear ``p``, cosine ``0.5*(1 - cos(pi*p))``, 1-sqrt ``1 - sqrt(1 - p)``;
+    - stable, ``t < W + S``: ``f = 1``;
+    - decay, ``t < W + S + D``: ``p = (t - W - S)/max(1, D)``, ``f = max(0, h(p)*(1 - r) + r)``
+      with ``h`` per ``decay_type``: linear ``1 - p``,
+      cosine ``0.5*(1 + cos(pi*num_cycles*2*p))``, 1-sqrt ``1 - sqrt(p)``;
+    - after: ``f = r``.
+    """
+
+    peak_lr: float
+    warmup_steps: int
+    stable_steps: int
+    decay_steps: int
+    warmup_type: str = "linear"
+    decay_type: str = "cosine"
+    min_lr_ratio: float = 0.0
+    num_cycles: float = 0.5
+
+    _kind = _core.Kind.warmup_stable_decay
+
+    def _validate(self):
+        self._set("peak_lr", _peak(self.peak_lr))
+        self._set("warmup_steps", _count("warmup_steps", self.warmup_steps))
+        self._set("stable_steps", _count("stable_steps", self.stable_steps))
+        self._set("decay_steps", _count("decay_steps", self.decay_steps))
+        if self.warmup_steps + self.stable_steps + self.decay_steps > _MAX_COUNT:
+            raise ValueError(f"warmup_steps + stable_steps + decay_steps must be <= 2**53, got "
+                             f"{self.warmup_steps + self.stable_steps + self.decay_steps}")
+        self._set("warmup_type", check.choice("warmup_type", self.warmup_type, tuple(_RAMPS)))
+        self._set("decay_type", check.choice("decay_type", self.decay_type, tuple(_RAMPS)))
+        self._set("min_lr_ratio", _ratio("min_lr_ratio", self.min_lr_ratio))
+        self._set("num_cycles", _cycles(self.num_cycles))
+
+    def _core_args(self) -> dict:
+        return dict(warmup=float(self.warmup_steps), stable=float(self.stable_steps),
+                    decay=float(self.decay_steps), min_ratio=float(self.min_lr_ratio),
+                    num_cycles=float(self.num_cycles), warmup_shape=_RAMPS[self.warmup_type],
+                    decay_shape=_RAMPS[self.decay_type])
+
+
+@dataclass(frozen=True)
+class WarmupLinear(_WarmupDecay):
+    r"""Linear warmup, then linear decay to 0: transformers' ``get_linear_schedule_with_warmup``.
+
+    ``lr(t) = P * t/max(1, W)`` for ``t < W``, else ``P * max(0, (N - t)/max(1, N - W))``
+    (``P = peak_lr``, ``W = warmup_steps``, ``N = total_steps``); 0 from step ``N`` on.
+    """
+
+    peak_lr: float
+    warmup_steps: int
+    total_steps: int
+
+    _kind = _core.Kind.warmup_linear
+
+    def _validate(self):
+        self._set("peak_lr", _peak(self.peak_lr))
+        self._set("warmup_steps", _count("warmup_steps", self.warmup_steps))
+        self._set("total_steps", _count("total_steps", self.total_steps))
+        _total_after_warmup(self.warmup_steps, self.total_steps)
+
+    def _core_args(self) -> dict:
+        return dict(warmup=float(self.warmup_steps), decay=float(self.total_steps))
+
+
+@dataclass(frozen=True)
+class WarmupCosine(_WarmupDecay):
+    r"""Linear warmup, then cosine to a floor: transformers' ``get_cosine_schedule_with_warmup``
+    (floor 0) and ``get_cosine_with_min_lr_schedule_with_warmup``.
+
+    ``lr(t) = P * t/max(1, W)`` for ``t < W`` (``P = peak_lr``); after it, with ``p = (t - W)/max(1, N - W)``,
+    ``f = 0.5*(1 + cos(pi*num_cycles*2*p))`` and ``lr(t) = P * max(0, f*(1 - r) + r)``.
+    The floor ratio ``r`` is ``min_lr_rate``, or ``min_lr/P`` when ``min_lr`` is given (at
+    most one of them; neither means 0). As in transformers the cosine goes on past
+    ``total_steps`` (with ``num_cycles=0.5`` it rises again): stop training at ``N``, or
+    ``Join`` a constant after it.
+    """
+
+    peak_lr: float
+    warmup_steps: int
+    total_steps: int
+    num_cycles: float = 0.5
+    min_lr: float | None = None
+    min_lr_rate: float | None = None
+
+    _kind = _core.Kind.warmup_cosine
+
+    def _validate(self):
+        self._set("peak_lr", _peak(self.peak_lr))
+        self._set("warmup_steps", _count("warmup_steps", self.warmup_steps))
+        self._set("total_steps", _count("total_steps", self.total_steps))
+        _total_after_warmup(self.warmup_steps, self.total_steps)
+        self._set("num_cycles", _cycles(self.num_cycles))
+        if self.min_lr is not None and self.min_lr_rate is not None:
+            raise ValueError(f"give min_lr or min_lr_rate, not both: min_lr={self.min_lr!r}, "
+                             f"min_lr_rate={self.min_lr_rate!r}")
+        if self.min_lr_rate is not None:
+            self._set("min_lr_rate", _ratio("min_lr_rate", self.min_lr_rate))
+        if self.min_lr is not None:
+            self._set("min_lr", check.real("min_lr", self.min_lr, min=0.0, keep_int=True))
+            if self.min_lr > self.peak_lr:
+                raise ValueError(f"min_lr must be <= peak_lr={self.peak_lr!r}, got {self.min_lr!r}")
+
+    @property
+    def floor_ratio(self) -> float:
+        """The floor as a fraction of ``peak_lr``: ``min_lr_rate``, ``min_lr/peak_lr`` or 0."""
+        if self.min_lr is not None:
+            return self.min_lr / self.peak_lr if self.peak_lr else 0.0
+        return float(self.min_lr_rate or 0.0)
+
+    def _core_args(self) -> dict:
+        return dict(warmup=float(self.warmup_steps), decay=float(self.total_steps),
+                    num_cycles=float(self.num_cycles), min_ratio=float(self.floor_ratio))
+
+
+@dataclass(frozen=True)
+class CosineHardRestarts(_WarmupDecay):
+    r"""Linear warmup, then ``num_cycles`` cosines each falling to 0 and restarting at the peak:
+    transformers' ``get_cosine_with_hard_restarts_schedule_with_warmup``.
+
+    ``lr(t) = P * t/max(1, W)`` for ``t < W`` (``P = peak_lr``); after it, with ``p = (t - W)/max(1, N - W)``,
+    ``lr(t) = P * max(0, 0.5*(1 + cos(pi*((num_cycles*p) % 1))))`` while ``p < 1``, then 0.
+    """
+
+    peak_lr: float
+    warmup_steps: int
+    total_steps: int
+    num_cycles: float = 1
+
+    _kind = _core.Kind.warmup_hard_restarts
+
+    def _validate(self):
+        self._set("peak_lr", _peak(self.peak_lr))
+        self._set("warmup_steps", _count("warmup_steps", self.warmup_steps))
+        self._set("total_steps", _count("total_steps", self.total_steps))
+        _total_after_warmup(self.warmup_steps, self.total_steps)
+        self._set("num_cycles", _cycles(self.num_cycles))
+
+    def _core_args(self) -> dict:
+        return dict(warmup=float(self.warmup_steps), decay=float(self.total_steps),
+                    num_cycles=float(self.num_cycles))
+
+
+@dataclass(frozen=True)
+class PolynomialDecay(_WarmupDecay):
+    r"""Linear warmup, then polynomial decay to ``lr_end``:
+    transformers' ``get_polynomial_decay_schedule_with_warmup``.
+
+    ``lr(t) = lr * t/max(1, W)`` for ``t < W``; up to ``t = N``, with
+    ``q = 1 - (t - W)/(N - W)``, ``lr(t) = P * (((I - lr_end) * q**power + lr_end) / I)``;
+    after it ``P * (lr_end/I)``. ``I = lr_init`` is the lr the decay is measured against:
+    ``peak_lr`` by default (transformers uses the optimizer's default lr for every group).
+    """
+
+    peak_lr: float
+    warmup_steps: int
+    total_steps: int
+    lr_end: float = 1e-7
+    power: float = 1.0
+    lr_init: float | None = None
+
+    _kind = _core.Kind.warmup_polynomial
+
+    def _validate(self):
+        self._set("peak_lr", _peak(self.peak_lr))
+        self._set("warmup_steps", _count("warmup_steps", self.warmup_steps))
+        self._set("total_steps", _count("total_steps", self.total_steps))
+        _total_after_warmup(self.warmup_steps, self.total_steps, strict=True)
+        self._set("lr_end", check.real("lr_end", self.lr_end, min=0.0, keep_int=True))
+        self._set("power", check.real("power", self.power, min=0.0, keep_int=True))
+        if self.lr_init is not None:
+            self._set("lr_init", check.real("lr_init", self.lr_init, min=0.0, keep_int=True))
+        init = self._init
+        if not init > self.lr_end:
+            name = "peak_lr" if self.lr_init is None else "lr_init"
+            raise ValueError(f"lr_end ({self.lr_end!r}) must be smaller than {name} ({init!r})")
+
+    @property
+    def _init(self):
+        return self.peak_lr if self.lr_init is None else self.lr_init
+
+    def _core_args(self) -> dict:
+        return dict(warmup=float(self.warmup_steps), decay=float(self.total_steps), lr_end=float(self.lr_end),
+                    power=float(self.power), lr_init=float(self._init))
+
+
+@dataclass(frozen=True)
+class InverseSqrt(_WarmupDecay):
+    r"""Linear warmup, then inverse square root: transformers' ``get_inverse_sqrt_schedule``.
+
+    ``lr(t) = lr * t/max(1, W)`` for ``t < W``, else ``P / sqrt((t + T - W)/T)``, i.e. ``P`` at
+    the end of the warmup, ``P*sqrt(T/(t - W + T))`` after. ``T = timescale`` defaults, as in
+    transformers, to ``W``, or 10000 when there is no warmup.
+    """
+
+    peak_lr: float
+    warmup_steps: int
+    timescale: float | None = None
+
+    _kind = _core.Kind.inverse_sqrt
+
+    def _validate(self):
+        self._set("peak_lr", _peak(self.peak_lr))
+        self._set("warmup_steps", _count("warmup_steps", self.warmup_steps))
+        if self.timescale is not None:
+            self._set("timescale", check.real("timescale", self.timescale, min=0.0, min_open=True,
+                                              max=float(_MAX_COUNT), keep_int=True))
+
+    @property
+    def resolved_timescale(self):
+        """The timescale in effect: ``timescale``, else ``warmup_steps or 10000``."""
+        return self.timescale if self.timescale is not None else (self.warmup_steps or 10_000)
+
+    def _core_args(self) -> dict:
+        return dict(warmup=float(self.warmup_steps), timescale=float(self.resolved_timescale))
 
 
 @dataclass(frozen=True)
@@ -580,7 +857,9 @@ class Join(Schedule):
         return cls([from_dict(d) for d in p["schedules"]], p["boundaries"])
 
 
-_TYPES = {c.__name__: c for c in (Cyclic, OneCycle, CosineRestarts, Warmup, Constant, RangeSweep, Join)}
+_TYPES = {c.__name__: c for c in (Cyclic, OneCycle, CosineRestarts, Warmup, Constant, RangeSweep, Join,
+                                   WarmupStableDecay, WarmupLinear, WarmupCosine, CosineHardRestarts,
+                                   PolynomialDecay, InverseSqrt)}
 
 
 def from_dict(d: dict) -> Schedule:
@@ -603,5 +882,6 @@ def from_dict(d: dict) -> Schedule:
 
 __all__ = [
     "Schedule", "Cyclic", "OneCycle", "CosineRestarts", "Warmup", "Constant", "RangeSweep", "Join",
+    "WarmupStableDecay", "WarmupLinear", "WarmupCosine", "CosineHardRestarts", "PolynomialDecay", "InverseSqrt",
     "from_dict", "FORMAT_VERSION", "Geometric",
 ]

@@ -26,7 +26,22 @@ constexpr double kPi = 3.14159265358979323846264338327950288;
 // Schedule a trivially copyable value that can be passed to a CUDA kernel.
 constexpr int kMaxPieces = 16;
 
-enum class Kind : int32_t { Constant = 0, Linear = 1, Sweep = 2, Cyclic = 3, OneCycle = 4, CosineRestarts = 5 };
+enum class Kind : int32_t {
+  Constant = 0,
+  Linear = 1,
+  Sweep = 2,
+  Cyclic = 3,
+  OneCycle = 4,
+  CosineRestarts = 5,
+  // Warmup-decay families, each the lambda of one transformers factory
+  // (transformers/optimization.py) times the peak lr; they share WarmupParams.
+  WarmupStableDecay = 6,
+  WarmupLinear = 7,
+  WarmupCosine = 8,
+  WarmupHardRestarts = 9,
+  WarmupPolynomial = 10,
+  InverseSqrt = 11,
+};
 
 // Amplitude scale of a cyclical schedule, a function of the cycle number or
 // of the iteration (see ScaleMode).
@@ -42,6 +57,8 @@ enum class ScaleMode : int32_t { Cycle = 0, Iterations = 1 };
 enum class Window : int32_t { Triangular = 0, Welch = 1, Hann = 2 };
 enum class Anneal : int32_t { Cos = 0, Linear = 1 };
 enum class SweepMode : int32_t { Linear = 0, Exp = 1 };
+// Shape of a warmup-stable-decay ramp (both the warmup and the decay).
+enum class Ramp : int32_t { Linear = 0, Cosine = 1, OneMinusSqrt = 2 };
 
 struct ConstantParams {
   double lr;
@@ -91,6 +108,23 @@ struct CosineRestartsParams {
   double warmup;      // linear warmup steps at the start of every cycle
 };
 
+// lr = peak * factor(t), with factor(t) the transformers lambda of the kind.
+// Step counts are whole numbers held as doubles (exact below 2^53).
+struct WarmupParams {
+  double peak;
+  double warmup;      // num_warmup_steps
+  double stable;      // WSD: num_stable_steps
+  double decay;       // WSD: num_decay_steps; others: num_training_steps
+  double num_cycles;  // cosine waves (WSD, cosine) or hard restarts
+  double min_ratio;   // WSD min_lr_ratio, cosine min_lr_rate
+  double power;       // polynomial
+  double lr_end;      // polynomial end lr
+  double lr_init;     // polynomial: the lr the decay is a fraction of
+  double timescale;   // inverse square root
+  Ramp warmup_shape;  // WSD
+  Ramp decay_shape;   // WSD
+};
+
 struct Leaf {
   Kind kind;
   union {
@@ -100,6 +134,7 @@ struct Leaf {
     CyclicParams cyclic;
     OneCycleParams onecycle;
     CosineRestartsParams restarts;
+    WarmupParams warmup;
   };
 };
 
@@ -386,6 +421,130 @@ CLRFAST_HD double sweep_at(const SweepParams& p, double t) {
   return p.start_lr + (p.end_lr - p.start_lr) * frac;
 }
 
+// ------------------------------------------------------------ warmup-decay
+//
+// Each factor repeats the float operations of the lambda behind the
+// transformers factory of the same name, in order; the drop-ins multiply it by
+// the group's initial lr as LambdaLR does (lr = initial_lr * factor), so they
+// return the same doubles. Python's int arithmetic on step counts is exact,
+// and so is this double arithmetic below 2^53. max(0.0, x) is Python's max:
+// it returns the first argument unless x > 0.0, as clamp0 does.
+
+CLRFAST_HD double clamp0(double x) { return x > 0.0 ? x : 0.0; }
+CLRFAST_HD double at_least_1(double x) { return x > 1.0 ? x : 1.0; }
+
+// float(t) / float(max(1, num_warmup_steps)): every factory's linear warmup.
+CLRFAST_HD double warmup_progress(const WarmupParams& p, double t) { return t / at_least_1(p.warmup); }
+
+// get_wsd_schedule: warmup shape mapped onto [min_lr_ratio, 1], stable 1,
+// decay shape mapped the same way, then min_lr_ratio.
+CLRFAST_HD double wsd_factor(const WarmupParams& p, double t) {
+  if (t < p.warmup) {
+    const double progress = warmup_progress(p, t);
+    double factor;
+    switch (p.warmup_shape) {
+      case Ramp::Cosine:
+        factor = 0.5 * (1.0 - cos(kPi * progress));
+        break;
+      case Ramp::OneMinusSqrt:
+        factor = 1.0 - sqrt(1.0 - progress);
+        break;
+      default:
+        factor = progress;
+    }
+    return clamp0(factor * (1.0 - p.min_ratio) + p.min_ratio);
+  }
+  if (t < p.warmup + p.stable) return 1.0;
+  if (t < p.warmup + p.stable + p.decay) {
+    const double progress = (t - p.warmup - p.stable) / at_least_1(p.decay);
+    double factor;
+    switch (p.decay_shape) {
+      case Ramp::Cosine:
+        factor = 0.5 * (1.0 + cos(kPi * p.num_cycles * 2.0 * progress));
+        break;
+      case Ramp::OneMinusSqrt:
+        factor = 1.0 - sqrt(progress);
+        break;
+      default:
+        factor = 1.0 - progress;
+    }
+    return clamp0(factor * (1.0 - p.min_ratio) + p.min_ratio);
+  }
+  return p.min_ratio;
+}
+
+// get_linear_schedule_with_warmup: max(0, (N - t) / max(1, N - W)).
+CLRFAST_HD double warmup_linear_factor(const WarmupParams& p, double t) {
+  if (t < p.warmup) return warmup_progress(p, t);
+  return clamp0((p.decay - t) / at_least_1(p.decay - p.warmup));
+}
+
+CLRFAST_HD double warmup_cosine_progress(const WarmupParams& p, double t) {
+  return (t - p.warmup) / at_least_1(p.decay - p.warmup);
+}
+
+// get_cosine_with_min_lr_schedule_with_warmup (get_cosine_schedule_with_warmup
+// is the same with min_lr_rate 0: f*(1 - 0) + 0 == f for the f >= 0 it has):
+// f = 0.5 (1 + cos(pi * num_cycles * 2 * progress)), max(0, f (1 - r) + r).
+CLRFAST_HD double warmup_cosine_factor(const WarmupParams& p, double t) {
+  if (t < p.warmup) return warmup_progress(p, t);
+  const double progress = warmup_cosine_progress(p, t);
+  const double factor = 0.5 * (1.0 + cos(kPi * p.num_cycles * 2.0 * progress));
+  return clamp0(factor * (1.0 - p.min_ratio) + p.min_ratio);
+}
+
+// get_cosine_with_hard_restarts_schedule_with_warmup: 0 from progress 1 on,
+// else 0.5 (1 + cos(pi * ((num_cycles * progress) % 1))). Python's % of
+// non-negative operands is fmod (exact), with +0.0 for a zero remainder.
+CLRFAST_HD double warmup_restarts_factor(const WarmupParams& p, double t) {
+  if (t < p.warmup) return warmup_progress(p, t);
+  const double progress = warmup_cosine_progress(p, t);
+  if (progress >= 1.0) return 0.0;
+  const double frac = fmod(p.num_cycles * progress, 1.0);
+  return clamp0(0.5 * (1.0 + cos(kPi * (frac == 0.0 ? 0.0 : frac))));
+}
+
+// get_polynomial_decay_schedule_with_warmup: lr_end/lr_init past N, else
+// ((lr_init - lr_end) * (1 - (t - W)/(N - W))**power + lr_end) / lr_init.
+CLRFAST_HD double warmup_polynomial_factor(const WarmupParams& p, double t) {
+  if (t < p.warmup) return warmup_progress(p, t);
+  if (t > p.decay) return p.lr_end / p.lr_init;
+  const double lr_range = p.lr_init - p.lr_end;
+  const double pct_remaining = 1.0 - (t - p.warmup) / (p.decay - p.warmup);
+  return (lr_range * pow(pct_remaining, p.power) + p.lr_end) / p.lr_init;
+}
+
+// get_inverse_sqrt_schedule: 1 / sqrt((t + timescale - W) / timescale).
+CLRFAST_HD double inverse_sqrt_factor(const WarmupParams& p, double t) {
+  if (t < p.warmup) return warmup_progress(p, t);
+  const double shift = p.timescale - p.warmup;
+  return 1.0 / sqrt((t + shift) / p.timescale);
+}
+
+CLRFAST_HD double warmup_factor(Kind kind, const WarmupParams& p, double t) {
+  switch (kind) {
+    case Kind::WarmupStableDecay:
+      return wsd_factor(p, t);
+    case Kind::WarmupLinear:
+      return warmup_linear_factor(p, t);
+    case Kind::WarmupCosine:
+      return warmup_cosine_factor(p, t);
+    case Kind::WarmupHardRestarts:
+      return warmup_restarts_factor(p, t);
+    case Kind::WarmupPolynomial:
+      return warmup_polynomial_factor(p, t);
+    default:
+      return inverse_sqrt_factor(p, t);
+  }
+}
+
+// LambdaLR's base_lr * lmbda(t).
+CLRFAST_HD double warmup_at(Kind kind, const WarmupParams& p, double t) { return p.peak * warmup_factor(kind, p, t); }
+
+CLRFAST_HD bool is_warmup_kind(Kind kind) {
+  return kind >= Kind::WarmupStableDecay && kind <= Kind::InverseSqrt;
+}
+
 // ---------------------------------------------------------------- dispatch
 
 CLRFAST_HD LrMom leaf_at(const Leaf& leaf, double t) {
@@ -401,8 +560,9 @@ CLRFAST_HD LrMom leaf_at(const Leaf& leaf, double t) {
     case Kind::Sweep:
       return {sweep_at(leaf.sweep, t), nan_value()};
     case Kind::Constant:
-    default:
       return {leaf.constant.lr, nan_value()};
+    default:
+      return {warmup_at(leaf.kind, leaf.warmup, t), nan_value()};
   }
 }
 
@@ -495,7 +655,7 @@ CLRFAST_HD Status leaf_status(const Leaf& leaf, double t, bool as_torch) {
       return onecycle_status(leaf.onecycle, t);
     case Kind::CosineRestarts:
       return restarts_status(leaf.restarts, t);
-    default:  // constant, linear and sweep values lie between validated finite ends
+    default:  // constant, linear, sweep and warmup-decay values lie between validated finite bounds
       return Status::Ok;
   }
 }

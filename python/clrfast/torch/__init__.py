@@ -1,4 +1,4 @@
-"""PyTorch front end: drop-in schedulers, the fused CLRSGD optimizer and the LR range test.
+"""PyTorch front end: drop-in schedulers (torch's and transformers'), ScheduleLR, fused optimizers, lr_find.
 
 Importing this module imports torch; ``import clrfast`` alone does not.
 """
@@ -21,6 +21,16 @@ _LAZY = {
     "CyclicLR": "schedulers",
     "OneCycleLR": "schedulers",
     "CosineAnnealingWarmRestarts": "schedulers",
+    "ScheduleLR": "schedulers",
+    "FactoryLR": "factories",
+    "get_constant_schedule_with_warmup": "factories",
+    "get_linear_schedule_with_warmup": "factories",
+    "get_cosine_schedule_with_warmup": "factories",
+    "get_cosine_with_hard_restarts_schedule_with_warmup": "factories",
+    "get_polynomial_decay_schedule_with_warmup": "factories",
+    "get_inverse_sqrt_schedule": "factories",
+    "get_cosine_with_min_lr_schedule_with_warmup": "factories",
+    "get_wsd_schedule": "factories",
     "CLRSGD": "optim",
     "CLRAdamW": "adam",
     "CLRAdam": "adam",

@@ -1,4 +1,4 @@
-"""Drop-in replacements for torch's CyclicLR, OneCycleLR and CosineAnnealingWarmRestarts.
+"""Drop-in replacements for torch's CyclicLR, OneCycleLR and CosineAnnealingWarmRestarts, and ScheduleLR.
 
 Same constructor signatures, defaults, errors, attributes and ``state_dict`` keys as
 ``torch.optim.lr_scheduler``; they subclass ``LRScheduler`` so type checks accept them.
@@ -46,7 +46,7 @@ from .. import _core
 from .. import _validate as check
 from ..scales import Scale
 
-__all__ = ["CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts"]
+__all__ = ["CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts", "ScheduleLR"]
 
 # The text torch uses; kept identical so log filters keep matching.
 EPOCH_DEPRECATION_WARNING = (
@@ -637,3 +637,127 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
         last_epoch = math.floor(epoch)
         lrs = self._writer.write_restarts(float(T_cur), float(T_i), self.optimizer.param_groups)
         self.T_cur, self.T_i, self.last_epoch, self._last_lr = T_cur, T_i, last_epoch, lrs
+
+
+def _group_schedules(optimizer: Optimizer, schedule) -> list:
+    """One clrfast schedule per param group: the one given for all, or a list with one each."""
+    from ..schedules import Schedule
+
+    n = len(optimizer.param_groups)
+    if isinstance(schedule, Schedule):
+        return [schedule] * n
+    if isinstance(schedule, (list, tuple)):
+        if len(schedule) != n:
+            raise ValueError(f"schedule must be one clrfast schedule or one per param group ({n}), "
+                             f"got a list of {len(schedule)}")
+        for i, s in enumerate(schedule):
+            if not isinstance(s, Schedule):
+                raise TypeError(f"schedule[{i}] must be a clrfast schedule, got {s!r}")
+        return list(schedule)
+    raise TypeError(f"schedule must be a clrfast schedule or a list of them (one per param group), got {schedule!r}")
+
+
+def _last_step(schedules) -> float:
+    ends = [s.max_step for s in schedules if s.max_step is not None]
+    return min(ends) if ends else math.inf
+
+
+_MOMENTUM_KEYS = {None: _KEY.none, "momentum": _KEY.momentum, "betas": _KEY.betas}
+
+
+class ScheduleLR(_CoreScheduler):
+    r"""Any clrfast schedule drives any torch optimizer, as a torch ``LRScheduler``.
+
+    After ``k`` calls of ``step()`` (``last_epoch = k``, counting the one at construction as
+    0), group ``i`` holds ``lr = schedule_i.lr(k)`` and, where the schedule defines a momentum
+    at ``k``, ``momentum`` (SGD-like optimizers) or ``betas[0]`` (Adam-like) ``=
+    schedule_i.momentum(k)``; at steps where it defines none (a piece of a ``Join`` without one)
+    the group gets back the value it had when the scheduler was built. ``schedule`` is one
+    schedule for every group or a list with one per group.
+
+    torch's conventions: the initial step at construction writes step 0, ``get_last_lr()``,
+    ``last_epoch`` resume, a tensor ``lr`` updated in place with ``fill_``, ``state_dict()``
+    with the schedules as data (``to_dict()``), so it pickles and loads without the code that
+    built it. A step past a finite schedule's end raises torch's "Tried to step" ``ValueError``
+    and changes nothing.
+    """
+
+    __slots__ = ("_max_step",)
+
+    def __init__(self, optimizer: Optimizer, schedule, last_epoch: int = -1) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+        schedules = _group_schedules(optimizer, schedule)
+        last_epoch = check.integer("last_epoch", last_epoch, min=-1)
+        key = None
+        if any(s.has_momentum for s in schedules):
+            if "betas" in optimizer.defaults:
+                key = "betas"
+            elif "momentum" in optimizer.defaults:
+                key = "momentum"
+            else:
+                raise ValueError(f"the schedule defines a momentum but {type(optimizer).__name__} has neither "
+                                 "'momentum' nor 'betas'; use a schedule without momentum")
+        self.optimizer = optimizer
+        self.schedules = schedules
+        self.momentum_key = key
+        self.base_momentums = None
+        if key is not None:
+            self.base_momentums = _finite(f"param_groups' {key}", [
+                g["betas"][0] if key == "betas" else g["momentum"] for g in optimizer.param_groups])
+        self._build_writer()
+        super().__init__(optimizer, last_epoch)
+
+    def _make_writer(self, state: dict):
+        key = _MOMENTUM_KEYS[state["momentum_key"]]
+        fallback = [float(m) for m in state["base_momentums"]] if key != _KEY.none else []
+        return _core.GroupWriter(schedules=[s._core for s in state["schedules"]], momentum_key=key,
+                                 fallback_momentum=fallback, as_torch=False)
+
+    def _build_writer(self) -> None:
+        super()._build_writer()
+        self._max_step = _last_step(self.schedules)
+
+    def _write(self, t, groups) -> list:
+        if t > self._max_step:
+            raise ValueError(f"Tried to step {t} times. The specified number of total steps is {self._max_step}")
+        return self._writer.write(t, groups)
+
+    def step(self, epoch=None) -> None:
+        """Advance one step (or, deprecated as in torch, jump to the whole-number step ``epoch``)."""
+        if epoch is not None:
+            check.integer("epoch", epoch, min=0)
+        super().step(epoch)
+
+    def get_lr(self) -> list[float]:
+        """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
+        self._warn_get_lr()
+        if self.last_epoch > self._max_step:
+            raise ValueError(f"Tried to step {self.last_epoch} times. The specified number of total steps is "
+                             f"{self._max_step}")
+        return self._writer.values(self.last_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's scheduler state, with each group's schedule as ``to_dict()`` data."""
+        state = super().state_dict()
+        state["schedules"] = [s.to_dict() for s in self.schedules]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Adopt a saved state (its schedules included); refused, changing nothing, if it is broken."""
+        from ..schedules import Schedule, from_dict
+
+        state = dict(state_dict)
+        if "schedules" in state:
+            saved = state["schedules"]
+            if not isinstance(saved, (list, tuple)):
+                raise TypeError(f"state_dict['schedules'] must be a list, got {saved!r}")
+            state["schedules"] = [s if isinstance(s, Schedule) else from_dict(s) for s in saved]
+            if len(state["schedules"]) != len(self.optimizer.param_groups):
+                raise ValueError(f"state_dict['schedules'] has {len(state['schedules'])} schedules, the optimizer "
+                                 f"{len(self.optimizer.param_groups)} param groups")
+        if state.get("momentum_key", self.momentum_key) not in _MOMENTUM_KEYS:
+            raise ValueError(f"state_dict['momentum_key'] must be None, 'momentum' or 'betas', got "
+                             f"{state['momentum_key']!r}")
+        self._load(state)
+        self._max_step = _last_step(self.schedules)
