@@ -239,11 +239,11 @@ class Plan:
     whether anything changed.
     """
 
-    __slots__ = ("params", "grads", "bufs", "expect", "table", "owners", "slow", "deferred", "fresh", "missing",
-                 "cacheable", "device", "cuda", "keep")
+    __slots__ = ("params", "grads", "bufs", "sdicts", "expect", "table", "owners", "slow", "deferred", "fresh",
+                 "missing", "cacheable", "device", "cuda", "keep")
 
     def __init__(self, device):
-        self.params = self.grads = self.bufs = self.expect = None
+        self.params = self.grads = self.bufs = self.sdicts = self.expect = None
         self.table = None
         self.owners: list = []  # the parameters of each table row (a run of them in flat mode)
         self.slow: list = []  # (param index, param) for torch's reference code
@@ -605,7 +605,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan = self._plans.get(gi)
         key = self._state_keys[0]
         if (plan is not None and plan.cacheable and plan.params is params and not plan.missing.intersection(required)
-                and _core.plan_current(params, plan.grads, plan.bufs, self.state, key, plan.expect)):
+                and _core.plan_current(params, plan.grads, plan.bufs, plan.sdicts, key, plan.expect)):
             return plan
         plan = self._build_plan(gi, group, required)
         self._plans[gi] = plan
@@ -669,6 +669,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         check_no_overlap(named)
         plan = Plan(next(iter(devices)))
         plan.params, plan.grads, plan.bufs, plan.owners, plan.slow, plan.keep = params, grads, bufs, owners, slow, keep
+        # state[p] of each parameter whose buffer the cached plan checks (state dicts, not tensors, are looked up)
+        plan.sdicts = [self.state[p] if b is not None else None for p, b in zip(params, bufs)]
         plan.expect = np.array(expect, dtype=np.int64).reshape(-1, 4)
         plan.table = np.array(rows, dtype=np.int64).reshape(-1, self._cols)
         plan.cacheable = cacheable
@@ -693,6 +695,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             plan.keep += list(locs.values())
             first = self._state_of(p, self._state_keys[0])
             plan.bufs[pi] = first
+            plan.sdicts[pi] = self.state[p]
             plan.expect[pi, 3] = local(first).data_ptr() if first is not None else 0
         plan.missing = self._lacking(plan.owners)
 
