@@ -431,7 +431,12 @@ def test_torch_sgd_state_dict_loads_into_a_scheduled_clrsgd():
     oa = CLRSGD(a, SCHED, momentum=0.9)
     oa.load_state_dict(ob.state_dict())
     g = oa.param_groups[0]
-    assert g["momentum"] == 0.7 and g["step"] == 0 and g["lr"] == SCHED.lr(0) and g["schedule"] == SCHED
+    # torch's values apply to the next update, then the schedule takes over
+    assert g["momentum"] == 0.7 and g["step"] == 0 and g["lr"] == 0.05 and g["schedule"] == SCHED
+    for p in a:
+        p.grad = torch.zeros(p.shape)
+    oa.step()
+    assert g["lr"] == SCHED.lr(1)
 
 
 def test_onecycle_groups_past_the_end_keep_showing_the_last_values():

@@ -117,7 +117,8 @@ CLRFAST_HD Acc nan_max(Acc a, Acc b) {
 // vm, and returns the second moment the denominator is built from.
 template <WdMode W, bool AMS, typename Acc>
 CLRFAST_HD Acc adam_moments(Acc& p, Acc g, Acc& m, Acc& v, Acc& vm, const AdamCoef<Acc>& c) {
-  g = g * c.sign;  // exact: negation when maximizing
+  // torch negates (flipping a NaN's sign bit too); a select of -g vectorises like the product did
+  g = c.sign < Acc(0) ? -g : g;
   if (W == WdMode::L2) g = fused_madd(p, c.wd, g);
   if (W == WdMode::Decoupled) p = p * c.decay;
   // lerp(m, g, w): the branch is per step, not per element, but written as a

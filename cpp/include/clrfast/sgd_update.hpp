@@ -135,7 +135,8 @@ enum class MomMode : int32_t { None = 0, First = 1, FirstNesterov = 2, Normal = 
 // updates p and buf in place.
 template <bool WD, MomMode M, typename Acc>
 CLRFAST_HD void sgd_element(Acc& p, Acc g, Acc& buf, const SgdCoef<Acc>& c) {
-  g = g * c.sign;  // exact: negation when maximizing
+  // torch negates (flipping a NaN's sign bit too); a select of -g vectorises like the product did
+  g = c.sign < Acc(0) ? -g : g;
   if (WD) g = fused_madd(p, c.wd, g);
   if (M == MomMode::First || M == MomMode::FirstNesterov) {
     buf = g;

@@ -446,6 +446,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             return
         for gi, group in enumerate(self.param_groups):
             flat = self._flat.get(gi)
+            if flat is not None and set_to_none:
+                flat.plan = None  # a gradient kept alive elsewhere would hide the change from the counts
             if flat is not None and not set_to_none:
                 flat.grad.zero_()
             for pi, p in enumerate(group["params"]):
@@ -489,11 +491,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         if found_inf is not None and found_inf.device.type == "cpu" and float(found_inf) != 0.0:
             return
         # Validate every group, then mutate: nothing after the plans raises on input.
-        hypers = [self._step_hyper(gi, g) for gi, g in enumerate(self.param_groups)]
-        plans = [self._plan(gi, g, h) for gi, (g, h) in enumerate(zip(self.param_groups, hypers))]
-        for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
-            if plan is not None and plan.device.type == "cuda":
-                self._check_cuda_group(gi, group)
+        try:
+            hypers = [self._step_hyper(gi, g) for gi, g in enumerate(self.param_groups)]
+            plans = [self._plan(gi, g, h) for gi, (g, h) in enumerate(zip(self.param_groups, hypers))]
+            for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
+                if plan is not None and plan.device.type == "cuda":
+                    self._check_cuda_group(gi, group)
+        except Exception:
+            self._forget_plans()  # plans built for this step carry changes it never made
+            raise
         inv_scale = None
         if grad_scale is not None and any(p is not None and p.device.type == "cpu" for p in plans):
             inv_scale = float(grad_scale.double().reciprocal().float())
@@ -525,6 +531,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             for p in plan.owners[row]:
                 self._fresh.discard(self._state_of(p, self._state_keys[0]))
         plan.fresh = []
+
+    def _forget_plans(self) -> None:
+        self._plans.clear()
+        for flat in self._flat.values():
+            flat.plan = None
 
     def _num_threads(self) -> int:
         n = self._threads if self._threads is not None else torch.get_num_threads()
@@ -597,8 +608,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         if flat is not None:
             plan = flat.plan
             counts = use_counts(flat)
-            if plan is not None and counts is not None and counts == flat.counts and not plan.missing.intersection(
-                    required):
+            if (plan is not None and counts is not None and counts == flat.counts
+                    and not plan.missing.intersection(required) and plan.sdicts == len(self.state)):
                 return plan
             return self._flat_plan(gi, group, flat, required)
         params = group["params"]
@@ -761,7 +772,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if g is None:
                 complete = False
                 continue
-            if not flat.bound(pi, g) or g.shape != p.shape:
+            if g.layout != torch.strided or not flat.bound(pi, g) or g.shape != p.shape:
                 check_grad(gi, pi, p, p, g)
                 rebind.append(pi)
             st = self.state.get(p) or {}
@@ -811,6 +822,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                                               int(plan.table[r, self._first_col]) if self._first_col is not None
                                               else 0)
             plan.missing = self._lacking(owners)
+            plan.sdicts = len(self.state)
             if complete:
                 flat.counts = use_counts(flat)
 
@@ -821,6 +833,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan.missing = self._lacking(owners)
         plan.deferred.append(bind)
         plan.keep = [fp, fg, *flat.state.values()]
+        plan.sdicts = None  # set when bind runs: the size of self.state the cached plan saw
         flat.plan = plan if complete else None
         flat.counts = None
         return plan if rows else None
@@ -849,8 +862,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict) -> None:
         """Loads clrfast's or torch's state dicts, all checked before anything changes.
 
-        Keys a torch group lacks (``schedule``, ``step``) keep their current values; a group
-        driven by a schedule takes the lr (and scheduled hyperparameters) its clock gives.
+        Keys a torch group lacks (``schedule``, ``step``) keep their current values. The saved
+        lr (and momentum or betas) is what the next update applies, as with torch; a schedule
+        takes over from the update after.
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
@@ -908,8 +922,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 value = self._state_of(group["params"][pi], self._state_keys[0])
                 if value is not None:
                     self._fresh.add(value)
-            if group["schedule"] is not None:
-                self._publish_schedule(group)
+        # The saved lr/momentum are what the next update uses (a value written before saving
+        # included), as torch's load keeps them; the schedule takes over after that update.
         self._published = [self._current(g) for g in self.param_groups]
 
     def _loaded_group(self, gi: int, saved: dict, current: dict) -> dict:
@@ -949,6 +963,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         return state
 
     def __setstate__(self, state):
+        if "defaults" not in state:
+            # torch's load_state_dict hands over the new state and param_groups only: the layout
+            # (flat storage, threads, handle) stays this optimizer's
+            super().__setstate__(state)
+            return
         flat = state.pop("_flat_groups", [])
         fresh = state.pop("_fresh_ids", [])
         self._threads = state.pop("_threads", None)
