@@ -23,15 +23,8 @@ namespace {
 
 constexpr int kAdamCols = static_cast<int>(sizeof(AdamSegment) / sizeof(int64_t));
 
-// The table's shape and codes; the front end has checked every row's extent
-// against the tensors it came from, this only refuses what would be undefined.
 const AdamSegment* adam_segments_of(const py::array& table, int64_t* count, bool amsgrad) {
-  if (!py::isinstance<py::array_t<int64_t>>(table)) throw py::type_error("segments: expected an int64 array");
-  if (table.ndim() != 2 || table.shape(1) != kAdamCols)
-    throw py::value_error("segments: expected shape (n, " + std::to_string(kAdamCols) + ")");
-  if (!(table.flags() & py::array::c_style)) throw py::value_error("segments: must be C-contiguous");
-  *count = table.shape(0);
-  const AdamSegment* segs = static_cast<const AdamSegment*>(table.data());
+  const AdamSegment* segs = segment_rows<AdamSegment>(table, count);
   for (int64_t i = 0; i < *count; ++i) {
     const AdamSegment& s = segs[i];
     const std::string row = " in row " + std::to_string(i);

@@ -27,15 +27,8 @@ namespace {
 
 constexpr int kSegCols = static_cast<int>(sizeof(Segment) / sizeof(int64_t));
 
-// The table's shape and codes; the front end has checked every row's extent
-// against the tensors it came from, this only refuses what would be undefined.
 const Segment* segments_of(const py::array& table, int64_t* count, bool need_buf) {
-  if (!py::isinstance<py::array_t<int64_t>>(table)) throw py::type_error("segments: expected an int64 array");
-  if (table.ndim() != 2 || table.shape(1) != kSegCols)
-    throw py::value_error("segments: expected shape (n, " + std::to_string(kSegCols) + ")");
-  if (!(table.flags() & py::array::c_style)) throw py::value_error("segments: must be C-contiguous");
-  *count = table.shape(0);
-  const Segment* segs = static_cast<const Segment*>(table.data());
+  const Segment* segs = segment_rows<Segment>(table, count);
   for (int64_t i = 0; i < *count; ++i) {
     const Segment& s = segs[i];
     if (s.dtype < 0 || s.dtype > 3) throw py::value_error("segments: unknown dtype code");
