@@ -72,21 +72,40 @@ def time_step(fn, repeat):
     return best
 
 
-def interleaved(runners, repeat, block=5):
+def interleaved(runners, repeat, block=5, prepare=None):
     """Best step time of each runner, measured round-robin so machine drift hits all alike.
 
     Each turn runs a block of consecutive steps, as training does, so a working set that
     fits in cache is warm again after the first step of the block (the floor is measured
-    the same way).
+    the same way). ``prepare[k]``, when given, runs before each step, untimed.
     """
     best = {k: float("inf") for k in runners}
     for _ in range(max(1, repeat // block)):
         for k, fn in runners.items():
             for _ in range(block):
+                if prepare is not None:
+                    prepare[k]()
                 t0 = time.perf_counter()
                 fn()
                 best[k] = min(best[k], time.perf_counter() - t0)
     return best
+
+
+def new_gradients(ps):
+    """What backward after ``zero_grad(set_to_none=True)`` leaves: a new gradient object per parameter.
+
+    Two sets alternate, so every step sees other objects than the step before.
+    """
+    g = torch.Generator().manual_seed(1)
+    pools = [[torch.randn(p.shape, generator=g) for p in ps] for _ in range(2)]
+    turn = [0]
+
+    def prepare():
+        turn[0] ^= 1
+        for p, grad in zip(ps, pools[turn[0]]):
+            p.grad = grad
+
+    return prepare
 
 
 def torch_runner(ps, **kw):
@@ -184,6 +203,15 @@ def main():
                 print(f"| {set_name} | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | {times[fused] / t:.2f}x | "
                       f"{t / floor:.2f} |")
             print(f"| {set_name} | bandwidth floor ({bw / 1e9:.1f} GB/s add_) | {floor * 1e3:.3f} | | | 1.00 |")
+            if big:
+                continue
+            # The training loop's case: zero_grad(set_to_none=True), then backward gives new gradients.
+            params = {k: make(shapes) for k in keys}
+            times = interleaved({k: runners[k](params[k]) for k in keys}, args.repeat,
+                                prepare={k: new_gradients(params[k]) for k in keys})
+            for k, t in times.items():
+                print(f"| {set_name}, new gradients each step | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | "
+                      f"{times[fused] / t:.2f}x | {t / floor:.2f} |")
 
 
 if __name__ == "__main__":

@@ -343,19 +343,31 @@ def test_replaced_param_storage_is_followed_in_list_mode():
     assert not torch.equal(old, a[1].data)  # the update went to the new storage only
 
 
-def test_model_conversion_after_a_flat_optimizer_is_a_clear_error():
+@pytest.mark.parametrize("flat", [False, True])
+def test_model_conversion_after_construction_follows_torch(flat):
+    # model.double() after the first step: new float64 parameters and gradients, float32 buffers
+    # (torch keeps them and computes each update in the wider type); flat groups follow the
+    # parameters out of their flat storage
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-    opt = CLRSGD(model.parameters(), clr.Cyclic(0.01, 0.1, step_size_up=20), momentum=0.9, flat=True)
+    net_a = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    net_b = copy.deepcopy(net_a)
+    opt_a = CLRSGD(net_a.parameters(), clr.Cyclic(0.01, 0.1, step_size_up=20), momentum=0.9, flat=flat)
+    opt_b = torch.optim.SGD(net_b.parameters(), lr=0.01, momentum=0.9, foreach=False)
+    sch_b = torch.optim.lr_scheduler.CyclicLR(opt_b, 0.01, 0.1, step_size_up=20, cycle_momentum=False)
     x = torch.randn(8, 4)
-    model(x).sum().backward()
-    opt.step()
-    model.double()  # new storage for every parameter and gradient
-    before = [p.detach().clone() for p in model.parameters()]
-    model(x.double()).sum().backward()
-    with pytest.raises(RuntimeError, match="parameter 0 of a flat CLRSGD group no longer lives in the flat buffer"):
-        opt.step()
-    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    for t in range(6):
+        if t == 2:
+            net_a.double()
+            net_b.double()
+            x = x.double()
+        for net, opt in ((net_a, opt_a), (net_b, opt_b)):
+            opt.zero_grad()
+            net(x).sum().backward()
+            opt.step()
+        sch_b.step()
+        for p, q in zip(net_a.parameters(), net_b.parameters()):
+            assert p.dtype == q.dtype and torch.equal(p, q), t
+            assert torch.equal(opt_a.state[p]["momentum_buffer"], opt_b.state[q]["momentum_buffer"])
 
 
 @pytest.mark.parametrize("zero", ["module_set_to_none", "optimizer", "module_zero"])

@@ -44,10 +44,6 @@ SETTINGS = settings(
 )
 
 NAN, INF = float("nan"), float("inf")
-# The machines stay away from the open bugs that the strict xfail tests at the end of this file
-# pin (transposed views in place, flat-mode state resets, a NaN's sign under maximize); set this
-# to False to hunt them with the machines once they are fixed.
-AVOID_OPEN_BUGS = True
 _BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
          torch.bfloat16: torch.int16}
 _OTHER = {torch.float32: torch.float64, torch.float64: torch.float32}
@@ -244,8 +240,6 @@ class TwinOptimizers(RuleBasedStateMachine):
         if self.flat:  # one dtype per flat group
             for g in spec.groups:
                 g.dtypes = [g.dtypes[0]] * len(g.dtypes)
-                if AVOID_OPEN_BUGS:  # empty parameters in flat groups: open
-                    g.shapes = [s if s != (0,) else (3,) for s in g.shapes]
         self.threads = threads
         tensors = [make_tensors(g, seed + 7919 * i) for i, g in enumerate(spec.groups)]
         self.cparams = [[param(t) for t in ts] for ts in tensors]
@@ -310,8 +304,7 @@ class TwinOptimizers(RuleBasedStateMachine):
         pairs = list(self.pairs())
         acts = data.draw(st.lists(st.sampled_from(actions), min_size=len(pairs), max_size=len(pairs)),
                          label=f"{label} actions")
-        maximize = any(g["maximize"] for g in self.opt.param_groups)
-        values = [INF, -INF] if AVOID_OPEN_BUGS and maximize else [NAN, INF, -INF]
+        values = [NAN, INF, -INF]
         bad = data.draw(st.lists(st.tuples(st.integers(0, 99), st.integers(0, 99), st.sampled_from(values)),
                                  max_size=2), label=f"{label} non-finite")
         mag = data.draw(st.sampled_from([1.0, 1.0, 1e3]), label=f"{label} magnitude")
@@ -469,8 +462,6 @@ class TwinOptimizers(RuleBasedStateMachine):
         g = data.draw(group_specs(cycle, n_tensors=(1, 2), dtype=dtype), label="group")
         if self.flat:
             g.dtypes = [g.dtypes[0]] * len(g.dtypes)
-            if AVOID_OPEN_BUGS:
-                g.shapes = [s if s != (0,) else (3,) for s in g.shapes]
             g.flat = data.draw(st.sampled_from([None, True, False]), label="flat")
         spec = UnitSpec(up=data.draw(st.sampled_from([1, 2, 4]), label="up"),
                         down=data.draw(st.sampled_from([None, 3]), label="down"), cycle_momentum=cycle, groups=[g],
@@ -521,7 +512,9 @@ class TwinOptimizers(RuleBasedStateMachine):
                 if keep_grads and p.grad is not None:
                     q.grad = p.grad.clone(memory_format=torch.preserve_format)
             new.append(qs)
-        groups = [{"params": qs, "schedule": clr.Constant(1.0), "flat": g["flat"]}
+        # a flat group whose parameters were converted to mixed dtypes resumes in list mode (a new flat
+        # group refuses them)
+        groups = [{"params": qs, "schedule": clr.Constant(1.0), "flat": g["flat"] and len({q.dtype for q in qs}) < 2}
                   for qs, g in zip(new, self.opt.param_groups)]
         fresh = CLRSGD(groups, clr.Constant(0.5), momentum=0.5, flat=self.flat, threads=self.threads)
         fresh.load_state_dict(sd)
@@ -603,30 +596,11 @@ class TwinOptimizers(RuleBasedStateMachine):
         pairs = list(self.pairs())
         p, q, _ = self.pick(data, pairs, "parameter")
         dtype = data.draw(st.sampled_from([p.dtype, _OTHER[p.dtype]]), label="dtype")
-        if self.flat:
-            if dtype != p.dtype or p.numel():  # an empty parameter has no memory to leave the buffer with
-                self._flat_conversion_is_refused(p, dtype)
-            return
-        for t in (p, q):
+        for t in (p, q):  # flat groups follow a parameter out of the flat storage
             t.data = t.data.to(dtype, copy=True)
             if t.grad is not None:
                 t.grad.data = t.grad.data.to(dtype, copy=True)
 
-    def _flat_conversion_is_refused(self, p, dtype):
-        old_p, old_g = p.data, (p.grad.data if p.grad is not None else None)
-        p.data = p.data.to(dtype, copy=True)
-        if p.grad is not None:
-            p.grad.data = p.grad.data.to(dtype, copy=True)
-        snap = self.snapshot()
-        with pytest.raises(RuntimeError, match="no longer lives in the flat buffer"):
-            self.opt.step()
-        self.assert_unchanged(snap, "step after converting a flat parameter")
-        del snap
-        p.data = old_p
-        if old_g is not None:
-            p.grad.data = old_g
-
-    @precondition(lambda self: not (AVOID_OPEN_BUGS and self.flat))
     @rule(data=st.data(), how=st.sampled_from(["clear", "delete entry", "zeros", "clone"]))
     def reset_momentum_state(self, data, how):
         """User code resets or replaces momentum state (as torch users do between training phases)."""
@@ -646,7 +620,6 @@ class TwinOptimizers(RuleBasedStateMachine):
                 b = buffer(opt, t)
                 opt.state[t]["momentum_buffer"] = torch.zeros_like(b) if how == "zeros" else b.clone()
 
-    @precondition(lambda self: not (AVOID_OPEN_BUGS and self.flat))
     @rule(data=st.data())
     def momentum_buffer_in_another_dtype(self, data):
         """A momentum buffer of another floating dtype than its parameter (legal in torch)."""
@@ -663,7 +636,6 @@ class TwinOptimizers(RuleBasedStateMachine):
                  and (not grads or (p.grad is not None and p.grad.layout == torch.strided))]
         return self.pick(data, pairs, "square parameter") if pairs else (None, None)
 
-    @precondition(lambda self: not AVOID_OPEN_BUGS)
     @rule(data=st.data())
     def transpose_parameter_in_place(self, data):
         """``p.data = p.data.t()`` on a square parameter: same memory, same size, other strides (legal in torch)."""
@@ -672,22 +644,7 @@ class TwinOptimizers(RuleBasedStateMachine):
             return
         for t in (p, q):
             t.data = t.data.t()
-        if not self.flat:
-            return
-        # A flat group either follows it as torch does or refuses it and changes nothing.
-        self.draw_grads(data)
-        snap = self.snapshot()
-        try:
-            self.opt.step()
-        except RuntimeError:
-            self.assert_unchanged(snap, "step after transposing a flat parameter's .data")
-            del snap
-            for t in (p, q):
-                t.data = t.data.t()
-            return
-        self.torch_step_all()
 
-    @precondition(lambda self: not AVOID_OPEN_BUGS)
     @rule(data=st.data())
     def transpose_gradient_in_place(self, data):
         """``p.grad.data = p.grad.data.t()`` on a square parameter: the gradient's strides change, not its memory."""
@@ -697,7 +654,6 @@ class TwinOptimizers(RuleBasedStateMachine):
         for t in (p, q):
             t.grad.data = t.grad.data.t()
 
-    @precondition(lambda self: not AVOID_OPEN_BUGS)
     @rule(data=st.data())
     def reshaped_parameter_view(self, data):
         """``p.data = p.data.view(other shape)`` (same memory and size) with the old gradient: torch raises too."""
@@ -731,7 +687,6 @@ class TwinOptimizers(RuleBasedStateMachine):
         self._expect_failure("step with a wrong-size gradient", self.opt.step, ValueError)
         g.set_(alias)
 
-    @precondition(lambda self: not (AVOID_OPEN_BUGS and self.flat))  # flat: the reference counts miss it
     @rule(data=st.data())
     def gradient_of_another_dtype(self, data):
         p = self._with_grad(data)
@@ -754,18 +709,13 @@ class TwinOptimizers(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def wrong_size_parameter_data(self, data):
-        """``p.data`` replaced by a tensor of another size: list mode checks it against the gradient, flat mode
-        refuses any parameter that left the flat buffer."""
-        p = self.pick(data, self.all_cparams(), "parameter") if self.flat else self._with_grad(data)
+        """``p.data`` replaced by a tensor of another size: checked against the gradient, in flat groups too."""
+        p = self._with_grad(data)
         if p is None:
             return
         old = p.data
         p.data = torch.ones(p.numel() + 3, dtype=p.dtype)
-        if self.flat:
-            self._expect_failure("step after a wrong-size .data", self.opt.step, RuntimeError,
-                                 match="no longer lives in the flat buffer")
-        else:
-            self._expect_failure("step after a wrong-size .data", self.opt.step, ValueError)
+        self._expect_failure("step after a wrong-size .data", self.opt.step, ValueError)
         p.data = old
 
     @rule(data=st.data(), kind=st.sampled_from(["size", "int", "list"]))
@@ -875,8 +825,6 @@ class FlatTwinOptimizers(TwinOptimizers):
     flat = True
 
 
-@pytest.mark.xfail(run=False, reason="open: flat mode still fails this machine on edge cases (storage reference "
-                   "counts fooled by kept views, conversions after a resume); run it with --runxfail")
 class TestFlatMode(FlatTwinOptimizers.TestCase):
     settings = SETTINGS
 
@@ -895,17 +843,36 @@ def _step_both(a, oa, b, ob, grad):
     ob.step()
 
 
-@pytest.mark.xfail(strict=False, reason="open: the NaN sign bit under maximize does not follow torch in every path")
 @pytest.mark.parametrize("flat", [False, True])
-def test_maximize_with_a_nan_gradient_gives_torchs_bits(flat):
-    # torch negates the gradient (flipping a NaN's sign bit); the result must carry the same NaN
-    a, oa, b, ob = _pair([1.0, 2.0, 3.0], flat=flat, momentum=0.9, maximize=True)
-    _step_both(a, oa, b, ob, torch.tensor([NAN, 1.0, 1.0]))
+@pytest.mark.parametrize("n", [3, 67])  # the vector loop and its scalar tail
+def test_maximize_with_a_nan_gradient_gives_torchs_bits(flat, n):
+    # torch negates the gradient (flipping a NaN's sign bit); the result must carry the same NaN.
+    # A negation folded into the multiply-add would leave the sign as it was.
+    a, oa, b, ob = _pair([1.0] * n, flat=flat, momentum=0.9, maximize=True)
+    grad = torch.ones(n)
+    grad[::2] = NAN
+    grad[1::4] = -NAN
+    _step_both(a, oa, b, ob, grad)
+    _step_both(a, oa, b, ob, grad.flip(0))
     assert same(a, b), (bits(a), bits(b))
     assert same(buffer(oa, a), buffer(ob, b))
 
 
-@pytest.mark.xfail(strict=True, reason="open: a cached plan does not compare shapes and strides, only address and size")
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adamw_maximize_with_a_nan_gradient_gives_torchs_bits(amsgrad):
+    from clrfast.torch import CLRAdamW
+    a, b = torch.nn.Parameter(torch.ones(67)), torch.nn.Parameter(torch.ones(67))
+    oa = CLRAdamW([a], clr.Constant(0.1), maximize=True, amsgrad=amsgrad)
+    ob = torch.optim.AdamW([b], lr=0.1, maximize=True, amsgrad=amsgrad, foreach=False)
+    grad = torch.ones(67)
+    grad[::2] = NAN
+    grad[1::4] = -NAN
+    _step_both(a, oa, b, ob, grad)
+    assert same(a, b), (bits(a), bits(b))
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert same(oa.state[a][key], ob.state[b][key]), key
+
+
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("what", ["parameter", "gradient"])
 def test_a_transposed_view_in_place_is_followed(flat, what):
@@ -922,7 +889,6 @@ def test_a_transposed_view_in_place_is_followed(flat, what):
     assert same(a, b), (a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="open: a cached plan does not compare shapes and strides, only address and size")
 @pytest.mark.parametrize("flat", [False, True])
 def test_a_reshaped_data_view_is_refused_and_changes_nothing(flat):
     # torch raises (the gradient no longer has the parameter's shape); CLRSGD must not step in memory order
@@ -944,10 +910,9 @@ def test_load_state_dict_keeps_a_flat_group_flat():
     p.grad = torch.randn(3)
     opt.step()
     opt.load_state_dict(opt.state_dict())
-    p.data = p.data.double()
-    p.grad = torch.randn(3, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="no longer lives in the flat buffer"):
-        opt.step()
+    flat = opt._flat[0]
+    assert p.data_ptr() == flat.param.data_ptr()
+    assert buffer(opt, p).data_ptr() == flat.state["momentum_buffer"].data_ptr()
 
 
 def test_flat_sparse_gradient_is_a_clear_error():
@@ -958,17 +923,22 @@ def test_flat_sparse_gradient_is_a_clear_error():
         opt.step()
 
 
-@pytest.mark.xfail(strict=True, reason="open: flat mode skips the address check of empty parameters")
-def test_flat_zero_size_parameter_whose_data_is_replaced_is_refused():
+def test_flat_zero_size_parameter_whose_data_is_replaced_is_followed():
+    # an empty parameter given memory after construction is updated where it now lives, as torch does
     a, e = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(0))
+    ta, te = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(0))
     opt = CLRSGD([a, e], clr.Constant(0.1), momentum=0.9, flat=True)
-    e.data = torch.ones(3)
-    a.grad, e.grad = torch.ones(2), torch.ones(3)
-    with pytest.raises(RuntimeError, match="no longer lives in the flat buffer"):
+    ref = torch.optim.SGD([ta, te], lr=0.1, momentum=0.9, foreach=False)
+    e.data, te.data = torch.ones(3), torch.ones(3)
+    for _ in range(2):
+        a.grad, e.grad = torch.ones(2), torch.full((3,), 2.0)
+        ta.grad, te.grad = torch.ones(2), torch.full((3,), 2.0)
         opt.step()
+        ref.step()
+    assert same(a, ta) and same(e, te), (e, te)
+    assert same(buffer(opt, e), buffer(ref, te))
 
 
-@pytest.mark.xfail(strict=True, reason="open: flat mode makes no state for a group whose only gradients are empty")
 def test_flat_zero_size_parameter_gets_torchs_momentum_state():
     a, oa, b, ob = _pair([], flat=True, momentum=0.9)
     _step_both(a, oa, b, ob, torch.ones(0))
@@ -1020,20 +990,25 @@ def test_flat_new_gradient_is_used_while_the_old_one_is_referenced():
     del logged
 
 
-@pytest.mark.xfail(strict=True, reason="open: flat mode's reference-count check is fooled by outside references")
-def test_flat_replaced_data_is_refused_while_the_old_memory_is_referenced():
-    p = torch.nn.Parameter(torch.zeros(3))
-    opt = CLRSGD([p], clr.Constant(1.0), flat=True)
-    p.grad = torch.ones(3)
+def test_flat_replaced_data_is_followed_while_the_old_memory_is_referenced():
+    # an outside reference to the old memory (an EMA copy, "weights before") changes nothing
+    p, q = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    opt = CLRSGD([p], clr.Constant(1.0), momentum=0.9, flat=True)
+    ref = torch.optim.SGD([q], lr=1.0, momentum=0.9, foreach=False)
+    p.grad, q.grad = torch.ones(3), torch.ones(3)
     opt.step()
-    kept = p.detach()  # an EMA copy or a "weights before" reference
-    p.data = torch.zeros(3)
-    with pytest.raises(RuntimeError, match="no longer lives in the flat buffer"):
-        opt.step()
-    del kept
+    ref.step()
+    kept = p.detach()
+    p.data, q.data = torch.full((3,), 5.0), torch.full((3,), 5.0)
+    opt.step()
+    ref.step()
+    assert same(p, q), (p, q)
+    assert torch.equal(kept, torch.full((3,), -1.0))  # the old memory is not written any more
+    opt.step()
+    ref.step()
+    assert same(p, q), (p, q)
 
 
-@pytest.mark.xfail(strict=False, reason="open: flat mode's cached plan misses a buffer replaced or cleared")
 @pytest.mark.parametrize("how", ["clear", "replace"])
 def test_flat_follows_a_momentum_reset(how):
     a, oa, b, ob = _pair([0.0, 0.0, 0.0], flat=True, lr=1.0, momentum=0.9)
@@ -1049,7 +1024,6 @@ def test_flat_follows_a_momentum_reset(how):
     assert same(a, b), (a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="open: flat mode's cached plan misses a buffer replaced in the state")
 def test_flat_wrong_size_momentum_buffer_after_a_step_is_refused():
     p = torch.nn.Parameter(torch.zeros(3))
     opt = CLRSGD([p], clr.Constant(1.0), momentum=0.9, flat=True)
@@ -1103,7 +1077,6 @@ def test_a_step_that_raises_leaves_every_group_as_it_was():
     assert [g["step"] for g in opt.param_groups] == [0, 0, 0]
 
 
-@pytest.mark.xfail(strict=True, reason="open: flat mode binds a gradient by address, not layout")
 def test_flat_gradient_transposed_over_its_own_slot_matches_torch():
     # a flat group whose plan is rebuilt copies the transposed gradient onto the memory it views
     ps = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))]
@@ -1123,7 +1096,6 @@ def test_flat_gradient_transposed_over_its_own_slot_matches_torch():
     assert all(same(p, q) for p, q in zip(ps, qs)), (ps, qs)
 
 
-@pytest.mark.xfail(strict=True, reason="open: flat mode casts an adopted buffer to the group's dtype")
 def test_flat_momentum_buffer_of_another_dtype_is_followed_or_refused():
     # torch keeps a float64 buffer and computes in float64; a silent cast to float32 gives other numbers
     a, oa, b, ob = _pair([1.0, 2.0, 3.0], flat=True, momentum=0.9)

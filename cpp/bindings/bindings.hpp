@@ -28,4 +28,5 @@ void bind_schedules(pybind11::module_& m);
 void bind_param_groups(pybind11::module_& m);
 void bind_optim(pybind11::module_& m);
 void bind_adam(pybind11::module_& m);
+void bind_step_check(pybind11::module_& m);
 }  // namespace clrfast

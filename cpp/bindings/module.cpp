@@ -8,6 +8,7 @@ PYBIND11_MODULE(_core, m) {
   clrfast::bind_param_groups(m);
   clrfast::bind_optim(m);
   clrfast::bind_adam(m);
+  clrfast::bind_step_check(m);
 #ifdef CLRFAST_WITH_CUDA
   m.attr("cuda_built") = true;
 #else

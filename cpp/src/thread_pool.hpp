@@ -33,9 +33,13 @@ class ThreadPool {
     return *slot();
   }
 
+  // Asked once: hardware_concurrency() reads /sys on every call (~10 us), and each step asks.
   static int hardware_threads() {
-    const unsigned n = std::thread::hardware_concurrency();
-    return n == 0 ? 1 : static_cast<int>(n);
+    static const int n = [] {
+      const unsigned c = std::thread::hardware_concurrency();
+      return c == 0 ? 1 : static_cast<int>(c);
+    }();
+    return n;
   }
 
   // Calls fn(begin, end) over [0, n) split into `parts` contiguous ranges,

@@ -62,7 +62,8 @@ struct AdamCoef {
   Acc bc2_sqrt, eps, neg_step_size;
   Acc wd;     // L2 coefficient
   Acc decay;  // 1 - lr*wd, the decoupled shrink factor
-  Acc inv_scale, sign;
+  Acc inv_scale;
+  typename SignBits<Acc>::type sign;  // maximize: the sign bit, else 0
 };
 
 // The double-precision scalars torch's Python computes for one parameter at
@@ -98,7 +99,7 @@ CLRFAST_HD AdamCoef<Acc> make_adam_coef(double lr, double beta1, double beta2, d
   c.wd = static_cast<Acc>(wd);
   c.decay = static_cast<Acc>(1.0 - lr * wd);
   c.inv_scale = static_cast<Acc>(inv_scale);
-  c.sign = maximize ? Acc(-1) : Acc(1);
+  c.sign = maximize ? SignBits<Acc>::sign : 0;
   return c;
 }
 
@@ -117,8 +118,7 @@ CLRFAST_HD Acc nan_max(Acc a, Acc b) {
 // vm, and returns the second moment the denominator is built from.
 template <WdMode W, bool AMS, typename Acc>
 CLRFAST_HD Acc adam_moments(Acc& p, Acc g, Acc& m, Acc& v, Acc& vm, const AdamCoef<Acc>& c) {
-  // torch negates (flipping a NaN's sign bit too); a select of -g vectorises like the product did
-  g = c.sign < Acc(0) ? -g : g;
+  g = xor_sign(g, c.sign);  // torch negates, flipping a NaN's sign bit too
   if (W == WdMode::L2) g = fused_madd(p, c.wd, g);
   if (W == WdMode::Decoupled) p = p * c.decay;
   // lerp(m, g, w): the branch is per step, not per element, but written as a

@@ -75,6 +75,31 @@ CLRFAST_HD uint16_t float_to_f16(float f) {
 CLRFAST_HD float fused_madd(float a, float b, float c) { return fmaf(a, b, c); }
 CLRFAST_HD double fused_madd(double a, double b, double c) { return fma(a, b, c); }
 
+// x with its sign bit XORed with `mask` (0 or the sign bit): maximize's negation as an integer
+// operation. Written as -x the compiler folds it into the following multiply-add (a negated
+// fma), which returns a NaN input with its sign unflipped; torch negates the gradient first.
+template <typename Acc>
+struct SignBits;
+template <>
+struct SignBits<float> {
+  using type = uint32_t;
+  static constexpr type sign = 0x80000000u;
+};
+template <>
+struct SignBits<double> {
+  using type = uint64_t;
+  static constexpr type sign = 0x8000000000000000ull;
+};
+
+template <typename Acc>
+CLRFAST_HD Acc xor_sign(Acc x, typename SignBits<Acc>::type mask) {
+  typename SignBits<Acc>::type u;
+  memcpy(&u, &x, sizeof u);
+  u ^= mask;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
+
 // Storage type <-> opmath type.
 template <DType D>
 struct Storage;
@@ -110,7 +135,8 @@ struct Storage<DType::F16> {
 // Coefficients of one step, already rounded to the opmath type.
 template <typename Acc>
 struct SgdCoef {
-  Acc neg_lr, momentum, one_minus_damp, wd, inv_scale, sign;
+  Acc neg_lr, momentum, one_minus_damp, wd, inv_scale;
+  typename SignBits<Acc>::type sign;  // maximize: the sign bit, else 0
 };
 
 template <typename Acc>
@@ -122,7 +148,7 @@ CLRFAST_HD SgdCoef<Acc> make_coef(double lr, double momentum, double dampening, 
   c.one_minus_damp = static_cast<Acc>(1.0 - dampening);
   c.wd = static_cast<Acc>(wd);
   c.inv_scale = static_cast<Acc>(inv_scale);
-  c.sign = maximize ? Acc(-1) : Acc(1);
+  c.sign = maximize ? SignBits<Acc>::sign : 0;
   return c;
 }
 
@@ -135,8 +161,7 @@ enum class MomMode : int32_t { None = 0, First = 1, FirstNesterov = 2, Normal = 
 // updates p and buf in place.
 template <bool WD, MomMode M, typename Acc>
 CLRFAST_HD void sgd_element(Acc& p, Acc g, Acc& buf, const SgdCoef<Acc>& c) {
-  // torch negates (flipping a NaN's sign bit too); a select of -g vectorises like the product did
-  g = c.sign < Acc(0) ? -g : g;
+  g = xor_sign(g, c.sign);  // torch negates, flipping a NaN's sign bit too
   if (WD) g = fused_madd(p, c.wd, g);
   if (M == MomMode::First || M == MomMode::FirstNesterov) {
     buf = g;

@@ -7,8 +7,11 @@ so every rule gets the same guarantees:
 - **Nothing reaches the kernel unchecked.** A *plan* per param group lists, for every
   parameter with a gradient, the raw pointers the kernel will touch. It is built only
   after every tensor was checked (device, dtype, layout, element counts of parameter,
-  gradient and state, memory overlap) and is cached until a tensor changes, which
-  ``_core.plan_current`` notices at a few attribute reads per tensor. Tensors the kernel
+  gradient and state, memory overlap). Each later step revalidates it exactly in C++
+  (``_core.StepCheck``: each ``.grad`` object, the addresses and layouts the kernel relies
+  on, the state tensors), a few attribute reads per tensor; a new gradient with the
+  parameter's dtype, shape and layout (autograd's, after ``zero_grad()``) goes straight
+  into the table, anything else takes the full check again. Tensors the kernel
   cannot walk as one flat run (transposed parameters, a state buffer left in another
   dtype by ``model.to()``) take torch's own single-tensor code, so they still match torch.
 - **All or nothing.** ``step`` validates every group before it mutates anything, and the
@@ -38,7 +41,23 @@ from ..schedules import Schedule, from_dict
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _DEVICES = ("cpu", "cuda")
+# The per-parameter spec of a StepCheck (cpp/bindings/step_check.cpp): columns, row codes, flags.
+_SPEC_BUFS = 7  # p address, numel, row, flags, gradient address, hash(p), element size; then state addresses
+_NO_GRAD, _SLOW = -1, -2
+_CONTIGUOUS, _STRIDED, _HAS_STATE, _EXACT = 1, 2, 4, 8
 _FRESH = "fresh_state"  # state-dict key: indices of a group's parameters whose state holds no history yet
+
+
+def _data_ptr_fn() -> int:
+    """torch's C function returning a tensor's data address (exported for inductor), or 0."""
+    try:
+        from torch._C._dynamo import guards
+    except ImportError:
+        return 0
+    return int(getattr(guards, "_torchinductor_pyobject_tensor_data_ptr", 0) or 0)
+
+
+_core.set_tensor_api(torch.Tensor, torch.strided, _data_ptr_fn())
 
 
 # --------------------------------------------------------------------------- tensors
@@ -87,18 +106,24 @@ def extent(t: torch.Tensor) -> tuple[int, int]:
     return (start + low * t.element_size(), start + (low + span) * t.element_size())
 
 
-def check_no_overlap(named) -> None:
-    """Raise when two of the named tensors share memory (tied weights, one tensor listed twice)."""
-    spans = sorted((*extent(t), name) for name, t in named if t.numel())
-    end, owner = -1, None
-    for a, b, name in spans:
-        if a < end:
+def check_no_overlap(named, read=()) -> None:
+    """Raise when a tensor the step writes (``named``) shares memory with another tensor it touches.
+
+    ``read`` lists tensors the step only reads (gradients): they may share memory with each
+    other, not with a written one.
+    """
+    spans = sorted([(*extent(t), name, True) for name, t in named if t.numel()]
+                   + [(*extent(t), name, False) for name, t in read if t.numel()])
+    end, owner, owner_writes = -1, None, False
+    for a, b, name, writes in spans:
+        if a < end and (writes or owner_writes):
             raise ValueError(
-                f"{owner} and {name} share memory (tied weights, or one tensor listed twice); the fused step would "
-                "update that memory twice, in an order torch does not use. Pass each shared parameter once."
+                f"{owner} and {name} share memory (tied weights, one tensor listed twice, or a gradient viewing "
+                "memory the step writes); the fused step would touch that memory in an order torch does not "
+                "use. Pass each shared parameter once, and give each parameter its own gradient."
             )
-        if b > end:
-            end, owner = b, name
+        if b > end or (b == end and writes):
+            end, owner, owner_writes = b, name, writes
 
 
 def where(gi: int, pi: int) -> str:
@@ -165,14 +190,6 @@ def as_real(gi: int, key: str, value) -> float:
     return float(value)
 
 
-def use_counts(flat) -> tuple | None:
-    """Reference counts of a flat group's parameter and gradient storages (None where torch lacks the probe)."""
-    probe = getattr(torch._C, "_storage_Use_Count", None)
-    if probe is None:
-        return None
-    return (probe(flat.param.untyped_storage()._cdata), probe(flat.grad.untyped_storage()._cdata))
-
-
 class IdSet:
     """A set of tensors by identity that keeps none alive (a WeakSet compares tensors with ``==``)."""
 
@@ -231,24 +248,26 @@ def _called_from_dcp_init(depth: int = 12) -> bool:
 class Plan:
     """What one step of one param group touches, every tensor already checked.
 
-    ``table`` rows go to the kernel; ``slow`` lists parameters that take torch's
-    single-tensor code instead. ``deferred`` holds the state changes this step makes before
-    the kernel runs (new state tensors, gradients re-bound to flat storage): they run only
-    once every group is validated. ``keep`` holds every tensor whose address is in the
-    table, so none is freed while the plan lives. The other fields let the next step tell
-    whether anything changed.
+    ``template`` has a kernel row per parameter the kernel updates (``owners[r]`` is the
+    parameter of row r); ``table`` is what the kernel gets this step: the template on the
+    step that built the plan, then the rows ``check`` yields (parameters without a gradient
+    left out, adjacent runs merged). ``slow`` lists parameters that take torch's
+    single-tensor code. ``deferred`` holds the state changes this step makes before the
+    kernel runs: they run only once every group is validated. ``check`` (a
+    ``_core.StepCheck``, made when the plan's first step has committed) revalidates the plan
+    at each later step; it and ``keep`` hold every tensor whose address is in the template,
+    so none is freed while the plan lives.
     """
 
-    __slots__ = ("params", "grads", "bufs", "sdicts", "expect", "table", "owners", "slow", "deferred", "fresh",
-                 "missing", "cacheable", "device", "cuda", "keep")
+    __slots__ = ("params", "grads", "template", "table", "owners", "slow", "deferred", "fresh", "missing",
+                 "cacheable", "device", "cuda", "check", "keep")
 
     def __init__(self, device):
-        self.params = self.grads = self.bufs = self.sdicts = self.expect = None
-        self.table = None
-        self.owners: list = []  # the parameters of each table row (a run of them in flat mode)
+        self.params = self.grads = self.template = self.table = self.check = None
+        self.owners: list = []
         self.slow: list = []  # (param index, param) for torch's reference code
         self.deferred: list = []
-        self.fresh: list = []  # table rows whose state holds no history yet (the kernel initialises it)
+        self.fresh: list = []  # template rows whose state holds no history yet (the kernel initialises it)
         self.missing: set = set()  # state keys some row lacks (a step without momentum makes no buffer)
         self.cacheable = True
         self.device = device
@@ -257,27 +276,38 @@ class Plan:
 
 
 class Flat:
-    """The contiguous storage of a ``flat=True`` group: parameters, gradients and state are views of it."""
+    """The contiguous storage of a ``flat=True`` group: parameters, gradients and state start as views of it.
 
-    __slots__ = ("param", "grad", "state", "spans", "views", "counts", "plan")
+    The layout is a locality optimisation, not a contract: the step treats each parameter,
+    gradient and state tensor like list mode does (a tensor moved elsewhere is simply
+    followed), and adjacent rows merge into one run of the kernel.
+    """
+
+    __slots__ = ("param", "grad", "state", "spans", "views")
 
     def __init__(self, param, grad, state, spans, views):
         self.param, self.grad = param, grad
         self.state = state  # {key: flat storage} for each per-element state tensor
         self.spans, self.views = spans, views  # views: {key: [view of each parameter]}
-        self.counts = None  # storage reference counts when the cached plan was built
-        self.plan = None
-
-    def grad_view(self, i: int, shape) -> torch.Tensor:
-        # Made on demand, never kept: a kept view would hide a replaced gradient from the reference counts.
-        off, n = self.spans[i]
-        return self.grad[off:off + n].view(shape)
 
     def bound(self, i: int, g: torch.Tensor) -> bool:
         """True when gradient ``g`` of parameter ``i`` is its view of the flat gradient storage."""
-        off, _ = self.spans[i]
-        return (g.data_ptr() == self.grad.data_ptr() + off * self.grad.element_size() and g.dtype == self.grad.dtype
-                and g.device == self.grad.device and g.is_contiguous())
+        return self._in_slot(self.grad, i, g)
+
+    def owns(self, i: int, p: torch.Tensor) -> bool:
+        """True when parameter ``i`` still lives in its slot (its new state then goes next to it)."""
+        return self._in_slot(self.param, i, p)
+
+    def state_views(self, i: int, p: torch.Tensor) -> dict | None:
+        """The flat state views of parameter ``i``, or None when it left its slot."""
+        return {k: v[i] for k, v in self.views.items()} if self.owns(i, p) else None
+
+    def _in_slot(self, storage: torch.Tensor, i: int, t: torch.Tensor) -> bool:
+        if self.spans[i] is None:
+            return False
+        off, n = self.spans[i]
+        return (t.dtype == storage.dtype and t.device == storage.device and t.numel() == n and t.is_contiguous()
+                and t.data_ptr() == storage.data_ptr() + off * storage.element_size())
 
 
 # --------------------------------------------------------------------------- the base class
@@ -303,6 +333,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     _scalar_keys: tuple = ()  # per-parameter state that is not per element (the Adam family's step)
     _ptr_cols: tuple = ()  # columns holding addresses (for merging flat runs)
     _n_col = 0  # the column of the element count
+    _grad_col = 1  # the column of the gradient's address
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict, *, threads: int | None = None):
@@ -446,8 +477,6 @@ class FusedOptimizer(torch.optim.Optimizer):
             return
         for gi, group in enumerate(self.param_groups):
             flat = self._flat.get(gi)
-            if flat is not None and set_to_none:
-                flat.plan = None  # a gradient kept alive elsewhere would hide the change from the counts
             if flat is not None and not set_to_none:
                 flat.grad.zero_()
             for pi, p in enumerate(group["params"]):
@@ -503,39 +532,49 @@ class FusedOptimizer(torch.optim.Optimizer):
         inv_scale = None
         if grad_scale is not None and any(p is not None and p.device.type == "cpu" for p in plans):
             inv_scale = float(grad_scale.double().reciprocal().float())
-        for gi, (group, hyper, plan) in enumerate(zip(self.param_groups, hypers, plans)):
-            if plan is None:
-                self._advance(gi, group)
-                continue
-            for action in plan.deferred:
-                action()
-            plan.deferred = []
-            if plan.device.type == "cuda":
-                self._cuda_step(gi, group, plan, grad_scale, found_inf)
-                continue
-            if len(plan.table):
-                self._kernel(plan.table, hyper, inv_scale)
-            if plan.slow:
-                self._reference(group, plan.slow, hyper, inv_scale)
-                plan.cacheable = False  # torch's code may have made state tensors the plan does not list
-            if self._required(hyper):
-                self._initialised(plan)
+        try:
+            for gi, (group, hyper, plan) in enumerate(zip(self.param_groups, hypers, plans)):
+                self._commit(gi, group, hyper, plan, inv_scale, grad_scale, found_inf)
+        finally:
+            for plan in plans:
+                if plan is not None and plan.check is not None:
+                    plan.check.release()  # this step's gradients are the caller's again
+
+    def _commit(self, gi: int, group, hyper, plan: Plan | None, inv_scale, grad_scale, found_inf) -> None:
+        """Applies one validated group's update and advances its clock."""
+        if plan is None:
             self._advance(gi, group)
+            return
+        for action in plan.deferred:
+            action()
+        plan.deferred = []
+        if plan.device.type == "cuda":
+            self._cuda_step(gi, group, plan, grad_scale, found_inf)
+            return
+        if len(plan.table):
+            self._kernel(plan.table, hyper, inv_scale)
+        if plan.slow:
+            self._reference(group, plan.slow, hyper, inv_scale)
+        if self._required(hyper):
+            self._initialised(plan)
+        if plan.check is None and plan.cacheable:
+            self._arm(plan)
+        self._advance(gi, group)
 
     def _initialised(self, plan: Plan) -> None:
         """The kernel wrote the state of the rows that had none: they hold history from now on."""
         if not plan.fresh:
             return
-        plan.table[plan.fresh, self._first_col] = 0
-        for row in plan.fresh:
-            for p in plan.owners[row]:
-                self._fresh.discard(self._state_of(p, self._state_keys[0]))
-        plan.fresh = []
+        ran = plan.fresh if plan.check is None else [r for r in plan.fresh if plan.check.emitted[r]]
+        for r in ran:
+            plan.template[r, self._first_col] = 0
+            if plan.check is not None:
+                plan.check.set(r, self._first_col, 0)
+            self._fresh.discard(self._state_of(plan.owners[r], self._state_keys[0]))
+        plan.fresh = [r for r in plan.fresh if r not in set(ran)]
 
     def _forget_plans(self) -> None:
         self._plans.clear()
-        for flat in self._flat.values():
-            flat.plan = None
 
     def _num_threads(self) -> int:
         n = self._threads if self._threads is not None else torch.get_num_threads()
@@ -593,31 +632,23 @@ class FusedOptimizer(torch.optim.Optimizer):
             for pi, p in enumerate(group["params"]):
                 if p.grad is None or not required:
                     continue
-                views = {k: v[pi] for k, v in flat.views.items()} if flat is not None else None
+                views = flat.state_views(pi, p) if flat is not None else None
                 self._create_state(p, self._missing(p, required), views)
                 if self._first_col is not None:
                     self._fresh.add(self._state_of(p, self._state_keys[0]))
         self._plans.clear()
-        for flat in self._flat.values():
-            flat.plan = None
 
     # ------------------------------------------------------------------ plans
     def _plan(self, gi: int, group, hyper) -> Plan | None:
+        """The checked plan of this step: the cached one when its check passes, else a new one."""
         required = self._required(hyper)
-        flat = self._flat.get(gi)
-        if flat is not None:
-            plan = flat.plan
-            counts = use_counts(flat)
-            if (plan is not None and counts is not None and counts == flat.counts
-                    and not plan.missing.intersection(required) and plan.sdicts == len(self.state)):
-                return plan
-            return self._flat_plan(gi, group, flat, required)
         params = group["params"]
         plan = self._plans.get(gi)
-        key = self._state_keys[0]
-        if (plan is not None and plan.cacheable and plan.params is params and not plan.missing.intersection(required)
-                and _core.plan_current(params, plan.grads, plan.bufs, plan.sdicts, key, plan.expect)):
-            return plan
+        if plan is not None and plan.check is not None and not plan.missing.intersection(required):
+            n = plan.check.refresh(self.state, params)
+            if n >= 0:
+                plan.table = plan.check.out[:n]
+                return plan
         plan = self._build_plan(gi, group, required)
         self._plans[gi] = plan
         return plan
@@ -639,8 +670,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         return locs, fused, named
 
     def _build_plan(self, gi: int, group, required) -> Plan | None:
+        """Checks every tensor of the group and lays out the kernel rows (the full check)."""
         params = group["params"]
-        grads, bufs, expect, rows, owners, slow, named, keep, missing = [], [], [], [], [], [], [], [], []
+        grads, rows, owners, slow, named, read, keep, missing = [], [], [], [], [], [], [], []
         devices = set()
         cacheable = True
         key = self._state_keys[0]
@@ -648,19 +680,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             g = p.grad
             grads.append(g)
             if g is None:
-                bufs.append(None)
-                expect.append((0, 0, 0, 0))
                 continue
             lp = check_param(gi, pi, p, self._rule)
             lg = check_grad(gi, pi, p, lp, g)
             cacheable = cacheable and not is_dtensor(p)  # FSDP2 hands over new gradient objects each step anyway
             devices.add(lp.device)
-            named += [(where(gi, pi), lp), (f"the gradient of {where(gi, pi)}", lg)]
+            named.append((where(gi, pi), lp))
+            read.append((f"the gradient of {where(gi, pi)}", lg))
             locs, fused, named_state = self._checked_state(gi, pi, p, lp)
             named += named_state
             first = self._state_of(p, key)
-            bufs.append(first)
-            expect.append((lp.data_ptr(), lg.data_ptr(), lp.numel(), locs[key].data_ptr() if key in locs else 0))
             fused = fused and dense_like(lp, lg)
             row = self._row(p, lp, lg, locs, int(first is None or self._is_fresh(p))) if fused else None
             need = self._missing(p, required)
@@ -670,69 +699,123 @@ class FusedOptimizer(torch.optim.Optimizer):
                 slow.append((pi, p))
                 continue
             rows.append(row)
-            owners.append((p,))
+            owners.append(p)
             keep += [lp, lg, *locs.values()]
         if not rows and not slow:
             return None
         if len(devices) > 1:
             raise ValueError(f"param_groups[{gi}]: a {self._rule} param group must live on one device, got "
                              f"{sorted(map(str, devices))}")
-        check_no_overlap(named)
+        check_no_overlap(named, read)
         plan = Plan(next(iter(devices)))
-        plan.params, plan.grads, plan.bufs, plan.owners, plan.slow, plan.keep = params, grads, bufs, owners, slow, keep
-        # state[p] of each parameter whose buffer the cached plan checks (state dicts, not tensors, are looked up)
-        plan.sdicts = [self.state[p] if b is not None else None for p, b in zip(params, bufs)]
-        plan.expect = np.array(expect, dtype=np.int64).reshape(-1, 4)
-        plan.table = np.array(rows, dtype=np.int64).reshape(-1, self._cols)
+        plan.params, plan.grads, plan.owners, plan.slow, plan.keep = params, grads, owners, slow, keep
+        plan.template = np.array(rows, dtype=np.int64).reshape(-1, self._cols)
+        plan.table = plan.template
         plan.cacheable = cacheable
         if self._first_col is not None:
             plan.fresh = [r for r, row in enumerate(rows) if row[self._first_col]]
         plan.missing = self._lacking(owners)
         if missing:
-            plan.deferred.append(lambda: self._make_missing(plan, missing))
+            plan.deferred.append(lambda: self._make_missing(gi, plan, missing))
         return plan
 
-    def _make_missing(self, plan: Plan, missing) -> None:
+    def _make_missing(self, gi: int, plan: Plan, missing) -> None:
         """Creates the state the rows lack and points their rows at it (runs when the step commits)."""
+        flat = self._flat.get(gi)
         for row, pi, p, lp, lg, keys in missing:
-            self._create_state(p, keys)
+            views = flat.state_views(pi, p) if flat is not None and row is not None else None
+            self._create_state(p, keys, views)
             if row is None:  # torch's code updates it: mark a first-update buffer as holding no history
                 if self._first_col is not None:
                     self._fresh.add(self._state_of(p, self._state_keys[0]))
                 continue
             locs = {k: local(v) for k, v in self.state[p].items() if k in self._state_keys}
-            plan.table[row] = self._row(p, lp, lg, locs, int(plan.table[row, self._first_col]) if (
+            plan.template[row] = self._row(p, lp, lg, locs, int(plan.template[row, self._first_col]) if (
                 self._first_col is not None) else 0)
             plan.keep += list(locs.values())
-            first = self._state_of(p, self._state_keys[0])
-            plan.bufs[pi] = first
-            plan.sdicts[pi] = self.state[p]
-            plan.expect[pi, 3] = local(first).data_ptr() if first is not None else 0
         plan.missing = self._lacking(plan.owners)
 
     def _lacking(self, owners) -> set:
         """The state keys that some parameter of the rows lacks."""
         keys = self._state_keys + self._scalar_keys
-        return {k for ps in owners for p in ps for k in self._missing(p, keys)}
+        return {k for p in owners for k in self._missing(p, keys)}
+
+    def _arm(self, plan: Plan) -> None:
+        """Gives a plan whose first step committed its per-step check (``_core.StepCheck``).
+
+        Everything the check compares is read here, after the step: the state the step
+        made, the gradients it used, the parameters' addresses and layouts.
+        """
+        if plan.device.type != "cpu":
+            return  # CUDA groups keep the full check (their tables live on the device)
+        keys = self._state_keys + self._scalar_keys
+        params = list(plan.params)
+        row_of = {id(p): r for r, p in enumerate(plan.owners)}
+        slow = {id(p) for _, p in plan.slow}
+        spec = np.zeros((len(params), _SPEC_BUFS + len(keys)), dtype=np.int64)
+        shapes, strides, grad_strides, dtypes, sdicts, bufs, written = [], [], [], [], [], [], []
+        for pi, p in enumerate(params):
+            g = plan.grads[pi]
+            st = self.state.get(p)
+            row = row_of.get(id(p), _SLOW if id(p) in slow else _NO_GRAD)
+            flags = _EXACT
+            if row >= 0:
+                flags = _CONTIGUOUS if p.is_contiguous() else _STRIDED
+            if st is not None:
+                flags |= _HAS_STATE
+            spec[pi, :_SPEC_BUFS] = (p.data_ptr(), p.numel(), row, flags, g.data_ptr() if g is not None else 0,
+                                     hash(p), p.element_size())
+            shapes.append(p.shape)
+            strides.append(tuple(p.stride()))
+            grad_strides.append(tuple(local(g).stride()) if g is not None else None)
+            dtypes.append(p.dtype)
+            sdicts.append(st)
+            for k, key in enumerate(keys):
+                v = None if st is None else st.get(key)
+                bufs.append(v)
+                if isinstance(v, torch.Tensor):
+                    spec[pi, _SPEC_BUFS + k] = v.data_ptr()
+                    if row != _NO_GRAD:
+                        written.append(extent(v))
+            if row != _NO_GRAD:
+                written.append(extent(p))
+        written = np.array([w for w in written if w[1] > w[0]], dtype=np.int64).reshape(-1, 2)
+        plan.check = _core.StepCheck(
+            params, list(plan.grads), spec, shapes, strides, grad_strides, dtypes, sdicts, bufs, keys, written,
+            plan.template, self._grad_col, self._n_col, list(self._ptr_cols), self._merge_runs)
+        plan.keep, plan.grads = [], None  # the check holds what it needs; gradients only weakly
 
     # ------------------------------------------------------------------ flat mode
     def _flatten(self, gi: int, group) -> None:
+        """Lays the group's parameters, gradients and state out in one storage per kind.
+
+        Parameters of another dtype or device than the first (converted since the group was
+        made, as a copy or a resume may find them) keep their own memory: the step follows
+        them like list mode, so nothing is cast.
+        """
         params = group["params"]
         if not params:
             return
         p0 = params[0]
-        total = sum(p.numel() for p in params)
+        fits = [p.dtype == p0.dtype and p.device == p0.device and not is_dtensor(p) for p in params]
+        total = sum(p.numel() for p, ok in zip(params, fits) if ok)
         fp = torch.empty(total, dtype=p0.dtype, device=p0.device)
         fg = torch.zeros_like(fp)
         fstate = {k: torch.zeros_like(fp) for k in self._state_keys}
         spans, views = [], {k: [] for k in self._state_keys}
         off = 0
-        for p in params:
+        for p, ok in zip(params, fits):
+            if not ok:
+                spans.append(None)
+                for k in self._state_keys:
+                    views[k].append(None)
+                continue
             n = p.numel()
             fp[off:off + n].copy_(p.detach().reshape(-1))
-            if p.grad is not None:
+            g = p.grad
+            if g is not None and g.dtype == p.dtype and g.device == p.device and g.shape == p.shape:
                 gv = fg[off:off + n].view(p.shape)
-                gv.copy_(p.grad)
+                gv.copy_(g)
                 p.grad = gv
             p.data = fp[off:off + n].view(p.shape)
             spans.append((off, n))
@@ -740,109 +823,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                 v = fstate[k][off:off + n].view(p.shape)
                 views[k].append(v)
                 old = self._state_of(p, k)
-                if old is not None:
+                if isinstance(old, torch.Tensor) and old.dtype == v.dtype and old.device == v.device and (
+                        old.shape == v.shape):
                     v.copy_(old)
                     self.state[p][k] = v
             off += n
         self._flat[gi] = Flat(fp, fg, fstate, spans, views)
-
-    def _flat_plan(self, gi: int, group, flat: Flat, required) -> Plan | None:
-        """The plan of a flat group: a kernel row per parameter with a gradient, runs merged where the rule allows.
-
-        It is cached only when every parameter has its gradient bound to the flat storage;
-        then the common case costs O(1) whatever the number of tensors: when the reference
-        counts of the parameter and gradient storages did not change, no ``.data`` and no
-        gradient left them (replacing either drops a reference; the group keeps no other
-        views). A gradient stored elsewhere (``zero_grad(set_to_none=True)`` then backward,
-        ``p.grad = t``) is copied in and bound again; a parameter without one is skipped.
-        """
-        params = group["params"]
-        fp, fg = flat.param, flat.grad
-        es = fp.element_size()
-        base_p = fp.data_ptr()
-        rebind, adopt, create, rows, owners = [], [], [], [], []
-        complete = True
-        for pi, (p, (off, n)) in enumerate(zip(params, flat.spans)):
-            if (n and p.data_ptr() != base_p + off * es) or p.dtype != fp.dtype or p.device != fp.device:
-                raise RuntimeError(
-                    f"{where(gi, pi)} of a flat {self._rule} group no longer lives in the flat buffer (its .data was "
-                    "replaced, e.g. by model.half() or model.to()); build the optimizer after converting the model"
-                )
-            g = p.grad
-            if g is None:
-                complete = False
-                continue
-            if g.layout != torch.strided or not flat.bound(pi, g) or g.shape != p.shape:
-                check_grad(gi, pi, p, p, g)
-                rebind.append(pi)
-            st = self.state.get(p) or {}
-            self._check_state(gi, pi, p, st)
-            for k in self._state_keys:
-                v = st.get(k)
-                if v is not None and v is not flat.views[k][pi]:
-                    check_state_tensor(gi, pi, k, p, v)
-                    adopt.append((pi, k, v))
-            need = self._missing(p, required)
-            if need:
-                create.append((pi, need))
-            first = int(self._state_of(p, self._state_keys[0]) is None or self._is_fresh(p))
-            locs = {k: flat.views[k][pi] for k in self._state_keys}
-            row = self._row(p, p, flat.grad_view(pi, p.shape), locs, first)
-            if n == 0:
-                continue
-            prev = rows[-1] if rows else None
-            if self._merge_runs and prev is not None and self._mergeable(prev, row, es):
-                prev[self._n_col] += n
-                owners[-1].append(p)
-            else:
-                rows.append(row)
-                owners.append([p])
-        if not rows and complete and not rebind:
-            return None
-        plan = Plan(fp.device)
-
-        def bind():
-            # Everything was checked: make the flat storage hold every gradient and state tensor.
-            for pi in rebind:
-                p = params[pi]
-                view = flat.grad_view(pi, p.shape)
-                view.copy_(p.grad)
-                p.grad = view
-            for pi, k, v in adopt:
-                flat.views[k][pi].copy_(v)
-                self.state[params[pi]][k] = flat.views[k][pi]
-            for pi, keys in create:
-                self._create_state(params[pi], keys, {k: v[pi] for k, v in flat.views.items()})
-            if not self._merge_runs:  # rows may hold per-parameter scalars made just now
-                for r, ps in enumerate(owners):
-                    p = ps[0]
-                    pi = next(i for i, q in enumerate(params) if q is p)
-                    locs = {k: flat.views[k][pi] for k in self._state_keys}
-                    plan.table[r] = self._row(p, p, flat.grad_view(pi, p.shape), locs,
-                                              int(plan.table[r, self._first_col]) if self._first_col is not None
-                                              else 0)
-            plan.missing = self._lacking(owners)
-            plan.sdicts = len(self.state)
-            if complete:
-                flat.counts = use_counts(flat)
-
-        plan.table = np.array(rows, dtype=np.int64).reshape(-1, self._cols)
-        plan.owners = owners
-        if self._first_col is not None:
-            plan.fresh = [r for r, row in enumerate(rows) if row[self._first_col]]
-        plan.missing = self._lacking(owners)
-        plan.deferred.append(bind)
-        plan.keep = [fp, fg, *flat.state.values()]
-        plan.sdicts = None  # set when bind runs: the size of self.state the cached plan saw
-        flat.plan = plan if complete else None
-        flat.counts = None
-        return plan if rows else None
-
-    def _mergeable(self, prev, row, es) -> bool:
-        """Adjacent flat rows merge when every address column continues the previous run."""
-        n = prev[self._n_col]
-        return all(row[c] == prev[c] + n * es for c in self._ptr_cols) and all(
-            row[c] == prev[c] for c in range(self._cols) if c not in self._ptr_cols and c != self._n_col)
 
     # ------------------------------------------------------------------ state dict
     def state_dict(self):
@@ -911,11 +897,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             fresh = group.pop(_FRESH, [])
             flat = self._flat.get(gi)
             if flat is not None:
-                flat.plan = None
-                for key in self._state_keys:
-                    for p, view in zip(group["params"], flat.views[key]):
+                for key in self._state_keys:  # loaded state goes back into the flat storage
+                    for pi, (p, view) in enumerate(zip(group["params"], flat.views[key])):
                         value = self._state_of(p, key)
-                        if value is not None and value is not view:
+                        if (isinstance(value, torch.Tensor) and value is not view and flat.owns(pi, p)
+                                and value.dtype == view.dtype and value.shape == view.shape):
                             view.copy_(value)
                             self.state[p][key] = view
             for pi in fresh:

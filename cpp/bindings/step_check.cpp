@@ -1,0 +1,452 @@
+// The per-step revalidation of a cached fused-step plan.
+//
+// The torch front end builds a plan for a param group only after checking every tensor in
+// Python (device, dtype, layout, element counts, state, overlaps). Each later step asks a
+// StepCheck whether that plan still describes the group, and for the kernel table of this
+// step. It reads, through torch's Python API and without Python bytecode, only what can
+// change between steps:
+//
+//   - each parameter's .grad object. autograd allocates a new gradient after
+//     zero_grad(set_to_none=True), so a new object is the common case: it is accepted when
+//     it is a plain tensor with exactly the parameter's dtype, device, shape and layout that
+//     overlaps no memory the step writes; its address goes into this step's table;
+//   - the data addresses of parameters and gradients (`p.data = t`, model.to(), set_()),
+//     and, where the kernel walks memory in order, that they are still laid out as checked
+//     (a transposed or reshaped view of the same memory keeps its address);
+//   - optimizer.state[p] and each state tensor in it (identity and address).
+//
+// Anything else sends the step back to the full check in Python, which explains the
+// problem or routes the tensor to torch's own code. The answer is exact: nothing here is
+// inferred from reference counts or sampled.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bindings.hpp"
+
+namespace py = pybind11;
+
+namespace clrfast {
+namespace {
+
+// ---------------------------------------------------------------- reading torch tensors
+// `grad`, `shape`, `dtype` and `is_cpu` are data descriptors (C getters) of
+// torch's tensor type, found once per type and called directly.
+class Getter {
+ public:
+  explicit Getter(const char* name) : name_(PyUnicode_InternFromString(name)) {}
+
+  PyObject* operator()(PyObject* obj) {  // new reference, or nullptr with an error set
+    PyTypeObject* type = Py_TYPE(obj);
+    if (type != type_) {
+      type_ = type;
+      get_ = nullptr;
+      PyObject* descr = _PyType_Lookup(type, name_);  // borrowed
+      if (descr != nullptr && Py_IS_TYPE(descr, &PyGetSetDescr_Type)) {
+        PyGetSetDef* def = reinterpret_cast<PyGetSetDescrObject*>(descr)->d_getset;
+        get_ = def->get;
+        closure_ = def->closure;
+      }
+    }
+    return get_ != nullptr ? get_(obj, closure_) : PyObject_GetAttr(obj, name_);
+  }
+
+ private:
+  PyObject* name_;
+  PyTypeObject* type_ = nullptr;
+  getter get_ = nullptr;
+  void* closure_ = nullptr;
+};
+
+// A method called without arguments (is_contiguous, stride, data_ptr): its C function once
+// per type, else a normal call.
+class Method {
+ public:
+  explicit Method(const char* name) : name_(PyUnicode_InternFromString(name)) {}
+
+  PyObject* operator()(PyObject* obj) {
+    PyTypeObject* type = Py_TYPE(obj);
+    if (type != type_) {
+      type_ = type;
+      fn_ = nullptr;
+      PyObject* descr = _PyType_Lookup(type, name_);  // borrowed
+      if (descr != nullptr && Py_IS_TYPE(descr, &PyMethodDescr_Type)) {
+        PyMethodDef* def = reinterpret_cast<PyMethodDescrObject*>(descr)->d_method;
+        flags_ = def->ml_flags;
+        if ((flags_ & (METH_NOARGS | METH_VARARGS | METH_KEYWORDS | METH_O | METH_FASTCALL)) == METH_NOARGS ||
+            (flags_ & (METH_VARARGS | METH_KEYWORDS | METH_FASTCALL)) == (METH_VARARGS | METH_KEYWORDS))
+          fn_ = def->ml_meth;
+      }
+    }
+    if (fn_ == nullptr) return PyObject_CallMethodNoArgs(obj, name_);
+    if (flags_ & METH_NOARGS) return fn_(obj, nullptr);
+    static PyObject* empty = PyTuple_New(0);
+    return reinterpret_cast<PyCFunctionWithKeywords>(reinterpret_cast<void (*)(void)>(fn_))(obj, empty, nullptr);
+  }
+
+ private:
+  PyObject* name_;
+  PyTypeObject* type_ = nullptr;
+  PyCFunction fn_ = nullptr;
+  int flags_ = 0;
+};
+
+// torch exports (for inductor's generated wrappers) a C function returning a tensor's data
+// address without a Python call; the front end hands it over when this torch has it.
+using DataPtrFn = void* (*)(PyObject*);
+DataPtrFn g_data_ptr_fn = nullptr;
+
+// The data address of a tensor; false (no error set) when it cannot be read cheaply.
+bool data_ptr(PyObject* t, int64_t* out) {
+  if (g_data_ptr_fn != nullptr) {
+    try {
+      *out = static_cast<int64_t>(reinterpret_cast<intptr_t>(g_data_ptr_fn(t)));
+      return true;
+    } catch (...) {  // a tensor without storage: the full check reports it
+      return false;
+    }
+  }
+  static Method method("data_ptr");
+  PyObject* r = method(t);
+  if (r == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  *out = PyLong_AsLongLong(r);
+  Py_DECREF(r);
+  if (*out == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  return true;
+}
+
+// True when calling `m` on `t` returns True; false on False or any error (cleared).
+bool returns_true(Method& m, PyObject* t) {
+  PyObject* r = m(t);
+  if (r == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  const bool yes = r == Py_True;
+  Py_DECREF(r);
+  return yes;
+}
+
+// True when getter/method result `r` (new reference, may be nullptr) equals `want`.
+bool equals(PyObject* r, PyObject* want) {
+  if (r == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  const int eq = r == want ? 1 : PyObject_RichCompareBool(r, want, Py_EQ);
+  Py_DECREF(r);
+  if (eq < 0) PyErr_Clear();
+  return eq == 1;
+}
+
+// ---------------------------------------------------------------- the plan's spec
+// Per parameter, in group order (columns of `spec`; kBufs + k: address of state tensor k).
+enum Col : int { kPtr = 0, kNumel, kRow, kFlags, kGradPtr, kHash, kItem, kBufs };
+constexpr int64_t kNoGrad = -1;  // had no gradient when the plan was built
+constexpr int64_t kSlow = -2;    // updated by torch's code: its gradient must stay the same object
+// kContiguous / kStrided: the kernel walks this row in memory order, so the parameter and its
+// gradient must keep that layout (contiguous, or the recorded strides). kExact (torch's code
+// updates the parameter): shapes and strides exactly as checked, so that code cannot fail halfway.
+enum Flag : int64_t { kContiguous = 1, kStrided = 2, kHasState = 4, kExact = 8 };
+
+class StepCheck {
+ public:
+  StepCheck(py::list params, py::list grads, py::array_t<int64_t, py::array::c_style> spec, py::list shapes,
+            py::list strides, py::list grad_strides, py::list dtypes, py::list sdicts, py::list bufs, py::tuple keys,
+            py::array_t<int64_t, py::array::c_style> written, py::array_t<int64_t, py::array::c_style> table,
+            int grad_col, int n_col, std::vector<int> ptr_cols, bool merge)
+      : params_(std::move(params)), shapes_(std::move(shapes)),
+        strides_(std::move(strides)), grad_strides_(std::move(grad_strides)), dtypes_(std::move(dtypes)), sdicts_(std::move(sdicts)),
+        bufs_(std::move(bufs)), keys_(std::move(keys)), grad_col_(grad_col), n_col_(n_col), merge_(merge) {
+    if (tensor_type_ == nullptr) throw py::value_error("StepCheck: set_tensor_api was not called");
+    n_ = static_cast<int64_t>(PyList_GET_SIZE(params_.ptr()));
+    nkeys_ = static_cast<int64_t>(PyTuple_GET_SIZE(keys_.ptr()));
+    width_ = kBufs + nkeys_;
+    if (spec.ndim() != 2 || spec.shape(0) != n_ || spec.shape(1) != width_)
+      throw py::value_error("StepCheck: spec must have shape (params, " + std::to_string(width_) + ")");
+    for (const py::list* l : {&grads, &shapes_, &strides_, &grad_strides_, &dtypes_, &sdicts_})
+      if (static_cast<int64_t>(PyList_GET_SIZE(l->ptr())) != n_)
+        throw py::value_error("StepCheck: per-parameter lists must match the parameters");
+    if (static_cast<int64_t>(PyList_GET_SIZE(bufs_.ptr())) != n_ * nkeys_)
+      throw py::value_error("StepCheck: buffers must list every state key of every parameter");
+    for (py::ssize_t k = 0; k < PyTuple_GET_SIZE(keys_.ptr()); ++k)
+      if (!PyUnicode_Check(PyTuple_GET_ITEM(keys_.ptr(), k))) throw py::type_error("StepCheck: keys must be str");
+    spec_.assign(spec.data(), spec.data() + spec.size());
+    if (table.ndim() != 2) throw py::value_error("StepCheck: table must be 2-D");
+    rows_ = table.shape(0);
+    cols_ = table.shape(1);
+    if (grad_col_ < 0 || grad_col_ >= cols_ || n_col_ < 0 || n_col_ >= cols_)
+      throw py::value_error("StepCheck: column out of range");
+    is_ptr_.assign(static_cast<size_t>(cols_), false);
+    for (int c : ptr_cols) {
+      if (c < 0 || c >= cols_) throw py::value_error("StepCheck: pointer column out of range");
+      is_ptr_[static_cast<size_t>(c)] = true;
+    }
+    for (int64_t i = 0; i < n_; ++i) {
+      const int64_t row = spec_[i * width_ + kRow];
+      if (row >= rows_ || row < kSlow) throw py::value_error("StepCheck: row index out of range");
+    }
+    if (written.ndim() != 2 || written.shape(1) != 2) throw py::value_error("StepCheck: written must be (m, 2)");
+    for (py::ssize_t i = 0; i < written.shape(0); ++i) written_.emplace_back(written.at(i, 0), written.at(i, 1));
+    std::sort(written_.begin(), written_.end());
+    template_.assign(table.data(), table.data() + table.size());
+    weak_.assign(static_cast<size_t>(n_), nullptr);
+    for (int64_t i = 0; i < n_; ++i) remember(i, PyList_GET_ITEM(grads.ptr(), i));
+    out_ = py::array_t<int64_t>({rows_, cols_});
+    emitted_ = py::array_t<bool>(rows_);
+  }
+
+  ~StepCheck() {
+    release();
+    for (PyObject*& w : weak_) Py_CLEAR(w);
+  }
+  StepCheck(const StepCheck&) = delete;
+  StepCheck& operator=(const StepCheck&) = delete;
+
+  // This step's table into the first rows of `out`; -1 when the full check must run. Nothing
+  // is recorded unless the whole group passes.
+  int64_t refresh(py::handle state, py::handle live) {
+    PyObject* st = state.ptr();
+    PyObject* group = live.ptr();
+    release();
+    if (!PyDict_Check(st) || !PyList_Check(group) || PyList_GET_SIZE(group) != n_) return -1;
+    for (int64_t i = 0; i < n_; ++i)  // group["params"] edited in place
+      if (PyList_GET_ITEM(group, i) != PyList_GET_ITEM(params_.ptr(), i)) return -1;
+    int64_t* out = out_.mutable_data();
+    bool* emitted = emitted_.mutable_data();
+    std::fill(emitted, emitted + rows_, false);
+    pending_.clear();
+    int64_t nout = 0;
+    for (int64_t i = 0; i < n_; ++i) {
+      const int64_t* s = &spec_[i * width_];
+      PyObject* p = PyList_GET_ITEM(params_.ptr(), i);
+      PyObject* g = grad_(p);
+      if (g == nullptr) return fail();
+      held_.push_back(g);  // owns the reference the getter returned
+      const bool same = g != Py_None && last_grad(i) == g;
+      const int64_t row = s[kRow];
+      if (g == Py_None || row == kNoGrad || (row == kSlow && !same)) {
+        // No gradient now: torch skips the parameter, so its row is left out. A gradient
+        // where the plan had none needs state and the checks the full path makes.
+        if (g == Py_None && row != kSlow) continue;
+        return fail();
+      }
+      int64_t pptr = 0, gptr = 0;
+      bool ok = data_ptr(p, &pptr) && pptr == s[kPtr] && layout_ok(p, i, s[kFlags], strides_);
+      if (ok && same) {
+        ok = data_ptr(g, &gptr) && gptr == s[kGradPtr] && layout_ok(g, i, s[kFlags], grad_strides_);
+      } else if (ok) {
+        ok = new_grad_ok(g, i, s, &gptr);
+        pending_.emplace_back(i, gptr);
+      }
+      if (!ok || !state_ok(st, p, i, s)) return fail();
+      if (row == kSlow) continue;
+      const int64_t* t = &template_[row * cols_];
+      if (merge_ && nout > 0 && continues(&out[(nout - 1) * cols_], t, gptr, s[kItem])) {
+        out[(nout - 1) * cols_ + n_col_] += t[n_col_];
+      } else {
+        std::memcpy(&out[nout * cols_], t, sizeof(int64_t) * static_cast<size_t>(cols_));
+        out[nout * cols_ + grad_col_] = gptr;
+        ++nout;
+      }
+      emitted[row] = true;
+    }
+    // The whole group passed: remember the new gradients.
+    for (const auto& [i, gptr] : pending_) {
+      remember(i, held_[static_cast<size_t>(i)]);
+      spec_[i * width_ + kGradPtr] = gptr;
+    }
+    pending_.clear();
+    return nout;
+  }
+
+  // Drops the references refresh() took to this step's gradients (after the kernel ran).
+  void release() {
+    for (PyObject* g : held_) Py_DECREF(g);
+    held_.clear();
+  }
+
+  py::array_t<int64_t> out() const { return out_; }
+  py::array_t<bool> emitted() const { return emitted_; }
+
+  // A column of a template row (the rule clears "state holds no history" once the kernel ran).
+  void set(int64_t row, int col, int64_t value) {
+    if (row < 0 || row >= rows_ || col < 0 || col >= cols_) throw py::index_error("StepCheck.set: out of range");
+    template_[row * cols_ + col] = value;
+  }
+
+  static void set_tensor_api(py::handle tensor_type, py::handle strided, uintptr_t data_ptr_fn) {
+    if (!PyType_Check(tensor_type.ptr())) throw py::type_error("tensor_type must be a type");
+    Py_XDECREF(reinterpret_cast<PyObject*>(tensor_type_));
+    Py_XDECREF(strided_);
+    tensor_type_ = reinterpret_cast<PyTypeObject*>(tensor_type.inc_ref().ptr());
+    strided_ = strided.inc_ref().ptr();
+    g_data_ptr_fn = reinterpret_cast<DataPtrFn>(data_ptr_fn);
+  }
+
+ private:
+  int64_t fail() {
+    PyErr_Clear();
+    release();
+    pending_.clear();
+    return -1;
+  }
+
+  // The gradient object last checked for parameter i (borrowed; nullptr when none is alive).
+  // A weak reference: the plan must not keep last step's gradients alive through the next
+  // forward and backward.
+  PyObject* last_grad(int64_t i) const {
+    PyObject* w = weak_[static_cast<size_t>(i)];
+    if (w == nullptr) return nullptr;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject* obj = nullptr;
+    if (PyWeakref_GetRef(w, &obj) <= 0) {
+      PyErr_Clear();
+      return nullptr;
+    }
+    Py_DECREF(obj);  // still referenced by the held gradient when it matters
+    return obj;
+#else
+    PyObject* obj = PyWeakref_GET_OBJECT(w);
+    return obj == Py_None ? nullptr : obj;
+#endif
+  }
+
+  void remember(int64_t i, PyObject* g) {
+    PyObject*& w = weak_[static_cast<size_t>(i)];
+    Py_CLEAR(w);
+    if (g == nullptr || g == Py_None) return;
+    w = PyWeakref_NewRef(g, nullptr);
+    if (w == nullptr) PyErr_Clear();  // not weak-referenceable: checked as new each step
+  }
+
+  // The kernel walks the tensor in memory order: it must keep the shape and the dense layout the
+  // plan was built with (a resize_, or `.data` set to a transposed or reshaped view of the same
+  // memory, keeps the address).
+  bool layout_ok(PyObject* t, int64_t i, int64_t flags, const py::list& strides) {
+    if (!equals(shape_(t), PyList_GET_ITEM(shapes_.ptr(), i))) return false;
+    if (flags & kContiguous) return returns_true(is_contiguous_, t);
+    return equals(stride_(t), PyList_GET_ITEM(strides.ptr(), i));
+  }
+
+  // A gradient object the plan has not seen: exactly the parameter's dtype, device, shape and
+  // layout, a plain tensor, and no overlap with memory the step writes.
+  bool new_grad_ok(PyObject* g, int64_t i, const int64_t* s, int64_t* gptr) {
+    if (Py_TYPE(g) != tensor_type_ || !(s[kFlags] & (kContiguous | kStrided))) return false;
+    // A sparse or other non-strided gradient fails the layout check (is_contiguous/stride raise).
+    if (!equals(dtype_(g), PyList_GET_ITEM(dtypes_.ptr(), i)) ||
+        !equals(is_cpu_(g), Py_True) || !layout_ok(g, i, s[kFlags], grad_strides_) || !data_ptr(g, gptr))
+      return false;
+    const int64_t n = s[kNumel];
+    if (n == 0) return true;
+    return *gptr != 0 && !overlaps_written(*gptr, *gptr + n * s[kItem]);
+  }
+
+  // The written extents (parameters and state tensors) are sorted and disjoint, so [a, b)
+  // meets one of them exactly when the last one starting before b ends after a.
+  bool overlaps_written(int64_t a, int64_t b) const {
+    auto it = std::lower_bound(written_.begin(), written_.end(), std::make_pair(b, INT64_MIN));
+    return it != written_.begin() && std::prev(it)->second > a;
+  }
+
+  bool state_ok(PyObject* state, PyObject* p, int64_t i, const int64_t* s) {
+    PyObject* sd = lookup(state, p, s[kHash]);  // borrowed
+    if (sd == nullptr && PyErr_Occurred()) return false;
+    if (!(s[kFlags] & kHasState)) {
+      // no state when the plan was built, and none may have appeared since
+      return sd == nullptr || (PyDict_Check(sd) && PyDict_GET_SIZE(sd) == 0);
+    }
+    if (sd != PyList_GET_ITEM(sdicts_.ptr(), i) || !PyDict_Check(sd)) return false;
+    for (int64_t k = 0; k < nkeys_; ++k) {
+      PyObject* expect = PyList_GET_ITEM(bufs_.ptr(), i * nkeys_ + k);
+      PyObject* have = PyDict_GetItemWithError(sd, PyTuple_GET_ITEM(keys_.ptr(), k));  // borrowed
+      if (have == nullptr && PyErr_Occurred()) return false;
+      if (expect == Py_None) {
+        if (have != nullptr && have != Py_None) return false;
+        continue;
+      }
+      int64_t ptr = 0;
+      if (have != expect || !data_ptr(have, &ptr) || ptr != s[kBufs + k]) return false;
+    }
+    return true;
+  }
+
+  // state[p] without calling the tensor's __hash__ (Python code): the plan recorded hash(p).
+  static PyObject* lookup(PyObject* state, PyObject* p, int64_t hash) {
+#if PY_VERSION_HEX < 0x030D0000
+    return _PyDict_GetItem_KnownHash(state, p, static_cast<Py_hash_t>(hash));
+#else
+    (void)hash;
+    return PyDict_GetItemWithError(state, p);
+#endif
+  }
+
+  // True when `row` (with gradient address gptr) continues `prev` in every address column.
+  bool continues(const int64_t* prev, const int64_t* row, int64_t gptr, int64_t item) const {
+    const int64_t step = prev[n_col_] * item;
+    for (int64_t c = 0; c < cols_; ++c) {
+      if (c == n_col_) continue;
+      const int64_t v = c == grad_col_ ? gptr : row[c];
+      if (is_ptr_[static_cast<size_t>(c)] ? v != prev[c] + step : v != prev[c]) return false;
+    }
+    return true;
+  }
+
+  py::list params_, shapes_, strides_, grad_strides_, dtypes_, sdicts_, bufs_;
+  std::vector<PyObject*> weak_;  // a weak reference to each parameter's last checked gradient
+  std::vector<PyObject*> held_;  // the gradients of this step's table, held until release()
+  py::tuple keys_;
+  std::vector<int64_t> spec_, template_;
+  std::vector<std::pair<int64_t, int64_t>> written_;
+  std::vector<std::pair<int64_t, int64_t>> pending_;  // (parameter, address) of new gradients
+  std::vector<bool> is_ptr_;
+  py::array_t<int64_t> out_;
+  py::array_t<bool> emitted_;
+  int64_t n_ = 0, nkeys_ = 0, width_ = 0, rows_ = 0, cols_ = 0;
+  int grad_col_, n_col_;
+  bool merge_;
+
+  static inline PyTypeObject* tensor_type_ = nullptr;
+  static inline PyObject* strided_ = nullptr;
+  static inline Getter grad_{"grad"}, dtype_{"dtype"}, is_cpu_{"is_cpu"}, shape_{"shape"};
+  static inline Method is_contiguous_{"is_contiguous"}, stride_{"stride"};
+};
+
+}  // namespace
+
+void bind_step_check(py::module_& m) {
+  py::class_<StepCheck>(m, "StepCheck",
+                        "Revalidates a cached fused-step plan each step and yields that step's kernel table.")
+      .def(py::init<py::list, py::list, py::array_t<int64_t, py::array::c_style>, py::list, py::list, py::list,
+                    py::list, py::list, py::list, py::tuple, py::array_t<int64_t, py::array::c_style>,
+                    py::array_t<int64_t, py::array::c_style>, int, int, std::vector<int>, bool>(),
+           py::arg("params"), py::arg("grads"), py::arg("spec"), py::arg("shapes"), py::arg("strides"),
+           py::arg("grad_strides"), py::arg("dtypes"), py::arg("state_dicts"), py::arg("buffers"), py::arg("keys"), py::arg("written"),
+           py::arg("table"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"), py::arg("merge"))
+      .def("refresh", &StepCheck::refresh, py::arg("state"), py::arg("params"),
+           "The number of rows of this step's table (the first rows of `out`), or -1 when the plan no longer "
+           "describes the group.")
+      .def_property_readonly("out", &StepCheck::out)
+      .def_property_readonly("emitted", &StepCheck::emitted, "Template rows the last refresh put in the table.")
+      .def("release", &StepCheck::release, "Drops the references to this step's gradients.")
+      .def("set", &StepCheck::set, py::arg("row"), py::arg("col"), py::arg("value"),
+           "Sets a column of a template row.");
+  m.def("set_tensor_api", &StepCheck::set_tensor_api, py::arg("tensor_type"), py::arg("strided"),
+        py::arg("data_ptr_fn"),
+        "torch.Tensor, torch.strided and torch's C function returning a tensor's data address (0: call data_ptr).");
+}
+
+}  // namespace clrfast

@@ -1,0 +1,211 @@
+"""The per-step check of a cached plan (``_core.StepCheck``), against torch's SGD and AdamW.
+
+Each test first runs a few steps, so the plan is cached and later steps go through the C++
+check, then changes something between steps the way user code can.
+"""
+
+import gc
+import weakref
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import clrfast as clr  # noqa: E402
+from clrfast.torch import CLRSGD, CLRAdamW  # noqa: E402
+
+
+def bits(t):
+    t = t.detach()
+    return t.view({torch.float32: torch.int32, torch.float64: torch.int64}[t.dtype])
+
+
+def same(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(bits(a), bits(b))
+
+
+def _pair(rule, shapes, flat=False, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    a = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    if rule == "sgd":
+        kw.setdefault("momentum", 0.9)
+        oa = CLRSGD(a, clr.Constant(0.1), flat=flat, **kw)
+        ob = torch.optim.SGD(b, lr=0.1, foreach=False, **kw)
+    else:
+        oa = CLRAdamW(a, clr.Constant(0.01), flat=flat, **kw)
+        ob = torch.optim.AdamW(b, lr=0.01, foreach=False, **kw)
+    return a, oa, b, ob
+
+
+def _grads(ps, t):
+    g = torch.Generator().manual_seed(1000 + t)
+    return [torch.randn(p.shape, generator=g) for p in ps]
+
+
+def _step(a, oa, b, ob, t, set_to_none=True):
+    oa.zero_grad(set_to_none)
+    ob.zero_grad(set_to_none)
+    for p, q, g in zip(a, b, _grads(a, t)):
+        if p.grad is None:
+            p.grad, q.grad = g.clone(), g.clone()
+        else:
+            p.grad.add_(g)
+            q.grad.add_(g)
+    oa.step()
+    ob.step()
+
+
+def _assert_same(a, oa, b, ob):
+    for p, q in zip(a, b):
+        assert same(p, q), (p, q)
+        for k, v in ob.state[q].items():
+            if isinstance(v, torch.Tensor) and v.dim():
+                assert same(oa.state[p][k], v), k
+
+
+RULES = ["sgd", "adamw"]
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_a_training_loop_stays_on_torchs_numbers(rule, flat, set_to_none):
+    a, oa, b, ob = _pair(rule, [(5, 3), (3,), (4, 4), ()], flat=flat)
+    for t in range(12):
+        _step(a, oa, b, ob, t, set_to_none)
+        _assert_same(a, oa, b, ob)
+    assert oa._plans[0].check is not None  # the cached plan's check ran
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_the_plan_keeps_no_gradient_alive(rule):
+    # the check remembers gradients weakly: last step's gradients are freed by zero_grad, not
+    # kept through the next forward and backward
+    a, oa, b, ob = _pair(rule, [(64,), (8, 8)])
+    refs = []
+    for t in range(3):
+        _step(a, oa, b, ob, t)
+        refs += [weakref.ref(p.grad) for p in a]  # the first step's were checked by the full path
+    oa.zero_grad()
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_new_gradient_with_another_layout_takes_torchs_code(flat):
+    # legal in torch: a transposed gradient for a contiguous parameter
+    a, oa, b, ob = _pair("sgd", [(4, 4), (3,)], flat=flat)
+    for t in range(3):
+        _step(a, oa, b, ob, t)
+    g = torch.randn(4, 4).t()
+    a[0].grad, b[0].grad = g.clone().t().contiguous().t(), g.clone().t().contiguous().t()
+    assert not a[0].grad.is_contiguous()
+    oa.step()
+    ob.step()
+    _assert_same(a, oa, b, ob)
+    for t in range(3, 6):
+        _step(a, oa, b, ob, t)
+        _assert_same(a, oa, b, ob)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_new_gradient_over_memory_the_step_writes_is_refused(flat):
+    a, oa, b, ob = _pair("sgd", [(6,), (6,)], flat=flat)
+    for t in range(3):
+        _step(a, oa, b, ob, t)
+    before = [p.detach().clone() for p in a]
+    buf = oa.state[a[1]]["momentum_buffer"].clone()
+    a[0].grad = a[1].detach()  # the other parameter's memory, which the step writes
+    with pytest.raises(ValueError, match="share memory"):
+        oa.step()
+    assert all(torch.equal(p, q) for p, q in zip(a, before))
+    assert torch.equal(oa.state[a[1]]["momentum_buffer"], buf)
+    assert oa.param_groups[0]["step"] == 3
+
+
+def test_gradients_shared_by_two_parameters_are_read_like_torch():
+    # reading one gradient tensor for two parameters is harmless; only memory the step writes must be apart
+    a, oa, b, ob = _pair("sgd", [(6,), (6,)])
+    for _ in range(2):
+        g = torch.randn(6)
+        a[0].grad = a[1].grad = g.clone()
+        h = g.clone()
+        b[0].grad = b[1].grad = h
+        oa.step()
+        ob.step()
+        _assert_same(a, oa, b, ob)
+
+
+@pytest.mark.parametrize("how", ["replace entry", "new dict", "delete"])
+@pytest.mark.parametrize("flat", [False, True])
+def test_state_changed_between_steps_is_followed(how, flat):
+    a, oa, b, ob = _pair("sgd", [(5,), (2, 2)], flat=flat)
+    for t in range(3):
+        _step(a, oa, b, ob, t)
+    for opt, p in ((oa, a[0]), (ob, b[0])):
+        if how == "replace entry":
+            opt.state[p]["momentum_buffer"] = torch.full_like(p, 0.5)
+        elif how == "new dict":
+            opt.state[p] = {"momentum_buffer": torch.full_like(p, -0.25)}
+        else:
+            del opt.state[p]
+    for t in range(3, 6):
+        _step(a, oa, b, ob, t)
+        _assert_same(a, oa, b, ob)
+
+
+def test_a_parameter_swapped_into_the_group_list_is_updated():
+    a, oa, b, ob = _pair("sgd", [(5,), (3,)])
+    for t in range(2):
+        _step(a, oa, b, ob, t)
+    new_a, new_b = torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(5))
+    oa.param_groups[0]["params"][0] = new_a
+    ob.param_groups[0]["params"][0] = new_b
+    a[0], b[0] = new_a, new_b
+    for t in range(2, 5):
+        _step(a, oa, b, ob, t)
+        _assert_same(a, oa, b, ob)
+
+
+@pytest.mark.parametrize("what", ["resize_", "set_", "t_", "data = view"])
+def test_in_place_metadata_changes_of_a_gradient_are_seen(what):
+    a, oa, b, ob = _pair("sgd", [(3, 3)])
+    for t in range(2):
+        _step(a, oa, b, ob, t)
+    for p in (a[0], b[0]):
+        g = p.grad
+        if what == "resize_":
+            g.resize_(9)
+        elif what == "set_":
+            g.set_(g.detach().reshape(9))
+        elif what == "t_":
+            g.t_()
+        else:
+            g.data = g.data.reshape(9)
+    try:
+        ob.step()
+    except RuntimeError:
+        with pytest.raises((ValueError, RuntimeError)):
+            oa.step()
+        return
+    oa.step()
+    _assert_same(a, oa, b, ob)
+
+
+def test_a_step_with_a_changed_group_after_a_passing_one_changes_nothing():
+    # group 0 passes the cached check, group 1 fails: nothing moves, group 0's clock included
+    a = [torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))]
+    opt = CLRSGD([{"params": [a[0]]}, {"params": [a[1]]}], clr.Constant(0.1), momentum=0.9)
+    for _ in range(2):
+        for p in a:
+            p.grad = torch.ones(4)
+        opt.step()
+    a[0].grad = torch.ones(4)
+    a[1].grad = torch.ones(4)
+    a[1].grad.resize_(2, 2)  # the gradient's shape no longer matches its parameter
+    before = [p.detach().clone() for p in a]
+    with pytest.raises(ValueError):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(a, before))
+    assert [g["step"] for g in opt.param_groups] == [2, 2]
