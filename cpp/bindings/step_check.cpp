@@ -152,6 +152,23 @@ bool equals(PyObject* r, PyObject* want) {
   return eq == 1;
 }
 
+// Python's cyclic collector paused for the duration of a refresh: each shape read allocates a
+// (GC-tracked) torch.Size, thousands per step, and every 700 allocations would run a collection
+// over all live objects' youngest generation, now and then an older one. Paused, the count only
+// grows, and one collection at most follows.
+class GcPause {
+ public:
+#if PY_VERSION_HEX >= 0x030A0000
+  GcPause() : was_enabled_(PyGC_Disable() == 1) {}
+  ~GcPause() {
+    if (was_enabled_) PyGC_Enable();
+  }
+
+ private:
+  bool was_enabled_;
+#endif
+};
+
 // ---------------------------------------------------------------- the plan's spec
 // Per parameter, in group order (columns of `spec`; kBufs + k: address of state tensor k).
 enum Col : int { kPtr = 0, kNumel, kRow, kFlags, kGradPtr, kHash, kItem, kBufs };
@@ -219,6 +236,7 @@ class StepCheck {
   // This step's table into the first rows of `out`; -1 when the full check must run. Nothing
   // is recorded unless the whole group passes.
   int64_t refresh(py::handle state, py::handle live) {
+    const GcPause pause;
     PyObject* st = state.ptr();
     PyObject* group = live.ptr();
     release();
