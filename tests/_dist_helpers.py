@@ -490,3 +490,22 @@ def _main(argv) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+# --------------------------------------------------------------------------- one-process checkpoint tests
+def small_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+
+
+def train_step(model, opt, t: int) -> None:
+    """One step on a batch drawn from seed t: zero_grad, forward, backward, step."""
+    g = torch.Generator().manual_seed(t)
+    x, y = torch.randn(6, 5, generator=g), torch.randn(6, 3, generator=g)
+    opt.zero_grad()
+    F.mse_loss(model(x), y).backward()
+    opt.step()
+
+
+def weights(model) -> list:
+    return [p.detach().clone() for p in model.parameters()]

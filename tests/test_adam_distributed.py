@@ -29,10 +29,8 @@ import _dist_helpers as helpers  # noqa: E402
 import clrfast as clr  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.distributed.checkpoint as dcp  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from clrfast.torch import CLRAdam, CLRAdamW  # noqa: E402
 from clrfast.torch._sqrt import torch_sqrt_routines  # noqa: E402
-from torch import nn  # noqa: E402
 from torch.distributed.checkpoint.state_dict import (  # noqa: E402
     StateDictOptions,
     get_model_state_dict,
@@ -479,25 +477,17 @@ MODES = pytest.mark.parametrize("flat", [False, True], ids=["list", "flat"])
 HYPER = dict(weight_decay=0.05, amsgrad=True)
 
 
-def _net(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+_net = helpers.small_net
 
 
 def _clradamw(model, flat: bool) -> CLRAdamW:
     return CLRAdamW(model.parameters(), clr.Cyclic(**CYCLE), flat=flat, **HYPER)
 
 
-def _step(model, opt, t: int) -> None:
-    g = torch.Generator().manual_seed(t)
-    x, y = torch.randn(6, 5, generator=g), torch.randn(6, 3, generator=g)
-    opt.zero_grad()
-    F.mse_loss(model(x), y).backward()
-    opt.step()
+_step = helpers.train_step
 
 
-def _weights(model) -> list:
-    return [p.detach().clone() for p in model.parameters()]
+_weights = helpers.weights
 
 
 def _state(model, opt) -> dict:
