@@ -182,12 +182,21 @@ enum Flag : int64_t { kContiguous = 1, kStrided = 2, kHasState = 4, kExact = 8 }
 class StepCheck {
  public:
   StepCheck(py::list params, py::list grads, py::array_t<int64_t, py::array::c_style> spec, py::list shapes,
-            py::list strides, py::list grad_strides, py::list dtypes, py::list sdicts, py::list bufs, py::tuple keys,
-            py::array_t<int64_t, py::array::c_style> written, py::array_t<int64_t, py::array::c_style> table,
-            int grad_col, int n_col, std::vector<int> ptr_cols, bool merge)
-      : params_(std::move(params)), shapes_(std::move(shapes)),
-        strides_(std::move(strides)), grad_strides_(std::move(grad_strides)), dtypes_(std::move(dtypes)), sdicts_(std::move(sdicts)),
-        bufs_(std::move(bufs)), keys_(std::move(keys)), grad_col_(grad_col), n_col_(n_col), merge_(merge) {
+            py::list strides, py::list grad_strides, py::list dtypes, py::list sdicts, py::list bufs,
+            py::tuple keys, py::array_t<int64_t, py::array::c_style> written,
+            py::array_t<int64_t, py::array::c_style> table, int grad_col, int n_col, std::vector<int> ptr_cols,
+            bool merge)
+      : params_(std::move(params)),
+        shapes_(std::move(shapes)),
+        strides_(std::move(strides)),
+        grad_strides_(std::move(grad_strides)),
+        dtypes_(std::move(dtypes)),
+        sdicts_(std::move(sdicts)),
+        bufs_(std::move(bufs)),
+        keys_(std::move(keys)),
+        grad_col_(grad_col),
+        n_col_(n_col),
+        merge_(merge) {
     if (tensor_type_ == nullptr) throw py::value_error("StepCheck: set_tensor_api was not called");
     n_ = static_cast<int64_t>(PyList_GET_SIZE(params_.ptr()));
     nkeys_ = static_cast<int64_t>(PyTuple_GET_SIZE(keys_.ptr()));
@@ -452,8 +461,9 @@ void bind_step_check(py::module_& m) {
                     py::list, py::list, py::list, py::tuple, py::array_t<int64_t, py::array::c_style>,
                     py::array_t<int64_t, py::array::c_style>, int, int, std::vector<int>, bool>(),
            py::arg("params"), py::arg("grads"), py::arg("spec"), py::arg("shapes"), py::arg("strides"),
-           py::arg("grad_strides"), py::arg("dtypes"), py::arg("state_dicts"), py::arg("buffers"), py::arg("keys"), py::arg("written"),
-           py::arg("table"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"), py::arg("merge"))
+           py::arg("grad_strides"), py::arg("dtypes"), py::arg("state_dicts"), py::arg("buffers"), py::arg("keys"),
+           py::arg("written"), py::arg("table"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"),
+           py::arg("merge"))
       .def("refresh", &StepCheck::refresh, py::arg("state"), py::arg("params"),
            "The number of rows of this step's table (the first rows of `out`), or -1 when the plan no longer "
            "describes the group.")
