@@ -209,3 +209,38 @@ def test_a_step_with_a_changed_group_after_a_passing_one_changes_nothing():
         opt.step()
     assert all(torch.equal(p, q) for p, q in zip(a, before))
     assert [g["step"] for g in opt.param_groups] == [2, 2]
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("flat", [False, True])
+def test_model_conversion_by_swapping_tensors_after_steps_works(rule, flat):
+    # under swap_module_params_on_conversion, model.to() swaps parameters and gradients with
+    # torch.utils.swap_tensors, which refuses tensors that something references weakly
+    torch.manual_seed(0)
+    net_a = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    net_b = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    net_b.load_state_dict(net_a.state_dict())
+    if rule == "sgd":
+        oa = CLRSGD(net_a.parameters(), clr.Constant(0.1), momentum=0.9, flat=flat)
+        ob = torch.optim.SGD(net_b.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    else:
+        oa = CLRAdamW(net_a.parameters(), clr.Constant(0.01), flat=flat)
+        ob = torch.optim.AdamW(net_b.parameters(), lr=0.01, foreach=False)
+    x = torch.randn(8, 4)
+    before = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        for t in range(5):
+            if t == 3:
+                net_a.double()  # the swap must not be refused
+                net_b.double()
+                x = x.double()
+                if rule == "adamw":
+                    return  # torch's AdamW itself refuses float32 moments with float64 gradients
+            for net, opt in ((net_a, oa), (net_b, ob)):
+                net(x).sum().backward()
+                opt.step()
+            for p, q in zip(net_a.parameters(), net_b.parameters()):
+                assert same(p, q), t
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(before)

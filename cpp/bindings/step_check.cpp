@@ -6,13 +6,15 @@
 // step. It reads, through torch's Python API and without Python bytecode, only what can
 // change between steps:
 //
-//   - each parameter's .grad object. autograd allocates a new gradient after
-//     zero_grad(set_to_none=True), so a new object is the common case: it is accepted when
-//     it is a plain tensor with exactly the parameter's dtype, device, shape and layout that
-//     overlaps no memory the step writes; its address goes into this step's table;
-//   - the data addresses of parameters and gradients (`p.data = t`, model.to(), set_()),
-//     and, where the kernel walks memory in order, that they are still laid out as checked
-//     (a transposed or reshaped view of the same memory keeps its address);
+//   - each parameter's gradient. Any gradient is checked as if new (autograd allocates a new
+//     one after zero_grad(set_to_none=True), the common case): a plain tensor with exactly
+//     the parameter's dtype, device, shape and layout that overlaps no memory the step
+//     writes; its address goes into this step's table. Gradients are not remembered between
+//     steps: a reference would keep them alive through the next backward, and a weak one
+//     makes torch.utils.swap_tensors (model.to() under swap_module_params_on_conversion)
+//     refuse them;
+//   - the data address, shape and layout of each parameter (`p.data = t`, model.to(),
+//     set_(), and a transposed or reshaped view of the same memory, which keeps the address);
 //   - optimizer.state[p] and each state tensor in it (identity and address).
 //
 // Anything else sends the step back to the full check in Python, which explains the
@@ -171,9 +173,9 @@ class GcPause {
 
 // ---------------------------------------------------------------- the plan's spec
 // Per parameter, in group order (columns of `spec`; kBufs + k: address of state tensor k).
-enum Col : int { kPtr = 0, kNumel, kRow, kFlags, kGradPtr, kHash, kItem, kBufs };
+enum Col : int { kPtr = 0, kNumel, kRow, kFlags, kHash, kItem, kBufs };
 constexpr int64_t kNoGrad = -1;  // had no gradient when the plan was built
-constexpr int64_t kSlow = -2;    // updated by torch's code: its gradient must stay the same object
+constexpr int64_t kSlow = -2;    // updated by torch's code (layouts checked exactly, no table row)
 // kContiguous / kStrided: the kernel walks this row in memory order, so the parameter and its
 // gradient must keep that layout (contiguous, or the recorded strides). kExact (torch's code
 // updates the parameter): shapes and strides exactly as checked, so that code cannot fail halfway.
@@ -181,7 +183,7 @@ enum Flag : int64_t { kContiguous = 1, kStrided = 2, kHasState = 4, kExact = 8 }
 
 class StepCheck {
  public:
-  StepCheck(py::list params, py::list grads, py::array_t<int64_t, py::array::c_style> spec, py::list shapes,
+  StepCheck(py::list params, py::array_t<int64_t, py::array::c_style> spec, py::list shapes,
             py::list strides, py::list grad_strides, py::list dtypes, py::list sdicts, py::list bufs,
             py::tuple keys, py::array_t<int64_t, py::array::c_style> written,
             py::array_t<int64_t, py::array::c_style> table, int grad_col, int n_col, std::vector<int> ptr_cols,
@@ -203,7 +205,7 @@ class StepCheck {
     width_ = kBufs + nkeys_;
     if (spec.ndim() != 2 || spec.shape(0) != n_ || spec.shape(1) != width_)
       throw py::value_error("StepCheck: spec must have shape (params, " + std::to_string(width_) + ")");
-    for (const py::list* l : {&grads, &shapes_, &strides_, &grad_strides_, &dtypes_, &sdicts_})
+    for (const py::list* l : {&shapes_, &strides_, &grad_strides_, &dtypes_, &sdicts_})
       if (static_cast<int64_t>(PyList_GET_SIZE(l->ptr())) != n_)
         throw py::value_error("StepCheck: per-parameter lists must match the parameters");
     if (static_cast<int64_t>(PyList_GET_SIZE(bufs_.ptr())) != n_ * nkeys_)
@@ -229,21 +231,15 @@ class StepCheck {
     for (py::ssize_t i = 0; i < written.shape(0); ++i) written_.emplace_back(written.at(i, 0), written.at(i, 1));
     std::sort(written_.begin(), written_.end());
     template_.assign(table.data(), table.data() + table.size());
-    weak_.assign(static_cast<size_t>(n_), nullptr);
-    for (int64_t i = 0; i < n_; ++i) remember(i, PyList_GET_ITEM(grads.ptr(), i));
     out_ = py::array_t<int64_t>({rows_, cols_});
     emitted_ = py::array_t<bool>(rows_);
   }
 
-  ~StepCheck() {
-    release();
-    for (PyObject*& w : weak_) Py_CLEAR(w);
-  }
+  ~StepCheck() { release(); }
   StepCheck(const StepCheck&) = delete;
   StepCheck& operator=(const StepCheck&) = delete;
 
-  // This step's table into the first rows of `out`; -1 when the full check must run. Nothing
-  // is recorded unless the whole group passes.
+  // This step's table into the first rows of `out`; -1 when the full check must run.
   int64_t refresh(py::handle state, py::handle live) {
     const GcPause pause;
     PyObject* st = state.ptr();
@@ -255,31 +251,24 @@ class StepCheck {
     int64_t* out = out_.mutable_data();
     bool* emitted = emitted_.mutable_data();
     std::fill(emitted, emitted + rows_, false);
-    pending_.clear();
     int64_t nout = 0;
     for (int64_t i = 0; i < n_; ++i) {
       const int64_t* s = &spec_[i * width_];
       PyObject* p = PyList_GET_ITEM(params_.ptr(), i);
       PyObject* g = grad_(p);
       if (g == nullptr) return fail();
-      held_.push_back(g);  // owns the reference the getter returned
-      const bool same = g != Py_None && last_grad(i) == g;
+      held_.push_back(g);  // the table points into it until release()
       const int64_t row = s[kRow];
-      if (g == Py_None || row == kNoGrad || (row == kSlow && !same)) {
-        // No gradient now: torch skips the parameter, so its row is left out. A gradient
-        // where the plan had none needs state and the checks the full path makes.
-        if (g == Py_None && row != kSlow) continue;
-        return fail();
+      if (g == Py_None) {
+        // torch skips a parameter without a gradient: its row is left out
+        if (row == kSlow) return fail();
+        continue;
       }
+      if (row == kNoGrad) return fail();  // needs state and the checks of the full path
       int64_t pptr = 0, gptr = 0;
-      bool ok = data_ptr(p, &pptr) && pptr == s[kPtr] && layout_ok(p, i, s[kFlags], strides_);
-      if (ok && same) {
-        ok = data_ptr(g, &gptr) && gptr == s[kGradPtr] && layout_ok(g, i, s[kFlags], grad_strides_);
-      } else if (ok) {
-        ok = new_grad_ok(g, i, s, &gptr);
-        pending_.emplace_back(i, gptr);
-      }
-      if (!ok || !state_ok(st, p, i, s)) return fail();
+      if (!data_ptr(p, &pptr) || pptr != s[kPtr] || !layout_ok(p, i, s[kFlags], strides_) ||
+          !grad_ok(g, i, s, &gptr) || !state_ok(st, p, i, s))
+        return fail();
       if (row == kSlow) continue;
       const int64_t* t = &template_[row * cols_];
       if (merge_ && nout > 0 && continues(&out[(nout - 1) * cols_], t, gptr, s[kItem])) {
@@ -291,12 +280,6 @@ class StepCheck {
       }
       emitted[row] = true;
     }
-    // The whole group passed: remember the new gradients.
-    for (const auto& [i, gptr] : pending_) {
-      remember(i, held_[static_cast<size_t>(i)]);
-      spec_[i * width_ + kGradPtr] = gptr;
-    }
-    pending_.clear();
     return nout;
   }
 
@@ -328,36 +311,7 @@ class StepCheck {
   int64_t fail() {
     PyErr_Clear();
     release();
-    pending_.clear();
     return -1;
-  }
-
-  // The gradient object last checked for parameter i (borrowed; nullptr when none is alive).
-  // A weak reference: the plan must not keep last step's gradients alive through the next
-  // forward and backward.
-  PyObject* last_grad(int64_t i) const {
-    PyObject* w = weak_[static_cast<size_t>(i)];
-    if (w == nullptr) return nullptr;
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject* obj = nullptr;
-    if (PyWeakref_GetRef(w, &obj) <= 0) {
-      PyErr_Clear();
-      return nullptr;
-    }
-    Py_DECREF(obj);  // still referenced by the held gradient when it matters
-    return obj;
-#else
-    PyObject* obj = PyWeakref_GET_OBJECT(w);
-    return obj == Py_None ? nullptr : obj;
-#endif
-  }
-
-  void remember(int64_t i, PyObject* g) {
-    PyObject*& w = weak_[static_cast<size_t>(i)];
-    Py_CLEAR(w);
-    if (g == nullptr || g == Py_None) return;
-    w = PyWeakref_NewRef(g, nullptr);
-    if (w == nullptr) PyErr_Clear();  // not weak-referenceable: checked as new each step
   }
 
   // The kernel walks the tensor in memory order: it must keep the shape and the dense layout the
@@ -369,13 +323,14 @@ class StepCheck {
     return equals(stride_(t), PyList_GET_ITEM(strides.ptr(), i));
   }
 
-  // A gradient object the plan has not seen: exactly the parameter's dtype, device, shape and
-  // layout, a plain tensor, and no overlap with memory the step writes.
-  bool new_grad_ok(PyObject* g, int64_t i, const int64_t* s, int64_t* gptr) {
-    if (Py_TYPE(g) != tensor_type_ || !(s[kFlags] & (kContiguous | kStrided))) return false;
+  // The gradient: a plain tensor with exactly the parameter's dtype, device, shape and layout
+  // (torch's code, for slow rows, the layout it was checked with), and no overlap with memory
+  // the step writes.
+  bool grad_ok(PyObject* g, int64_t i, const int64_t* s, int64_t* gptr) {
+    if (Py_TYPE(g) != tensor_type_) return false;  // subclasses (DTensor, ...) take the full check
     // A sparse or other non-strided gradient fails the layout check (is_contiguous/stride raise).
-    if (!equals(dtype_(g), PyList_GET_ITEM(dtypes_.ptr(), i)) ||
-        !equals(is_cpu_(g), Py_True) || !layout_ok(g, i, s[kFlags], grad_strides_) || !data_ptr(g, gptr))
+    if (!equals(dtype_(g), PyList_GET_ITEM(dtypes_.ptr(), i)) || !equals(is_cpu_(g), Py_True) ||
+        !layout_ok(g, i, s[kFlags], grad_strides_) || !data_ptr(g, gptr))
       return false;
     const int64_t n = s[kNumel];
     if (n == 0) return true;
@@ -433,12 +388,10 @@ class StepCheck {
   }
 
   py::list params_, shapes_, strides_, grad_strides_, dtypes_, sdicts_, bufs_;
-  std::vector<PyObject*> weak_;  // a weak reference to each parameter's last checked gradient
   std::vector<PyObject*> held_;  // the gradients of this step's table, held until release()
   py::tuple keys_;
   std::vector<int64_t> spec_, template_;
   std::vector<std::pair<int64_t, int64_t>> written_;
-  std::vector<std::pair<int64_t, int64_t>> pending_;  // (parameter, address) of new gradients
   std::vector<bool> is_ptr_;
   py::array_t<int64_t> out_;
   py::array_t<bool> emitted_;
@@ -457,10 +410,10 @@ class StepCheck {
 void bind_step_check(py::module_& m) {
   py::class_<StepCheck>(m, "StepCheck",
                         "Revalidates a cached fused-step plan each step and yields that step's kernel table.")
-      .def(py::init<py::list, py::list, py::array_t<int64_t, py::array::c_style>, py::list, py::list, py::list,
+      .def(py::init<py::list, py::array_t<int64_t, py::array::c_style>, py::list, py::list, py::list,
                     py::list, py::list, py::list, py::tuple, py::array_t<int64_t, py::array::c_style>,
                     py::array_t<int64_t, py::array::c_style>, int, int, std::vector<int>, bool>(),
-           py::arg("params"), py::arg("grads"), py::arg("spec"), py::arg("shapes"), py::arg("strides"),
+           py::arg("params"), py::arg("spec"), py::arg("shapes"), py::arg("strides"),
            py::arg("grad_strides"), py::arg("dtypes"), py::arg("state_dicts"), py::arg("buffers"), py::arg("keys"),
            py::arg("written"), py::arg("table"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"),
            py::arg("merge"))

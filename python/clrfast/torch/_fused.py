@@ -8,10 +8,10 @@ so every rule gets the same guarantees:
   parameter with a gradient, the raw pointers the kernel will touch. It is built only
   after every tensor was checked (device, dtype, layout, element counts of parameter,
   gradient and state, memory overlap). Each later step revalidates it exactly in C++
-  (``_core.StepCheck``: each ``.grad`` object, the addresses and layouts the kernel relies
-  on, the state tensors), a few attribute reads per tensor; a new gradient with the
-  parameter's dtype, shape and layout (autograd's, after ``zero_grad()``) goes straight
-  into the table, anything else takes the full check again. Tensors the kernel
+  (``_core.StepCheck``: each gradient's dtype, device, shape, layout and overlap, the
+  addresses and layouts of the parameters, the state tensors), a few attribute reads per
+  tensor; a gradient that passes (autograd's new one after ``zero_grad()`` included) goes
+  straight into the table, anything else takes the full check again. Tensors the kernel
   cannot walk as one flat run (transposed parameters, a state buffer left in another
   dtype by ``model.to()``) take torch's own single-tensor code, so they still match torch.
 - **All or nothing.** ``step`` validates every group before it mutates anything, and the
@@ -42,7 +42,7 @@ from ..schedules import Schedule, from_dict
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _DEVICES = ("cpu", "cuda")
 # The per-parameter spec of a StepCheck (cpp/bindings/step_check.cpp): columns, row codes, flags.
-_SPEC_BUFS = 7  # p address, numel, row, flags, gradient address, hash(p), element size; then state addresses
+_SPEC_BUFS = 6  # p address, numel, row, flags, hash(p), element size; then the state tensors' addresses
 _NO_GRAD, _SLOW = -1, -2
 _CONTIGUOUS, _STRIDED, _HAS_STATE, _EXACT = 1, 2, 4, 8
 _FRESH = "fresh_state"  # state-dict key: indices of a group's parameters whose state holds no history yet
@@ -763,8 +763,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 flags = _CONTIGUOUS if p.is_contiguous() else _STRIDED
             if st is not None:
                 flags |= _HAS_STATE
-            spec[pi, :_SPEC_BUFS] = (p.data_ptr(), p.numel(), row, flags, g.data_ptr() if g is not None else 0,
-                                     hash(p), p.element_size())
+            spec[pi, :_SPEC_BUFS] = (p.data_ptr(), p.numel(), row, flags, hash(p), p.element_size())
             shapes.append(p.shape)
             strides.append(tuple(p.stride()))
             grad_strides.append(tuple(local(g).stride()) if g is not None else None)
@@ -781,9 +780,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 written.append(extent(p))
         written = np.array([w for w in written if w[1] > w[0]], dtype=np.int64).reshape(-1, 2)
         plan.check = _core.StepCheck(
-            params, list(plan.grads), spec, shapes, strides, grad_strides, dtypes, sdicts, bufs, keys, written,
+            params, spec, shapes, strides, grad_strides, dtypes, sdicts, bufs, keys, written,
             plan.template, self._grad_col, self._n_col, list(self._ptr_cols), self._merge_runs)
-        plan.keep, plan.grads = [], None  # the check holds what it needs; gradients only weakly
+        plan.keep, plan.grads = [], None  # the check holds what it needs, and no gradient
 
     # ------------------------------------------------------------------ flat mode
     def _flatten(self, gi: int, group) -> None:
