@@ -47,12 +47,12 @@ class CLRSGD(FusedOptimizer):
     weights as two Parameters, one parameter listed twice) are refused with an error.
 
     ``flat=True`` copies each group's parameters, gradients and momentum buffers into
-    three contiguous buffers (parameters become views), so a step is one kernel segment
-    whatever the number of tensors. It is fastest with ``zero_grad(set_to_none=False)``:
-    gradients stay bound and backward accumulates into the flat buffer. With
-    ``set_to_none=True`` (the default, as torch's) parameters that get no gradient are
-    skipped, as torch skips them, and new gradients are copied into the flat buffer at
-    the next step. Converting the model after building a flat optimizer is an error.
+    three contiguous buffers (parameters become views), so adjacent parameters run as one
+    kernel segment. It pays off with ``zero_grad(set_to_none=False)``: gradients stay in
+    the buffer and backward accumulates into it. With ``set_to_none=True`` (the default,
+    as torch's) backward makes new gradients, which the step reads where they are, and
+    parameters that get no gradient are skipped, as torch skips them. A parameter moved
+    out of the buffer (``model.double()`` after construction) is followed where it lives.
 
     FSDP2 (DTensor) parameters are updated shard by shard. The step clock advances only
     when an update is applied, so a step skipped by ``torch.amp.GradScaler`` does not
