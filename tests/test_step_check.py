@@ -244,3 +244,25 @@ def test_model_conversion_by_swapping_tensors_after_steps_works(rule, flat):
                 assert same(p, q), t
     finally:
         torch.__future__.set_swap_module_params_on_conversion(before)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_gradient_shared_under_gradscaler_is_refused(flat):
+    # GradScaler's fused path writes each gradient back unscaled: a gradient shared by two
+    # parameters would be unscaled twice (torch does that too), by two threads at once here
+    a = [torch.nn.Parameter(torch.ones(6)), torch.nn.Parameter(torch.ones(6))]
+    opt = CLRSGD(a, clr.Constant(0.1), momentum=0.9, flat=flat)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    for _ in range(2):  # separate gradients: the plan is cached
+        for p in a:
+            p.grad = scaler.scale(torch.ones(6))
+        scaler.step(opt)
+        scaler.update()
+    before = [p.detach().clone() for p in a]
+    shared = scaler.scale(torch.ones(6))
+    a[0].grad = a[1].grad = shared
+    with pytest.raises(ValueError, match="share memory"):
+        scaler.step(opt)
+    assert all(torch.equal(p, q) for p, q in zip(a, before))
+    assert torch.equal(shared, scaler.scale(torch.ones(6)))  # not unscaled
+    assert opt.param_groups[0]["step"] == 2

@@ -240,7 +240,7 @@ class StepCheck {
   StepCheck& operator=(const StepCheck&) = delete;
 
   // This step's table into the first rows of `out`; -1 when the full check must run.
-  int64_t refresh(py::handle state, py::handle live) {
+  int64_t refresh(py::handle state, py::handle live, bool grads_written) {
     const GcPause pause;
     PyObject* st = state.ptr();
     PyObject* group = live.ptr();
@@ -252,6 +252,7 @@ class StepCheck {
     bool* emitted = emitted_.mutable_data();
     std::fill(emitted, emitted + rows_, false);
     int64_t nout = 0;
+    grad_spans_.clear();
     for (int64_t i = 0; i < n_; ++i) {
       const int64_t* s = &spec_[i * width_];
       PyObject* p = PyList_GET_ITEM(params_.ptr(), i);
@@ -269,6 +270,7 @@ class StepCheck {
       if (!data_ptr(p, &pptr) || pptr != s[kPtr] || !layout_ok(p, i, s[kFlags], strides_) ||
           !grad_ok(g, i, s, &gptr) || !state_ok(st, p, i, s))
         return fail();
+      if (grads_written && s[kNumel] > 0) grad_spans_.emplace_back(gptr, gptr + s[kNumel] * s[kItem]);
       if (row == kSlow) continue;
       const int64_t* t = &template_[row * cols_];
       if (merge_ && nout > 0 && continues(&out[(nout - 1) * cols_], t, gptr, s[kItem])) {
@@ -279,6 +281,13 @@ class StepCheck {
         ++nout;
       }
       emitted[row] = true;
+    }
+    // GradScaler's fused path writes each gradient back unscaled: two parameters sharing one
+    // would have it unscaled twice, by two threads at once.
+    if (grads_written) {
+      std::sort(grad_spans_.begin(), grad_spans_.end());
+      for (size_t k = 1; k < grad_spans_.size(); ++k)
+        if (grad_spans_[k].first < grad_spans_[k - 1].second) return fail();
     }
     return nout;
   }
@@ -392,6 +401,7 @@ class StepCheck {
   py::tuple keys_;
   std::vector<int64_t> spec_, template_;
   std::vector<std::pair<int64_t, int64_t>> written_;
+  std::vector<std::pair<int64_t, int64_t>> grad_spans_;  // this step's gradients, when they are written
   std::vector<bool> is_ptr_;
   py::array_t<int64_t> out_;
   py::array_t<bool> emitted_;
@@ -417,7 +427,7 @@ void bind_step_check(py::module_& m) {
            py::arg("grad_strides"), py::arg("dtypes"), py::arg("state_dicts"), py::arg("buffers"), py::arg("keys"),
            py::arg("written"), py::arg("table"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"),
            py::arg("merge"))
-      .def("refresh", &StepCheck::refresh, py::arg("state"), py::arg("params"),
+      .def("refresh", &StepCheck::refresh, py::arg("state"), py::arg("params"), py::arg("grads_written"),
            "The number of rows of this step's table (the first rows of `out`), or -1 when the plan no longer "
            "describes the group.")
       .def_property_readonly("out", &StepCheck::out)

@@ -522,7 +522,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         # Validate every group, then mutate: nothing after the plans raises on input.
         try:
             hypers = [self._step_hyper(gi, g) for gi, g in enumerate(self.param_groups)]
-            plans = [self._plan(gi, g, h) for gi, (g, h) in enumerate(zip(self.param_groups, hypers))]
+            # GradScaler's fused path writes the unscaled gradients back: then they are written memory
+            written = grad_scale is not None
+            plans = [self._plan(gi, g, h, written) for gi, (g, h) in enumerate(zip(self.param_groups, hypers))]
             for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
                 if plan is not None and plan.device.type == "cuda":
                     self._check_cuda_group(gi, group)
@@ -639,17 +641,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._plans.clear()
 
     # ------------------------------------------------------------------ plans
-    def _plan(self, gi: int, group, hyper) -> Plan | None:
+    def _plan(self, gi: int, group, hyper, grads_written: bool = False) -> Plan | None:
         """The checked plan of this step: the cached one when its check passes, else a new one."""
         required = self._required(hyper)
         params = group["params"]
         plan = self._plans.get(gi)
         if plan is not None and plan.check is not None and not plan.missing.intersection(required):
-            n = plan.check.refresh(self.state, params)
+            n = plan.check.refresh(self.state, params, grads_written)
             if n >= 0:
                 plan.table = plan.check.out[:n]
                 return plan
-        plan = self._build_plan(gi, group, required)
+        plan = self._build_plan(gi, group, required, grads_written)
         self._plans[gi] = plan
         return plan
 
@@ -669,7 +671,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             fused = fused and dense_like(lp, lv) and lv.dtype == lp.dtype and lv.device == lp.device
         return locs, fused, named
 
-    def _build_plan(self, gi: int, group, required) -> Plan | None:
+    def _build_plan(self, gi: int, group, required, grads_written: bool = False) -> Plan | None:
         """Checks every tensor of the group and lays out the kernel rows (the full check)."""
         params = group["params"]
         grads, rows, owners, slow, named, read, keep, missing = [], [], [], [], [], [], [], []
@@ -706,6 +708,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         if len(devices) > 1:
             raise ValueError(f"param_groups[{gi}]: a {self._rule} param group must live on one device, got "
                              f"{sorted(map(str, devices))}")
+        # gradients are only read, so two parameters may share one, unless the step writes them back
+        if grads_written:
+            named, read = named + read, []
         check_no_overlap(named, read)
         plan = Plan(next(iter(devices)))
         plan.params, plan.grads, plan.owners, plan.slow, plan.keep = params, grads, owners, slow, keep
