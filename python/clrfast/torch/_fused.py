@@ -255,8 +255,9 @@ class Plan:
     single-tensor code. ``deferred`` holds the state changes this step makes before the
     kernel runs: they run only once every group is validated. ``check`` (a
     ``_core.StepCheck``, made when the plan's first step has committed) revalidates the plan
-    at each later step; it and ``keep`` hold every tensor whose address is in the template,
-    so none is freed while the plan lives.
+    at each later step. No address in a table outlives its tensor: ``keep`` and ``grads`` hold
+    the first step's tensors until the check exists; the check holds the parameters and state
+    tensors, and each step's gradients from its refresh until ``release()`` after the kernel.
     """
 
     __slots__ = ("params", "grads", "template", "table", "owners", "slow", "deferred", "fresh", "missing",
