@@ -32,3 +32,41 @@ def test_cuda_matches_torch_sgd(dtype):
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
     assert oa.state_dict()["param_groups"][0]["step"] == 100
+
+
+def test_cuda_gradients_kept_between_steps_match_torch_sgd():
+    # zero_grad(set_to_none=False): the same gradient objects every step, so the cached plan
+    # (and the table already on the device) is reused
+    s = clr.Cyclic(0.01, 0.1, step_size_up=5)
+    a = [torch.randn(sh, device="cuda").requires_grad_() for sh in [(33,), (8, 8)]]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    oa = CLRSGD(a, s, momentum=0.9)
+    ob = torch.optim.SGD(b, lr=0.01, momentum=0.9, foreach=False)
+    sb = torch.optim.lr_scheduler.CyclicLR(ob, 0.01, 0.1, step_size_up=5, cycle_momentum=False)
+    for t in range(12):
+        oa.zero_grad(set_to_none=False)
+        ob.zero_grad(set_to_none=False)
+        g = torch.Generator(device="cuda").manual_seed(t)
+        for p, q in zip(a, b):
+            step = torch.randn(p.shape, device="cuda", generator=g)
+            if p.grad is None:
+                p.grad, q.grad = step.clone(), step.clone()
+            else:
+                p.grad.add_(step)
+                q.grad.add_(step)
+        oa.step()
+        ob.step()
+        sb.step()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_cuda_transposed_parameter_is_a_clear_error_that_changes_nothing():
+    # the CUDA step has no per-tensor fallback to torch's code
+    w = torch.nn.Parameter(torch.randn(4, 4, device="cuda").t())
+    opt = CLRSGD([w], clr.Constant(0.1), momentum=0.9)
+    w.grad = torch.randn(4, 4, device="cuda").t()
+    before = w.detach().clone()
+    with pytest.raises(ValueError, match="cannot walk"):
+        opt.step()
+    assert torch.equal(w, before) and opt.param_groups[0]["step"] == 0 and not opt.state

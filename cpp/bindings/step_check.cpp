@@ -39,7 +39,7 @@ namespace clrfast {
 namespace {
 
 // ---------------------------------------------------------------- reading torch tensors
-// `grad`, `shape`, `dtype` and `is_cpu` are data descriptors (C getters) of
+// `grad`, `shape`, `dtype`, `is_cpu` and `is_cuda` are data descriptors (C getters) of
 // torch's tensor type, found once per type and called directly.
 class Getter {
  public:
@@ -187,7 +187,7 @@ class StepCheck {
             py::list strides, py::list grad_strides, py::list dtypes, py::list sdicts, py::list bufs,
             py::tuple keys, py::array_t<int64_t, py::array::c_style> written,
             py::array_t<int64_t, py::array::c_style> table, int grad_col, int n_col, std::vector<int> ptr_cols,
-            bool merge)
+            bool merge, int device_index)
       : params_(std::move(params)),
         shapes_(std::move(shapes)),
         strides_(std::move(strides)),
@@ -198,7 +198,8 @@ class StepCheck {
         keys_(std::move(keys)),
         grad_col_(grad_col),
         n_col_(n_col),
-        merge_(merge) {
+        merge_(merge),
+        device_index_(device_index) {
     if (tensor_type_ == nullptr) throw py::value_error("StepCheck: set_tensor_api was not called");
     n_ = static_cast<int64_t>(PyList_GET_SIZE(params_.ptr()));
     nkeys_ = static_cast<int64_t>(PyTuple_GET_SIZE(keys_.ptr()));
@@ -338,12 +339,22 @@ class StepCheck {
   bool grad_ok(PyObject* g, int64_t i, const int64_t* s, int64_t* gptr) {
     if (Py_TYPE(g) != tensor_type_) return false;  // subclasses (DTensor, ...) take the full check
     // A sparse or other non-strided gradient fails the layout check (is_contiguous/stride raise).
-    if (!equals(dtype_(g), PyList_GET_ITEM(dtypes_.ptr(), i)) || !equals(is_cpu_(g), Py_True) ||
+    if (!equals(dtype_(g), PyList_GET_ITEM(dtypes_.ptr(), i)) || !on_device(g) ||
         !layout_ok(g, i, s[kFlags], grad_strides_) || !data_ptr(g, gptr))
       return false;
     const int64_t n = s[kNumel];
     if (n == 0) return true;
     return *gptr != 0 && !overlaps_written(*gptr, *gptr + n * s[kItem]);
+  }
+
+  // On the plan's device: the CPU, or the CUDA device of that index.
+  bool on_device(PyObject* t) {
+    if (device_index_ < 0) return equals(is_cpu_(t), Py_True);
+    if (!equals(is_cuda_(t), Py_True)) return false;
+    PyObject* index = PyLong_FromLong(device_index_);
+    const bool same = index != nullptr && equals(get_device_(t), index);
+    Py_XDECREF(index);
+    return same;
   }
 
   // The written extents (parameters and state tensors) are sorted and disjoint, so [a, b)
@@ -408,11 +419,12 @@ class StepCheck {
   int64_t n_ = 0, nkeys_ = 0, width_ = 0, rows_ = 0, cols_ = 0;
   int grad_col_, n_col_;
   bool merge_;
+  int device_index_;  // -1: the CPU
 
   static inline PyTypeObject* tensor_type_ = nullptr;
   static inline PyObject* strided_ = nullptr;
-  static inline Getter grad_{"grad"}, dtype_{"dtype"}, is_cpu_{"is_cpu"}, shape_{"shape"};
-  static inline Method is_contiguous_{"is_contiguous"}, stride_{"stride"};
+  static inline Getter grad_{"grad"}, dtype_{"dtype"}, is_cpu_{"is_cpu"}, is_cuda_{"is_cuda"}, shape_{"shape"};
+  static inline Method is_contiguous_{"is_contiguous"}, stride_{"stride"}, get_device_{"get_device"};
 };
 
 }  // namespace
@@ -422,11 +434,11 @@ void bind_step_check(py::module_& m) {
                         "Revalidates a cached fused-step plan each step and yields that step's kernel table.")
       .def(py::init<py::list, py::array_t<int64_t, py::array::c_style>, py::list, py::list, py::list,
                     py::list, py::list, py::list, py::tuple, py::array_t<int64_t, py::array::c_style>,
-                    py::array_t<int64_t, py::array::c_style>, int, int, std::vector<int>, bool>(),
+                    py::array_t<int64_t, py::array::c_style>, int, int, std::vector<int>, bool, int>(),
            py::arg("params"), py::arg("spec"), py::arg("shapes"), py::arg("strides"),
            py::arg("grad_strides"), py::arg("dtypes"), py::arg("state_dicts"), py::arg("buffers"), py::arg("keys"),
            py::arg("written"), py::arg("table"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"),
-           py::arg("merge"))
+           py::arg("merge"), py::arg("device_index"))
       .def("refresh", &StepCheck::refresh, py::arg("state"), py::arg("params"), py::arg("grads_written"),
            "The number of rows of this step's table (the first rows of `out`), or -1 when the plan no longer "
            "describes the group.")

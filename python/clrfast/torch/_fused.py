@@ -529,6 +529,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
                 if plan is not None and plan.device.type == "cuda":
                     self._check_cuda_group(gi, group)
+                    if plan.slow:
+                        pi = plan.slow[0][0]
+                        raise ValueError(
+                            f"{where(gi, pi)} is a CUDA tensor the kernel cannot walk as one dense run (transposed, "
+                            "or a state tensor of another dtype or layout); the CUDA step has no per-tensor "
+                            "fallback: make it contiguous (p.data = p.data.contiguous()) before the step")
         except Exception:
             self._forget_plans()  # plans built for this step carry changes it never made
             raise
@@ -553,6 +559,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan.deferred = []
         if plan.device.type == "cuda":
             self._cuda_step(gi, group, plan, grad_scale, found_inf)
+            if plan.check is None and plan.cacheable:
+                self._arm(plan)
             return
         if len(plan.table):
             self._kernel(plan.table, hyper, inv_scale)
@@ -649,8 +657,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan = self._plans.get(gi)
         if plan is not None and plan.check is not None and not plan.missing.intersection(required):
             n = plan.check.refresh(self.state, params, grads_written)
-            if n >= 0:
+            if n >= 0 and plan.device.type == "cpu":
                 plan.table = plan.check.out[:n]
+                return plan
+            # A CUDA table lives on the device, where the kernel also clears the first-update
+            # flags: the plan is kept only while the table it uploaded is still the right one.
+            if n >= 0 and plan.cuda is not None and np.array_equal(plan.check.out[:n], plan.table):
                 return plan
         plan = self._build_plan(gi, group, required, grads_written)
         self._plans[gi] = plan
@@ -752,8 +764,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         Everything the check compares is read here, after the step: the state the step
         made, the gradients it used, the parameters' addresses and layouts.
         """
-        if plan.device.type != "cpu":
-            return  # CUDA groups keep the full check (their tables live on the device)
         keys = self._state_keys + self._scalar_keys
         params = list(plan.params)
         row_of = {id(p): r for r, p in enumerate(plan.owners)}
@@ -787,7 +797,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         written = np.array([w for w in written if w[1] > w[0]], dtype=np.int64).reshape(-1, 2)
         plan.check = _core.StepCheck(
             params, spec, shapes, strides, grad_strides, dtypes, sdicts, bufs, keys, written,
-            plan.template, self._grad_col, self._n_col, list(self._ptr_cols), self._merge_runs)
+            plan.template, self._grad_col, self._n_col, list(self._ptr_cols), self._merge_runs,
+            plan.device.index if plan.device.type == "cuda" else -1)
         plan.keep, plan.grads = [], None  # the check holds what it needs, and no gradient
 
     # ------------------------------------------------------------------ flat mode
