@@ -308,12 +308,10 @@ class StepCheck {
     template_[row * cols_ + col] = value;
   }
 
-  static void set_tensor_api(py::handle tensor_type, py::handle strided, uintptr_t data_ptr_fn) {
+  static void set_tensor_api(py::handle tensor_type, uintptr_t data_ptr_fn) {
     if (!PyType_Check(tensor_type.ptr())) throw py::type_error("tensor_type must be a type");
     Py_XDECREF(reinterpret_cast<PyObject*>(tensor_type_));
-    Py_XDECREF(strided_);
     tensor_type_ = reinterpret_cast<PyTypeObject*>(tensor_type.inc_ref().ptr());
-    strided_ = strided.inc_ref().ptr();
     g_data_ptr_fn = reinterpret_cast<DataPtrFn>(data_ptr_fn);
   }
 
@@ -422,7 +420,6 @@ class StepCheck {
   int device_index_;  // -1: the CPU
 
   static inline PyTypeObject* tensor_type_ = nullptr;
-  static inline PyObject* strided_ = nullptr;
   static inline Getter grad_{"grad"}, dtype_{"dtype"}, is_cpu_{"is_cpu"}, is_cuda_{"is_cuda"}, shape_{"shape"};
   static inline Method is_contiguous_{"is_contiguous"}, stride_{"stride"}, get_device_{"get_device"};
 };
@@ -447,9 +444,8 @@ void bind_step_check(py::module_& m) {
       .def("release", &StepCheck::release, "Drops the references to this step's gradients.")
       .def("set", &StepCheck::set, py::arg("row"), py::arg("col"), py::arg("value"),
            "Sets a column of a template row.");
-  m.def("set_tensor_api", &StepCheck::set_tensor_api, py::arg("tensor_type"), py::arg("strided"),
-        py::arg("data_ptr_fn"),
-        "torch.Tensor, torch.strided and torch's C function returning a tensor's data address (0: call data_ptr).");
+  m.def("set_tensor_api", &StepCheck::set_tensor_api, py::arg("tensor_type"), py::arg("data_ptr_fn"),
+        "torch.Tensor and torch's C function returning a tensor's data address (0: call data_ptr).");
 }
 
 }  // namespace clrfast

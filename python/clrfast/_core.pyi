@@ -585,9 +585,9 @@ class StepCheck:
     """
     Revalidates a cached fused-step plan each step and yields that step's kernel table.
     """
-    def __init__(self, params: list, grads: list, spec: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], shapes: list, strides: list, grad_strides: list, dtypes: list, state_dicts: list, buffers: list, keys: tuple, written: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], table: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], grad_col: typing.SupportsInt | typing.SupportsIndex, n_col: typing.SupportsInt | typing.SupportsIndex, ptr_cols: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], merge: bool) -> None:
+    def __init__(self, params: list, spec: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], shapes: list, strides: list, grad_strides: list, dtypes: list, state_dicts: list, buffers: list, keys: tuple, written: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], table: typing.Annotated[numpy.typing.ArrayLike, numpy.int64], grad_col: typing.SupportsInt | typing.SupportsIndex, n_col: typing.SupportsInt | typing.SupportsIndex, ptr_cols: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], merge: bool, device_index: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
-    def refresh(self, state: typing.Any, params: typing.Any) -> int:
+    def refresh(self, state: typing.Any, params: typing.Any, grads_written: bool) -> int:
         """
         The number of rows of this step's table (the first rows of `out`), or -1 when the plan no longer describes the group.
         """
@@ -655,9 +655,9 @@ def schedule_bytes(arg0: Schedule) -> bytes:
     """
     The compiled schedule's raw bytes (copied to device memory for the CUDA kernel).
     """
-def set_tensor_api(tensor_type: typing.Any, strided: typing.Any, data_ptr_fn: typing.SupportsInt | typing.SupportsIndex) -> None:
+def set_tensor_api(tensor_type: typing.Any, data_ptr_fn: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
-    torch.Tensor, torch.strided and torch's C function returning a tensor's data address (0: call data_ptr).
+    torch.Tensor and torch's C function returning a tensor's data address (0: call data_ptr).
     """
 def sgd_cpu_isa() -> str:
     """

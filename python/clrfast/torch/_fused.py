@@ -57,7 +57,7 @@ def _data_ptr_fn() -> int:
     return int(getattr(guards, "_torchinductor_pyobject_tensor_data_ptr", 0) or 0)
 
 
-_core.set_tensor_api(torch.Tensor, torch.strided, _data_ptr_fn())
+_core.set_tensor_api(torch.Tensor, _data_ptr_fn())
 
 
 # --------------------------------------------------------------------------- tensors
@@ -188,6 +188,22 @@ def as_real(gi: int, key: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"param_groups[{gi}][{key!r}] must be a real number, got {value!r}")
     return float(value)
+
+
+def check_schedule(name: str, schedule) -> None:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            f"{name} must be a clrfast schedule (clr.Cyclic, clr.OneCycle, ...), a float lr or None, got {schedule!r}"
+        )
+
+
+def real_or_tensor(name: str, value):
+    """An lr as torch's optimizers take it: a real number or a one-element floating tensor."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise TypeError(f"{name} must be a real number or a one-element floating tensor, got {value!r}")
+        return value
+    return check.real(name, value, min=0.0)
 
 
 class IdSet:
@@ -356,6 +372,42 @@ class FusedOptimizer(torch.optim.Optimizer):
             super().__init__(checked, defaults)
         finally:
             self._constructing = False
+
+    # ------------------------------------------------------------------ hyperparameters
+    def _lr_source(self, schedule, lr) -> tuple:
+        """The (schedule, lr) a constructor was given; a number as the schedule is the lr (schedule=None)."""
+        if schedule is not None and not isinstance(schedule, Schedule):
+            if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
+                if lr is not None:
+                    raise TypeError(f"give the lr once: schedule={schedule!r} and lr={lr!r}")
+                schedule, lr = None, schedule
+            else:
+                check_schedule("schedule", schedule)
+        if schedule is None and lr is None:
+            raise TypeError(f"{self._rule} needs a schedule (clr.Cyclic, clr.OneCycle, ...) or, with "
+                            "schedule=None, an lr")
+        if schedule is not None and lr is not None:
+            raise ValueError(f"lr={lr!r} and a schedule were both given; the schedule sets the lr")
+        return schedule, lr
+
+    @staticmethod
+    def _check_lr(label: str, group: dict) -> None:
+        """A group's schedule, or (schedule=None) its lr, normalised in place."""
+        if group["schedule"] is not None:
+            check_schedule(f"{label}['schedule']", group["schedule"])
+        else:
+            group["lr"] = real_or_tensor(f"{label}['lr']", group["lr"])
+
+    @staticmethod
+    def _check_flags_and_clock(label: str, group: dict, flags) -> None:
+        """A group's boolean hyperparameters and its step clock, normalised in place."""
+        for key in flags:
+            if not isinstance(group[key], (bool, int)) or group[key] not in (0, 1):
+                raise TypeError(f"{label}['{key}'] must be a bool, got {group[key]!r}")
+            group[key] = bool(group[key])
+        group["step"] = check.integer(f"{label}['step']", group["step"], min=0)
+        if group["step"] >= 2**53:
+            raise ValueError(f"{label}['step'] must be < 2**53, got {group['step']}")
 
     # ------------------------------------------------------------------ groups
     @staticmethod

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch.optim.adam import adam as _torch_adam
 from torch.optim.optimizer import _get_scalar_dtype
@@ -12,7 +10,6 @@ from .. import _core
 from .. import _validate as check
 from ._fused import DTYPE_CODES, FusedOptimizer, as_real
 from ._sqrt import torch_sqrt_routines
-from .optim import _check_schedule, _real_or_tensor
 
 __all__ = ["CLRAdamW", "CLRAdam"]
 
@@ -44,18 +41,7 @@ class _CLRAdamBase(FusedOptimizer):
         match_torch: bool = True,
         threads: int | None = None,
     ):
-        if schedule is not None and not hasattr(schedule, "_core"):
-            if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
-                if lr is not None:
-                    raise TypeError(f"give the lr once: schedule={schedule!r} and lr={lr!r}")
-                schedule, lr = None, schedule
-            else:
-                _check_schedule("schedule", schedule)
-        if schedule is None and lr is None:
-            raise TypeError(f"{self._rule} needs a schedule (clr.Cyclic, clr.OneCycle, ...) or, with "
-                            "schedule=None, an lr")
-        if schedule is not None and lr is not None:
-            raise ValueError(f"lr={lr!r} and a schedule were both given; the schedule sets the lr")
+        schedule, lr = self._lr_source(schedule, lr)
         defaults = dict(schedule=schedule, lr=lr if lr is not None else 0.0, betas=betas, eps=eps,
                         weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, step=0, flat=flat,
                         match_torch=match_torch)
@@ -64,11 +50,7 @@ class _CLRAdamBase(FusedOptimizer):
 
     # ------------------------------------------------------------------ hyperparameters
     def _check_hyper(self, label: str, group: dict) -> None:
-        sched = group["schedule"]
-        if sched is not None:
-            _check_schedule(f"{label}['schedule']", sched)
-        else:
-            group["lr"] = _real_or_tensor(f"{label}['lr']", group["lr"])
+        self._check_lr(label, group)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{label}['betas'] must be a pair of floats, got {betas!r}")
@@ -80,13 +62,7 @@ class _CLRAdamBase(FusedOptimizer):
         group["eps"] = check.real(f"{label}['eps']", group["eps"], min=0.0)
         group["weight_decay"] = check.real(f"{label}['weight_decay']", group["weight_decay"], min=0.0)
         group.setdefault("match_torch", True)  # absent from torch's groups
-        for key in ("amsgrad", "maximize", "flat", "match_torch"):
-            if not isinstance(group[key], (bool, int)) or group[key] not in (0, 1):
-                raise TypeError(f"{label}['{key}'] must be a bool, got {group[key]!r}")
-            group[key] = bool(group[key])
-        group["step"] = check.integer(f"{label}['step']", group["step"], min=0)
-        if group["step"] >= 2**53:
-            raise ValueError(f"{label}['step'] must be < 2**53, got {group['step']}")
+        self._check_flags_and_clock(label, group, ("amsgrad", "maximize", "flat", "match_torch"))
 
     def _publish_schedule(self, group) -> None:
         b1, b2 = group["betas"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch.optim.sgd import sgd as _torch_sgd
 
@@ -82,17 +80,7 @@ class CLRSGD(FusedOptimizer):
         flat: bool = False,
         threads: int | None = None,
     ):
-        if schedule is not None and not isinstance(schedule, Schedule):
-            if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
-                if lr is not None:
-                    raise TypeError(f"give the lr once: schedule={schedule!r} and lr={lr!r}")
-                schedule, lr = None, schedule
-            else:
-                _check_schedule("schedule", schedule)
-        if schedule is None and lr is None:
-            raise TypeError("CLRSGD needs a schedule (clr.Cyclic, clr.OneCycle, ...) or, with schedule=None, an lr")
-        if schedule is not None and lr is not None:
-            raise ValueError(f"lr={lr!r} and a schedule were both given; the schedule sets the lr")
+        schedule, lr = self._lr_source(schedule, lr)
         defaults = dict(
             schedule=schedule,
             lr=lr if lr is not None else 0.0,
@@ -121,20 +109,11 @@ class CLRSGD(FusedOptimizer):
     def _check_hyper(self, label: str, group: dict) -> None:
         """Checks (and normalises in place) a group's hyperparameters."""
         sched = group["schedule"]
-        if sched is not None:
-            _check_schedule(f"{label}['schedule']", sched)
-        else:
-            group["lr"] = _real_or_tensor(f"{label}['lr']", group["lr"])
+        self._check_lr(label, group)
         group["momentum"] = check.real(f"{label}['momentum']", group["momentum"], min=0.0)
         group["dampening"] = check.real(f"{label}['dampening']", group["dampening"])
         group["weight_decay"] = check.real(f"{label}['weight_decay']", group["weight_decay"], min=0.0)
-        for key in ("nesterov", "maximize", "flat"):
-            if not isinstance(group[key], (bool, int)) or group[key] not in (0, 1):
-                raise TypeError(f"{label}['{key}'] must be a bool, got {group[key]!r}")
-            group[key] = bool(group[key])
-        group["step"] = check.integer(f"{label}['step']", group["step"], min=0)
-        if group["step"] >= 2**53:
-            raise ValueError(f"{label}['step'] must be < 2**53, got {group['step']}")
+        self._check_flags_and_clock(label, group, ("nesterov", "maximize", "flat"))
         if group["nesterov"] and (
             (group["momentum"] <= 0 and not (sched is not None and sched.has_momentum)) or group["dampening"] != 0
         ):
@@ -260,19 +239,3 @@ class _FollowGroups(torch.optim.lr_scheduler.LRScheduler):
 
     def get_lr(self) -> list:
         return [group["lr"] for group in self.optimizer.param_groups]
-
-
-def _check_schedule(name: str, schedule) -> None:
-    if not isinstance(schedule, Schedule):
-        raise TypeError(
-            f"{name} must be a clrfast schedule (clr.Cyclic, clr.OneCycle, ...), a float lr or None, got {schedule!r}"
-        )
-
-
-def _real_or_tensor(name: str, value):
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise TypeError(f"{name} must be a real number or a one-element floating tensor, got {value!r}")
-        return value
-    return check.real(name, value, min=0.0)
-
