@@ -151,19 +151,25 @@ double increment_step(int64_t addr, int64_t step_dtype) {
 
 }  // namespace
 
-void adam_step_cpu(const AdamSegment* segs, int64_t nseg, const AdamConfig& cfg, int threads) {
+// adam_step_cpu with the dtype code of a tensor lr (DType::F64 for a Python
+// float), whose 0-d ops torch's decay and step size follow. The bindings
+// declare it themselves: adam_cpu.hpp keeps the CUDA build's interface.
+void adam_step_cpu_lr(const AdamSegment* segs, int64_t nseg, const AdamConfig& cfg, int32_t lr_dtype, int threads) {
   // Serial first pass: every step scalar is advanced exactly once before any
   // thread starts, so no two threads touch one counter.
   std::vector<SegCoef> coef(static_cast<size_t>(nseg));
   const double wd = cfg.weight_decay;
+  const DType lr_dt = static_cast<DType>(lr_dtype);
   double step = 0.0;
   for (int64_t i = 0; i < nseg; ++i) {
     const AdamSegment& s = segs[i];
     if (i == 0 || s.step != segs[i - 1].step) step = increment_step(s.step, s.step_dtype);
     if (s.dtype == static_cast<int64_t>(DType::F64))
-      coef[i].d = make_adam_coef<double>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, wd, step, cfg.inv_scale, cfg.maximize);
+      coef[i].d = make_adam_coef<double>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, wd, step, cfg.inv_scale, cfg.maximize,
+                                         lr_dt);
     else
-      coef[i].f = make_adam_coef<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, wd, step, cfg.inv_scale, cfg.maximize);
+      coef[i].f = make_adam_coef<float>(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, wd, step, cfg.inv_scale, cfg.maximize,
+                                        lr_dt);
   }
   const WdMode w = wd == 0.0 ? WdMode::None : cfg.decoupled ? WdMode::Decoupled : WdMode::L2;
   for_each_segment_range(
@@ -197,6 +203,10 @@ void adam_step_cpu(const AdamSegment* segs, int64_t nseg, const AdamConfig& cfg,
             return run_f16(w, cfg.amsgrad, cfg.store_grad, p, g, m, v, vm, n, coef[i].f);
         }
       });
+}
+
+void adam_step_cpu(const AdamSegment* segs, int64_t nseg, const AdamConfig& cfg, int threads) {
+  adam_step_cpu_lr(segs, nseg, cfg, static_cast<int32_t>(DType::F64), threads);
 }
 
 }  // namespace clrfast

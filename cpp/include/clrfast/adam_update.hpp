@@ -36,9 +36,14 @@
 //   bc1 = 1 - beta1**step, bc2 = 1 - beta2**step, step_size = lr / bc1,
 //   bc2_sqrt = bc2**0.5,
 // where beta1 is the current (possibly cycled) value and step the parameter's
-// count after this step's increment. Half-precision storage is loaded once and
-// rounded once on store, as torch's fused kernel. The FMAs are written out
-// because the project is compiled without FP contraction.
+// count after this step's increment. A tensor lr makes torch compute
+// lr*wd, 1 - lr*wd and lr / bc1 as 0-d tensor ops in lr's dtype instead
+// (measured: in its opmath type, float unless it is float64, with the Python
+// scalar converted to that type and each result rounded to lr's dtype), so a
+// float32 lr gives other decay and step-size values than double arithmetic.
+// Half-precision storage is loaded once and rounded once on store, as torch's
+// fused kernel. The FMAs are written out because the project is compiled
+// without FP contraction.
 #pragma once
 
 #include <cmath>
@@ -66,17 +71,34 @@ struct AdamCoef {
   typename SignBits<Acc>::type sign;  // maximize: the sign bit, else 0
 };
 
-// The double-precision scalars torch's Python computes for one parameter at
-// (already incremented) step `step`.
+// The scalars torch's Python computes for one parameter at (already
+// incremented) step `step`: in double for a Python-float lr (and a float64
+// tensor, whose 0-d ops round alike), else as 0-d ops of the lr's dtype.
 struct AdamScalars {
-  double step_size, bc2_sqrt;
+  double step_size, bc2_sqrt, decay;
 };
 
-CLRFAST_HD AdamScalars adam_scalars(double lr, double beta1, double beta2, double step) {
+// A float result of a 0-d op rounded to a tensor lr's dtype (not float64).
+CLRFAST_HD float round_to_lr_dtype(float x, DType lr_dtype) {
+  if (lr_dtype == DType::BF16) return bf16_to_float(float_to_bf16(x));
+  if (lr_dtype == DType::F16) return f16_to_float(float_to_f16(x));
+  return x;
+}
+
+CLRFAST_HD AdamScalars adam_scalars(double lr, double beta1, double beta2, double wd, double step,
+                                    DType lr_dtype = DType::F64) {
   AdamScalars s;
   const double bc1 = 1.0 - pow(beta1, step);
   const double bc2 = 1.0 - pow(beta2, step);
-  s.step_size = lr / bc1;
+  if (lr_dtype == DType::F64) {
+    s.step_size = lr / bc1;
+    s.decay = 1.0 - lr * wd;
+  } else {
+    // lr holds a value of its dtype, so the cast to float is exact.
+    const float l = static_cast<float>(lr);
+    s.step_size = round_to_lr_dtype(l / static_cast<float>(bc1), lr_dtype);
+    s.decay = round_to_lr_dtype(1.0f - round_to_lr_dtype(l * static_cast<float>(wd), lr_dtype), lr_dtype);
+  }
   // Python's `bc2 ** 0.5` is C pow(bc2, 0.5); both it and sqrt are correctly
   // rounded in glibc, so sqrt gives the same double (and is exact on CUDA too).
   s.bc2_sqrt = sqrt(bc2);
@@ -85,8 +107,8 @@ CLRFAST_HD AdamScalars adam_scalars(double lr, double beta1, double beta2, doubl
 
 template <typename Acc>
 CLRFAST_HD AdamCoef<Acc> make_adam_coef(double lr, double beta1, double beta2, double eps, double wd, double step,
-                                        double inv_scale, bool maximize) {
-  const AdamScalars s = adam_scalars(lr, beta1, beta2, step);
+                                        double inv_scale, bool maximize, DType lr_dtype = DType::F64) {
+  const AdamScalars s = adam_scalars(lr, beta1, beta2, wd, step, lr_dtype);
   AdamCoef<Acc> c;
   const Acc w = static_cast<Acc>(1.0 - beta1);
   c.lerp_small = (w < Acc(0) ? -w : w) < Acc(0.5);
@@ -97,7 +119,7 @@ CLRFAST_HD AdamCoef<Acc> make_adam_coef(double lr, double beta1, double beta2, d
   c.eps = static_cast<Acc>(eps);
   c.neg_step_size = static_cast<Acc>(-s.step_size);
   c.wd = static_cast<Acc>(wd);
-  c.decay = static_cast<Acc>(1.0 - lr * wd);
+  c.decay = static_cast<Acc>(s.decay);
   c.inv_scale = static_cast<Acc>(inv_scale);
   c.sign = maximize ? SignBits<Acc>::sign : 0;
   return c;
