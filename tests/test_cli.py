@@ -1,7 +1,13 @@
 """The clrfast command: schedule specs, table, plot, bench, help and errors (exit code 2, one line)."""
 
+import errno
+import itertools
 import json
 import math
+import os
+import shlex
+import shutil
+import string
 import subprocess
 import sys
 
@@ -187,6 +193,154 @@ def test_unwritable_paths_are_one_line_errors(capsys, tmp_path):
     blocker.write_text("")
     rc, out, err = run(capsys, "table", "constant", "lr=0.1", "--steps", "3", "-o", str(blocker / "x.csv"))
     assert rc == 2 and out == "" and err.count("\n") == 1
+
+
+TO_FILE = {  # command line writing to -o, by the extension it writes
+    "csv": ["table", "constant", "lr=0.1", "--steps", "3"],
+    "npy": ["table", "constant", "lr=0.1", "--steps", "3"],
+    "png": ["plot", "constant", "lr=0.1", "--steps", "3"],
+}
+
+
+@pytest.mark.parametrize("ext", list(TO_FILE))
+def test_an_unwritable_o_says_why_naming_o_the_path_and_the_os_error(capsys, tmp_path, ext):
+    if ext == "png":
+        pytest.importorskip("matplotlib")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = [
+        (tmp_path / "missing" / f"x.{ext}", f"folder {str(tmp_path / 'missing')!r} does not exist", errno.ENOENT),
+        (tmp_path / "a" / "b" / f"x.{ext}", f"folder {str(tmp_path / 'a' / 'b')!r} does not exist", errno.ENOENT),
+        (blocker / f"x.{ext}", f"{str(blocker)!r} is a file, not a folder", errno.ENOTDIR),
+        (blocker / "sub" / f"x.{ext}", f"{str(blocker)!r} is a file, not a folder", errno.ENOTDIR),
+    ]
+    for path, why, code in cases:
+        rc, out, err = run(capsys, *TO_FILE[ext], "-o", str(path))
+        assert (rc, out) == (2, ""), path
+        assert err == f"clrfast: error: -o {str(path)!r}: {why} ({os.strerror(code)})\n"
+    assert blocker.read_text() == ""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_no_file_can_be_made_in_is_not_called_full(capsys):
+    # /proc reports 0 bytes free; what stops the write is that it holds no files.
+    rc, out, err = run(capsys, *TO_FILE["npy"], "-o", "/proc/clrfast-test.npy")
+    assert (rc, out) == (2, "")
+    assert err == (f"clrfast: error: -o '/proc/clrfast-test.npy': cannot create a file in folder '/proc' "
+                   f"({os.strerror(errno.ENOENT)})\n")
+
+
+def _without_root():
+    """A command prefix under which file permissions hold: root writes into a read-only folder."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return []
+    caps = "-dac_override,-dac_read_search"
+    prefix = [shutil.which("setpriv") or "setpriv", "--bounding-set", caps, "--inh-caps", caps]
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        ok = False
+    if not ok:
+        pytest.skip("running as root, and setpriv cannot drop the capability to write anywhere")
+    return prefix
+
+
+def test_read_only_folder_and_file_are_reported_as_permission_errors(tmp_path):
+    pytest.importorskip("matplotlib")
+    prefix = _without_root()
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    ro_file = tmp_path / "ro_file"
+    ro_file.mkdir()
+    for f in ("x.csv", "x.npy", "x.png"):
+        (ro_file / f).write_text("keep")
+        (ro_file / f).chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        for ext, argv in TO_FILE.items():
+            path = folder / f"x.{ext}"
+            proc = subprocess.run([*prefix, sys.executable, "-m", "clrfast", *argv, "-o", str(path)],
+                                  capture_output=True, text=True, timeout=120)
+            assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+            assert proc.stderr == (f"clrfast: error: -o {str(path)!r}: cannot create a file in folder "
+                                   f"{str(folder)!r} ({os.strerror(errno.EACCES)})\n")
+            path = ro_file / f"x.{ext}"
+            proc = subprocess.run([*prefix, sys.executable, "-m", "clrfast", *argv, "-o", str(path)],
+                                  capture_output=True, text=True, timeout=120)
+            assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+            assert proc.stderr == f"clrfast: error: -o {str(path)!r}: cannot write it ({os.strerror(errno.EACCES)})\n"
+            assert path.read_text() == "keep"
+        assert os.listdir(folder) == []
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_closed_stdout_ends_quietly_with_status_141():
+    cmd = [sys.executable, "-m", "clrfast", "table", "constant", "lr=0.1", "--steps", "1e6"]  # ~8 MB of CSV
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"step,lr\n"
+    proc.stdout.close()  # as head does after its lines: the rest meets a closed pipe
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141 and err == b""
+    if shutil.which("bash") and shutil.which("head"):
+        line = " ".join(map(shlex.quote, cmd))
+        sh = subprocess.run(["bash", "-c", f"set -o pipefail; {line} | head -n 3"], capture_output=True, text=True,
+                            timeout=120)
+        assert (sh.returncode, sh.stdout, sh.stderr) == (141, "step,lr\n0,0.1\n1,0.1\n", "")
+
+
+def test_a_closed_stdout_in_process_returns_141(monkeypatch, capsys):
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["table", "constant", "lr=0.1", "--steps", "3"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_a_title_matplotlib_cannot_draw_is_a_usage_error(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "lr.png"
+    for title in ("$\\frac{$", "$\\nosuchcommand$", "$x^$"):
+        rc, out, err = run(capsys, "plot", "constant", "lr=0.1", "--steps", "3", "-o", str(path), "--title", title)
+        assert (rc, out) == (2, ""), title
+        assert err.startswith(f"clrfast: error: --title {title!r}: matplotlib cannot draw it (") and \
+            err.endswith("; write a literal $ as \\$\n") and err.count("\n") == 1, err
+        assert not path.exists()
+    # Mathtext it can draw, and an escaped dollar, are titles like any other.
+    for title in ("$\\frac{1}{2}$ of $\\eta_{max}$", "costs \\$5"):
+        rc, out, err = run(capsys, "plot", "constant", "lr=0.1", "--steps", "3", "-o", str(path), "--title", title)
+        assert rc == 0 and err == "" and path.read_bytes()[:4] == b"\x89PNG", title
+        path.unlink()
+
+
+def _keys(n):
+    """n distinct short keys: 100,000 of them fit a schedule file's 1 MiB."""
+    alphabet = string.ascii_lowercase + string.digits
+    keys = ("".join(p) for size in itertools.count(1) for p in itertools.product(alphabet, repeat=size))
+    return list(itertools.islice(keys, n))
+
+
+@pytest.mark.parametrize("duplicate", [True, False])
+def test_a_json_object_of_100000_keys_is_rejected_quickly(capsys, tmp_path, duplicate):
+    keys = _keys(100_000)
+    if duplicate:
+        keys[-1] = keys[-2]  # found last by a check that walks the keys in order
+    params = ",".join(f'"{k}":0' for k in keys)
+    path = tmp_path / "many.json"
+    path.write_text('{"clrfast_schedule": 1, "type": "Constant", "params": {' + params + "}}")
+    assert path.stat().st_size < 1 << 20  # under the size limit: the key check is what answers
+    rc, out, err = run(capsys, "table", str(path), "--steps", "3")
+    assert (rc, out) == (2, "") and err.count("\n") == 1
+    if duplicate:
+        assert err == f"clrfast: error: {str(path)!r}: key {keys[-1]!r} appears twice in one object\n"
+    else:
+        assert err.startswith(f"clrfast: error: {str(path)!r} is not a clrfast schedule: ")
 
 
 @pytest.mark.parametrize("content, match", [

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import clrfast as clr
@@ -34,6 +35,10 @@ LR_SCHEDULES = {  # name -> (schedule, num_steps): the cyclic table ends at 5, s
 MOM = clr.Cyclic(0.01, 0.1, step_size_up=3, base_momentum=0.8, max_momentum=0.95)
 X_MOM = [1.0, -2.0, 0.5, 3.0, -1.0, 0.25, 2.0, -0.5, 1.5, -3.0]
 EPOCHS_MOM = 2
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+# Tensors each backend holds as they are (jax without x64 has 32 bits at most).
+TENSOR_DTYPES = {"jax": ("int8", "int16", "int32", "uint8", "uint16", "uint32"), "torch": INT_DTYPES}
+DTYPE_STEPS = (2, 100)  # inside MOM's 3-step table, and past it (the host path); both fit int8
 
 needs_keras = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras is not installed")
 
@@ -99,9 +104,66 @@ def run_scenarios(backend: str, out: Path, load_path: str | None) -> dict:
     res["direct_call_tensor"] = [float(keras.ops.convert_to_numpy(sched(keras.ops.convert_to_tensor(k))))
                                  for k in (0, 2, 3, 40)]
     res["errors"]["negative_step"] = error_of(lambda: sched(-1))
+    res["errors"]["huge_step"] = error_of(lambda: sched(2**70))
+
+    # Every integer dtype, as a NumPy scalar, a 0-d array and a backend tensor, and the optimizer's own
+    # step variable (its dtype): each must read the same step as the plain int.
+    iterations_dtype = keras.optimizers.SGD(0.1).iterations.dtype
+    # The framework's own constructor: keras.ops.convert_to_tensor widens uint16/uint32 on torch.
+    if backend == "torch":
+        import torch
+
+        as_tensor = torch.as_tensor
+    else:
+        import jax.numpy as jnp
+
+        as_tensor = jnp.asarray
+    by_dtype = {}
+    for k in DTYPE_STEPS:
+        steps = {f"variable:{iterations_dtype}/variable": keras.Variable(k, dtype=iterations_dtype, trainable=False)}
+        for dt in INT_DTYPES:
+            steps[f"{dt}/scalar"] = np.dtype(dt).type(k)
+            steps[f"{dt}/array"] = np.array(k, dt)
+            if dt in TENSOR_DTYPES[backend]:
+                tensor = as_tensor(np.array(k, dt))
+                assert str(tensor.dtype).split(".")[-1] == dt, (dt, tensor.dtype)
+                steps[f"{dt}/tensor"] = tensor
+        for key, step in steps.items():
+            try:
+                by_dtype[f"{key}/{k}"] = float(sched(step))
+            except Exception as e:  # noqa: BLE001 - reported to the parent, which expects none
+                by_dtype[f"{key}/{k}"] = [type(e).__name__, str(e)]
+    res["by_dtype"] = by_dtype
+    if backend == "jax":
+        import jax
+
+        # A uint32 count past int32, traced: the host callback gets the uint32 array itself.
+        res["jit_uint32_max"] = float(jax.jit(sched)(np.uint32(2**32 - 1)))
 
     x_mom = np.array(X_MOM, np.float32)[:, None]
     y_mom = np.full_like(x_mom, TARGET)
+
+    # A few training steps with every warning an error: the step must be read without one.
+    strict_s, strict_n = LR_SCHEDULES["cyclic"]
+    strict = dense(K)
+    strict.compile(optimizer=keras.optimizers.SGD(ck.Schedule(strict_s, num_steps=strict_n)),
+                   loss="mean_absolute_error")
+    strict_mom = dense(1)
+    strict_mom.compile(optimizer=keras.optimizers.SGD(ck.Schedule(MOM), momentum=0.5),
+                       loss="mean_absolute_error", **eager)
+
+    def train_strictly():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            strict.fit(onehot, y_onehot, batch_size=1, epochs=1, shuffle=False, verbose=0)
+            strict_mom.fit(x_mom, y_mom, batch_size=1, epochs=EPOCHS_MOM, shuffle=False, verbose=0,
+                           callbacks=[ck.MomentumScheduler(MOM)])
+
+    res["errors"]["strict_warnings"] = error_of(train_strictly)
+    # Read back outside: Keras' own get_weights() warns on NumPy 2 (its Variable.__array__ takes no copy).
+    res["lr_strict"] = weights(strict)
+    res["sgd_strict"] = weights(strict_mom)[0]
+
     for key, opt in (("sgd", keras.optimizers.SGD(ck.Schedule(MOM), momentum=0.5)),
                      ("adam", keras.optimizers.Adam(ck.Schedule(MOM))),
                      ("loss_scaled_sgd", keras.optimizers.LossScaleOptimizer(
@@ -206,6 +268,35 @@ def test_serialize_deserialize_and_direct_calls(run):
     assert res["direct_call"] == [float(cast(MOM.lr(k))) for k in (0, 2, 3, 40, 2**40)]
     assert res["direct_call_tensor"] == [float(cast(MOM.lr(k))) for k in (0, 2, 3, 40)]
     assert res["errors"]["negative_step"] == ["ValueError", "step must be >= 0, got -1"]
+    assert res["errors"]["huge_step"] == ["OverflowError", f"step must be <= {2**63 - 1}, got {2**70}"]
+
+
+@needs_keras
+def test_every_integer_dtype_reads_the_same_step(run):
+    backend, res = run
+    cast = np.float64 if backend == "torch" else np.float32
+    got = res["by_dtype"]
+    variable = {key.split("/")[0] for key in got if key.startswith("variable:")}
+    assert len(variable) == 1 and variable <= {"variable:int32", "variable:int64"}, variable  # the step's dtype
+    keys = [f"{next(iter(variable))}/variable"]
+    for dt in INT_DTYPES:
+        keys += [f"{dt}/scalar", f"{dt}/array"] + ([f"{dt}/tensor"] if dt in TENSOR_DTYPES[backend] else [])
+    assert got == {f"{key}/{k}": float(cast(MOM.lr(k))) for key in keys for k in DTYPE_STEPS}
+    # Both steps are tested: the table and the host path give different values.
+    assert MOM.lr(DTYPE_STEPS[0]) != MOM.lr(DTYPE_STEPS[1])
+    if backend == "jax":
+        assert res["jit_uint32_max"] == float(np.float32(MOM.lr(2**32 - 1)))
+
+
+@needs_keras
+def test_training_reads_the_step_without_warnings(run):
+    _, res = run
+    assert res["errors"]["strict_warnings"] is None
+    s, _ = LR_SCHEDULES["cyclic"]
+    # One epoch of one-hot batches: w_j = -lr(j), the lr applied at step j, past the 5-step table too.
+    np.testing.assert_array_equal(np.array(res["lr_strict"], np.float32), _onehot_oracle(s, range(K)))
+    want = _sgd_oracle(lambda k: MOM.momentum(k), EPOCHS_MOM * len(X_MOM))
+    assert res["sgd_strict"] == pytest.approx(want, rel=2e-5, abs=1e-7)
 
 
 def _sgd_oracle(momentum_at, steps):

@@ -189,6 +189,95 @@ def test_int32_counts_never_overflow():
     assert np.float32(jax.jit(clro.schedule(c))(jnp.uint8(200))) == np.float32(c.lr(200))
 
 
+# -------------------------------------------------- counts of every dtype
+INT_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+# The dtypes jax holds without x64 (a 64-bit request is truncated to 32 bits, with a warning).
+JAX_DTYPES = (np.int8, np.int16, np.int32, np.uint8, np.uint16, np.uint32)
+
+
+def _forms(dt, k):
+    """Count ``k`` as optax may be handed it: NumPy scalar, 0-d NumPy array, jax array."""
+    forms = {"numpy scalar": dt(k), "0-d array": np.array(k, dt)}
+    if dt in JAX_DTYPES:
+        forms["jax array"] = jnp.asarray(k, dt)
+    return forms
+
+
+@pytest.mark.parametrize("clr_s, optax_s, atol, ks", [
+    # t/64 and 1 - t/64 are exact in float32: optax's value is the core's, bit for bit; both hold 1 after 64.
+    (clr.Warmup(0.0, 1.0, 64), optax.linear_schedule(0.0, 1.0, 64), 0.0, (0, 7, 49, 50, 63, 64, 100, 127, 255, 999)),
+    # optax computes the cosine in float32, the core in double and then rounds: ~1 float32 ulp of 0.1.
+    # Within the first cycle only, since optax's cosine holds its floor where the core restarts.
+    (clr.CosineRestarts(0.1, T_0=120), optax.cosine_decay_schedule(0.1, 120), 3e-8, (0, 7, 49, 50, 100, 119)),
+], ids=["linear", "cosine"])
+def test_counts_of_every_integer_dtype_match_optax_and_the_signed_count(clr_s, optax_s, atol, ks):
+    # Both parameters fit int8: optax's own schedules clip the count in its dtype, so a longer
+    # schedule would wrap there (an int8 count against 2**16 steps reads 0) and be no oracle.
+    sched = clro.schedule(clr_s, num_steps=50)  # counts from 50 on take the host path
+    jitted = jax.jit(sched)
+    for dt in INT_DTYPES:
+        fits = [k for k in ks if k <= np.iinfo(dt).max]
+        for k in fits:
+            signed = np.float32(sched(np.int64(k)))
+            assert signed == want_lr(clr_s, [k])[0], k
+            for form, count in _forms(dt, k).items():
+                theirs = float(optax_s(count))
+                for how, f in (("eager", sched), ("jit", jitted)):
+                    got = f(count)
+                    assert got.dtype == jnp.float32 and got.shape == (), (dt, form, how, k)
+                    assert np.float32(got) == signed, (dt, form, how, k)
+                    assert abs(float(got) - theirs) <= atol, (dt, form, how, k)
+        vector = np.array(fits, dt)  # one call, table and host counts together
+        np.testing.assert_array_equal(np.asarray(sched(vector)), want_lr(clr_s, fits))
+        np.testing.assert_array_equal(np.asarray(jitted(vector)), want_lr(clr_s, fits))
+    # Neighbouring steps differ, across the table's end too: a count read as another step would fail.
+    assert len(set(want_lr(clr_s, (7, 49, 50)).tolist())) == 3
+
+
+def test_unsigned_counts_past_int32_are_exact():
+    c = clr.Cyclic(1e-3, 6e-3, 7.3)
+    sched = clro.schedule(c, num_steps=50)
+    wide = (INT32_MAX + 1, 3_000_000_000, 2**32 - 1)
+    # Each differs from the value at int32 max, where a saturating cast would land.
+    assert np.float32(c.lr(INT32_MAX)) not in {np.float32(c.lr(k)) for k in wide}
+    for k in wide:
+        want = np.float32(c.lr(k))
+        assert np.float32(sched(np.int64(k))) == want
+        for count in (np.uint32(k), np.array(k, np.uint32), np.uint64(k), jnp.asarray(k, jnp.uint32)):
+            assert np.float32(sched(count)) == want, (count, k)
+            # Traced: a uint32 count is not saturated at int32 max; the host callback reads it whole.
+            assert np.float32(jax.jit(sched)(count)) == want, (count, k)
+    for k in (2**40, 2**53):  # too wide for jax without x64: answered on the host
+        assert np.float32(sched(np.uint64(k))) == np.float32(sched(np.int64(k))) == np.float32(c.lr(k))
+    # Past int64, a uint64 saturates at its largest step instead of wrapping to a negative one.
+    top = np.float32(sched(np.int64(2**63 - 1)))
+    assert np.float32(sched(np.uint64(2**64 - 1))) == top and not np.isnan(top)
+
+
+def test_64_bit_counts_under_x64():
+    proc = subprocess.run([sys.executable, "-c", """
+import warnings
+warnings.simplefilter("error")
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp, numpy as np, optax, clrfast as clr, clrfast.optax as clro
+c = clr.Cyclic(1e-3, 6e-3, 7.3, mode="triangular2")
+f = jax.jit(clro.schedule(c, num_steps=10))
+ks = [0, 5, 9, 10, 3_000_000_000, 2**40]
+for dt in (jnp.int64, jnp.uint64, jnp.uint32):
+    counts = [k for k in ks if k <= jnp.iinfo(dt).max]
+    got = f(jnp.asarray(counts, dt))
+    assert got.dtype == jnp.float32, got.dtype
+    assert got.tolist() == [float(np.float32(c.lr(k))) for k in counts], (dt, got)
+w, ref = jax.jit(clro.schedule(clr.Warmup(0.0, 1.0, 2**16), num_steps=10)), optax.linear_schedule(0.0, 1.0, 2**16)
+for k in (3, 40_000, 2**40):
+    assert float(w(jnp.uint64(k))) == float(ref(jnp.uint64(k))) == float(w(jnp.int64(k))), k
+print("ok")
+"""], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
+
+
 # ------------------------------------------------- inside optax optimizers
 def _run(tx, steps, grads=None):
     params = jnp.zeros(3)
@@ -286,6 +375,10 @@ def test_bad_input_names_the_argument_and_value():
         sched(True)
     with pytest.raises(TypeError, match="count must be an integer step count, got dtype float32"):
         jax.jit(sched)(jnp.float32(3))
+    with pytest.raises(TypeError, match=r"count must be an integer step count, got array\(3\.\)"):
+        sched(np.array(3.0))
+    with pytest.raises(OverflowError, match=f"count must be <= {2**63 - 1}, got {2**70}"):
+        sched(2**70)
 
 
 # ----------------------------------------------------- imports, examples

@@ -70,3 +70,25 @@ def choice(name: str, value, options) -> str:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
     return str(value)
+
+
+def step_counts(name: str, value):
+    """Integer step counts of any integer dtype (or Python ints) as an int64 NumPy array.
+
+    Unsigned counts above ``2**63 - 1`` saturate there rather than wrap negative. NumPy 2
+    refuses to compare a ``uint8`` array with that bound as a Python int, so the bound is
+    given as a ``uint64``. A Python int past it raises ``OverflowError`` (NumPy would hold it
+    as an object array).
+    """
+    import numpy as np
+
+    top = np.iinfo(np.int64).max
+    if isinstance(value, int) and not isinstance(value, bool) and value > top:
+        raise OverflowError(f"{name} must be <= {top}, got {_short(value)}")
+    arr = np.asarray(value)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer step count, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u":
+        arr = np.minimum(arr, np.uint64(top))
+    return arr.astype(np.int64)
+

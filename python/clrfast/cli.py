@@ -1,23 +1,33 @@
 """The ``clrfast`` command: ``demo``, ``plot``, ``table`` and ``bench``.
 
 ``main(argv)`` returns the exit status: 0 on success, 2 on a usage error (a bad
-schedule spec, option, path or size), printed as one line ``clrfast: error: ...``.
+schedule spec, option, path, title or size), printed as one line ``clrfast: error: ...``.
+
+A stdout closed early (``clrfast table ... | head``) ends the command quietly with status
+141, the ``128 + SIGPIPE`` that ``seq``, ``yes`` or ``cat`` end with there, rather than 0:
+under ``set -o pipefail`` a table cut short is still told from a whole one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shutil
 import sys
+import tempfile
+import warnings
 
 import numpy as np
 
-from ._spec import SpecError, parse_spec, policies_help
+from ._spec import _MAX_JSON_BYTES, SpecError, _one_line, parse_spec, policies_help
 
 # Rows per chunk of a table: memory stays bounded whatever --steps is.
 _CHUNK = 1 << 16
+# What a shell reports for a command killed by SIGPIPE (128 + 13).
+_CLOSED_STDOUT = 141
 
 
 class UsageError(Exception):
@@ -91,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (also used as the console script)."""
+    try:
+        status = _main(argv)
+        # Flushed here, so that a closed pipe shows up in this try and not at interpreter exit.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return _CLOSED_STDOUT
+    return status
+
+
+def _main(argv) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = None
@@ -107,10 +128,26 @@ def main(argv=None) -> int:
         return _fail(e, 2)
     except MemoryError:
         return _fail(f"not enough memory for --steps {getattr(args, 'steps', None)}", 2)
-    except OSError as e:  # a path that cannot be written (a folder, /proc, a full disk)
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # any other OS error: -o is reported by _check_path and _writing
         return _fail(f"cannot write {e.filename!r}: {e.strerror or e}" if e.filename else e, 2)
     except ImportError as e:
         return _fail(e, 1)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at devnull, as Python's docs advise on BrokenPipeError: what is still buffered
+    would otherwise fail again at exit, with an "Exception ignored" message on stderr."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (captured, redirected in-process)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _fail(message, status: int) -> int:
@@ -118,8 +155,57 @@ def _fail(message, status: int) -> int:
     return status
 
 
+def _parse_spec(spec):
+    """parse_spec, except that a JSON file is read by :func:`_load_json`, whose duplicate-key check
+    is linear in the number of keys (a schedule file may hold ~100,000)."""
+    tokens = [w for tok in spec for w in str(tok).split()]
+    if len(tokens) == 1 and (tokens[0].lower().endswith(".json") or os.path.isfile(tokens[0])):
+        return _load_json(tokens[0])
+    return parse_spec(spec)
+
+
+def _unique_keys(pairs):
+    """object_pairs_hook refusing a key given twice, in time linear in the keys: a 1 MiB file
+    holds ~100,000 of them, which a check per key against all the others takes minutes over."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise SpecError(f"key {key!r} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
+def _load_json(path: str):
+    """A schedule from a JSON file written from ``to_dict()``; a SpecError saying why not."""
+    from .schedules import from_dict
+
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise SpecError(f"cannot read schedule file {path!r}: {e.strerror or e}") from None
+    if len(raw) > _MAX_JSON_BYTES:
+        raise SpecError(f"{path!r} is larger than {_MAX_JSON_BYTES} bytes; a schedule file is a few hundred")
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path!r} is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{path!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    except RecursionError:
+        raise SpecError(f"{path!r} is nested too deeply to be a schedule") from None
+    except SpecError as e:
+        raise SpecError(f"{path!r}: {e}") from None
+    try:
+        return from_dict(data)
+    except (TypeError, ValueError, KeyError, OverflowError, RecursionError) as e:
+        raise SpecError(f"{path!r} is not a clrfast schedule: {_one_line(e)}") from None
+
+
 def _schedule_and_steps(args):
-    schedule = parse_spec(args.spec)
+    schedule = _parse_spec(args.spec)
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.steps > 2**53:
@@ -148,7 +234,10 @@ def _cmd_plot(args) -> int:
                          f"{', '.join('.' + f for f in sorted(formats))}")
     if n > 1_000_000:
         raise UsageError(f"--steps {n} is more than a plot can show; use at most 1000000 (or 'table')")
-    plot(schedule, n, path=path, logy=args.logy, title=args.title)
+    if args.title is not None:
+        _check_title(args.title)
+    with _writing(path):
+        plot(schedule, n, path=path, logy=args.logy, title=args.title)
     print(f"wrote {path} ({n} steps of {type(schedule).__name__})")
     return 0
 
@@ -164,14 +253,15 @@ def _cmd_table(args) -> int:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(out))).free
         if need > free:
             raise UsageError(f"--steps {n} needs {need / 1e9:.3g} GB for {out!r}, {free / 1e9:.3g} GB are free")
-        arr = np.lib.format.open_memmap(out, mode="w+", dtype=np.float64, shape=(n, len(columns)))
-        for first, lr, mom in _chunks(schedule, n):
-            arr[first:first + len(lr), 0] = np.arange(first, first + len(lr), dtype=np.float64)
-            arr[first:first + len(lr), 1] = lr
-            if momentum:
-                arr[first:first + len(lr), 2] = mom
-        arr.flush()
-        del arr
+        with _writing(out):
+            arr = np.lib.format.open_memmap(out, mode="w+", dtype=np.float64, shape=(n, len(columns)))
+            for first, lr, mom in _chunks(schedule, n):
+                arr[first:first + len(lr), 0] = np.arange(first, first + len(lr), dtype=np.float64)
+                arr[first:first + len(lr), 1] = lr
+                if momentum:
+                    arr[first:first + len(lr), 2] = mom
+            arr.flush()
+            del arr
         print(f"wrote {out}: array ({n}, {len(columns)}) of {', '.join(columns)}")
         return 0
     if out is not None and not out.lower().endswith(".csv"):
@@ -180,7 +270,7 @@ def _cmd_table(args) -> int:
         _write_csv(sys.stdout, schedule, n, columns)
         return 0
     _check_path(out)
-    with open(out, "w", encoding="utf-8") as fh:
+    with _writing(out), open(out, "w", encoding="utf-8") as fh:
         _write_csv(fh, schedule, n, columns)
     print(f"wrote {out}: {n} rows of {','.join(columns)}")
     return 0
@@ -223,13 +313,61 @@ def _cmd_demo(args) -> int:
 
 
 def _check_path(path: str) -> str:
-    """A writable file path, or a usage error saying why not."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"folder {os.path.dirname(path)!r} of {path!r} does not exist")
+    """A file path -o can create, or a usage error naming -o, the path and what the OS said."""
     if os.path.isdir(path):
-        raise UsageError(f"{path!r} is a folder; -o must name a file")
+        raise UsageError(f"-o {path!r} is a folder; -o must name a file")
+    folder = os.path.dirname(path) or os.curdir
+    try:
+        # Creating a file there is the test the OS agrees with: permissions, read-only mounts,
+        # /proc; free space says nothing about those.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"-o {path!r}: {_why_not_writable(folder)} ({e.strerror or e})") from None
     return path
+
+
+def _why_not_writable(folder: str) -> str:
+    # The nearest existing ancestor tells a missing folder from a path that runs through a file.
+    ancestor = folder
+    while not os.path.exists(ancestor):
+        parent = os.path.dirname(ancestor)
+        if parent in ("", ancestor):
+            break
+        ancestor = parent
+    if os.path.exists(ancestor) and not os.path.isdir(ancestor):
+        return f"{ancestor!r} is a file, not a folder"
+    if not os.path.isdir(folder):
+        return f"folder {folder!r} does not exist"
+    return f"cannot create a file in folder {folder!r}"
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+    """Report an OS error while writing -o (a read-only file, a full disk) as a usage error naming it."""
+    try:
+        yield
+    except BrokenPipeError:  # -o a FIFO whose reader left: as a closed stdout
+        raise
+    except OSError as e:
+        raise UsageError(f"-o {path!r}: cannot write it ({e.strerror or e})") from None
+
+
+def _check_title(title: str) -> None:
+    """Draw --title alone first: text matplotlib cannot lay out (bad mathtext such as
+    ``$\\frac{$``) fails inside savefig, with a traceback."""
+    from .plotting import new_figure
+
+    fig = new_figure(figsize=(2, 1))
+    fig.text(0, 0, title, fontsize=9)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a missing glyph warns once, from the real plot
+            fig.canvas.draw()
+    except ValueError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(e).__name__
+        raise UsageError(f"--title {title!r}: matplotlib cannot draw it ({reason}); write a literal $ as \\$") from None
 
 
 _COMMANDS = {"plot": _cmd_plot, "table": _cmd_table, "bench": _cmd_bench, "demo": _cmd_demo}

@@ -30,9 +30,34 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess without
         "(jax, torch or tensorflow) before keras is first imported; pip install 'clrfast[keras]' installs JAX."
     ) from e
 
+from . import _validate as check
 from ._device_table import ValueTable, _pieces_without_momentum, jax_lookup
 from .schedules import Schedule as _ClrSchedule
 from .schedules import from_dict
+
+
+class _Table(ValueTable):
+    """A value table whose host path takes steps of every integer dtype, unsigned ones included
+    (a ``uint8`` tensor, or the ``uint32`` array jax's host callback passes for a ``uint32`` step)."""
+
+    def host(self, steps):
+        return super().host(check.step_counts("step", steps))
+
+
+def _host_steps(step) -> np.ndarray:
+    """A step (tensor, Keras variable or array) as a NumPy array, without a warning on any backend.
+
+    ``keras.ops.convert_to_numpy`` on torch goes through ``np.array(tensor)``, which NumPy 2 answers
+    with a DeprecationWarning (torch's ``__array__`` takes no ``copy``): two per training step.
+    """
+    if isinstance(step, keras.Variable):
+        step = step.value
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if isinstance(step, torch.Tensor):
+            return step.numpy(force=True)
+    return keras.ops.convert_to_numpy(step)
 
 
 @keras.saving.register_keras_serializable(package="clrfast")
@@ -55,7 +80,7 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         if not isinstance(schedule, _ClrSchedule):
             raise TypeError(f"schedule must be a clrfast schedule or its to_dict(), got {schedule!r}")
         self._num_steps = num_steps
-        self.table = ValueTable(schedule, "lr", num_steps, np.dtype(dtype))
+        self.table = _Table(schedule, "lr", num_steps, np.dtype(dtype))
         self._jax_values = None
 
     @property
@@ -63,11 +88,14 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         return self.table.schedule
 
     def __call__(self, step):
-        if isinstance(step, numbers.Integral) and not isinstance(step, bool):
-            # A plain int (a direct call) is answered on the host: no int32 overflow, any size.
+        if isinstance(step, (bool, np.bool_)):
+            raise TypeError(f"step must be an integer step count, got {step!r}")
+        if isinstance(step, numbers.Integral):
+            # A Python or NumPy integer (a direct call) is answered on the host: no int32 overflow,
+            # any size, any integer dtype.
             if step < 0:
                 raise ValueError(f"step must be >= 0, got {step!r}")
-            return keras.ops.convert_to_tensor(self.table.host(np.int64(step)))
+            return keras.ops.convert_to_tensor(self.table.host(step))
         backend = keras.backend.backend()
         if backend == "jax":
             import jax
@@ -85,7 +113,7 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
             out.set_shape(step.shape)
             return out
         # torch and numpy run the train step eagerly: one host read of the step per call.
-        return keras.ops.convert_to_tensor(self.table.host(keras.ops.convert_to_numpy(step)))
+        return keras.ops.convert_to_tensor(self.table.host(_host_steps(step)))
 
     def get_config(self):
         return {"schedule": self.schedule.to_dict(), "num_steps": self._num_steps, "dtype": self.table.dtype.name}
@@ -177,7 +205,7 @@ class MomentumScheduler(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         # The optimizer's counter is current here on every backend (jax syncs its state at epoch
         # ends, not per batch), so count batches from it within the epoch.
-        self._step = int(keras.ops.convert_to_numpy(self._optimizer().iterations))
+        self._step = int(_host_steps(self._optimizer().iterations))
 
     def on_train_batch_begin(self, batch, logs=None):
         last = self.schedule.max_step

@@ -28,22 +28,35 @@ try:
 except ImportError as e:  # pragma: no cover - exercised in a subprocess without jax
     raise ImportError(f"clrfast.optax needs JAX and optax: pip install 'clrfast[jax]' ({e})") from e
 
+from . import _validate as check
 from ._device_table import ValueTable, jax_lookup
+
+
+class _Table(ValueTable):
+    """A value table whose host path takes counts of every integer dtype, unsigned ones included.
+
+    Both the eager path and ``jax_lookup``'s host callback (which passes the count's own dtype,
+    ``uint32`` for a ``jnp.uint32`` counter) come through here.
+    """
+
+    def host(self, steps):
+        return super().host(check.step_counts("count", steps))
 
 
 class TableSchedule:
     """An optax schedule (``count -> value``) reading a clrfast schedule's core-computed table.
 
     Works eagerly, under ``jax.jit``/``vmap``, and wherever optax takes a schedule. ``count`` is
-    an integer: a jax array (traced or not), a NumPy integer array or a Python int. Python ints
-    are answered on the host, so a count beyond ``2**31 - 1`` never overflows an int32.
+    an integer of any integer dtype, signed or unsigned: a jax array (traced or not), a NumPy
+    integer or integer array, or a Python int. Python and NumPy integers are answered on the
+    host, so a count beyond ``2**31 - 1`` never overflows an int32.
     """
 
     def __init__(self, schedule, quantity, num_steps=None, dtype=None):
         dtype = np.dtype(jnp.float32 if dtype is None else dtype)
         if dtype == np.float64 and not jax.config.jax_enable_x64:
             raise ValueError("dtype=float64 needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
-        self.table = ValueTable(schedule, quantity, num_steps, dtype)
+        self.table = _Table(schedule, quantity, num_steps, dtype)
         with jax.ensure_compile_time_eval():
             self._device_values = jnp.asarray(self.table.values)
 
