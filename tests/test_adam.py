@@ -173,10 +173,12 @@ def test_state_dicts_interchange_with_torch_and_resume_exactly(flat):
         assert all(torch.equal(x, y) for x, y in zip(a, ps))
 
 
-def test_gradscaler_skip_keeps_the_clock_and_matches_torch():
+@pytest.mark.parametrize("fused_unscale", [False, True], ids=["torch-unscale", "fused-unscale"])
+def test_gradscaler_skip_keeps_the_clock_and_matches_torch(fused_unscale):
     s, make = SCHEDULERS["cyclic"]
     a, b = _params(), _params()
     oa = CLRAdamW(a, s)
+    oa.fused_unscale = fused_unscale  # GradScaler unscales, or hands the scale to the step
     ob = torch.optim.AdamW(b, lr=1e-3, foreach=False)
     sb = make(ob)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)

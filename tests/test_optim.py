@@ -226,10 +226,12 @@ def test_torch_sgd_state_dict_round_trip():
                for p, q in zip(back.param_groups[0]["params"], b))
 
 
-def test_gradscaler_skip_keeps_schedule_in_phase():
+@pytest.mark.parametrize("fused_unscale", [False, True], ids=["torch-unscale", "fused-unscale"])
+def test_gradscaler_skip_keeps_schedule_in_phase(fused_unscale):
     s = clr.Cyclic(0.01, 0.1, step_size_up=5)
     a, b = _params(), _params()
     oa = CLRSGD(a, s, momentum=0.9)
+    oa.fused_unscale = fused_unscale  # GradScaler unscales, or hands the scale to the step
     ob, sb = torch.optim.SGD(b, lr=0.01, momentum=0.9), None
     sb = torch.optim.lr_scheduler.CyclicLR(ob, 0.01, 0.1, step_size_up=5, cycle_momentum=False)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)

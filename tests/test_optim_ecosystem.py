@@ -9,6 +9,7 @@ schedule's own values and a plain training loop.
 """
 
 import copy
+import math
 import random
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import clrfast as clr  # noqa: E402
-from clrfast.torch import CLRSGD  # noqa: E402
+from clrfast.torch import CLRSGD, CLRAdamW  # noqa: E402
 from torch import nn  # noqa: E402
 
 # A cycle of 5 steps (3 up, 2 down) whose height halves each cycle; momentum mirrors the lr.
@@ -226,10 +227,17 @@ def test_lightning_lr_find_applies_the_swept_lr(tmp_path):
 
     n = 30
     x, y = _data(8 * n)
+    # The finder attaches its own torch scheduler: over a schedule that is refused before any
+    # update, with what to do instead (schedule=None lets the finder set the lr).
+    module = _lightning_module(pl, lambda ps: CLRSGD(ps, clr.Cyclic(**CYCLE), momentum=0.9), torch.float32)
+    initial = _flat(module.parameters()).clone()
+    trainer = _lightning_trainer(pl, tmp_path / "scheduled", n)
+    with pytest.raises(RuntimeError, match=r"LRScheduler was attached.*schedule=None"):
+        pl.tuner.Tuner(trainer).lr_find(module, train_dataloaders=_loader(x, y, 8), min_lr=1e-4, max_lr=0.5,
+                                        num_training=n, early_stop_threshold=None, update_attr=False)
+    _assert_bits(_flat(module.parameters()), initial, "weights after the refused lr_find")
     runs = {}
     for name, make in [
-        # The finder writes only the lr, so the schedule's momentum is constant, as torch's.
-        ("clrsgd", lambda ps: CLRSGD(ps, clr.Cyclic(**CYCLE), momentum=0.9)),
         ("clrsgd-plain", lambda ps: CLRSGD(ps, 0.01, momentum=0.9)),
         ("torch", lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, foreach=False)),
     ]:
@@ -253,7 +261,7 @@ def test_lightning_lr_find_applies_the_swept_lr(tmp_path):
     assert len(ref.results["lr"]) == n
     # A sweep of the lr: not the cyclic schedule's values.
     assert ref.results["lr"][0] == 1e-4 and ref.results["lr"][-1] > 0.4
-    for name in ("clrsgd", "clrsgd-plain"):
+    for name in ("clrsgd-plain",):
         got = runs[name]
         assert got.results["lr"] == ref.results["lr"], name
         loss, ref_loss = torch.tensor(got.results["loss"]), torch.tensor(ref.results["loss"])
@@ -422,17 +430,178 @@ def test_transformers_trainer_with_the_optimizers_scheduler_logs_the_schedule(tm
     _assert_bits(_flat(model.parameters()), _flat(plain.parameters()), "trained weights vs a plain loop")
 
 
-def test_transformers_trainer_default_scheduler_is_applied(tmp_path):
-    """With no scheduler given, the Trainer adds its own (linear decay) and writes the lr; CLRSGD applies it."""
-    steps = 10
+@pytest.mark.parametrize("rule", ["CLRSGD", "CLRAdamW"])
+def test_transformers_trainer_default_scheduler_is_refused_before_the_first_update(tmp_path, rule):
+    """With no scheduler given, the Trainer attaches its own LambdaLR over the schedule: refused, nothing trained."""
+    make = {"CLRSGD": lambda ps: CLRSGD(ps, clr.Cyclic(**CYCLE), momentum=0.9),
+            "CLRAdamW": lambda ps: CLRAdamW(ps, clr.WarmupCosine(1e-2, 5, 20))}[rule]
+    made = []
 
-    model, lrs = _hf_train(
-        tmp_path / "clrsgd", lambda m: (CLRSGD(m.parameters(), clr.Cyclic(**CYCLE), momentum=0.9), None), steps, 1.0
-    )
-    ref, ref_lrs = _hf_train(
-        tmp_path / "torch",
-        lambda m: (torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, foreach=False), None), steps, 1.0,
-    )
-    assert ref_lrs == [0.01 * ((steps - s) / steps) for s in range(steps)]
-    assert lrs == ref_lrs
-    _assert_bits(_flat(model.parameters()), _flat(ref.parameters()), "trained weights")
+    def optimizers(model):
+        made.append((model, make(model.parameters()), _flat(model.parameters()).clone()))
+        return made[-1][1], None
+
+    with pytest.raises(RuntimeError, match=r"LRScheduler was attached.*opt\.scheduler\(\)"):
+        _hf_train(tmp_path, optimizers, 10, 1.0)
+    (model, opt, initial), = made
+    _assert_bits(_flat(model.parameters()), initial, "weights")
+    assert opt.param_groups[0]["step"] == 0 and not opt.state
+
+
+def test_transformers_trainer_trains_clradamw_at_its_warmup_cosine(tmp_path):
+    """CLRAdamW + its scheduler() in the Trainer against torch's AdamW + transformers' own cosine factory."""
+    transformers = pytest.importorskip("transformers")
+    steps, peak, warmup = 10, 1e-2, 3
+
+    def clradamw(model):
+        opt = CLRAdamW(model.parameters(), clr.WarmupCosine(peak, warmup, steps), weight_decay=0.01)
+        return opt, opt.scheduler()
+
+    def adamw(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=peak, weight_decay=0.01, foreach=False)
+        return opt, transformers.get_cosine_schedule_with_warmup(opt, warmup, steps)
+
+    model, lrs = _hf_train(tmp_path / "clradamw", clradamw, steps, max_grad_norm=1.0)
+    ref, ref_lrs = _hf_train(tmp_path / "torch", adamw, steps, max_grad_norm=1.0)
+    sched = clr.WarmupCosine(peak, warmup, steps)
+    assert lrs == [sched.lr(s) for s in range(steps)]
+    assert lrs == ref_lrs and lrs[0] == 0.0 and max(lrs) == peak
+    _assert_bits(_flat(model.parameters()), _flat(ref.parameters()), "trained weights vs torch's AdamW")
+
+
+@pytest.mark.parametrize("rule", ["CLRSGD", "CLRAdamW"])
+def test_torch_schedulers_over_a_schedule_are_refused_and_change_nothing(rule):
+    cls = {"CLRSGD": CLRSGD, "CLRAdamW": CLRAdamW}[rule]
+    attach = {
+        "LambdaLR": lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda k: 0.5),
+        "LinearLR": lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=3),
+    }
+    for name, make in attach.items():
+        p = nn.Parameter(torch.ones(4))
+        opt = cls([p], clr.OneCycle(0.1, total_steps=10))
+        make(opt)
+        p.grad = torch.ones(4)
+        with pytest.raises(RuntimeError, match="LRScheduler was attached"):
+            opt.step()
+        assert torch.equal(p.detach(), torch.ones(4)) and not opt.state, name
+        assert opt.param_groups[0]["step"] == 0
+    # ReduceLROnPlateau writes only when it reduces: the step after that is refused
+    p = nn.Parameter(torch.ones(4))
+    opt = cls([p], clr.Constant(0.1))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+    for loss in (1.0, 2.0):
+        p.grad = torch.ones(4)
+        opt.step()
+        plateau.step(loss)
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match=r"\['lr'\] was set to 0.0100+2 by other code"):
+        opt.step()
+    assert torch.equal(p.detach(), before) and opt.param_groups[0]["step"] == 2
+    # the optimizer's own scheduler writes back what the groups show: no refusal, the schedule runs
+    q = nn.Parameter(torch.ones(4))
+    opt = cls([q], clr.OneCycle(0.1, total_steps=10))
+    follow = opt.scheduler()
+    assert "initial_lr" not in opt.param_groups[0]
+    for k in range(5):
+        q.grad = torch.ones(4)
+        opt.step()
+        follow.step()
+        assert follow.get_last_lr() == [clr.OneCycle(0.1, total_steps=10).lr(k + 1)]
+
+
+
+
+# --------------------------------------------------------------------------- Lightning precision plugins
+def _clip_module(pl, make, clip_log):
+    class Clipped(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = _mlp()
+
+        def forward(self, x):
+            return self.net(x).squeeze(-1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self(x), y)
+
+        def configure_optimizers(self):
+            return make(self.parameters())
+
+        def on_before_optimizer_step(self, optimizer):
+            clip_log.append(torch.cat([p.grad.reshape(-1) for p in self.parameters()]).norm().item())
+
+    return Clipped()
+
+
+PRECISION_PAIRS = {
+    "CLRSGD": (
+        lambda ps: CLRSGD(ps, _schedule(), weight_decay=1e-3),
+        lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, weight_decay=1e-3, foreach=False),
+    ),
+    "CLRAdamW": (
+        lambda ps: CLRAdamW(ps, _schedule(), weight_decay=1e-2),
+        lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=1e-2, foreach=False),
+    ),
+}
+
+
+@pytest.mark.filterwarnings(_NO_WORKERS)
+@pytest.mark.filterwarnings(_LEAFSPEC)
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("rule", PRECISION_PAIRS)
+def test_lightning_mixed_precision_with_gradient_clipping_matches_torch(tmp_path, rule, precision):
+    pl = _lightning()
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    steps = 10
+    x, y = _data(8 * steps)
+    make, make_torch = PRECISION_PAIRS[rule]
+
+    def with_torch_scheduler(ps):
+        opt = make_torch(ps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": _torch_cyclic(opt), "interval": "step"}}
+
+    weights, clipped = {}, {}
+    for name, configure in (("clrfast", make), ("torch", with_torch_scheduler)):
+        clipped[name] = []
+        module = _clip_module(pl, configure, clipped[name])
+        # Lightning turns the string "16-mixed" into bf16 on a CPU; its plugin runs float16 with a GradScaler
+        # (a scale low enough that no step overflows: torch's scheduler would move on at a skipped one)
+        amp = {"precision": precision} if precision == "bf16-mixed" else {
+            "plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=256.0))]}
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, **amp, gradient_clip_val=0.05,
+                             logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             default_root_dir=str(tmp_path / name))
+        trainer.fit(module, _loader(x, y, 8))
+        weights[name] = _flat(module.parameters()).clone()
+        if name == "clrfast":
+            (opt,) = trainer.optimizers
+            assert opt.param_groups[0]["step"] == steps
+    assert clipped["clrfast"] == clipped["torch"]  # the same gradients reached the clipping
+    _assert_bits(weights["clrfast"], weights["torch"], f"{rule} under {precision} with clipping")
+
+
+@pytest.mark.filterwarnings(_NO_WORKERS)
+@pytest.mark.filterwarnings(_LEAFSPEC)
+@pytest.mark.parametrize("rule", PRECISION_PAIRS)
+def test_lightning_16_mixed_skipped_steps_leave_the_clock_alone(tmp_path, rule):
+    pl = _lightning()
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    steps = 12
+    x, y = _data(8 * steps)
+    # A scale so large that the first updates overflow in float16: GradScaler skips them
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**22)
+    module = _lightning_module(pl, PRECISION_PAIRS[rule][0], torch.float32)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=1.0,
+                         plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer.fit(module, _loader(x, y, 8))
+    (opt,) = trainer.optimizers
+    skipped = round(math.log2(2.0**22 / scaler.get_scale()))
+    assert 0 < skipped < steps
+    assert opt.param_groups[0]["step"] == steps - skipped
+    assert opt.param_groups[0]["lr"] == _schedule().lr(steps - skipped)

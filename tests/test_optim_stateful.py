@@ -235,8 +235,8 @@ class TwinOptimizers(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ setup
     @initialize(spec=unit_specs(), seed=st.integers(0, 2**16), threads=st.sampled_from([None, 1, 2]),
-                scale_exp=st.integers(0, 12))
-    def setup(self, spec, seed, threads, scale_exp):
+                scale_exp=st.integers(0, 12), fused_unscale=st.booleans())
+    def setup(self, spec, seed, threads, scale_exp, fused_unscale):
         if self.flat:  # one dtype per flat group
             for g in spec.groups:
                 g.dtypes = [g.dtypes[0]] * len(g.dtypes)
@@ -254,6 +254,7 @@ class TwinOptimizers(RuleBasedStateMachine):
             weight_decay=g0.weight_decay, nesterov=g0.nesterov, maximize=g0.maximize, flat=self.flat,
             threads=threads,
         )
+        self.opt.fused_unscale = fused_unscale  # GradScaler unscales, or the kernel does as it reads
         self.applied = [0] * len(spec.groups)
         self.scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**scale_exp, growth_interval=3)
                         for _ in range(2)]
@@ -443,7 +444,7 @@ class TwinOptimizers(RuleBasedStateMachine):
                 if u.sched is not None:
                     u.sched.step()
             self.applied = [a + 1 for a in self.applied]
-        elif not unscaled:
+        elif not unscaled and self.opt.fused_unscale:
             # torch unscaled the gradients in place; a fused optimizer that skips leaves them scaled
             for u in stepped:
                 for ps in u.params:
@@ -479,18 +480,31 @@ class TwinOptimizers(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def write_group_values(self, data):
-        """Other code (a scheduler, an lr finder) writes lr or momentum into a group: the next update applies it."""
+        """Other code (a scheduler, an lr finder) writes lr or momentum into a group.
+
+        A group without a schedule applies it at the next update, as torch does; a group whose
+        schedule sets that value refuses the next step, changing nothing, until it is undone.
+        """
         tg_all = self.tgroups()
         gi = data.draw(st.integers(0, len(tg_all) - 1), label="group")
         cg, (_, tg, _) = self.opt.param_groups[gi], tg_all[gi]
-        if data.draw(st.booleans(), label="write lr"):
+        sched = cg["schedule"]
+        if sched is not None:
+            key = data.draw(st.sampled_from(["lr", "momentum"] if sched.has_momentum else ["lr"]), label="key")
+            saved = cg[key]
+            cg[key] = data.draw(st.sampled_from([0.0, 0.02, 0.3, 0.7]), label="value")
+            if cg[key] != saved:
+                self._expect_failure(f"step after param_groups[{gi}][{key!r}] was overridden", self.opt.step,
+                                     ValueError, match="by other code")
+            cg[key] = saved
+        if data.draw(st.booleans(), label="write lr") and sched is None:
             lr = data.draw(st.sampled_from([0.0, 0.02, 0.3]), label="lr")
             if data.draw(st.booleans(), label="as a tensor"):  # as DCP writes it; one tensor per side
                 # float64: torch's schedulers fill a tensor lr in place, so a float32 one would round their values
                 cg["lr"], tg["lr"] = torch.tensor(lr, dtype=torch.float64), torch.tensor(lr, dtype=torch.float64)
             else:
                 cg["lr"] = tg["lr"] = lr
-        if data.draw(st.booleans(), label="write momentum"):
+        if data.draw(st.booleans(), label="write momentum") and not (sched is not None and sched.has_momentum):
             choices = [0.7, 0.95] if cg["nesterov"] else [0.0, 0.7, 0.95]
             m = data.draw(st.sampled_from(choices), label="momentum")
             cg["momentum"] = tg["momentum"] = m
@@ -780,17 +794,13 @@ class TwinOptimizers(RuleBasedStateMachine):
                              (ValueError, TypeError))
 
     @rule(data=st.data(), bad=st.sampled_from([("momentum", -1.0), ("momentum", "x"), ("lr", "x"), ("lr", None),
-                                               ("weight_decay", "x"), ("nesterov-without-momentum", None)]))
+                                               ("weight_decay", "x"), ("step", 2.5), ("step", None)]))
     def bad_value_written_to_a_group(self, data, bad):
         gi = data.draw(st.integers(0, len(self.applied) - 1), label="group")
         group = self.opt.param_groups[gi]
         key, value = bad
-        if key == "nesterov-without-momentum":
-            saved = {k: group[k] for k in ("nesterov", "momentum")}
-            group["nesterov"], group["momentum"] = True, 0.0
-        else:
-            saved = {key: group[key]}
-            group[key] = value
+        saved = {key: group[key]}
+        group[key] = value
         self._expect_failure(f"step with param_groups[{gi}] {bad}", self.opt.step, (ValueError, TypeError))
         group.update(saved)
 
@@ -967,13 +977,11 @@ def test_a_written_value_survives_a_checkpoint_before_the_next_step(key):
 def test_a_written_zero_lr_with_zero_gradients_is_an_ordinary_step():
     # a warmup from lr 0 and a batch without gradient: torch steps (the clock and the buffer move)
     a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
-    oa = CLRSGD([a], clr.Cyclic(0.01, 0.1, step_size_up=2), momentum=0.9, weight_decay=0.5)
+    oa = CLRSGD([a], None, lr=0.01, momentum=0.9, weight_decay=0.5)
     ob = torch.optim.SGD([b], lr=0.01, momentum=0.9, weight_decay=0.5, foreach=False)
-    sb = torch.optim.lr_scheduler.CyclicLR(ob, 0.01, 0.1, step_size_up=2, cycle_momentum=False)
     oa.param_groups[0]["lr"] = ob.param_groups[0]["lr"] = 0.0
     for grad in (torch.zeros(3), torch.ones(3)):
         _step_both(a, oa, b, ob, grad)
-        sb.step()
     assert oa.param_groups[0]["step"] == 2
     assert same(buffer(oa, a), buffer(ob, b))
     assert same(a, b), (a, b)

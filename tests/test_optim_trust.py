@@ -156,7 +156,7 @@ def test_unsupported_dtypes_and_sparse_gradients_name_the_parameter():
 
 
 @pytest.mark.parametrize("flat", [False, True])
-def test_tied_parameters_and_duplicates_are_refused(flat):
+def test_tied_parameters_are_refused_and_duplicates_kept_once(flat):
     w = torch.randn(6, 4)
     p1 = torch.nn.Parameter(w)
     p2 = torch.nn.Parameter(w)  # another Parameter over the same storage
@@ -165,8 +165,12 @@ def test_tied_parameters_and_duplicates_are_refused(flat):
     half = torch.nn.Parameter(w[:3])
     with pytest.raises(ValueError, match="share memory"):
         CLRSGD([{"params": [p1]}, {"params": [half]}], SCHED, flat=flat)
-    with pytest.raises(ValueError, match="share memory"):
-        CLRSGD([p1, p1], SCHED, flat=flat)
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        CLRSGD([{"params": [p1]}, {"params": [p1]}], SCHED, flat=flat)
+    # torch warns and keeps both (its step then updates p1 twice); clrfast keeps one
+    with pytest.warns(UserWarning, match="a parameter group with duplicate parameters"):
+        opt = CLRSGD([p1, p1], SCHED, flat=flat)
+    assert len(opt.param_groups[0]["params"]) == 1 and opt.param_groups[0]["params"][0] is p1
 
 
 # ----------------------------------------------------------------------------- all or nothing
@@ -224,7 +228,7 @@ def test_add_param_group_is_checked_before_anything_is_added():
         opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "schedule": "bogus"})
     with pytest.raises(ValueError, match=r"param_groups\[1\] sets lr=0.5 but follows a schedule"):
         opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": 0.5})
-    with pytest.raises(ValueError, match="share memory"):
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
         opt.add_param_group({"params": [a[0]]})
     _assert_unchanged(opt, snap)
 
@@ -409,17 +413,22 @@ def test_a_torch_scheduler_drives_clrsgd_without_a_schedule():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_a_write_to_a_scheduled_group_is_applied_to_the_next_update_only():
+def test_a_write_to_a_scheduled_group_is_refused_until_undone():
     a, b = _twins(((3,),))
     oa = CLRSGD(a, clr.Constant(0.1))
     a[0].grad = torch.ones(3)
     oa.param_groups[0]["lr"] = 0.5  # e.g. a warm-up hook of another library
     before = a[0].detach().clone()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\] was set to 0.5 by other code.*schedule=None"):
+        oa.step()
+    assert torch.equal(a[0].detach(), before) and oa.param_groups[0]["step"] == 0 and not oa.state
+    oa.param_groups[0]["lr"] = 0.1  # the schedule's own value again: not a change
     oa.step()
-    assert torch.equal(a[0].detach(), before - 0.5)
-    assert oa.param_groups[0]["lr"] == 0.1  # the schedule's value for the update after
+    assert torch.equal(a[0].detach(), before - 0.1)
+    oa.param_groups[0]["schedule"] = clr.Constant(0.5)  # the way to change it
+    oa.step()  # this update was published by the old schedule; the new one sets the next
     oa.step()
-    assert torch.equal(a[0].detach(), before - 0.5 - 0.1)
+    assert torch.equal(a[0].detach(), before - 0.1 - 0.1 - 0.5)
 
 
 def test_torch_sgd_state_dict_loads_into_a_scheduled_clrsgd():

@@ -252,6 +252,7 @@ def test_a_gradient_shared_under_gradscaler_is_refused(flat):
     # parameters would be unscaled twice (torch does that too), by two threads at once here
     a = [torch.nn.Parameter(torch.ones(6)), torch.nn.Parameter(torch.ones(6))]
     opt = CLRSGD(a, clr.Constant(0.1), momentum=0.9, flat=flat)
+    opt.fused_unscale = True
     scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
     for _ in range(2):  # separate gradients: the plan is cached
         for p in a:

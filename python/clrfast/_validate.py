@@ -92,3 +92,24 @@ def step_counts(name: str, value):
         arr = np.minimum(arr, np.uint64(top))
     return arr.astype(np.int64)
 
+
+def whole(name: str, value, *, min=None) -> int:
+    """``value`` as an int: an integer, or a float holding one (``3.0``, ``np.float64(3)``).
+
+    For counters that come back through JSON or NumPy as floats (a resumed step clock);
+    ``2.5``, ``nan`` and bools are refused.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        if not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}") from None
+        f = float(value)
+        if not f.is_integer():  # also False for nan and inf
+            raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+        v = int(f)
+    if min is not None and v < min:
+        raise ValueError(f"{name} must be >= {min}, got {value!r}")
+    return int(v)

@@ -11,18 +11,84 @@ like torch's own scales it raises ``OverflowError`` where its power overflows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import reprlib
+from dataclasses import dataclass, fields, is_dataclass
 
 from . import _core
 from . import _validate as check
 
 _KIND = _core.ScaleKind
 
+# Bounds what an error message quotes of a value read from a file or a pickle.
+_quote = reprlib.Repr()
+_quote.maxstring = _quote.maxother = 80
+
+
+def _build(cls, args, kwargs):
+    """A new, checked instance of the value class ``cls`` (the ``__new__`` of schedules and scales).
+
+    The value is built in ``__new__`` rather than left to ``__init__`` because pickle's NEWOBJ
+    (and so ``torch.load``) calls ``__new__`` alone: no instance may exist unchecked.
+    """
+    if not is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is a base class; build one of its subclasses")
+    self = object.__new__(cls)
+    cls.__init__(self, *args, **kwargs)
+    return self
+
+
+def _seal(self, validate) -> None:
+    """Run ``validate`` once; an ``__init__`` run again on the built value changes nothing.
+
+    ``type.__call__`` runs ``__init__`` after ``__new__`` has built the value, and so does an
+    explicit ``value.__init__(...)``: the fields it has just overwritten are put back.
+    """
+    d = self.__dict__
+    built = d.get("_built")
+    if built is not None:
+        d.update(built)
+        return
+    validate()
+    d["_built"] = {f.name: d[f.name] for f in fields(self)}
+
+
+def _reduce(self):
+    # Rebuilt by calling the class with its fields: every value a pickle (or torch.load with
+    # weights_only=True) can make goes through the checks of the constructor.
+    return (type(self), tuple(getattr(self, f.name) for f in fields(self)))
+
+
+def _refuse_state(self, state) -> None:
+    raise TypeError(
+        f"{type(self).__name__} is pickled as a call of its constructor and has no state to set: a pickle "
+        f"that sets one (BUILD, __setstate__) was not written by clrfast; got state {_quote.repr(state)}"
+    )
+
+
+def _check_keys(what: str, d: dict, allowed) -> None:
+    """Every key of ``d`` must be a string naming one of ``allowed``."""
+    for k, v in d.items():
+        if not isinstance(k, str) or k not in allowed:
+            raise TypeError(f"{what} has no key {_quote.repr(k)} (given {_quote.repr(v)}); "
+                            f"its keys: {', '.join(allowed) or 'none'}")
+
 
 class Scale:
     """Base class of the amplitude scales."""
 
     _kind = _KIND.triangular
+
+    def __new__(cls, *args, **kwargs):
+        return _build(cls, args, kwargs)
+
+    def __post_init__(self):
+        _seal(self, self._validate)
+
+    def _validate(self) -> None:
+        pass
+
+    __reduce__ = _reduce
+    __setstate__ = _refuse_state
 
     @property
     def _gamma(self) -> float:
@@ -32,18 +98,21 @@ class Scale:
         return _core.cyclic_scale(self._kind, self._gamma, float(check.real("x", x)))
 
     def to_dict(self) -> dict:
-        return {"type": type(self).__name__, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+        """A JSON-safe description, restored by :meth:`from_dict`."""
+        return {"type": type(self).__name__, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @staticmethod
     def from_dict(d: dict) -> Scale:
+        """Rebuild a scale from :meth:`to_dict` output."""
         if not isinstance(d, dict):
-            raise TypeError(f"a scale must be given as a dict from Scale.to_dict(), got {d!r}")
-        d = dict(d)
-        kind = d.pop("type", None)
-        cls = {c.__name__: c for c in (Flat, Halving, ExpRange, Geometric)}.get(kind)
+            raise TypeError(f"a scale must be given as a dict from Scale.to_dict(), got {_quote.repr(d)}")
+        kind = d.get("type")
+        cls = _TYPES.get(kind) if isinstance(kind, str) else None
         if cls is None:
-            raise ValueError(f"unknown scale type {kind!r}")
-        return cls(**d)
+            raise ValueError(f"unknown scale type {_quote.repr(kind)}; known: {', '.join(_TYPES)}")
+        params = {k: v for k, v in d.items() if k != "type"}
+        _check_keys(f"the {kind} scale", params, [f.name for f in fields(cls)])
+        return cls(**params)
 
 
 @dataclass(frozen=True)
@@ -67,7 +136,7 @@ class ExpRange(Scale):
     gamma: float = 1.0
     _kind = _KIND.exp_range
 
-    def __post_init__(self):
+    def _validate(self):
         object.__setattr__(self, "gamma", check.real("gamma", self.gamma, min=0.0, min_open=True, keep_int=True))
 
     @property
@@ -82,12 +151,14 @@ class Geometric(Scale):
     ratio: float = 0.5
     _kind = _KIND.geometric
 
-    def __post_init__(self):
+    def _validate(self):
         object.__setattr__(self, "ratio", check.real("ratio", self.ratio, min=0.0, min_open=True, keep_int=True))
 
     @property
     def _gamma(self) -> float:
         return float(self.ratio)
 
+
+_TYPES = {c.__name__: c for c in (Flat, Halving, ExpRange, Geometric)}
 
 __all__ = ["Scale", "Flat", "Halving", "ExpRange", "Geometric"]

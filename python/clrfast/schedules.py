@@ -14,14 +14,26 @@ instead of returning inf or NaN.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Union
 
 import numpy as np
 
 from . import _core
 from . import _validate as check
-from .scales import ExpRange, Flat, Geometric, Halving, Scale
+from .scales import (
+    ExpRange,
+    Flat,
+    Geometric,
+    Halving,
+    Scale,
+    _build,
+    _check_keys,
+    _quote,
+    _reduce,
+    _refuse_state,
+    _seal,
+)
 
 FORMAT_VERSION = 1
 
@@ -45,7 +57,13 @@ class Schedule:
     # (a cyclic scale, a growing restart peak): their steps are checked.
     _can_overflow = False
 
+    def __new__(cls, *args, **kwargs):
+        return _build(cls, args, kwargs)
+
     def __post_init__(self):
+        _seal(self, self._construct)
+
+    def _construct(self) -> None:
         self._validate()
         object.__setattr__(self, "_compiled", self._compile())
         # A finite schedule is checked over all its steps once; an endless one at step 0
@@ -193,11 +211,13 @@ class Schedule:
 
     @staticmethod
     def from_dict(d: dict) -> Schedule:
+        """Rebuild a schedule from :meth:`to_dict` output (as :func:`from_dict`)."""
         return from_dict(d)
 
-    def __reduce__(self):
-        # Rebuild through __init__: validated, and the compiled core is not pickled.
-        return (type(self), tuple(getattr(self, f.name) for f in fields(self)))
+    # Pickled as a constructor call (validated again when loaded; the compiled core is not
+    # pickled), and a pickle that would set the state of one directly is refused.
+    __reduce__ = _reduce
+    __setstate__ = _refuse_state
 
 
 def _prepare_out(out, shape, dtype) -> np.ndarray:
@@ -330,7 +350,10 @@ class Cyclic(Schedule):
     def _from_params(cls, p: dict) -> Cyclic:
         p = dict(p)
         if p.get("scale_fn") is not None:
-            p["scale_fn"] = Scale.from_dict(p["scale_fn"])
+            try:
+                p["scale_fn"] = Scale.from_dict(p["scale_fn"])
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"scale_fn: {e}") from None
         return cls(**p)
 
 
@@ -374,9 +397,22 @@ class OneCycle(Schedule):
             self._set("max_momentum", m)
         initial = _finite_product("max_lr/div_factor", self.max_lr / self.div_factor,
                                   f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}")
-        _finite_product("max_lr/div_factor/final_div_factor", initial / self.final_div_factor,
+        low = _finite_product("max_lr/div_factor/final_div_factor", initial / self.final_div_factor,
+                              f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}, "
+                              f"final_div_factor={self.final_div_factor!r}")
+        # A linear phase ends at start + (end - start)*1, which may round past the largest double
+        # when both ends are near it; the step past the last phase (pct up to 2) doubles the span.
+        # Everything stays finite while twice the largest of the values annealed between does.
+        ends = [float(self.max_lr), initial, low]
+        names = "max_lr, max_lr/div_factor, max_lr/div_factor/final_div_factor"
+        if self.cycle_momentum:
+            ends += [float(self.base_momentum), float(self.max_momentum)]
+            names += ", base_momentum, max_momentum"
+        _finite_product(f"2*max({names})", 2.0 * max(ends),
                         f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}, "
-                        f"final_div_factor={self.final_div_factor!r}")
+                        f"final_div_factor={self.final_div_factor!r}"
+                        + (f", base_momentum={self.base_momentum!r}, max_momentum={self.max_momentum!r}"
+                           if self.cycle_momentum else ""))
         # A phase of zero length that a step falls into would divide 0 by 0.
         start = 0.0
         for end in _core.onecycle_phase_ends(float(self.total_steps), float(self.pct_start), self.three_phase):
@@ -429,6 +465,10 @@ class CosineRestarts(Schedule):
         if w >= self.T_0:
             raise ValueError(f"warmup_steps must be < T_0={self.T_0}, got {self.warmup_steps!r}")
         self._set("warmup_steps", w)
+        # The cosine passes through (peak - eta_min) * 2. A peak in (0, base_lr] keeps that finite
+        # when 2*max(base_lr, eta_min) is; a growing peak (peak_decay > 1) is checked per step.
+        _finite_product("2*max(base_lr, eta_min)", 2.0 * max(float(self.base_lr), float(self.eta_min)),
+                        f"base_lr={self.base_lr!r}, eta_min={self.eta_min!r}")
 
     @property
     def _can_overflow(self) -> bool:
@@ -501,8 +541,10 @@ class RangeSweep(Schedule):
         self._set("end_lr", check.real("end_lr", self.end_lr, min=0.0, min_open=open_, keep_int=True))
         self._set("num_steps", check.integer("num_steps", self.num_steps, min=1, max=_MAX_STEP))
         if open_:
-            _finite_product("end_lr/start_lr", self.end_lr / self.start_lr,
-                            f"start_lr={self.start_lr!r}, end_lr={self.end_lr!r}")
+            lrs = f"start_lr={self.start_lr!r}, end_lr={self.end_lr!r}"
+            _finite_product("end_lr/start_lr", self.end_lr / self.start_lr, lrs)
+            # start_lr * ratio**f may round a few ulps past end_lr just before the last step.
+            _finite_product("2*max(start_lr, end_lr)", 2.0 * max(float(self.start_lr), float(self.end_lr)), lrs)
 
     def _compile(self):
         return _core.sweep(start_lr=float(self.start_lr), end_lr=float(self.end_lr),
@@ -739,6 +781,8 @@ class PolynomialDecay(_WarmupDecay):
         self._set("power", check.real("power", self.power, min=0.0, keep_int=True))
         if self.lr_init is not None:
             self._set("lr_init", check.real("lr_init", self.lr_init, min=0.0, keep_int=True))
+            # (lr_init - lr_end) * q**power + lr_end may round a few ulps past lr_init (at q = 1)
+            _finite_product("lr_init*2", self.lr_init * 2.0, f"lr_init={self.lr_init!r}")
         init = self._init
         if not init > self.lr_end:
             name = "peak_lr" if self.lr_init is None else "lr_init"
@@ -774,6 +818,15 @@ class InverseSqrt(_WarmupDecay):
         if self.timescale is not None:
             self._set("timescale", check.real("timescale", self.timescale, min=0.0, min_open=True,
                                               max=float(_MAX_COUNT), keep_int=True))
+        # The decay divides by sqrt((t + (T - W))/T), exactly 1 at t = W. A timescale T below
+        # half an ulp of W is lost in T - W and makes it 0 there (lr = peak/0); the check is
+        # the core's arithmetic at t = W, and later steps only make the quotient larger.
+        w, ts = float(self.warmup_steps), float(self.resolved_timescale)
+        q = (w + (ts - w)) / ts
+        if not q >= 0.25:  # keeps the factor 1/sqrt(q) <= 2, and _peak keeps peak_lr*2 finite
+            raise OverflowError(f"timescale={self.resolved_timescale!r} is too small against warmup_steps="
+                                f"{self.warmup_steps!r}: (warmup_steps + timescale - warmup_steps)/timescale "
+                                f"rounds to {q!r} instead of 1, and peak_lr/sqrt of it overflows")
 
     @property
     def resolved_timescale(self):
@@ -823,7 +876,7 @@ class Join(Schedule):
             if s.max_step is not None and span - 1 > s.max_step:
                 raise ValueError(
                     f"schedules[{i}] ends at step {s.max_step} but runs for {span} steps before the next "
-                    "boundary"
+                    f"boundary, boundaries[{i}]={bounds[i]}"
                 )
 
     @property
@@ -848,13 +901,18 @@ class Join(Schedule):
         return sum(s._leaf_count() if isinstance(s, Join) else 1 for s in self.schedules)
 
     @classmethod
-    def _from_params(cls, p: dict) -> Join:
-        for key in ("schedules", "boundaries"):
-            if key not in p:
-                raise TypeError(f"Join params need {key!r}, got {sorted(p)}")
+    def _from_params(cls, p: dict, depth: int) -> Join:
         if not isinstance(p["schedules"], list):
-            raise TypeError(f"Join schedules must be a list of dicts, got {p['schedules']!r}")
-        return cls([from_dict(d) for d in p["schedules"]], p["boundaries"])
+            raise TypeError(f"Join schedules must be a list of dicts, got {_quote.repr(p['schedules'])}")
+        if depth >= _MAX_NESTING:
+            raise ValueError(f"Join dicts are nested more than {_MAX_NESTING} deep")
+        pieces = []
+        for i, d in enumerate(p["schedules"]):
+            try:
+                pieces.append(_from_dict(d, depth + 1))
+            except (TypeError, ValueError, OverflowError) as e:
+                raise type(e)(f"schedules[{i}]: {e}") from None
+        return cls(pieces, p["boundaries"])
 
 
 _TYPES = {c.__name__: c for c in (Cyclic, OneCycle, CosineRestarts, Warmup, Constant, RangeSweep, Join,
@@ -863,20 +921,44 @@ _TYPES = {c.__name__: c for c in (Cyclic, OneCycle, CosineRestarts, Warmup, Cons
 
 
 def from_dict(d: dict) -> Schedule:
-    """Rebuild a schedule from :meth:`Schedule.to_dict` output."""
+    """Rebuild a schedule from :meth:`Schedule.to_dict` output.
+
+    A malformed dict raises ``ValueError`` or ``TypeError`` naming the key and the value
+    (``OverflowError`` for a number too large for a double, as the constructors do).
+    """
+    return _from_dict(d, 0)
+
+
+# How deep joins may nest in a dict: far deeper than 16 pieces need, and far less deep
+# than Python's recursion limit.
+_MAX_NESTING = 32
+
+
+def _from_dict(d, depth: int) -> Schedule:
     if not isinstance(d, dict):
-        raise TypeError(f"expected a dict from to_dict(), got {type(d).__name__}")
+        raise TypeError(f"expected a dict from to_dict(), got {_quote.repr(d)} of type {type(d).__name__}")
+    _check_keys("a schedule dict", d, ("clrfast_schedule", "type", "params"))
     version = d.get("clrfast_schedule")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"unsupported schedule format version {version!r} (this clrfast reads {FORMAT_VERSION})")
-    cls = _TYPES.get(d.get("type"))
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise ValueError(f"unsupported schedule format version {_quote.repr(version)} (key 'clrfast_schedule'; "
+                         f"this clrfast reads {FORMAT_VERSION})")
+    kind = d.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ValueError(f"unknown schedule type {d.get('type')!r}; known: {', '.join(_TYPES)}")
-    params = d.get("params", {})
+        raise ValueError(f"unknown schedule type {_quote.repr(kind)}; known: {', '.join(_TYPES)}")
+    if "params" not in d:
+        raise TypeError(f"a {kind} dict needs 'params', the dict of its arguments; got keys {sorted(d)}")
+    params = d["params"]
     if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of {cls.__name__}'s arguments, got {params!r}")
-    if hasattr(cls, "_from_params"):
-        return cls._from_params(params)
+        raise TypeError(f"params must be a dict of {kind}'s arguments, got {_quote.repr(params)}")
+    _check_keys(f"{kind} params", params, [f.name for f in fields(cls)])
+    missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in params]
+    if missing:
+        raise TypeError(f"{kind} params need {', '.join(map(repr, missing))}; got keys {sorted(params)}")
+    if cls is Join:
+        return Join._from_params(params, depth)
+    if cls is Cyclic:
+        return Cyclic._from_params(params)
     return cls(**params)
 
 

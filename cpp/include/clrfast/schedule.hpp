@@ -641,10 +641,13 @@ CLRFAST_HD Status onecycle_status(const OneCycleParams& p, double t) {
   return Status::Ok;
 }
 
+// The cosine computes (peak - eta_min) * 2 on the way to a value between eta_min and
+// the peak. With peak_decay == 1 the front end has checked that for the fixed peak.
 CLRFAST_HD Status restarts_status(const CosineRestartsParams& p, double t) {
   if (p.peak_decay == 1.0) return Status::Ok;
   const double decay = pow(p.peak_decay, restart_pos(p.T_0, p.T_mult, t).k);
-  return std::isfinite(decay) && std::isfinite(p.base_lr * decay) ? Status::Ok : Status::Overflow;
+  const double peak = p.base_lr * decay;
+  return std::isfinite(decay) && std::isfinite((peak - p.eta_min) * 2.0) ? Status::Ok : Status::Overflow;
 }
 
 CLRFAST_HD Status leaf_status(const Leaf& leaf, double t, bool as_torch) {

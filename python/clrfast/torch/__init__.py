@@ -43,18 +43,15 @@ def _allow_schedules_in_torch_load() -> None:
     """Schedules stored in optimizer groups (e.g. by ZeroRedundancyOptimizer) load with ``torch.load``'s defaults.
 
     They rebuild through their validating constructors from plain numbers, so they are as
-    safe to unpickle as the tensors around them.
+    safe to unpickle as the tensors around them: a pickle can only call a constructor (REDUCE)
+    or ``__new__`` (NEWOBJ), which builds and checks the value too, and one that sets a
+    state (BUILD) is refused. Only the concrete classes are allowed, not their bases.
     """
     from .. import scales, schedules
 
-    def subclasses(cls):
-        for sub in cls.__subclasses__():
-            yield sub
-            yield from subclasses(sub)
-
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:
-        add([*subclasses(schedules.Schedule), *subclasses(scales.Scale)])
+        add([*schedules._TYPES.values(), *scales._TYPES.values()])
 
 
 _allow_schedules_in_torch_load()

@@ -15,11 +15,21 @@ so every rule gets the same guarantees:
   cannot walk as one flat run (transposed parameters, a state buffer left in another
   dtype by ``model.to()``) take torch's own single-tensor code, so they still match torch.
 - **All or nothing.** ``step`` validates every group before it mutates anything, and the
-  constructor, ``add_param_group`` and ``load_state_dict`` validate all input first.
+  constructor, ``add_param_group`` and ``load_state_dict`` validate all input first. A step
+  checks every value it reads (clock, schedule, hyperparameters, flags, state) whoever put it
+  there: a value written to a group after construction fails the step with an error naming
+  it (``param_groups[0]['step']``) and leaves parameters, gradients, state and clock as they
+  were. A clock that comes back as an integral float (``3.0``, ``np.float64(3)``, from JSON or
+  NumPy) counts as that integer and is an ``int`` again after the step; ``2.5`` is refused.
 - **torch's conventions.** After k applied updates a group shows the lr and momentum of
-  update k (as after ``scheduler.step()``). A step applies what the group holds, so a value
-  written by other code (a scheduler, Lightning's lr finder) is applied to the next update;
-  the schedule then writes the value of the update after.
+  update k (as after ``scheduler.step()``). A group without a schedule applies what it
+  holds, as torch's optimizers do. A group with one is never silently overridden: a torch
+  ``LRScheduler`` attached to the optimizer, or an lr (momentum, betas) written over the
+  schedule's, is refused at the next step (``_check_followed``); ``scheduler()`` is the
+  scheduler object to hand to trainers.
+- **torch.compile.** A compiled step is one custom op whose inputs are the parameters with
+  a gradient, their gradients and a handle tensor; it honours functionalization by writing
+  the updated values into the tensors it was handed (see the op below).
 - **The clock** (``group["step"]``) counts applied updates; a step skipped by GradScaler
   does not advance it.
 """
@@ -27,13 +37,16 @@ so every rule gets the same guarantees:
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import sys
+import warnings
 import weakref
-from typing import Optional
+from collections import OrderedDict
 
 import numpy as np
 import torch
+from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _core
 from .. import _validate as check
@@ -133,7 +146,8 @@ def where(gi: int, pi: int) -> str:
 def check_param(gi: int, pi: int, p, name: str) -> torch.Tensor:
     """Checks what a parameter must be whether or not it has a gradient; returns its local tensor."""
     if not isinstance(p, torch.Tensor):
-        raise TypeError(f"{where(gi, pi)}: expected a torch.Tensor, got {type(p).__name__}")
+        raise TypeError(f"{where(gi, pi)}: optimizer can only optimize Tensors, but one of the params is "
+                        f"{torch.typename(p)}")
     lp = local(p)
     if lp.layout != torch.strided:
         raise ValueError(f"{where(gi, pi)}: {name} supports dense (strided) parameters, got layout {lp.layout}")
@@ -198,12 +212,77 @@ def check_schedule(name: str, schedule) -> None:
 
 
 def real_or_tensor(name: str, value):
-    """An lr as torch's optimizers take it: a real number or a one-element floating tensor."""
+    """An lr as torch's optimizers take it: a real number or a one-element floating tensor.
+
+    A tensor's value is checked as torch checks it (``ValueError("Invalid learning rate: ...")``
+    for a negative or NaN one), and an infinite one is refused as an infinite float is.
+    """
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise TypeError(f"{name} must be a real number or a one-element floating tensor, got {value!r}")
+        if value.numel() != 1 or not value.is_floating_point() or value.dtype not in DTYPE_CODES:
+            raise TypeError(f"{name} must be a real number or a one-element float32, float64, bfloat16 or float16 "
+                            f"tensor, got {value!r}")
+        v = float(value)
+        if not (math.isfinite(v) and v >= 0.0):
+            raise ValueError(f"Invalid learning rate: {value} ({name} must be finite and >= 0)")
         return value
     return check.real(name, value, min=0.0)
+
+
+def non_negative(name: str, value, invalid: str) -> float:
+    """A finite real >= 0 as a float; a negative one is refused with torch's message (``"{invalid}: {value}"``)."""
+    v = check.real(name, value)
+    if v < 0:
+        raise ValueError(f"{invalid}: {value} ({name} must be >= 0.0, got {value!r})")
+    return v
+
+
+_F64 = DTYPE_CODES[torch.float64]
+
+
+def step_lr(gi: int, value) -> tuple[float, int]:
+    """The lr a step applies and the dtype code of the scalars torch derives from it.
+
+    torch computes ``1 - lr * weight_decay`` and ``lr / bias_correction`` as 0-d tensor ops
+    when lr is a tensor (in its dtype), and in double when it is a number.
+    """
+    name = f"param_groups[{gi}]['lr']"
+    if isinstance(value, torch.Tensor):
+        real_or_tensor(name, value)
+        return float(value), DTYPE_CODES[value.dtype]
+    return check.real(name, value, min=0.0), _F64
+
+
+def step_real(gi: int, key: str, value, *, min: float | None = None) -> float:
+    """A hyperparameter a step applies, as a finite float (0-d tensors included), at least ``min``."""
+    v = as_real(gi, key, value)
+    if not math.isfinite(v) or (min is not None and v < min):
+        bound = "finite" if min is None else f"finite and >= {min}"
+        raise ValueError(f"param_groups[{gi}][{key!r}] must be {bound}, got {value!r}")
+    return v
+
+
+def step_flag(gi: int, key: str, value) -> bool:
+    if not isinstance(value, (bool, int)) or value not in (0, 1):
+        raise TypeError(f"param_groups[{gi}][{key!r}] must be a bool, got {value!r}")
+    return bool(value)
+
+
+def clock(name: str, value) -> int:
+    """A group's step count: a whole number (an integral float such as ``np.float64(3)`` reads as 3) below 2**53."""
+    step = check.whole(name, value, min=0)
+    if step >= 2**53:
+        raise ValueError(f"{name} must be < 2**53, got {step}")
+    return step
+
+
+def step_clock(gi: int, group) -> int:
+    """The validated clock of a group about to step; its schedule (if any) is checked at that step too."""
+    step = clock(f"param_groups[{gi}]['step']", group["step"])
+    sched = group["schedule"]
+    if sched is not None:
+        check_schedule(f"param_groups[{gi}]['schedule']", sched)
+        sched._check_max(step)  # torch-style ValueError before anything changes
+    return step
 
 
 class IdSet:
@@ -230,17 +309,41 @@ class IdSet:
 # --------------------------------------------------------------------------- torch.compile
 # Under torch.compile a step is one opaque custom op: Dynamo traces neither the plans nor the
 # param_groups (whose lr and step change every step and would be guarded on, recompiling each
-# time), only a list of parameters and their gradients, which are stable. The op finds its
-# optimizer by a handle, a constant int, and runs the eager step at run time; lr and momentum
-# are computed there from the clock, so nothing the graph sees changes while the schedule moves.
+# time), only the parameters that have a gradient, their gradients and a handle, which are
+# stable. The op runs the optimizer's eager step at run time; lr and momentum are computed
+# there from the clock, so nothing the graph sees changes while the schedule moves.
+#
+# The handle is a 0-d tensor, a graph input: a constant would make each optimizer's graph its
+# own (a recompilation per optimizer) and would be baked into graphs that inductor caches on
+# disk and hands to other processes.
+#
+# AOTAutograd's functionalization (backends "aot_eager", "inductor") may call the op on clones
+# of the tensors it declares mutated and copy the clones back over the originals afterwards.
+# The eager step updates the live parameters (and reads their live gradients), so the op then
+# writes their new values into whatever it was handed: the copy-back restores them. Where it
+# was handed the live tensors themselves (no functionalization, or inductor's re-inplacing)
+# nothing is copied.
 _OPTIMIZERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
 
 
 @torch.library.custom_op("clrfast::fused_step", mutates_args=("params", "grads"))
-def _fused_step(params: list[torch.Tensor], grads: list[Optional[torch.Tensor]], handle: int) -> None:  # noqa: UP045 (torch.library parses the annotation at run time; py3.9 has no X | None)
+def _fused_step(params: list[torch.Tensor], grads: list[torch.Tensor], handle: torch.Tensor) -> None:
     # grads are mutated only by GradScaler's unscale-in-place; listing them keeps the order right
-    _OPTIMIZERS[handle]._eager_step()
+    opt = _OPTIMIZERS[int(handle)]
+    live = opt._stepped_params()
+    if len(live) != len(params):
+        raise RuntimeError(
+            f"clrfast::fused_step got {len(params)} parameters with a gradient, the optimizer has {len(live)} now; "
+            "a gradient was set or cleared between the traced step and its execution")
+    live_grads = [p.grad for p in live]
+    opt._eager_step()
+    for given, p in zip(params, live):
+        if given.data_ptr() != p.data_ptr():
+            given.copy_(p)
+    for given, g in zip(grads, live_grads):
+        if given.data_ptr() != g.data_ptr():
+            given.copy_(g)
 
 
 @_fused_step.register_fake
@@ -258,6 +361,32 @@ def _called_from_dcp_init(depth: int = 12) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _same_value(a, b) -> bool:
+    """True when two hyperparameter values (numbers, 0-d tensors, tuples of them) are equal."""
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
+                and all(_same_value(x, y) for x, y in zip(a, b)))
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+class FollowGroups(torch.optim.lr_scheduler.LRScheduler):
+    """The scheduler of ``FusedOptimizer.scheduler()``: its lr is whatever the optimizer's groups show."""
+
+    def __init__(self, optimizer):
+        had = ["initial_lr" in g for g in optimizer.param_groups]
+        super().__init__(optimizer)
+        # torch's base class leaves 'initial_lr' in each group, the mark of an attached scheduler
+        for group, kept in zip(optimizer.param_groups, had):
+            if not kept:
+                group.pop("initial_lr", None)
+
+    def get_lr(self) -> list:
+        return [group["lr"] for group in self.optimizer.param_groups]
 
 
 # --------------------------------------------------------------------------- plans
@@ -351,7 +480,16 @@ class FusedOptimizer(torch.optim.Optimizer):
     _ptr_cols: tuple = ()  # columns holding addresses (for merging flat runs)
     _n_col = 0  # the column of the element count
     _grad_col = 1  # the column of the gradient's address
-    _step_supports_amp_scaling = True
+    # With fused_unscale, torch.amp.GradScaler hands the step its scale and inf flag and the kernel
+    # unscales as it reads (one pass less over the gradients). Off by default: trainers refuse
+    # gradient clipping with an optimizer that unscales internally (Lightning's precision
+    # plugins ask ``_step_supports_amp_scaling``), and GradScaler's own unscale_ then skips
+    # the step on inf, which leaves the clock alone all the same.
+    fused_unscale = False
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        return bool(self.fused_unscale)
 
     def __init__(self, params, defaults: dict, *, threads: int | None = None):
         if threads is not None:
@@ -363,7 +501,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._fresh = IdSet()
         groups = self._normalise(params)
         # Every group is checked before torch's constructor adds (and flattens) the first.
-        checked = [self._checked_group(gi, g, defaults) for gi, g in enumerate(groups)]
+        checked = []
+        for gi, g in enumerate(groups):
+            checked.append(self._checked_group(gi, g, defaults))
+            self._check_joins(gi, checked[gi], checked[:gi])
         check_no_overlap([(where(gi, pi), local(p)) for gi, g in enumerate(checked)
                           for pi, p in enumerate(g["params"])])
         self._constructing = True
@@ -396,7 +537,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         if group["schedule"] is not None:
             check_schedule(f"{label}['schedule']", group["schedule"])
         else:
-            group["lr"] = real_or_tensor(f"{label}['lr']", group["lr"])
+            lr = group["lr"]
+            if not isinstance(lr, torch.Tensor):
+                group["lr"] = non_negative(f"{label}['lr']", lr, "Invalid learning rate")
+                return
+            if lr.numel() != 1:  # torch's constructor check, before its value is read
+                raise ValueError(f"Tensor lr must be 1-element ({label}['lr'] has {lr.numel()} elements)")
+            group["lr"] = real_or_tensor(f"{label}['lr']", lr)
 
     @staticmethod
     def _check_flags_and_clock(label: str, group: dict, flags) -> None:
@@ -405,15 +552,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             if not isinstance(group[key], (bool, int)) or group[key] not in (0, 1):
                 raise TypeError(f"{label}['{key}'] must be a bool, got {group[key]!r}")
             group[key] = bool(group[key])
-        group["step"] = check.integer(f"{label}['step']", group["step"], min=0)
-        if group["step"] >= 2**53:
-            raise ValueError(f"{label}['step'] must be < 2**53, got {group['step']}")
+        group["step"] = clock(f"{label}['step']", group["step"])
 
     # ------------------------------------------------------------------ groups
     @staticmethod
     def _normalise(params) -> list:
         if isinstance(params, torch.Tensor):
-            raise TypeError(f"params must be an iterable of tensors or dicts, got a {type(params).__name__}")
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, but "
+                            f"got {torch.typename(params)}")
         groups = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -422,9 +568,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         return groups
 
     def _checked_group(self, gi: int, group, defaults: dict) -> dict:
-        """The group as it will be stored, defaults filled in; raises on anything invalid."""
+        """The group as it will be stored, defaults filled in; raises on anything invalid.
+
+        As torch's ``add_param_group``: ``(name, tensor)`` pairs give the group ``param_names``,
+        and a tensor listed twice is kept once, with torch's warning.
+        """
         if not isinstance(group, dict):
-            raise TypeError(f"param_groups[{gi}] must be a dict, got {type(group).__name__}")
+            raise TypeError(f"param_groups[{gi}]: param_group must be a dict, but got {type(group)}")
         given = set(group)
         group = dict(group)
         params = group.get("params")
@@ -437,6 +587,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"param_groups[{gi}] has no 'params'")
         else:
             params = list(params)
+        pairs = [pi for pi, p in enumerate(params) if isinstance(p, tuple)]
+        if pairs:
+            if len(pairs) != len(params):
+                raise ValueError("all optimizer params should be with/without names. Some param names are missing "
+                                 f"(param_groups[{gi}] parameter {min(set(range(len(params))) - set(pairs))})")
+            for pi, p in enumerate(params):
+                if len(p) != 2:
+                    raise TypeError(f"{where(gi, pi)}: a named parameter is a (name, tensor) pair, got a tuple of "
+                                    f"{len(p)}")
+            group["param_names"] = [name for name, _ in params]
+            params = [p for _, p in params]
         group["params"] = params
         for k, v in defaults.items():
             group.setdefault(k, v)
@@ -452,9 +613,37 @@ class FusedOptimizer(torch.optim.Optimizer):
             check_param(gi, pi, p, self._rule)
             if not p.is_leaf:
                 raise ValueError(f"{where(gi, pi)}: can't optimize a non-leaf Tensor")
+        first = {}
+        for pi, p in enumerate(params):
+            first.setdefault(id(p), pi)
+        if len(first) != len(params):
+            # torch warns and keeps both, so the step would update the tensor twice: the
+            # kernel refuses memory written twice, and one update per step is what was meant
+            warnings.warn("optimizer contains a parameter group with duplicate parameters; in future, this will "
+                          "cause an error; see github.com/pytorch/pytorch/issues/40967 for more information "
+                          f"({self._rule} keeps the first of each in param_groups[{gi}], updated once per step)",
+                          UserWarning, stacklevel=3)
+            keep = sorted(first.values())
+            names = group.get("param_names")
+            if isinstance(names, list) and len(names) == len(params):
+                group["param_names"] = [names[i] for i in keep]
+            group["params"] = params = [params[i] for i in keep]
         if group["flat"]:
             self._check_flattenable(gi, params)
         return group
+
+    @staticmethod
+    def _check_joins(gi: int, group: dict, before) -> None:
+        """torch's checks of a group against the groups before it: names in all or none, no parameter in two."""
+        named = "param_names" in group
+        if any(("param_names" in g) != named for g in before):
+            raise ValueError("all optimizer param groups should be with/without names. cannot add param group "
+                             f"{'with' if named else 'without'} names to the optimizer (param_groups[{gi}])")
+        seen = {id(p): where(gj, pj) for gj, g in enumerate(before) for pj, p in enumerate(g["params"])}
+        for pi, p in enumerate(group["params"]):
+            if id(p) in seen:
+                raise ValueError(f"some parameters appear in more than one parameter group ({where(gi, pi)} is "
+                                 f"{seen[id(p)]})")
 
     def add_param_group(self, param_group: dict) -> None:
         """As torch's; the group is checked in full (and flattened when ``flat``) before it is added."""
@@ -463,6 +652,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             group = param_group  # __init__ checked every group already
         else:
             group = self._checked_group(gi, param_group, self.defaults)
+            self._check_joins(gi, group, self.param_groups)
             named = [(where(gj, pi), local(p)) for gj, g in enumerate(self.param_groups)
                      for pi, p in enumerate(g["params"])]
             check_no_overlap(named + [(where(gi, pi), local(p)) for pi, p in enumerate(group["params"])])
@@ -476,8 +666,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._flatten(gi, group)
 
     def _register(self) -> None:
-        self._handle = next(_HANDLES)
-        _OPTIMIZERS[self._handle] = self
+        handle = next(_HANDLES)
+        self._handle = torch.tensor(handle, dtype=torch.int64)  # a graph input under torch.compile
+        _OPTIMIZERS[handle] = self
         self._all_params: list = []  # every parameter, in group order: what a compiled step sees
 
     def _check_flattenable(self, gi: int, params) -> None:
@@ -496,6 +687,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ what the groups show
     _published_keys = ("lr",)
+    # Flags older torch versions did not save; torch's __setstate__ reads a missing one as False.
+    _later_flags: tuple = ()
 
     def _current(self, group) -> tuple:
         return tuple(group.get(k) for k in self._published_keys)
@@ -512,9 +705,53 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._publish_schedule(group)
         self._published[gi] = self._current(group)
 
+    def _check_followed(self, gi: int, group) -> None:
+        """Refuses a step of a scheduled group whose values other code took over.
+
+        The rule: a group with a schedule gets its lr (and momentum or betas, when the schedule
+        defines a momentum) from it alone. A
+        torch ``LRScheduler`` attached to the optimizer (it leaves ``initial_lr`` in every group:
+        transformers' default ``LambdaLR``, the chainable schedulers, Lightning's lr finder) and
+        any value written over the one the schedule published (``ReduceLROnPlateau``, a loop
+        that sets ``group["lr"]``) would override it, so the step refuses before it changes
+        anything. Writing back the same value (what ``scheduler()`` does) is not a change.
+        """
+        sched = group["schedule"]
+        if sched is None:
+            return
+        check_schedule(f"param_groups[{gi}]['schedule']", sched)
+        fix = ("Pass opt.scheduler() where a trainer wants a scheduler (transformers: "
+               "Trainer(optimizers=(opt, opt.scheduler())); Lightning: {'optimizer': opt, 'lr_scheduler': "
+               "opt.scheduler()}), or build the optimizer with schedule=None and an lr to let a torch scheduler "
+               "set the lr.")
+        if "initial_lr" in group:
+            raise RuntimeError(
+                f"param_groups[{gi}] follows the schedule {sched!r}, but a torch LRScheduler was attached to this "
+                f"{self._rule} (the group has 'initial_lr'); its writes would override the schedule. {fix}")
+        # the lr always comes from the schedule; momentum (betas) only when the schedule defines one
+        keys = self._published_keys if sched.has_momentum else self._published_keys[:1]
+        for key, now, ours in zip(keys, self._current(group), self._published[gi]):
+            if now is not ours and not _same_value(now, ours):
+                raise ValueError(
+                    f"param_groups[{gi}][{key!r}] was set to {now!r} by other code, but the group follows the "
+                    f"schedule {sched!r}, which sets it ({ours!r} for this update). To change the schedule, assign "
+                    f"group['schedule'] (clr.Constant(lr) for a fixed lr). {fix}")
+        self._published[gi] = self._current(group)
+
     def get_last_lr(self) -> list:
         """Each group's current lr: the one its next update uses (torch's scheduler convention)."""
         return [group["lr"] for group in self.param_groups]
+
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """A torch ``LRScheduler`` that leaves the lr to this optimizer's schedules.
+
+        For APIs that insist on a scheduler object next to the optimizer (transformers'
+        ``Trainer(optimizers=(opt, opt.scheduler()))``, Lightning's ``lr_scheduler``): its
+        ``step()`` writes back the values the groups already show, and ``get_last_lr()``
+        reports them, so loggers see the lr that is applied. Any other torch scheduler on a
+        group with a schedule is refused at the next step (see ``_check_followed``).
+        """
+        return FollowGroups(self)
 
     # ------------------------------------------------------------------ zero_grad
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -557,11 +794,15 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if torch.compiler.is_compiling():
-            params = self._all_params
+            params = self._stepped_params()
             torch.ops.clrfast.fused_step(params, [p.grad for p in params], self._handle)
         else:
             self._eager_step()
         return loss
+
+    def _stepped_params(self) -> list:
+        """The parameters a step reads, in group order: those with a gradient (a compiled step's inputs)."""
+        return [p for p in self._all_params if p.grad is not None]
 
     @torch.no_grad()
     def _eager_step(self) -> None:
@@ -574,6 +815,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             return
         # Validate every group, then mutate: nothing after the plans raises on input.
         try:
+            for gi, g in enumerate(self.param_groups):
+                self._check_followed(gi, g)
             hypers = [self._step_hyper(gi, g) for gi, g in enumerate(self.param_groups)]
             # GradScaler's fused path writes the unscaled gradients back: then they are written memory
             written = grad_scale is not None
@@ -603,6 +846,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _commit(self, gi: int, group, hyper, plan: Plan | None, inv_scale, grad_scale, found_inf) -> None:
         """Applies one validated group's update and advances its clock."""
+        group["step"] = hyper["step"]  # the validated count: a clock read back as 3.0 advances as 3
         if plan is None:
             self._advance(gi, group)
             return
@@ -899,10 +1143,29 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._flat[gi] = Flat(fp, fg, fstate, spans, views)
 
     # ------------------------------------------------------------------ state dict
+    def _torch_call(self, hooks, method, *args):
+        """Calls one of torch's methods with this optimizer's ``hooks`` set aside: clrfast runs them around
+        its own work, so that they see (and may replace) what the caller gets, as with torch."""
+        names = [f"_optimizer_{kind}_hooks" for kind in hooks]
+        saved = [getattr(self, name) for name in names]
+        for name in names:
+            setattr(self, name, OrderedDict())
+        try:
+            return method(*args)
+        finally:
+            for name, value in zip(names, saved):
+                setattr(self, name, value)
+
     def state_dict(self):
-        """torch's layout; schedules are stored as dicts (JSON-safe), so torch and clrfast can load it."""
+        """torch's layout; schedules are stored as dicts (JSON-safe), so torch and clrfast can load it.
+
+        The state-dict hooks run as torch runs them: the pre-hooks first, the post-hooks on the
+        finished dict (what one returns is what the caller gets).
+        """
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
         self._sync_cuda()
-        sd = super().state_dict()
+        sd = self._torch_call(("state_dict_pre", "state_dict_post"), super().state_dict)
         for g, live in zip(sd["param_groups"], self.param_groups):
             g.pop("_cuda", None)
             if isinstance(g.get("schedule"), Schedule):
@@ -911,23 +1174,40 @@ class FusedOptimizer(torch.optim.Optimizer):
                 # Buffers made by a state-initialising step hold no history; saved with the state so a
                 # resume from such a checkpoint still makes the first update torch's first update.
                 g[_FRESH] = [pi for pi, p in enumerate(live["params"]) if self._is_fresh(p)]
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
         return sd
 
     def load_state_dict(self, state_dict) -> None:
         """Loads clrfast's or torch's state dicts, all checked before anything changes.
 
-        Keys a torch group lacks (``schedule``, ``step``) keep their current values. The saved
+        Keys a torch group lacks (``schedule``, ``step``) keep their current values; flags an
+        older torch did not save (``maximize``, ...) read as False, as torch reads them. The saved
         lr (and momentum or betas) is what the next update applies, as with torch; a schedule
         takes over from the update after.
+
+        The load hooks run as torch runs them: the pre-hooks on a shallow copy of the dict (what
+        one returns is what is checked and loaded), the post-hooks once everything is in place.
+        A per-parameter scalar saved as a number (older torch saved Adam's ``step`` so) becomes
+        the tensor torch's ``__setstate__`` makes of it.
         """
+        if not isinstance(state_dict, dict):
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        state_dict = state_dict.copy()
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
         saved_groups = state_dict["param_groups"]
-        if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"loaded state dict has {len(saved_groups) if isinstance(saved_groups, (list, tuple)) else '?'} "
-                f"parameter groups, the optimizer {len(self.param_groups)}"
-            )
+        if not isinstance(saved_groups, (list, tuple)):
+            raise ValueError(f"state_dict['param_groups'] must be a list of groups, got {type(saved_groups).__name__}")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has a different number of parameter groups ({len(saved_groups)} "
+                             f"saved, {len(self.param_groups)} in the optimizer)")
         groups, id_map = [], {}
         for gi, (saved, current) in enumerate(zip(saved_groups, self.param_groups)):
             if not isinstance(saved, dict) or "params" not in saved:
@@ -942,6 +1222,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         state = state_dict["state"]
         if not isinstance(state, dict):
             raise ValueError("state_dict['state'] must be a dict")
+        state = {k: self._upgraded(v) for k, v in state.items()}
         for k, v in state.items():
             if k not in id_map:
                 raise ValueError(f"state_dict['state'] has an entry for unknown parameter id {k!r}")
@@ -957,7 +1238,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._sync_cuda()
         sd = dict(state_dict)
         sd["param_groups"] = groups
-        super().load_state_dict(sd)
+        sd["state"] = state
+        self._torch_call(("load_state_dict_pre", "load_state_dict_post"), super().load_state_dict, sd)
         self._plans.clear()
         self._fresh = IdSet()
         for gi, group in enumerate(self.param_groups):
@@ -979,10 +1261,27 @@ class FusedOptimizer(torch.optim.Optimizer):
         # The saved lr/momentum are what the next update uses (a value written before saving
         # included), as torch's load keeps them; the schedule takes over after that update.
         self._published = [self._current(g) for g in self.param_groups]
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _upgraded(self, saved):
+        """A parameter's saved state, each scalar saved as a number made the tensor torch's Adam makes of it."""
+        if not isinstance(saved, dict):
+            return saved
+        old = [k for k in self._scalar_keys
+               if isinstance(saved.get(k), numbers.Real) and not isinstance(saved.get(k), bool)]
+        if not old:
+            return saved
+        saved = dict(saved)  # the caller's dict stays as it was
+        for k in old:
+            saved[k] = torch.tensor(float(saved[k]), dtype=_get_scalar_dtype())
+        return saved
 
     def _loaded_group(self, gi: int, saved: dict, current: dict) -> dict:
         """A saved group as it will be stored, checked; keys it lacks (torch's groups) keep their values."""
         saved.pop("_cuda", None)
+        for key in self._later_flags:
+            saved.setdefault(key, False)
         for key, value in current.items():
             if key != "params":
                 saved.setdefault(key, value)
@@ -997,12 +1296,13 @@ class FusedOptimizer(torch.optim.Optimizer):
                 saved["schedule"] = from_dict(saved["schedule"])
             except (TypeError, ValueError, KeyError) as e:
                 raise ValueError(f"state_dict['param_groups'][{gi}]['schedule']: {e}") from None
+        if saved["schedule"] is not None and "initial_lr" not in current:
+            # a torch scheduler's bookkeeping from the saving optimizer: the schedule sets the lr here
+            saved.pop("initial_lr", None)
         legacy = saved.pop("base_momentum", None)  # clrfast 0.1 kept the constant momentum apart
         if legacy is not None and saved["schedule"] is not None and not saved["schedule"].has_momentum:
             saved["momentum"] = legacy
-        saved["step"] = check.integer(f"state_dict['param_groups'][{gi}]['step']", saved["step"], min=0)
-        if saved["step"] >= 2**53:
-            raise ValueError(f"state_dict['param_groups'][{gi}]['step'] must be < 2**53, got {saved['step']}")
+        saved["step"] = clock(f"state_dict['param_groups'][{gi}]['step']", saved["step"])
         self._check_hyper(f"state_dict['param_groups'][{gi}]", saved)
         return saved
 
@@ -1011,6 +1311,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._sync_cuda()
         state = super().__getstate__()
         state["_threads"] = self._threads  # torch keeps only defaults, state and param_groups
+        state["_fused_unscale"] = self.fused_unscale
         state["_flat_groups"] = sorted(self._flat)
         state["_fresh_ids"] = [(gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"])
                                if self._is_fresh(p)]
@@ -1025,6 +1326,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         flat = state.pop("_flat_groups", [])
         fresh = state.pop("_fresh_ids", [])
         self._threads = state.pop("_threads", None)
+        if state.pop("_fused_unscale", False):
+            self.fused_unscale = True
         self._constructing = False
         super().__setstate__(state)
         self._register()

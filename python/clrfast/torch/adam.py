@@ -8,12 +8,13 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _core
 from .. import _validate as check
-from ._fused import DTYPE_CODES, FusedOptimizer, as_real
+from ._fused import DTYPE_CODES, FusedOptimizer, local, non_negative, step_clock, step_flag, step_lr, step_real, where
 from ._sqrt import torch_sqrt_routines
 
 __all__ = ["CLRAdamW", "CLRAdam"]
 
 _STEP_DTYPES = {torch.float32: 0, torch.float64: 1}
+_LR_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 
 
 class _CLRAdamBase(FusedOptimizer):
@@ -25,6 +26,7 @@ class _CLRAdamBase(FusedOptimizer):
     _scalar_keys = ("step",)
     _cols = 9  # p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, n, dtype, step address, step dtype
     _published_keys = ("lr", "betas")
+    _later_flags = ("amsgrad", "maximize")
 
     def __init__(
         self,
@@ -50,17 +52,27 @@ class _CLRAdamBase(FusedOptimizer):
 
     # ------------------------------------------------------------------ hyperparameters
     def _check_hyper(self, label: str, group: dict) -> None:
+        """Checks (and normalises in place) a group's hyperparameters, in torch's order and with its messages."""
         self._check_lr(label, group)
+        group["eps"] = non_negative(f"{label}['eps']", group["eps"], "Invalid epsilon value")
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{label}['betas'] must be a pair of floats, got {betas!r}")
-        b1 = check.real(f"{label}['betas'][0]", betas[0], min=0.0, max=1.0)
-        b2 = check.real(f"{label}['betas'][1]", betas[1], min=0.0, max=1.0)
-        if b1 >= 1.0 or b2 >= 1.0:
-            raise ValueError(f"{label}['betas'] must lie in [0, 1), got {betas!r}")
-        group["betas"] = (b1, b2)
-        group["eps"] = check.real(f"{label}['eps']", group["eps"], min=0.0)
-        group["weight_decay"] = check.real(f"{label}['weight_decay']", group["weight_decay"], min=0.0)
+        for i, beta in enumerate(betas):
+            value = float(beta) if isinstance(beta, torch.Tensor) and beta.numel() == 1 else beta
+            try:
+                inside = 0.0 <= value < 1.0
+            except TypeError:
+                continue  # not a number: refused below
+            if not inside:
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta} ({label}['betas'] must lie in [0, 1), "
+                                 f"got {betas!r})")
+        group["weight_decay"] = non_negative(f"{label}['weight_decay']", group["weight_decay"],
+                                             "Invalid weight_decay value")
+        if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
+            raise ValueError(f"betas must be either both floats or both Tensors ({label}['betas'] is {betas!r})")
+        # tensor betas would round torch's bias corrections in float32, which the kernel does not
+        group["betas"] = tuple(check.real(f"{label}['betas'][{i}]", b) for i, b in enumerate(betas))
         group.setdefault("match_torch", True)  # absent from torch's groups
         self._check_flags_and_clock(label, group, ("amsgrad", "maximize", "flat", "match_torch"))
 
@@ -71,21 +83,27 @@ class _CLRAdamBase(FusedOptimizer):
         group["betas"] = (beta1, b2)
 
     def _step_hyper(self, gi: int, group) -> dict:
-        sched = group["schedule"]
-        if sched is not None:
-            sched._check_max(group["step"])
+        """Every group value the step reads, checked; raises before anything changes.
+
+        ``lr_dtype`` is the dtype code torch's lr-derived scalars are computed in: a tensor
+        lr's own, float64 for a number.
+        """
+        step = step_clock(gi, group)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"param_groups[{gi}]['betas'] must be a pair of floats, got {betas!r}")
+        lr, lr_dtype = step_lr(gi, group["lr"])
         h = dict(
-            lr=as_real(gi, "lr", group["lr"]),
-            beta1=as_real(gi, "betas", betas[0]),
-            beta2=as_real(gi, "betas", betas[1]),
-            eps=as_real(gi, "eps", group["eps"]),
-            weight_decay=as_real(gi, "weight_decay", group["weight_decay"]),
-            amsgrad=bool(group["amsgrad"]),
-            maximize=bool(group["maximize"]),
-            match_torch=bool(group.get("match_torch", True)),
+            step=step,
+            lr=lr,
+            lr_dtype=lr_dtype,
+            beta1=step_real(gi, "betas", betas[0]),
+            beta2=step_real(gi, "betas", betas[1]),
+            eps=step_real(gi, "eps", group["eps"], min=0.0),
+            weight_decay=step_real(gi, "weight_decay", group["weight_decay"], min=0.0),
+            amsgrad=step_flag(gi, "amsgrad", group["amsgrad"]),
+            maximize=step_flag(gi, "maximize", group["maximize"]),
+            match_torch=step_flag(gi, "match_torch", group.get("match_torch", True)),
         )
         if not (0.0 <= h["beta1"] < 1.0 and 0.0 <= h["beta2"] < 1.0):
             raise ValueError(f"param_groups[{gi}]['betas'] must lie in [0, 1), got {betas!r}")
@@ -111,10 +129,63 @@ class _CLRAdamBase(FusedOptimizer):
 
     def _check_state(self, gi: int, pi: int, p, st: dict) -> None:
         step = st.get("step")
-        if step is not None and not (isinstance(step, torch.Tensor) and step.numel() == 1
-                                     and step.is_floating_point()):
+        if step is None:
+            return
+        if not (isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()):
             raise TypeError(f"param_groups[{gi}] parameter {pi}: state['step'] must be a one-element floating tensor, "
                             f"got {step!r}")
+        # torch counts whole updates; a negative, fractional or infinite count comes from a corrupt
+        # state and would give a bias correction of 0 (an infinite step) or of no step torch takes
+        v = float(local(step))
+        if not (v >= 0.0 and float.is_integer(v)):
+            raise ValueError(f"param_groups[{gi}] parameter {pi}: state['step'] must hold a whole number >= 0, "
+                             f"got {step!r}")
+
+    # ------------------------------------------------------------------ shared step counters
+    @staticmethod
+    def _step_key(step) -> tuple:
+        """Identifies a step tensor's memory: two tensor objects may view one counter."""
+        t = local(step)
+        ptr = t.data_ptr()
+        return (t.device, ptr) if ptr else (None, id(step))
+
+    def _refuse_shared_steps(self, steps, label) -> None:
+        """Raises when two parameters' state holds one ``step`` counter.
+
+        torch's Adam adds one to it per parameter (n per step for n parameters), so no parameter
+        gets the bias correction of its own update count; the kernel counts it once per row. An
+        error rather than torch's count: such a state comes from hand-made or converted
+        checkpoints, not from torch, and either count would silently change the trajectory.
+        """
+        seen = {}
+        for name, step in steps:
+            if not isinstance(step, torch.Tensor) or step.numel() != 1:
+                continue  # reported by _check_state with its parameter
+            key = self._step_key(step)
+            if key in seen:
+                raise ValueError(
+                    f"{label(seen[key])} and {label(name)} share one state['step'] tensor; torch's Adam would add one "
+                    "to it for each parameter that shares it, so each parameter's bias correction would follow a "
+                    "count no update made. Give each parameter its own counter (state[p]['step'] = "
+                    "state[p]['step'].clone())")
+            seen[key] = name
+
+    def load_state_dict(self, state_dict) -> None:
+        """As :meth:`FusedOptimizer.load_state_dict`; a state whose parameters share one ``step`` tensor is refused."""
+        if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
+            self._refuse_shared_steps(
+                ((k, v.get("step")) for k, v in state_dict["state"].items() if isinstance(v, dict)),
+                lambda k: f"state_dict['state'][{k!r}]")
+        super().load_state_dict(state_dict)
+
+    def _build_plan(self, gi: int, group, required, grads_written: bool = False):
+        # A counter shared by a direct write (state[q]['step'] = state[p]['step']) shows up here:
+        # the per-step check sends a replaced state tensor to a new plan.
+        self._refuse_shared_steps(
+            (((gj, pi), self._state_of(p, "step")) for gj, g in enumerate(self.param_groups)
+             for pi, p in enumerate(g["params"])),
+            lambda at: where(*at))
+        return super()._build_plan(gi, group, required, grads_written)
 
     def _row(self, p, lp, lg, locs, first) -> list | None:
         step = self._state_of(p, "step")
@@ -131,7 +202,7 @@ class _CLRAdamBase(FusedOptimizer):
         _core.adam_step(
             table, h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"], self._decoupled, h["amsgrad"],
             h["maximize"], 1.0 if inv_scale is None else inv_scale, inv_scale is not None, self._num_threads(),
-            *(torch_sqrt_routines() if h["match_torch"] else (0, 0, 0)),
+            *(torch_sqrt_routines() if h["match_torch"] else (0, 0, 0)), lr_dtype=h["lr_dtype"],
         )
 
     def _reference(self, group, slow, h, inv_scale) -> None:
@@ -149,8 +220,11 @@ class _CLRAdamBase(FusedOptimizer):
             steps.append(st["step"])
             if h["amsgrad"]:
                 vmaxs.append(st["max_exp_avg_sq"])
+        # a tensor lr as a CPU tensor of its dtype: torch's scalars then round as the kernel's do
+        lr = h["lr"] if h["lr_dtype"] == DTYPE_CODES[torch.float64] else torch.tensor(
+            h["lr"], dtype=_LR_DTYPES[h["lr_dtype"]])
         _torch_adam(ps, gs, ms, vs, vmaxs, steps, foreach=False, decoupled_weight_decay=self._decoupled,
-                    amsgrad=h["amsgrad"], beta1=h["beta1"], beta2=h["beta2"], lr=h["lr"],
+                    amsgrad=h["amsgrad"], beta1=h["beta1"], beta2=h["beta2"], lr=lr,
                     weight_decay=h["weight_decay"], eps=h["eps"], maximize=h["maximize"])
 
     # ------------------------------------------------------------------ CUDA
@@ -188,6 +262,22 @@ class CLRAdamW(_CLRAdamBase):
     ``step``), ``flat``, ``threads``, written values, GradScaler and the all-or-nothing
     checks are those of :class:`~clrfast.torch.CLRSGD`; state dicts load into and from
     ``torch.optim.AdamW``.
+
+    A tensor lr (``schedule=None, lr=torch.tensor(1e-3)``, or one written to the group) is
+    applied as torch's ``foreach=False`` code applies it: ``1 - lr * weight_decay`` and
+    ``lr / (1 - beta1**s)`` are 0-d ops in the lr's dtype (float32 for
+    ``torch.tensor(1e-3)``), not double arithmetic on ``float(lr)``, for float32, float64,
+    bfloat16 and float16 lr tensors. torch's ``foreach=True`` refuses a tensor lr on the
+    CPU (it needs ``capturable=True``); given ``lr.item()`` instead it computes in double,
+    which after 5 AdamW steps (weight_decay 0.3, lr ``torch.tensor(1e-3)``) differs from the
+    for-loop in every element of a float64 model (up to 1.5e-7), and in some last bits of a
+    float32 one after 100 steps. A negative or NaN tensor lr is torch's ``ValueError("Invalid
+    learning rate: ...")`` at construction, load and step.
+
+    Each parameter needs a ``step`` counter of its own: a state whose parameters share one
+    step tensor (torch would add one to it per parameter, 10 after 3 steps from 1 with three
+    parameters) is refused at ``load_state_dict`` and, for a direct write, at ``step``. A
+    step counter must hold a whole number >= 0.
     """
 
     _decoupled = True

@@ -293,6 +293,10 @@ class _Snapshot:
 
 def _set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
+        if group.get("schedule") is not None:
+            # A fused optimizer's schedule would refuse a written lr: the sweep sets it instead,
+            # and the momentum holds its value meanwhile (the snapshot's restore brings the schedule back).
+            group["schedule"] = None
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].fill_(lr)
         else:

@@ -8,7 +8,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 from .. import _core
 from .. import _validate as check
 from ..schedules import Schedule
-from ._fused import DTYPE_CODES, FusedOptimizer, as_real
+from ._fused import DTYPE_CODES, FusedOptimizer, non_negative, step_clock, step_flag, step_lr, step_real
 
 __all__ = ["CLRSGD"]
 
@@ -19,10 +19,9 @@ class CLRSGD(FusedOptimizer):
     Replaces ``torch.optim.SGD`` + a scheduler. After k applied updates a group shows
     ``lr = schedule.lr(k)`` and ``momentum = schedule.momentum(k)`` (when the schedule
     defines one; else its constant ``momentum``): the values update k uses, as torch's
-    groups show after ``scheduler.step()``. Each update applies what the group holds, so a
-    value written there by other code (a torch scheduler, Lightning's lr finder) is
-    applied to the next update; the schedule then writes the value of the update after.
-    ``schedule=None`` (or a float: ``CLRSGD(params, 0.1, momentum=0.9)``) gives plain fused
+    groups show after ``scheduler.step()``. The schedule is never silently overridden: a
+    torch scheduler attached to the optimizer or an lr written over the schedule's is
+    refused at the next step (hand trainers ``opt.scheduler()`` instead). ``schedule=None`` (or a float: ``CLRSGD(params, 0.1, momentum=0.9)``) gives plain fused
     SGD that applies ``group['lr']`` as ``torch.optim.SGD`` does, for your own scheduler.
 
     Per element, with torch's order of operations::
@@ -42,7 +41,8 @@ class CLRSGD(FusedOptimizer):
     Tensors the kernel cannot walk as one dense run (a transposed parameter, a momentum
     buffer left in another dtype by ``model.to()``) are updated by torch's own
     single-tensor SGD, so they match torch too. Parameters that share memory (tied
-    weights as two Parameters, one parameter listed twice) are refused with an error.
+    weights as two Parameters) are refused with an error; a parameter listed twice in a
+    group is kept once, with torch's warning, and updated once per step.
 
     ``flat=True`` copies each group's parameters, gradients and momentum buffers into
     three contiguous buffers (parameters become views), so adjacent parameters run as one
@@ -51,6 +51,12 @@ class CLRSGD(FusedOptimizer):
     as torch's) backward makes new gradients, which the step reads where they are, and
     parameters that get no gradient are skipped, as torch skips them. A parameter moved
     out of the buffer (``model.double()`` after construction) is followed where it lives.
+
+    A tensor lr (of any floating dtype) is applied as torch's ``alpha=-lr``: its value,
+    exactly. ``nesterov=True`` needs a momentum at construction, as torch's; a momentum that
+    later reaches 0 (a scheduled momentum's trough, from a clrfast schedule, a torch
+    ``CyclicLR`` or a loaded state) gives torch's plain-SGD step there, the momentum buffer
+    neither read nor written until the momentum returns.
 
     FSDP2 (DTensor) parameters are updated shard by shard. The step clock advances only
     when an update is applied, so a step skipped by ``torch.amp.GradScaler`` does not
@@ -65,6 +71,7 @@ class CLRSGD(FusedOptimizer):
     _ptr_cols = (0, 1, 2)
     _n_col = 3
     _published_keys = ("lr", "momentum")
+    _later_flags = ("nesterov", "maximize")
 
     def __init__(
         self,
@@ -95,28 +102,21 @@ class CLRSGD(FusedOptimizer):
         self._check_hyper("CLRSGD", defaults)
         super().__init__(params, defaults, threads=threads)
 
-    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        """A torch ``LRScheduler`` that leaves the lr to this optimizer's schedules.
-
-        For APIs that insist on a scheduler object next to the optimizer (transformers'
-        ``Trainer(optimizers=(opt, opt.scheduler()))``): its ``step()`` writes back the values
-        the groups already show, and ``get_last_lr()`` reports them, so loggers see the lr that
-        is applied.
-        """
-        return _FollowGroups(self)
-
     # ------------------------------------------------------------------ hyperparameters
     def _check_hyper(self, label: str, group: dict) -> None:
         """Checks (and normalises in place) a group's hyperparameters."""
         sched = group["schedule"]
         self._check_lr(label, group)
-        group["momentum"] = check.real(f"{label}['momentum']", group["momentum"], min=0.0)
+        group["momentum"] = non_negative(f"{label}['momentum']", group["momentum"], "Invalid momentum value")
         group["dampening"] = check.real(f"{label}['dampening']", group["dampening"])
-        group["weight_decay"] = check.real(f"{label}['weight_decay']", group["weight_decay"], min=0.0)
+        group["weight_decay"] = non_negative(f"{label}['weight_decay']", group["weight_decay"],
+                                             "Invalid weight_decay value")
         self._check_flags_and_clock(label, group, ("nesterov", "maximize", "flat"))
-        if group["nesterov"] and (
-            (group["momentum"] <= 0 and not (sched is not None and sched.has_momentum)) or group["dampening"] != 0
-        ):
+        # A saved group may hold momentum 0 from a scheduler's trough: torch loads it (its momentum
+        # requirement is a constructor check) and steps it as plain SGD, and so does the step here.
+        loading = label.startswith("state_dict")
+        no_momentum = group["momentum"] <= 0 and not (sched is not None and sched.has_momentum) and not loading
+        if group["nesterov"] and (no_momentum or group["dampening"] != 0):
             raise ValueError(f"{label}: Nesterov momentum requires a momentum and zero dampening")
 
     def _publish_schedule(self, group) -> None:
@@ -125,22 +125,22 @@ class CLRSGD(FusedOptimizer):
         group["momentum"] = mom
 
     def _step_hyper(self, gi: int, group) -> dict:
-        sched = group["schedule"]
-        if sched is not None:
-            sched._check_max(group["step"])  # torch-style ValueError before anything changes
-        label = f"param_groups[{gi}]"
+        """Every value the step reads, checked; raises before anything changes.
+
+        Nesterov at momentum 0 (a scheduled momentum at its trough) is plain SGD, as in
+        torch, whose momentum requirement is a constructor check only.
+        """
         h = dict(
-            lr=as_real(gi, "lr", group["lr"]),
-            momentum=as_real(gi, "momentum", group["momentum"]),
-            dampening=as_real(gi, "dampening", group["dampening"]),
-            weight_decay=as_real(gi, "weight_decay", group["weight_decay"]),
-            nesterov=bool(group["nesterov"]),
-            maximize=bool(group["maximize"]),
+            step=step_clock(gi, group),
+            lr=step_lr(gi, group["lr"])[0],  # the kernel takes -lr as torch's alpha=-lr does, whatever its dtype
+            momentum=step_real(gi, "momentum", group["momentum"], min=0.0),
+            dampening=step_real(gi, "dampening", group["dampening"]),
+            weight_decay=step_real(gi, "weight_decay", group["weight_decay"], min=0.0),
+            nesterov=step_flag(gi, "nesterov", group["nesterov"]),
+            maximize=step_flag(gi, "maximize", group["maximize"]),
         )
-        if h["momentum"] < 0:
-            raise ValueError(f"{label}['momentum'] must be >= 0, got {group['momentum']!r}")
-        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
-            raise ValueError(f"{label}: Nesterov momentum requires a momentum and zero dampening")
+        if h["nesterov"] and h["dampening"] != 0:
+            raise ValueError(f"param_groups[{gi}]: Nesterov momentum requires a momentum and zero dampening")
         return h
 
     @staticmethod
@@ -232,10 +232,3 @@ class CLRSGD(FusedOptimizer):
                 group["lr"] = float(st["lrmom"][0])
                 group["momentum"] = float(st["lrmom"][1])
                 self._published[gi] = self._current(group)
-
-
-class _FollowGroups(torch.optim.lr_scheduler.LRScheduler):
-    """A scheduler whose lr is whatever the optimizer's groups show (see ``CLRSGD.scheduler``)."""
-
-    def get_lr(self) -> list:
-        return [group["lr"] for group in self.optimizer.param_groups]
