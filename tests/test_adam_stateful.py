@@ -1,4 +1,4 @@
-"""CLRAdamW and CLRAdam side by side with torch's AdamW/Adam (+ CyclicLR cycling beta1), through random operation sequences.
+"""CLRAdamW and CLRAdam beside torch's AdamW/Adam (+ CyclicLR cycling beta1) through random operation sequences.
 
 Hypothesis drives both through the same steps (gradients that come and go, GradScaler steps
 with and without overflow, state-dict resumes into fresh optimizers, deep copies, values
@@ -13,12 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 hypothesis = pytest.importorskip("hypothesis")
 
+import clrfast as clr  # noqa: E402
+from clrfast.torch import CLRAdam, CLRAdamW  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule  # noqa: E402
-
-import clrfast as clr  # noqa: E402
-from clrfast.torch import CLRAdam, CLRAdamW  # noqa: E402
 
 BASE, TOP, UP, DOWN = 1e-3, 6e-3, 3, 2
 MOMENTA = dict(base_momentum=0.85, max_momentum=0.95)
@@ -103,7 +102,7 @@ class AdamMachine(RuleBasedStateMachine):
         if not overflow and self.sched is not None:
             self.sched.step()  # torch's scheduler would move on at a skipped step; the clock does not
         if overflow and not unscale_first and self.opt.fused_unscale:
-            for p, q in zip(self.a, self.b):  # the skipped fused step leaves its gradients scaled
+            for q in self.b:  # the skipped fused step leaves its gradients scaled
                 if q.grad is not None:
                     q.grad.mul_(sc.get_scale() * 2)
 

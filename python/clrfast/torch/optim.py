@@ -21,8 +21,9 @@ class CLRSGD(FusedOptimizer):
     defines one; else its constant ``momentum``): the values update k uses, as torch's
     groups show after ``scheduler.step()``. The schedule is never silently overridden: a
     torch scheduler attached to the optimizer or an lr written over the schedule's is
-    refused at the next step (hand trainers ``opt.scheduler()`` instead). ``schedule=None`` (or a float: ``CLRSGD(params, 0.1, momentum=0.9)``) gives plain fused
-    SGD that applies ``group['lr']`` as ``torch.optim.SGD`` does, for your own scheduler.
+    refused at the next step (hand trainers ``opt.scheduler()`` instead). ``schedule=None``
+    (or a float: ``CLRSGD(params, 0.1, momentum=0.9)``) gives plain fused SGD that applies
+    ``group['lr']`` as ``torch.optim.SGD`` does, for your own scheduler.
 
     Per element, with torch's order of operations::
 
