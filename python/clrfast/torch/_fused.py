@@ -711,10 +711,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         The rule: a group with a schedule gets its lr (and momentum or betas, when the schedule
         defines a momentum) from it alone. A
         torch ``LRScheduler`` attached to the optimizer (it leaves ``initial_lr`` in every group:
-        transformers' default ``LambdaLR``, the chainable schedulers, Lightning's lr finder) and
-        any value written over the one the schedule published (``ReduceLROnPlateau``, a loop
-        that sets ``group["lr"]``) would override it, so the step refuses before it changes
-        anything. Writing back the same value (what ``scheduler()`` does) is not a change.
+        transformers' default ``LambdaLR``, the chainable schedulers, Lightning's lr finder)
+        would override it, so the step refuses before it changes anything. A single value
+        written into the group (a hook, ZeRO's group sync, a loaded state dict) is applied to
+        the next update, as torch applies it; the schedule then sets the update after.
         """
         sched = group["schedule"]
         if sched is None:
@@ -728,14 +728,6 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise RuntimeError(
                 f"param_groups[{gi}] follows the schedule {sched!r}, but a torch LRScheduler was attached to this "
                 f"{self._rule} (the group has 'initial_lr'); its writes would override the schedule. {fix}")
-        # the lr always comes from the schedule; momentum (betas) only when the schedule defines one
-        keys = self._published_keys if sched.has_momentum else self._published_keys[:1]
-        for key, now, ours in zip(keys, self._current(group), self._published[gi]):
-            if now is not ours and not _same_value(now, ours):
-                raise ValueError(
-                    f"param_groups[{gi}][{key!r}] was set to {now!r} by other code, but the group follows the "
-                    f"schedule {sched!r}, which sets it ({ours!r} for this update). To change the schedule, assign "
-                    f"group['schedule'] (clr.Constant(lr) for a fixed lr). {fix}")
         self._published[gi] = self._current(group)
 
     def get_last_lr(self) -> list:
