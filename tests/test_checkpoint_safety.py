@@ -391,7 +391,7 @@ def test_tampered_constructor_arguments_load_as_the_constructor_decides(s, data)
             assert type(a) is type(b) and a == b and hash(a) == hash(b)
             # A legal schedule may overflow a double late (peak_decay > 1 grows each
             # cycle): then both raise the same OverflowError, and what is finite agrees.
-            va, vb = outcome(lambda: values(a)), outcome(lambda: values(b))
+            va, vb = outcome(lambda a=a: values(a)), outcome(lambda b=b: values(b))
             if va[0] == "ok":
                 assert vb[0] == "ok"
                 assert np.array_equal(va[1][0], vb[1][0])
