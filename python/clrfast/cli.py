@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from ._spec import _MAX_JSON_BYTES, SpecError, _one_line, parse_spec, policies_help
+from ._spec import SpecError, parse_spec, policies_help
 
 # Rows per chunk of a table: memory stays bounded whatever --steps is.
 _CHUNK = 1 << 16
@@ -155,57 +154,8 @@ def _fail(message, status: int) -> int:
     return status
 
 
-def _parse_spec(spec):
-    """parse_spec, except that a JSON file is read by :func:`_load_json`, whose duplicate-key check
-    is linear in the number of keys (a schedule file may hold ~100,000)."""
-    tokens = [w for tok in spec for w in str(tok).split()]
-    if len(tokens) == 1 and (tokens[0].lower().endswith(".json") or os.path.isfile(tokens[0])):
-        return _load_json(tokens[0])
-    return parse_spec(spec)
-
-
-def _unique_keys(pairs):
-    """object_pairs_hook refusing a key given twice, in time linear in the keys: a 1 MiB file
-    holds ~100,000 of them, which a check per key against all the others takes minutes over."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise SpecError(f"key {key!r} appears twice in one object")
-            seen.add(key)
-    return obj
-
-
-def _load_json(path: str):
-    """A schedule from a JSON file written from ``to_dict()``; a SpecError saying why not."""
-    from .schedules import from_dict
-
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_JSON_BYTES + 1)
-    except OSError as e:
-        raise SpecError(f"cannot read schedule file {path!r}: {e.strerror or e}") from None
-    if len(raw) > _MAX_JSON_BYTES:
-        raise SpecError(f"{path!r} is larger than {_MAX_JSON_BYTES} bytes; a schedule file is a few hundred")
-    try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{path!r} is not UTF-8 text (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise SpecError(f"{path!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
-    except RecursionError:
-        raise SpecError(f"{path!r} is nested too deeply to be a schedule") from None
-    except SpecError as e:
-        raise SpecError(f"{path!r}: {e}") from None
-    try:
-        return from_dict(data)
-    except (TypeError, ValueError, KeyError, OverflowError, RecursionError) as e:
-        raise SpecError(f"{path!r} is not a clrfast schedule: {_one_line(e)}") from None
-
-
 def _schedule_and_steps(args):
-    schedule = _parse_spec(args.spec)
+    schedule = parse_spec(args.spec)
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.steps > 2**53:
