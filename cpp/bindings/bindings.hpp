@@ -29,4 +29,5 @@ void bind_param_groups(pybind11::module_& m);
 void bind_optim(pybind11::module_& m);
 void bind_adam(pybind11::module_& m);
 void bind_step_check(pybind11::module_& m);
+void bind_rules(pybind11::module_& m);
 }  // namespace clrfast

@@ -444,6 +444,16 @@ void bind_step_check(py::module_& m) {
       .def("release", &StepCheck::release, "Drops the references to this step's gradients.")
       .def("set", &StepCheck::set, py::arg("row"), py::arg("col"), py::arg("value"),
            "Sets a column of a template row.");
+  // The spec's layout, the one source of the front end's (python/clrfast/torch/_fused.py).
+  py::dict spec;
+  spec["bufs"] = static_cast<int>(kBufs);  // the state tensors' addresses start here
+  spec["no_grad"] = kNoGrad;
+  spec["slow"] = kSlow;
+  spec["contiguous"] = static_cast<int64_t>(kContiguous);
+  spec["strided"] = static_cast<int64_t>(kStrided);
+  spec["has_state"] = static_cast<int64_t>(kHasState);
+  spec["exact"] = static_cast<int64_t>(kExact);
+  m.attr("step_check_spec") = spec;
   m.def("set_tensor_api", &StepCheck::set_tensor_api, py::arg("tensor_type"), py::arg("data_ptr_fn"),
         "torch.Tensor and torch's C function returning a tensor's data address (0: call data_ptr).");
 }

@@ -36,6 +36,7 @@ so every rule gets the same guarantees:
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import numbers
@@ -52,12 +53,15 @@ from .. import _core
 from .. import _validate as check
 from ..schedules import Schedule, from_dict
 
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+# The storage dtype codes of every kernel table (DType in cpp/include/clrfast/sgd_update.hpp).
+DTYPE_CODES = {getattr(torch, name): code for name, code in _core.dtype_codes.items()}
 _DEVICES = ("cpu", "cuda")
-# The per-parameter spec of a StepCheck (cpp/bindings/step_check.cpp): columns, row codes, flags.
-_SPEC_BUFS = 6  # p address, numel, row, flags, hash(p), element size; then the state tensors' addresses
-_NO_GRAD, _SLOW = -1, -2
-_CONTIGUOUS, _STRIDED, _HAS_STATE, _EXACT = 1, 2, 4, 8
+# The per-parameter spec of a StepCheck (cpp/bindings/step_check.cpp): p address, numel, row,
+# flags, hash(p), element size, then the state tensors' addresses; row codes; flags.
+_SPEC = _core.step_check_spec
+_SPEC_BUFS = _SPEC["bufs"]
+_NO_GRAD, _SLOW = _SPEC["no_grad"], _SPEC["slow"]
+_CONTIGUOUS, _STRIDED, _HAS_STATE, _EXACT = (_SPEC[k] for k in ("contiguous", "strided", "has_state", "exact"))
 _FRESH = "fresh_state"  # state-dict key: indices of a group's parameters whose state holds no history yet
 
 
@@ -486,6 +490,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     # plugins ask ``_step_supports_amp_scaling``), and GradScaler's own unscale_ then skips
     # the step on inf, which leaves the clock alone all the same.
     fused_unscale = False
+    # Whether a step looked for a ReduceLROnPlateau holding this optimizer (see _plateau)
+    _plateau_looked = False
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -712,9 +718,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         defines a momentum) from it alone. A
         torch ``LRScheduler`` attached to the optimizer (it leaves ``initial_lr`` in every group:
         transformers' default ``LambdaLR``, the chainable schedulers, Lightning's lr finder)
-        would override it, so the step refuses before it changes anything. A single value
-        written into the group (a hook, ZeRO's group sync, a loaded state dict) is applied to
-        the next update, as torch applies it; the schedule then sets the update after.
+        would override it, so the step refuses before it changes anything. So does a
+        ``ReduceLROnPlateau`` holding the optimizer: it leaves no mark in the groups, and each
+        reduction it writes would hold for one update before the schedule overrode it; it is
+        found by ``_plateau`` at the first step and at every step whose lr other code wrote. A
+        single value written into the group (a hook, ZeRO's group sync, a loaded state dict) is
+        applied to the next update, as torch applies it; the schedule then sets the update after.
         """
         sched = group["schedule"]
         if sched is None:
@@ -728,7 +737,33 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise RuntimeError(
                 f"param_groups[{gi}] follows the schedule {sched!r}, but a torch LRScheduler was attached to this "
                 f"{self._rule} (the group has 'initial_lr'); its writes would override the schedule. {fix}")
+        if (not self._plateau_looked or group["lr"] is not self._published[gi][0]) and self._plateau():
+            raise RuntimeError(
+                f"param_groups[{gi}] follows the schedule {sched!r}, but a torch ReduceLROnPlateau holds this "
+                f"{self._rule}; the schedule would override each lr it reduces after one update. {fix}")
         self._published[gi] = self._current(group)
+
+    def _plateau(self) -> bool:
+        """True when a ``ReduceLROnPlateau`` holds this optimizer.
+
+        It sets no ``initial_lr`` and wraps no ``step``, so only the objects that refer to the
+        optimizer show it: the scheduler, or its attribute dict once Python made one
+        (``state_dict()`` reads ``__dict__``). Each look scans the collector's objects (tens of
+        milliseconds in a large process), hence only at the first step and after an lr write.
+        A scheduler left in uncollected garbage by an earlier run does not count.
+        """
+        self._plateau_looked = True
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+
+        def holds(r) -> bool:
+            if isinstance(r, plateau):
+                return getattr(r, "optimizer", None) is self
+            return type(r) is dict and r.get("optimizer") is self and "min_lrs" in r and "num_bad_epochs" in r
+
+        if not any(holds(r) for r in gc.get_referrers(self)):
+            return False
+        gc.collect()
+        return any(holds(r) for r in gc.get_referrers(self))
 
     def get_last_lr(self) -> list:
         """Each group's current lr: the one its next update uses (torch's scheduler convention)."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch.optim.adam import adam as _torch_adam
-from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _core
 from .. import _validate as check
-from ._fused import DTYPE_CODES, FusedOptimizer, local, non_negative, step_clock, step_flag, step_lr, step_real, where
+from ._fused import DTYPE_CODES, FusedOptimizer, non_negative, step_clock, step_flag, step_lr, step_real
 from ._sqrt import torch_sqrt_routines
+from .rule import StepCounters
 
 __all__ = ["CLRAdamW", "CLRAdam"]
 
@@ -17,7 +17,7 @@ _STEP_DTYPES = {torch.float32: 0, torch.float64: 1}
 _LR_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 
 
-class _CLRAdamBase(FusedOptimizer):
+class _CLRAdamBase(StepCounters, FusedOptimizer):
     r"""The Adam update with lr(t) and beta1(t) from a clrfast schedule (see :class:`CLRAdamW`)."""
 
     _decoupled = True
@@ -121,70 +121,21 @@ class _CLRAdamBase(FusedOptimizer):
         st = {}
         for k in keys:
             if k == "step":
-                st[k] = (torch.tensor(0.0, dtype=_get_scalar_dtype()) if p.device.type == "cpu"
-                         else torch.zeros((), dtype=_get_scalar_dtype(), device=p.device))
+                st[k] = StepCounters._new_step(p)
             else:
                 st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return st
 
     def _check_state(self, gi: int, pi: int, p, st: dict) -> None:
-        step = st.get("step")
-        if step is None:
-            return
-        if not (isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()):
-            raise TypeError(f"param_groups[{gi}] parameter {pi}: state['step'] must be a one-element floating tensor, "
-                            f"got {step!r}")
-        # torch counts whole updates; a negative, fractional or infinite count comes from a corrupt
-        # state and would give a bias correction of 0 (an infinite step) or of no step torch takes
-        v = float(local(step))
-        if not (v >= 0.0 and float.is_integer(v)):
-            raise ValueError(f"param_groups[{gi}] parameter {pi}: state['step'] must hold a whole number >= 0, "
-                             f"got {step!r}")
-
-    # ------------------------------------------------------------------ shared step counters
-    @staticmethod
-    def _step_key(step) -> tuple:
-        """Identifies a step tensor's memory: two tensor objects may view one counter."""
-        t = local(step)
-        ptr = t.data_ptr()
-        return (t.device, ptr) if ptr else (None, id(step))
-
-    def _refuse_shared_steps(self, steps, label) -> None:
-        """Raises when two parameters' state holds one ``step`` counter.
-
-        torch's Adam adds one to it per parameter (n per step for n parameters), so no parameter
-        gets the bias correction of its own update count; the kernel counts it once per row. An
-        error rather than torch's count: such a state comes from hand-made or converted
-        checkpoints, not from torch, and either count would silently change the trajectory.
-        """
-        seen = {}
-        for name, step in steps:
-            if not isinstance(step, torch.Tensor) or step.numel() != 1:
-                continue  # reported by _check_state with its parameter
-            key = self._step_key(step)
-            if key in seen:
-                raise ValueError(
-                    f"{label(seen[key])} and {label(name)} share one state['step'] tensor; torch's Adam would add one "
-                    "to it for each parameter that shares it, so each parameter's bias correction would follow a "
-                    "count no update made. Give each parameter its own counter (state[p]['step'] = "
-                    "state[p]['step'].clone())")
-            seen[key] = name
+        self._check_step_state(gi, pi, st)
 
     def load_state_dict(self, state_dict) -> None:
         """As :meth:`FusedOptimizer.load_state_dict`; a state whose parameters share one ``step`` tensor is refused."""
-        if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
-            self._refuse_shared_steps(
-                ((k, v.get("step")) for k, v in state_dict["state"].items() if isinstance(v, dict)),
-                lambda k: f"state_dict['state'][{k!r}]")
+        self._refuse_shared_saved_steps(state_dict)
         super().load_state_dict(state_dict)
 
     def _build_plan(self, gi: int, group, required, grads_written: bool = False):
-        # A counter shared by a direct write (state[q]['step'] = state[p]['step']) shows up here:
-        # the per-step check sends a replaced state tensor to a new plan.
-        self._refuse_shared_steps(
-            (((gj, pi), self._state_of(p, "step")) for gj, g in enumerate(self.param_groups)
-             for pi, p in enumerate(g["params"])),
-            lambda at: where(*at))
+        self._refuse_shared_live_steps()
         return super()._build_plan(gi, group, required, grads_written)
 
     def _row(self, p, lp, lg, locs, first) -> list | None:

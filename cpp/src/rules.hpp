@@ -1,0 +1,13 @@
+// The declared update rules: adding one is its header under clrfast/ and its
+// name in this list (plus one CLRFAST_DEFINE_RULE_CPU line in rules_cpu.cpp).
+// The bindings export each rule's layout from here.
+#pragma once
+
+namespace clrfast {
+
+template <class... R>
+struct RuleList {};
+
+using Rules = RuleList<>;
+
+}  // namespace clrfast

@@ -1,0 +1,8 @@
+// The CPU kernels of the declared rules (rules.hpp), instantiated by the engine.
+#include "rule_cpu.hpp"
+#include "rules.hpp"
+
+namespace clrfast {
+
+
+}  // namespace clrfast
