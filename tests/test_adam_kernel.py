@@ -38,6 +38,15 @@ def hyper(k: int) -> tuple[float, float]:
     return lr, beta1
 
 
+def adam_step(table, lr, beta1, beta2, eps, wd, decoupled, amsgrad, maximize, inv_scale, store_grad, threads,
+              sqrt_f32=0, sqrt_f64=0, sqrt_threads_local=0, lr_dtype=1):
+    """The Adam rule's kernel with its scalars by name (their order is the rule's declaration)."""
+    values = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, decoupled=decoupled, amsgrad=amsgrad,
+                  maximize=maximize, lr_dtype=lr_dtype)
+    _core.adam_step(table, [float(values[k]) for k in _core.rules["adam"]["scalars"]], inv_scale, store_grad,
+                    threads, sqrt_f32, sqrt_f64, sqrt_threads_local)
+
+
 class Kernel:
     """Parameters and Adam state of our own, driven through _core.adam_step."""
 
@@ -54,15 +63,15 @@ class Kernel:
             vm = self.vm[i].data_ptr() if amsgrad else 0
             rows.append([p.data_ptr(), self.g[i].data_ptr(), self.m[i].data_ptr(), self.v[i].data_ptr(), vm,
                          p.numel(), CODES[p.dtype], self.step[i].data_ptr(), sd])
-        self.table = np.array(rows, dtype=np.int64).reshape(-1, _core.adam_segment_cols)
+        self.table = np.array(rows, dtype=np.int64).reshape(-1, _core.rules["adam"]["width"])
         self.amsgrad = amsgrad
 
     def step_(self, grads, lr, beta1, *, beta2=0.999, eps=1e-8, wd=0.0, decoupled=False, maximize=False,
               inv_scale=1.0, store_grad=False, threads=2, sqrt=SQRT):
         for mine, g in zip(self.g, grads):
             mine.copy_(g)
-        _core.adam_step(self.table, lr, beta1, beta2, eps, wd, decoupled, self.amsgrad, maximize, inv_scale,
-                        store_grad, threads, *sqrt)
+        adam_step(self.table, lr, beta1, beta2, eps, wd, decoupled, self.amsgrad, maximize, inv_scale,
+                  store_grad, threads, *sqrt)
 
 
 def bits_equal(a, b) -> bool:
@@ -303,7 +312,7 @@ def test_step_scalars_float64_and_shared_rows():
 def test_empty_parameter_still_counts_a_step():
     s = torch.zeros(())
     table = np.array([[0, 0, 0, 0, 0, 0, 0, s.data_ptr(), 0]], dtype=np.int64)
-    _core.adam_step(table, 1e-3, 0.9, 0.999, 1e-8, 0.0, True, False, False, 1.0, False, 1)
+    adam_step(table, 1e-3, 0.9, 0.999, 1e-8, 0.0, True, False, False, 1.0, False, 1)
     assert float(s) == 1.0
 
 
@@ -320,17 +329,20 @@ def _row(**kw):
     (_row(step_dtype=2), False, ValueError, "step dtype"),
     (_row(n=-1), False, ValueError, "negative"),
     (_row(step=0), False, ValueError, "null step"),
-    (_row(m=0), False, ValueError, "null pointer"),
-    (_row(), True, ValueError, "null pointer"),  # amsgrad without a max buffer
+    (_row(m=0), False, ValueError, "null exp_avg pointer"),
+    (_row(p=0), False, ValueError, "null pointer"),
+    (_row(), True, ValueError, "null max_exp_avg_sq pointer"),  # amsgrad without a max buffer
     (np.asfortranarray(np.zeros((2, 9), dtype=np.int64)), False, ValueError, "contiguous"),
 ])
 def test_bad_tables_are_refused(table, amsgrad, exc, match):
     with pytest.raises(exc, match=match):
-        _core.adam_step(table, 1e-3, 0.9, 0.999, 1e-8, 0.0, True, amsgrad, False, 1.0, False, 1)
+        adam_step(table, 1e-3, 0.9, 0.999, 1e-8, 0.0, True, amsgrad, False, 1.0, False, 1)
 
 
-def test_segment_cols():
-    assert _core.adam_segment_cols == 9
+def test_segment_layout_is_the_rules():
+    layout = _core.rules["adam"]
+    assert layout["width"] == 9 and layout["slots"] == ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    assert [layout["cols"][k] for k in ("p", "g", "exp_avg", "n", "step")] == [0, 1, 2, 5, 7]
 
 
 @needs_torch_sqrt

@@ -280,7 +280,7 @@ def test_the_kernel_refuses_an_unknown_lr_dtype_code():
     s = torch.zeros(())
     table = np.array([[0, 0, 0, 0, 0, 0, 0, s.data_ptr(), 0]], dtype=np.int64)
     with pytest.raises(ValueError, match="lr_dtype: unknown dtype code 4"):
-        _core.adam_step(table, 1e-3, 0.9, 0.999, 1e-8, 0.0, True, False, False, 1.0, False, 1, lr_dtype=4)
+        _core.adam_step(table, [1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.0, 0.0, 4.0])
     assert float(s) == 0.0
 
 

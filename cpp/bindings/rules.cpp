@@ -83,6 +83,8 @@ void bind_rule(py::module_& m, py::dict& layouts) {
         if (scalars.size() != R::kScalars.size())
           throw py::value_error("scalars: expected " + std::to_string(R::kScalars.size()) + " values (" +
                                 std::string(R::kName) + "), got " + std::to_string(scalars.size()));
+        const std::string why = R::invalid(scalars.data());
+        if (!why.empty()) throw py::value_error(why);
         int64_t n = 0;
         const RuleRowOf<R>* rows = rule_rows<R>(table, scalars, &n);
         RuleRun run;

@@ -6,17 +6,23 @@
 #include <cstdint>
 #include <string>
 
-#include "adam_cpu.hpp"
 #include "clrfast/schedule.hpp"
 
 namespace clrfast {
+
+// One row of the device segment table: the CPU table's row (RuleRow<3> of the Adam rule,
+// cpp/src/rule_cpu.hpp), copied to the device: p, g, exp_avg, exp_avg_sq, max_exp_avg_sq
+// (0 without amsgrad), n, dtype, step address, step dtype.
+struct AdamSegment {
+  int64_t p, g, m, v, vmax, n, dtype, step, step_dtype;
+};
 
 // All pointers are device pointers except `stream` (a cudaStream_t). The
 // segment rows hold device addresses, step scalars included.
 struct AdamCudaArgs {
   const Schedule* schedule;  // the compiled schedule, copied to device memory
   int64_t* clock;            // the optimizer's step counter: lr(t), beta1(t) are read at t = *clock
-  const AdamSegment* segs;   // nseg rows (layout in adam_cpu.hpp)
+  const AdamSegment* segs;   // nseg rows
   int64_t nseg, max_n;       // max_n: the longest segment
   double beta1;              // used when the schedule defines no momentum
   double beta2, eps, weight_decay;

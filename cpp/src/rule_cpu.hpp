@@ -12,6 +12,7 @@
 //   kVariants, variant(sc)  the loop variants (the flags fixed at compile time) and the
 //                           one a step's scalars select
 //   uses(V, k)              whether variant V reads and writes slot k
+//   invalid(sc)             empty, or why these scalars cannot run (the binding raises it)
 //   Coef<Acc>, coef<Acc>(sc, step, inv_scale)
 //                           the scalars of one segment, rounded to the opmath type; a
 //                           Coef has `inv_scale`
@@ -30,11 +31,16 @@
 #include <utility>
 #include <vector>
 
-#include "adam_cpu.hpp"  // VecSqrtF32 / VecSqrtF64: the external square root's convention
 #include "clrfast/adam_update.hpp"
 #include "cpu_dispatch.hpp"
 
 namespace clrfast {
+
+// A vector square root with MKL VML's Fortran calling convention (vssqrt_/vdsqrt_, 32-bit
+// MKL_INT): out[i] = sqrt(in[i]) for i < *n. torch's CPU sqrt is MKL's where torch has MKL,
+// and bit parity with torch needs the same routine (see clrfast/adam_update.hpp).
+using VecSqrtF32 = void (*)(const int* n, const float* in, float* out);
+using VecSqrtF64 = void (*)(const int* n, const double* in, double* out);
 
 // One row of a rule's int64 segment table (a parameter or a contiguous piece
 // of one; every tensor of the row dense, of the row's dtype, n elements):
@@ -64,8 +70,11 @@ struct RuleRun {
   double inv_scale = 1.0;   // GradScaler's unscaling factor
   bool store_grad = false;  // write the unscaled gradient back (GradScaler's fused contract)
   int threads = 1;
-  // The square roots of float32 / float64 segments (null: IEEE sqrt in the loop) and the
-  // routine's per-thread thread-count setter; see AdamConfig.
+  // The square roots of float32 / float64 segments (null: IEEE sqrt in the loop), and null or
+  // a function that sets the calling thread's thread count of those routines and returns the
+  // previous one (mkl_set_num_threads_local): each worker sets 1 around its range, since the
+  // routine is called on small blocks from the pool's threads and an OpenMP team started from
+  // every one of them would oversubscribe the cores many times over.
   VecSqrtF32 sqrt_f32 = nullptr;
   VecSqrtF64 sqrt_f64 = nullptr;
   int (*sqrt_threads_local)(int) = nullptr;

@@ -3,11 +3,13 @@
 // The bindings export each rule's layout from here.
 #pragma once
 
+#include "clrfast/adam_update.hpp"
+
 namespace clrfast {
 
 template <class... R>
 struct RuleList {};
 
-using Rules = RuleList<>;
+using Rules = RuleList<Adam>;
 
 }  // namespace clrfast

@@ -4,5 +4,6 @@
 
 namespace clrfast {
 
+CLRFAST_DEFINE_RULE_CPU(Adam)
 
 }  // namespace clrfast

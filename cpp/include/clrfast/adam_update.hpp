@@ -46,8 +46,10 @@
 // without FP contraction.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 #include "clrfast/macros.hpp"
 #include "clrfast/sgd_update.hpp"
@@ -190,5 +192,52 @@ CLRFAST_HD void adam_update_at(typename Storage<D>::type* p, typename Storage<D>
   m[i] = S::store(mv);
   p[i] = S::store(pv);
 }
+
+// The Adam family as a declared rule of the engine (cpp/src/rule_cpu.hpp): torch's
+// Adam (decoupled = 0, L2 decay) and AdamW (decoupled = 1). lr_dtype is the DType code of a
+// tensor lr (F64 for a Python float), which torch's lr-derived scalars round in.
+struct Adam {
+  static constexpr const char* kName = "adam";
+  static constexpr std::array<const char*, 3> kSlots = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+  enum Scalar { kLr, kBeta1, kBeta2, kEps, kWeightDecay, kDecoupled, kAmsgrad, kMaximize, kLrDtype, kScalarCount };
+  static constexpr std::array<const char*, kScalarCount> kScalars = {
+      "lr", "beta1", "beta2", "eps", "weight_decay", "decoupled", "amsgrad", "maximize", "lr_dtype"};
+  static constexpr bool kStep = true;
+  static constexpr bool kRoot = true;
+
+  // Variant: the weight-decay mode times two, plus one with amsgrad.
+  static constexpr int kVariants = 6;
+  static int variant(const double* sc) {
+    const WdMode w = sc[kWeightDecay] == 0.0 ? WdMode::None : sc[kDecoupled] != 0.0 ? WdMode::Decoupled : WdMode::L2;
+    return static_cast<int>(w) * 2 + (sc[kAmsgrad] != 0.0 ? 1 : 0);
+  }
+  CLRFAST_HD static constexpr bool uses(int v, int slot) { return slot < 2 || (v & 1); }
+  static std::string invalid(const double* sc) {
+    const double code = sc[kLrDtype];
+    if (code == 0.0 || code == 1.0 || code == 2.0 || code == 3.0) return {};
+    const bool whole = std::fabs(code) < 1e15 && code == std::trunc(code);  // a cast of anything else is UB
+    return "lr_dtype: unknown dtype code " +
+           (whole ? std::to_string(static_cast<int64_t>(code)) : std::to_string(code));
+  }
+
+  template <typename Acc>
+  using Coef = AdamCoef<Acc>;
+
+  template <typename Acc>
+  CLRFAST_HD static Coef<Acc> coef(const double* sc, double step, double inv_scale) {
+    return make_adam_coef<Acc>(sc[kLr], sc[kBeta1], sc[kBeta2], sc[kEps], sc[kWeightDecay], step, inv_scale,
+                               sc[kMaximize] != 0.0, static_cast<DType>(static_cast<int>(sc[kLrDtype])));
+  }
+
+  // s: exp_avg, exp_avg_sq, max_exp_avg_sq.
+  template <int V, typename Acc>
+  CLRFAST_HD static Acc pre(Acc& p, Acc& g, Acc* s, const Coef<Acc>& c) {
+    return adam_moments<static_cast<WdMode>(V / 2), (V & 1) != 0>(p, g, s[0], s[1], s[2], c);
+  }
+  template <int V, typename Acc>
+  CLRFAST_HD static void post(Acc& p, Acc, Acc* s, Acc root, const Coef<Acc>& c) {
+    adam_apply(p, s[0], root, c);
+  }
+};
 
 }  // namespace clrfast

@@ -5,27 +5,22 @@ from __future__ import annotations
 import torch
 from torch.optim.adam import adam as _torch_adam
 
-from .. import _core
 from .. import _validate as check
-from ._fused import DTYPE_CODES, FusedOptimizer, non_negative, step_clock, step_flag, step_lr, step_real
-from ._sqrt import torch_sqrt_routines
-from .rule import StepCounters
+from ._fused import DTYPE_CODES, non_negative, step_clock, step_flag, step_lr, step_real
+from .rule import RuleOptimizer
 
 __all__ = ["CLRAdamW", "CLRAdam"]
 
-_STEP_DTYPES = {torch.float32: 0, torch.float64: 1}
 _LR_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 
 
-class _CLRAdamBase(StepCounters, FusedOptimizer):
+class _CLRAdamBase(RuleOptimizer):
     r"""The Adam update with lr(t) and beta1(t) from a clrfast schedule (see :class:`CLRAdamW`)."""
 
     _decoupled = True
     _rule = "CLRAdamW"
-    _state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    _scalar_keys = ("step",)
-    _cols = 9  # p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, n, dtype, step address, step dtype
-    _published_keys = ("lr", "betas")
+    _core_rule = "adam"
+    _momentum_key = ("betas", 0)
     _later_flags = ("amsgrad", "maximize")
 
     def __init__(
@@ -76,12 +71,6 @@ class _CLRAdamBase(StepCounters, FusedOptimizer):
         group.setdefault("match_torch", True)  # absent from torch's groups
         self._check_flags_and_clock(label, group, ("amsgrad", "maximize", "flat", "match_torch"))
 
-    def _publish_schedule(self, group) -> None:
-        b1, b2 = group["betas"]
-        lr, beta1 = _core.sgd_hyper(group["schedule"]._core, group["step"], b1)
-        group["lr"] = lr
-        group["betas"] = (beta1, b2)
-
     def _step_hyper(self, gi: int, group) -> dict:
         """Every group value the step reads, checked; raises before anything changes.
 
@@ -97,6 +86,7 @@ class _CLRAdamBase(StepCounters, FusedOptimizer):
             step=step,
             lr=lr,
             lr_dtype=lr_dtype,
+            decoupled=self._decoupled,
             beta1=step_real(gi, "betas", betas[0]),
             beta2=step_real(gi, "betas", betas[1]),
             eps=step_real(gi, "eps", group["eps"], min=0.0),
@@ -110,52 +100,10 @@ class _CLRAdamBase(StepCounters, FusedOptimizer):
         return h
 
     # ------------------------------------------------------------------ state
-    @staticmethod
-    def _required(hyper) -> tuple:
-        keys = ("step", "exp_avg", "exp_avg_sq")
-        return keys + ("max_exp_avg_sq",) if hyper["amsgrad"] else keys
-
-    @staticmethod
-    def _new_state(p, keys) -> dict:
-        """torch's initial state: a 0-d step counter and zero moments."""
-        st = {}
-        for k in keys:
-            if k == "step":
-                st[k] = StepCounters._new_step(p)
-            else:
-                st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return st
-
-    def _check_state(self, gi: int, pi: int, p, st: dict) -> None:
-        self._check_step_state(gi, pi, st)
-
-    def load_state_dict(self, state_dict) -> None:
-        """As :meth:`FusedOptimizer.load_state_dict`; a state whose parameters share one ``step`` tensor is refused."""
-        self._refuse_shared_saved_steps(state_dict)
-        super().load_state_dict(state_dict)
-
-    def _build_plan(self, gi: int, group, required, grads_written: bool = False):
-        self._refuse_shared_live_steps()
-        return super()._build_plan(gi, group, required, grads_written)
-
-    def _row(self, p, lp, lg, locs, first) -> list | None:
-        step = self._state_of(p, "step")
-        if step is not None and (step.device.type != "cpu" or step.dtype not in _STEP_DTYPES):
-            return None  # torch's code handles steps kept elsewhere
-        m, v, vmax = (locs.get(k) for k in self._state_keys)
-        return [lp.data_ptr(), lg.data_ptr(), m.data_ptr() if m is not None else 0,
-                v.data_ptr() if v is not None else 0, vmax.data_ptr() if vmax is not None else 0, lp.numel(),
-                DTYPE_CODES[lp.dtype], step.data_ptr() if step is not None else 0,
-                _STEP_DTYPES[step.dtype] if step is not None else 0]
+    def _needs(self, h) -> tuple:
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     # ------------------------------------------------------------------ CPU
-    def _kernel(self, table, h, inv_scale) -> None:
-        _core.adam_step(
-            table, h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"], self._decoupled, h["amsgrad"],
-            h["maximize"], 1.0 if inv_scale is None else inv_scale, inv_scale is not None, self._num_threads(),
-            *(torch_sqrt_routines() if h["match_torch"] else (0, 0, 0)), lr_dtype=h["lr_dtype"],
-        )
-
     def _reference(self, group, slow, h, inv_scale) -> None:
         """torch's single-tensor Adam, for tensors the kernel cannot walk as one dense run."""
         ps, gs, ms, vs, vmaxs, steps = [], [], [], [], [], []
