@@ -593,3 +593,163 @@ def test_lightning_16_mixed_skipped_steps_leave_the_clock_alone(tmp_path, rule):
     assert 0 < skipped < steps
     assert opt.param_groups[0]["step"] == steps - skipped
     assert opt.param_groups[0]["lr"] == _schedule().lr(steps - skipped)
+
+
+# --------------------------------------------------------------------------- ReduceLROnPlateau
+# ReduceLROnPlateau leaves no 'initial_lr' in the groups and wraps no step: over a schedule its
+# reductions would each hold for one update, then the schedule would override them. It is
+# refused like the other torch schedulers; with schedule=None it drives the lr as torch's.
+# Metrics with several plateaus: patience=1 reduces at the second epoch without improvement.
+PLATEAU_METRICS = [1.0, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.6, 0.6, 0.6, 0.6, 0.6]
+PLATEAU_PAIRS = {
+    "CLRSGD": (lambda ps: CLRSGD(ps, 0.1, momentum=0.9, weight_decay=1e-3),
+               lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, foreach=False)),
+    "CLRAdamW": (lambda ps: CLRAdamW(ps, 1e-2, weight_decay=1e-2),
+                 lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-2, foreach=False)),
+}
+
+
+def _plateau(opt):
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1, cooldown=1, min_lr=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("rule", PLATEAU_PAIRS)
+def test_reduce_lr_on_plateau_without_a_schedule_matches_torch(rule, dtype):
+    make, make_torch = PLATEAU_PAIRS[rule]
+    x, y = _data(8 * len(PLATEAU_METRICS), dtype)
+    nets = {"clrfast": _mlp(dtype), "torch": _mlp(dtype)}
+    opts = {"clrfast": make(nets["clrfast"].parameters()), "torch": make_torch(nets["torch"].parameters())}
+    plateaus = {name: _plateau(opt) for name, opt in opts.items()}
+    lrs = {name: [] for name in nets}
+    for epoch, metric in enumerate(PLATEAU_METRICS):
+        for name, net in nets.items():
+            for b in range(2):  # two updates an epoch at the epoch's lr
+                xb, yb = x[8 * epoch + 4 * b:][:4], y[8 * epoch + 4 * b:][:4]
+                opts[name].zero_grad()
+                nn.functional.mse_loss(net(xb).squeeze(-1), yb).backward()
+                opts[name].step()
+            plateaus[name].step(metric)
+            lrs[name].append(opts[name].param_groups[0]["lr"])
+        _assert_bits(_flat(nets["clrfast"].parameters()), _flat(nets["torch"].parameters()), f"epoch {epoch}")
+    assert lrs["clrfast"] == lrs["torch"]
+    assert len(set(lrs["torch"])) == 5  # four reductions (CLRAdamW's last one clamped at min_lr)
+    assert plateaus["clrfast"].get_last_lr() == plateaus["torch"].get_last_lr()
+
+
+@pytest.mark.parametrize("rule", ["CLRSGD", "CLRAdamW"])
+def test_reduce_lr_on_plateau_over_a_schedule_is_refused_and_changes_nothing(rule):
+    cls = {"CLRSGD": CLRSGD, "CLRAdamW": CLRAdamW}[rule]
+    refusal = r"ReduceLROnPlateau holds this CLR\w+;.*opt\.scheduler\(\).*schedule=None"
+    # attached before the first step: the first step refuses
+    p = nn.Parameter(torch.ones(4))
+    opt = cls([p], clr.OneCycle(0.1, total_steps=10))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+    assert "initial_lr" not in opt.param_groups[0]  # no mark in the group: found by the scheduler's reference
+    p.grad = torch.ones(4)
+    for _ in range(2):  # a retried step is refused again
+        with pytest.raises(RuntimeError, match=refusal):
+            opt.step()
+    assert torch.equal(p.detach(), torch.ones(4)) and not opt.state and opt.param_groups[0]["step"] == 0
+    # attached after the first step (its __dict__ made by state_dict()): refused at the step after it reduced
+    p = nn.Parameter(torch.ones(4))
+    opt = cls([p], clr.Constant(0.1))
+    p.grad = torch.ones(4)
+    opt.step()
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+    plateau.state_dict()
+    for loss in (1.0, 2.0):
+        p.grad = torch.ones(4)
+        opt.step()
+        plateau.step(loss)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    before, state = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
+    p.grad = torch.ones(4)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match=refusal):
+            opt.step()
+    assert torch.equal(p.detach(), before) and opt.param_groups[0]["step"] == 3
+    assert all(torch.equal(v, opt.state[p][k]) for k, v in state.items())
+    # once it is gone (collected), the schedule runs again
+    del plateau
+    opt.step()
+    assert opt.param_groups[0]["step"] == 4 and opt.param_groups[0]["lr"] == 0.1
+
+
+def test_looking_for_a_plateau_scans_only_when_one_may_be_there(monkeypatch):
+    """The referrer scan (a pass over the collector's objects) runs at the first step only when a
+    ReduceLROnPlateau was made since the optimizer was, later only at a step whose lr other code lowered."""
+    import clrfast.torch._fused as fused
+
+    scans = []
+    real = fused.gc.get_referrers
+    monkeypatch.setattr(fused.gc, "get_referrers", lambda *objs: scans.append(1) or real(*objs))
+
+    def step(opt, *params):
+        for p in params:
+            p.grad = torch.ones(4)
+        opt.step()
+
+    p, q = nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(4))
+    opt = CLRSGD([{"params": [p]}, {"params": [q]}], _schedule())
+    follow = opt.scheduler()  # writes back the groups' own values: not an lr write
+    for _ in range(6):
+        step(opt, p, q)
+        follow.step()
+    assert scans == []
+    opt.param_groups[1]["lr"] = 0.5  # a single value written: applied once; not lowered, no look
+    step(opt, p, q)
+    assert scans == []
+    opt.param_groups[1]["lr"] = 1e-4  # lowered: looked for (none), then applied once
+    step(opt, p, q)
+    assert len(scans) == 1 and opt.param_groups[1]["step"] == 8
+    # a ReduceLROnPlateau made (for another optimizer) after this one: one look at the first step
+    r = nn.Parameter(torch.ones(4))
+    opt = CLRSGD([r], _schedule())
+    other = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1))
+    for _ in range(3):
+        step(opt, r)
+    assert len(scans) == 2 and opt.param_groups[0]["step"] == 3 and other.optimizer is not opt
+
+
+@pytest.mark.filterwarnings(_NO_WORKERS)
+@pytest.mark.filterwarnings(_LEAFSPEC)
+def test_lightning_reduce_lr_on_plateau_over_a_schedule_stops_with_the_message(tmp_path):
+    pl = _lightning()
+    made = []
+
+    class Monitored(pl.LightningModule):
+        def __init__(self, make):
+            super().__init__()
+            self.net, self.make = _mlp(), make
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = nn.functional.mse_loss(self.net(x).squeeze(-1), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            opt = self.make(self.parameters())
+            made.append((opt, _flat(self.parameters()).clone()))
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "train_loss",
+                                                       "interval": "step"}}
+
+    x, y = _data(8 * 6)
+    module = Monitored(lambda ps: CLRSGD(ps, _schedule()))
+    with pytest.raises(RuntimeError, match=r"ReduceLROnPlateau holds this CLRSGD;.*opt\.scheduler\(\)"):
+        _lightning_trainer(pl, tmp_path / "scheduled", 6).fit(module, _loader(x, y, 8))
+    (opt, initial), = made
+    _assert_bits(_flat(module.parameters()), initial, "weights")
+    assert opt.param_groups[0]["step"] == 0 and not opt.state
+    # with schedule=None the same configuration trains as torch's SGD does
+    weights, lrs = {}, {}
+    for name, make in (("clrfast", lambda ps: CLRSGD(ps, 0.1, momentum=0.9)),
+                       ("torch", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, foreach=False))):
+        module = Monitored(make)
+        trainer = _lightning_trainer(pl, tmp_path / name, 6)
+        trainer.fit(module, _loader(x, y, 8))
+        weights[name], lrs[name] = _flat(module.parameters()).clone(), trainer.optimizers[0].param_groups[0]["lr"]
+    assert lrs["clrfast"] == lrs["torch"]
+    _assert_bits(weights["clrfast"], weights["torch"], "weights trained with ReduceLROnPlateau")

@@ -24,9 +24,8 @@ so every rule gets the same guarantees:
 - **torch's conventions.** After k applied updates a group shows the lr and momentum of
   update k (as after ``scheduler.step()``). A group without a schedule applies what it
   holds, as torch's optimizers do. A group with one is never silently overridden: a torch
-  ``LRScheduler`` attached to the optimizer, or an lr (momentum, betas) written over the
-  schedule's, is refused at the next step (``_check_followed``); ``scheduler()`` is the
-  scheduler object to hand to trainers.
+  ``LRScheduler`` attached to the optimizer (``ReduceLROnPlateau`` included) is refused at the
+  next step (``_check_followed``); ``scheduler()`` is the scheduler object to hand to trainers.
 - **torch.compile.** A compiled step is one custom op whose inputs are the parameters with
   a gradient, their gradients and a handle tensor; it honours functionalization by writing
   the updated values into the tensors it was handed (see the op below).
@@ -378,6 +377,24 @@ def _same_value(a, b) -> bool:
         return False
 
 
+def _plateau_refs() -> int:
+    """The references to ReduceLROnPlateau and its subclasses: each live scheduler holds one to its class."""
+    todo, n = [torch.optim.lr_scheduler.ReduceLROnPlateau], 0
+    while todo:
+        cls = todo.pop()
+        n += sys.getrefcount(cls)
+        todo += cls.__subclasses__()
+    return n
+
+
+def _lowered(now, ours) -> bool:
+    """True when other code wrote an lr below the published one (all a ReduceLROnPlateau writes)."""
+    try:
+        return float(now) < float(ours)
+    except (TypeError, ValueError, RuntimeError):
+        return False  # not a number: the step's own check names it
+
+
 class FollowGroups(torch.optim.lr_scheduler.LRScheduler):
     """The scheduler of ``FusedOptimizer.scheduler()``: its lr is whatever the optimizer's groups show."""
 
@@ -490,7 +507,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     # plugins ask ``_step_supports_amp_scaling``), and GradScaler's own unscale_ then skips
     # the step on inf, which leaves the clock alone all the same.
     fused_unscale = False
-    # Whether a step looked for a ReduceLROnPlateau holding this optimizer (see _plateau)
+    # Whether a step checked for a ReduceLROnPlateau holding this optimizer (see _check_followed)
     _plateau_looked = False
 
     @property
@@ -676,6 +693,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._handle = torch.tensor(handle, dtype=torch.int64)  # a graph input under torch.compile
         _OPTIMIZERS[handle] = self
         self._all_params: list = []  # every parameter, in group order: what a compiled step sees
+        self._plateaus_at = _plateau_refs()  # a ReduceLROnPlateau made after this adds one
 
     def _check_flattenable(self, gi: int, params) -> None:
         if not params:
@@ -719,11 +737,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         torch ``LRScheduler`` attached to the optimizer (it leaves ``initial_lr`` in every group:
         transformers' default ``LambdaLR``, the chainable schedulers, Lightning's lr finder)
         would override it, so the step refuses before it changes anything. So does a
-        ``ReduceLROnPlateau`` holding the optimizer: it leaves no mark in the groups, and each
-        reduction it writes would hold for one update before the schedule overrode it; it is
-        found by ``_plateau`` at the first step and at every step whose lr other code wrote. A
-        single value written into the group (a hook, ZeRO's group sync, a loaded state dict) is
-        applied to the next update, as torch applies it; the schedule then sets the update after.
+        ``ReduceLROnPlateau`` holding the optimizer (each reduction would hold for one update,
+        then the schedule would override it). It leaves no mark in the groups; ``_plateau``
+        looks for it at the first step when one was made since this optimizer was, and at
+        every step whose lr other code lowered, so no reduction is ever applied. A single value
+        written into the group (a hook, ZeRO's group sync, a loaded state dict) is applied to
+        the next update, as torch applies it; the schedule then sets the update after.
         """
         sched = group["schedule"]
         if sched is None:
@@ -737,10 +756,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise RuntimeError(
                 f"param_groups[{gi}] follows the schedule {sched!r}, but a torch LRScheduler was attached to this "
                 f"{self._rule} (the group has 'initial_lr'); its writes would override the schedule. {fix}")
-        if (not self._plateau_looked or group["lr"] is not self._published[gi][0]) and self._plateau():
+        lr, ours = group["lr"], self._published[gi][0]
+        if (((not self._plateau_looked and _plateau_refs() != self._plateaus_at)
+             or (lr is not ours and _lowered(lr, ours))) and self._plateau()):
             raise RuntimeError(
                 f"param_groups[{gi}] follows the schedule {sched!r}, but a torch ReduceLROnPlateau holds this "
                 f"{self._rule}; the schedule would override each lr it reduces after one update. {fix}")
+        self._plateau_looked = True
         self._published[gi] = self._current(group)
 
     def _plateau(self) -> bool:
@@ -748,11 +770,10 @@ class FusedOptimizer(torch.optim.Optimizer):
 
         It sets no ``initial_lr`` and wraps no ``step``, so only the objects that refer to the
         optimizer show it: the scheduler, or its attribute dict once Python made one
-        (``state_dict()`` reads ``__dict__``). Each look scans the collector's objects (tens of
-        milliseconds in a large process), hence only at the first step and after an lr write.
-        A scheduler left in uncollected garbage by an earlier run does not count.
+        (``state_dict()`` reads ``__dict__``). A look scans the collector's objects (tens of
+        milliseconds in a large process), so ``_check_followed`` looks only when one may be
+        there. A scheduler left in uncollected garbage by an earlier run does not count.
         """
-        self._plateau_looked = True
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
 
         def holds(r) -> bool:
