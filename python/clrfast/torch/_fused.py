@@ -232,11 +232,19 @@ def real_or_tensor(name: str, value):
 
 
 def non_negative(name: str, value, invalid: str) -> float:
-    """A finite real >= 0 as a float; a negative one is refused with torch's message (``"{invalid}: {value}"``)."""
-    v = check.real(name, value)
-    if v < 0:
-        raise ValueError(f"{invalid}: {value} ({name} must be >= 0.0, got {value!r})")
-    return v
+    """A finite real >= 0 as a float; a negative or NaN one is refused with torch's message (``"{invalid}: {value}"``).
+
+    torch's check is ``not 0.0 <= value``, so NaN and -inf get its message too; +inf, which torch
+    accepts, is refused here as every infinite hyperparameter is.
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            below = not 0.0 <= float(value)
+        except OverflowError:  # an int beyond a double: check.real says so
+            below = value < 0
+        if below:
+            raise ValueError(f"{invalid}: {value} ({name} must be >= 0.0, got {value!r})")
+    return check.real(name, value)
 
 
 _F64 = DTYPE_CODES[torch.float64]
