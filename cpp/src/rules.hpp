@@ -4,12 +4,13 @@
 #pragma once
 
 #include "clrfast/adam_update.hpp"
+#include "clrfast/lion_update.hpp"
 
 namespace clrfast {
 
 template <class... R>
 struct RuleList {};
 
-using Rules = RuleList<Adam>;
+using Rules = RuleList<Adam, Lion>;
 
 }  // namespace clrfast

@@ -5,5 +5,6 @@
 namespace clrfast {
 
 CLRFAST_DEFINE_RULE_CPU(Adam)
+CLRFAST_DEFINE_RULE_CPU(Lion)
 
 }  // namespace clrfast
