@@ -5,12 +5,13 @@
 
 #include "clrfast/adam_update.hpp"
 #include "clrfast/lion_update.hpp"
+#include "clrfast/rmsprop_update.hpp"
 
 namespace clrfast {
 
 template <class... R>
 struct RuleList {};
 
-using Rules = RuleList<Adam, Lion>;
+using Rules = RuleList<Adam, Rmsprop, Lion>;
 
 }  // namespace clrfast

@@ -5,6 +5,7 @@
 namespace clrfast {
 
 CLRFAST_DEFINE_RULE_CPU(Adam)
+CLRFAST_DEFINE_RULE_CPU(Rmsprop)
 CLRFAST_DEFINE_RULE_CPU(Lion)
 
 }  // namespace clrfast

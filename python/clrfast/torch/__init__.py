@@ -34,6 +34,7 @@ _LAZY = {
     "CLRSGD": "optim",
     "CLRAdamW": "adam",
     "CLRAdam": "adam",
+    "CLRRMSprop": "rmsprop",
     "CLRLion": "lion",
     "lr_find": "lr_find",
     "LRFindResult": "lr_find",
