@@ -244,7 +244,7 @@ def test_bfloat16_is_updated_in_float32_and_rounded_once():
     st.tuples(st.just("zero_grad"), st.booleans()),
     st.tuples(st.just("reload"), st.booleans())), min_size=1, max_size=12),
     flat=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]))
-def test_random_sessions_stay_bit_identical(ops, flat, dtype):
+def test_random_runs_stay_bit_identical(ops, flat, dtype):
     """Steps, values written into the groups, zero_grad modes and state-dict reloads, side by side."""
     a = model(dtype)
     b = copy.deepcopy(a)

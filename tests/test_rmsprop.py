@@ -331,7 +331,7 @@ def test_state_dicts_interchange_with_torch_and_resume_exactly(flat, scheduled):
             sb.step()
         for _, opt in runs:
             opt.step()
-        for ps, opt in runs:
+        for _, opt in runs:
             if opt is not od:
                 assert _group_view(opt) == _group_view(ob), t
     for ps, opt in runs:
