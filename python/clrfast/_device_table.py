@@ -109,7 +109,7 @@ class ValueTable:
         return out
 
     def describe(self) -> str:
-        size = self.nbytes
+        size: float = self.nbytes
         unit = "bytes"
         for u in ("KiB", "MiB", "GiB"):
             if size < 1024:

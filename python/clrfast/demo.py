@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +56,8 @@ FAST = Config(iterations=120, seeds=(0, 1), eval_every=20, cycles=2, sweep_steps
 # fastai's fit_one_cycle recipe for AdamW: the lr rises from max_lr/25 to max_lr over the first quarter of
 # the run, then anneals (cosine) to max_lr/25/1e5; beta1 mirrors it, 0.95 -> 0.85 (at the lr peak) -> 0.95.
 # max_lr is Config.adamw_max_lr, not the SGD range test's: Adam's useful lrs sit an order of magnitude lower.
-ADAMW_RECIPE = dict(pct_start=0.25, div_factor=25.0, final_div_factor=1e5, base_momentum=0.85, max_momentum=0.95,
-                    anneal="cos")
+ADAMW_RECIPE: dict[str, Any] = dict(pct_start=0.25, div_factor=25.0, final_div_factor=1e5, base_momentum=0.85,
+                                    max_momentum=0.95, anneal="cos")
 # Which optimizer trains each policy (the rest: CLRSGD).
 OPTIMIZERS = {"adamw_onecycle": "adamw"}
 

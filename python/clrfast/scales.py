@@ -99,7 +99,9 @@ class Scale:
 
     def to_dict(self) -> dict:
         """A JSON-safe description, restored by :meth:`from_dict`."""
-        return {"type": type(self).__name__, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        # every concrete scale is a dataclass
+        return {"type": type(self).__name__,
+                **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
 
     @staticmethod
     def from_dict(d: dict) -> Scale:

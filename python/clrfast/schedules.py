@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, fields
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class Schedule:
 
     # Set by subclasses whose values can grow without bound with the step
     # (a cyclic scale, a growing restart peak): their steps are checked.
-    _can_overflow = False
+    _can_overflow: Any = False  # a class constant, or a property where it depends on the values
 
     def __new__(cls, *args, **kwargs):
         return _build(cls, args, kwargs)
@@ -198,7 +198,7 @@ class Schedule:
     def to_dict(self) -> dict:
         """A JSON-safe description, restored by :func:`from_dict`."""
         params = {}
-        for f in fields(self):
+        for f in fields(self):  # type: ignore[arg-type]  # every concrete schedule is a dataclass
             v = getattr(self, f.name)
             if isinstance(v, Scale):
                 v = v.to_dict()
@@ -594,7 +594,7 @@ def _total_after_warmup(warmup: int, total: int, strict: bool = False) -> None:
 class _WarmupDecay(Schedule):
     """Shared compile step: peak_lr * factor(t), ``factor`` the transformers lambda of ``_kind``."""
 
-    _kind = None
+    _kind: _core.Kind | None = None
 
     def _core_args(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -912,7 +912,7 @@ class Join(Schedule):
                 pieces.append(_from_dict(d, depth + 1))
             except (TypeError, ValueError, OverflowError) as e:
                 raise type(e)(f"schedules[{i}]: {e}") from None
-        return cls(pieces, p["boundaries"])
+        return cls(tuple(pieces), p["boundaries"])
 
 
 _TYPES = {c.__name__: c for c in (Cyclic, OneCycle, CosineRestarts, Warmup, Constant, RangeSweep, Join,

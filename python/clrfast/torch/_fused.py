@@ -40,6 +40,7 @@ import itertools
 import math
 import numbers
 import sys
+import types
 import warnings
 import weakref
 from collections import OrderedDict
@@ -94,7 +95,7 @@ def is_dtensor(t) -> bool:
 
 def local(t: torch.Tensor) -> torch.Tensor:
     """The tensor whose memory the kernel touches: a DTensor's local shard, else ``t``."""
-    return t._local_tensor if is_dtensor(t) else t
+    return t._local_tensor if is_dtensor(t) else t  # type: ignore[attr-defined]  # DTensor's shard
 
 
 def dense_like(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -363,7 +364,7 @@ def _(params, grads, handle) -> None:
 
 
 def _called_from_dcp_init(depth: int = 12) -> bool:
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     for _ in range(depth):
         if frame is None:
             return False
@@ -501,7 +502,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     """
 
     _rule = "optimizer"
-    _state_keys: tuple = ()
+    _state_keys: tuple[str, ...] = ()
+    _all_params: list  # every parameter, in group order: what a compiled step sees
     _cols = 0
     _first_col: int | None = None
     _merge_runs = False
@@ -644,7 +646,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             check_param(gi, pi, p, self._rule)
             if not p.is_leaf:
                 raise ValueError(f"{where(gi, pi)}: can't optimize a non-leaf Tensor")
-        first = {}
+        first: dict[int, int] = {}
         for pi, p in enumerate(params):
             first.setdefault(id(p), pi)
         if len(first) != len(params):
@@ -700,7 +702,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         handle = next(_HANDLES)
         self._handle = torch.tensor(handle, dtype=torch.int64)  # a graph input under torch.compile
         _OPTIMIZERS[handle] = self
-        self._all_params: list = []  # every parameter, in group order: what a compiled step sees
+        self._all_params = []
         self._plateaus_at = _plateau_refs()  # a ReduceLROnPlateau made after this adds one
 
     def _check_flattenable(self, gi: int, params) -> None:
@@ -718,7 +720,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             )
 
     # ------------------------------------------------------------------ what the groups show
-    _published_keys = ("lr",)
+    _published_keys: tuple[str, ...] = ("lr",)
     # Flags older torch versions did not save; torch's __setstate__ reads a missing one as False.
     _later_flags: tuple = ()
 
@@ -944,6 +946,47 @@ class FusedOptimizer(torch.optim.Optimizer):
         # torch's pool sleeps while this call runs; never ask for more than the cores.
         return max(1, min(n, _core.hardware_threads()))
 
+    # ------------------------------------------------------------------ the rule's hooks
+    # What every rule implements (RuleOptimizer implements them from a declaration).
+    def _check_hyper(self, label: str, group: dict) -> None:
+        """Checks (and normalises in place) a group's hyperparameters; ``label`` names the group in errors."""
+        raise NotImplementedError
+
+    def _publish_schedule(self, group) -> None:
+        """Writes the scheduled values (lr, momentum or betas) of the group's next update into it."""
+        raise NotImplementedError
+
+    def _step_hyper(self, gi: int, group) -> dict:
+        """Every value one update of the group applies, checked; raises before anything changes."""
+        raise NotImplementedError
+
+    def _required(self, hyper: dict) -> tuple:
+        """The state keys an update with these values reads and writes."""
+        raise NotImplementedError
+
+    def _new_state(self, p, keys) -> dict:
+        """The fresh state of parameter ``p`` for ``keys`` (torch's initial values)."""
+        raise NotImplementedError
+
+    def _row(self, p, lp, lg, locs: dict, first: int) -> list | None:
+        """The kernel row of a parameter (local tensors ``lp``, ``lg``, state ``locs``); None: torch's code."""
+        raise NotImplementedError
+
+    def _kernel(self, table, hyper: dict, inv_scale) -> None:
+        """Runs the CPU kernel over ``table`` (``inv_scale``: GradScaler's, None without it)."""
+        raise NotImplementedError
+
+    def _reference(self, group, slow: list, hyper: dict, inv_scale) -> None:
+        """The reference implementation's update of the ``(index, parameter)`` pairs the kernel cannot take."""
+        raise NotImplementedError
+
+    def _check_cuda_group(self, gi: int, group) -> None:
+        """Raises unless this rule can step the CUDA group ``gi``."""
+        raise ValueError(f"param_groups[{gi}] is on CUDA: {self._rule} has no CUDA step")
+
+    def _cuda_step(self, gi: int, group, plan: Plan, grad_scale, found_inf) -> None:
+        raise NotImplementedError  # only rules whose _check_cuda_group lets a CUDA group through
+
     # ------------------------------------------------------------------ state
     def _check_state(self, gi: int, pi: int, p, st: dict) -> None:
         """Checks a parameter's state beyond its per-element tensors (a rule's scalars); raises when invalid."""
@@ -1039,7 +1082,14 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _build_plan(self, gi: int, group, required, grads_written: bool = False) -> Plan | None:
         """Checks every tensor of the group and lays out the kernel rows (the full check)."""
         params = group["params"]
-        grads, rows, owners, slow, named, read, keep, missing = [], [], [], [], [], [], [], []
+        grads: list = []
+        rows: list = []
+        owners: list = []
+        slow: list = []
+        named: list = []
+        read: list = []
+        keep: list = []
+        missing: list = []
         devices = set()
         cacheable = True
         key = self._state_keys[0]
@@ -1146,9 +1196,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                         written.append(extent(v))
             if row != _NO_GRAD:
                 written.append(extent(p))
-        written = np.array([w for w in written if w[1] > w[0]], dtype=np.int64).reshape(-1, 2)
+        extents = np.array([w for w in written if w[1] > w[0]], dtype=np.int64).reshape(-1, 2)
         plan.check = _core.StepCheck(
-            params, spec, shapes, strides, grad_strides, dtypes, sdicts, bufs, keys, written,
+            params, spec, shapes, strides, grad_strides, dtypes, sdicts, bufs, keys, extents,
             plan.template, self._grad_col, self._n_col, list(self._ptr_cols), self._merge_runs,
             plan.device.index if plan.device.type == "cuda" else -1)
         plan.keep, plan.grads = [], None  # the check holds what it needs, and no gradient
@@ -1170,7 +1220,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         fp = torch.empty(total, dtype=p0.dtype, device=p0.device)
         fg = torch.zeros_like(fp)
         fstate = {k: torch.zeros_like(fp) for k in self._state_keys}
-        spans, views = [], {k: [] for k in self._state_keys}
+        spans: list[tuple[int, int] | None] = []
+        views: dict[str, list] = {k: [] for k in self._state_keys}
         off = 0
         for p, ok in zip(params, fits):
             if not ok:
@@ -1264,7 +1315,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"loaded state dict has a different number of parameter groups ({len(saved_groups)} "
                              f"saved, {len(self.param_groups)} in the optimizer)")
-        groups, id_map = [], {}
+        groups: list = []
+        id_map: dict = {}
         for gi, (saved, current) in enumerate(zip(saved_groups, self.param_groups)):
             if not isinstance(saved, dict) or "params" not in saved:
                 raise ValueError(f"state_dict['param_groups'][{gi}] must be a dict with 'params'")
@@ -1317,8 +1369,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # The saved lr/momentum are what the next update uses (a value written before saving
         # included), as torch's load keeps them; the schedule takes over after that update.
         self._published = [self._current(g) for g in self.param_groups]
-        for hook in self._optimizer_load_state_dict_post_hooks.values():
-            hook(self)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def _upgraded(self, saved):
         """A parameter's saved state, each scalar saved as a number made the tensor torch's Adam makes of it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ import torch
 _SYMBOLS = (("VSSQRT_", torch.float32), ("VDSQRT_", torch.float64))
 
 
-def _probe(fn: ctypes._CFuncPtr, dtype: torch.dtype) -> bool:
+def _probe(fn: Any, dtype: torch.dtype) -> bool:  # fn: a ctypes foreign function
     # Values whose MKL root differs from the IEEE one in several places: the routine is only used
     # when it reproduces torch.sqrt on them exactly.
     gen = torch.Generator().manual_seed(0)
@@ -52,7 +53,7 @@ def torch_sqrt_routines() -> tuple[int, int, int]:
             found.append(0)
             continue
         fn.restype = None
-        found.append(ctypes.cast(fn, ctypes.c_void_p).value if _probe(fn, dtype) else 0)
+        found.append((ctypes.cast(fn, ctypes.c_void_p).value or 0) if _probe(fn, dtype) else 0)
     local = getattr(lib, "MKL_Set_Num_Threads_Local", None)
-    found.append(ctypes.cast(local, ctypes.c_void_p).value if local is not None and any(found) else 0)
+    found.append((ctypes.cast(local, ctypes.c_void_p).value or 0) if local is not None and any(found) else 0)
     return (found[0], found[1], found[2])

@@ -89,7 +89,9 @@ class FactoryLR(ScheduleLR):
         bases = self.__dict__.get("base_lrs")
         if bases is None:
             bases = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
-        return [base * unit.lr(float(t)) for base, unit in zip(bases, self._units)]
+        units = self._units
+        assert units is not None  # a tensor lr made them
+        return [base * unit.lr(float(t)) for base, unit in zip(bases, units)]
 
     def _write(self, t, groups) -> list:
         if self._units is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -63,24 +63,24 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], *, min_div: float =
     values and the indices ``i_min`` and ``i_steep``.
     """
     min_div, base_div = _check_divs(min_div, base_div)
-    lrs = np.asarray(lrs, dtype=np.float64)
+    lr = np.asarray(lrs, dtype=np.float64)
     loss = np.asarray(smoothed, dtype=np.float64)
-    if lrs.shape != loss.shape or lrs.ndim != 1:
-        raise ValueError(f"lrs and smoothed must be 1-D of the same length, got {lrs.shape} and {loss.shape}")
+    if lr.shape != loss.shape or lr.ndim != 1:
+        raise ValueError(f"lrs and smoothed must be 1-D of the same length, got {lr.shape} and {loss.shape}")
     if not np.isfinite(loss).all() or len(loss) < 3:
         raise ValueError(f"smoothed must hold at least 3 losses, all finite, got {loss!r}")
-    if (lrs <= 0).any() or (np.diff(lrs) <= 0).any():
+    if (lr <= 0).any() or (np.diff(lr) <= 0).any():
         raise ValueError("lrs must be positive and increasing")
     n = len(loss)
     skip = n // 10
     i_min = skip + int(np.argmin(loss[skip:]))
-    x = np.log(lrs)
+    x = np.log(lr)
     k = max(1, n // 40)
     lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, max(i_min, 1))
     dx = x[hi] - x[lo]
     slope = np.divide(loss[hi] - loss[lo], dx, out=np.full(n, np.inf), where=dx > 0)
     i_steep = skip + int(np.argmin(slope[skip: i_min + 1]))
-    lr_min, lr_steep = float(lrs[i_min]), float(lrs[i_steep])
+    lr_min, lr_steep = float(lr[i_min]), float(lr[i_steep])
     max_lr = max(lr_steep, lr_min / min_div)
     return {
         "max_lr": max_lr, "base_lr": max_lr / base_div, "lr_min": lr_min, "lr_steep": lr_steep,
@@ -430,7 +430,7 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
     if isinstance(val_loader, Iterator):
         raise ValueError(f"val_loader is read at every validation, so it cannot be a one-shot iterator, got "
                          f"{type(val_loader).__name__}: pass a list or a DataLoader")
-    if hasattr(loader, "__len__"):
+    if isinstance(loader, Sized):
         n_batches = len(loader)
         if n_batches // accum < MIN_STEPS:
             raise ValueError(
@@ -472,7 +472,7 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
     total = num_steps * (len(seeds) if seeds else 1)
     bar = _progress(total, progress, "lr_find")
     try:
-        for seed in seeds or [None]:
+        for seed in ([*seeds] if seeds else [None]):
             if seed is not None:
                 _seed_all(seed)
             run = _one_run(model, optimizer, loss_fn, closure, loader, lrs_all, accum, beta, diverge,

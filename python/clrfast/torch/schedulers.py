@@ -383,7 +383,7 @@ class CyclicLR(_CoreScheduler):
         mom_scales = [_scale_value(self.scale_fn(x), x) for _ in range(n)] if self.cycle_momentum else []
         return self._writer.write_scaled(tf, lr_scales, mom_scales, groups)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list:
         """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
         self._warn_get_lr()
         t = self.last_epoch
@@ -523,7 +523,7 @@ class OneCycleLR(_CoreScheduler):
             raise ValueError(f"Tried to step {t} times. The specified number of total steps is {self.total_steps}")
         return self._writer.write(float(t), groups)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list:
         """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
         self._warn_get_lr()
         t = self.last_epoch
@@ -599,7 +599,7 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
         ]
         return _core.GroupWriter(schedules=scheds, momentum_key=_KEY.none)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list:
         """Learning rates at the current ``T_cur``/``T_i``."""
         self._warn_get_lr()
         return self._writer.values_restarts(float(self.T_cur), float(self.T_i))
@@ -625,18 +625,19 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
         t = _epoch_value(epoch)
         if epoch < 0:
             raise ValueError(f"Expected non-negative epoch, but got {epoch}")
-        T_cur, T_i = self.T_cur, self.T_i
+        pos: float = self.T_cur  # torch's T_cur and T_i at this epoch
+        length: float = self.T_i
         if epoch >= self.T_0:
-            cur, length = _core.restart_pos_torch_epoch(float(self.T_0), float(self.T_mult), t)
+            cur, cycle = _core.restart_pos_torch_epoch(float(self.T_0), float(self.T_mult), t)
             if self.T_mult == 1:
-                T_cur = int(cur) if isinstance(epoch, int) else cur  # torch's epoch % T_0 keeps the type
+                pos = int(cur) if isinstance(epoch, int) else cur  # torch's epoch % T_0 keeps the type
             else:
-                T_cur, T_i = cur, int(length)
+                pos, length = cur, int(cycle)
         else:
-            T_i, T_cur = self.T_0, epoch
+            length, pos = self.T_0, epoch
         last_epoch = math.floor(epoch)
-        lrs = self._writer.write_restarts(float(T_cur), float(T_i), self.optimizer.param_groups)
-        self.T_cur, self.T_i, self.last_epoch, self._last_lr = T_cur, T_i, last_epoch, lrs
+        lrs = self._writer.write_restarts(float(pos), float(length), self.optimizer.param_groups)
+        self.T_cur, self.T_i, self.last_epoch, self._last_lr = pos, length, last_epoch, lrs  # type: ignore[assignment]  # fractional epochs: floats, as torch stores them
 
 
 def _group_schedules(optimizer: Optimizer, schedule) -> list:
@@ -729,7 +730,7 @@ class ScheduleLR(_CoreScheduler):
             check.integer("epoch", epoch, min=0)
         super().step(epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list:
         """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
         self._warn_get_lr()
         if self.last_epoch > self._max_step:
