@@ -1,13 +1,15 @@
-"""Optimizer step time: CLRSGD and CLRAdamW (list and flat mode) against torch's SGD and AdamW + CyclicLR.
+"""Optimizer step time: the fused optimizers (list and flat mode) against their references + a scheduler.
 
 One run, one table per rule. SGD applies momentum 0.9 and weight decay 5e-4 with a
 cyclical lr; AdamW applies weight decay 1e-2 with a cyclical lr and beta1 cycling
 0.95 -> 0.85 (torch: ``CyclicLR(cycle_momentum=True)``). The floor is the bytes each
 update must move (SGD: read p, g, buf, write p, buf = 20 bytes/param; AdamW: read p,
 g, m, v, write p, m, v = 28) over the bandwidth of an in-place ``a.add_(b)``
-(12 bytes/element) measured in the same run.
+(12 bytes/element) measured in the same run. RMSprop (momentum cycling 0.85 -> 0.95, as
+``CyclicLR`` cycles it; 28 bytes/param) is compared with torch's RMSprop, Lion (20 bytes/param)
+with the lion-pytorch package's Lion (its default for-loop and its foreach variant).
 
-    python bench/bench_optimizer.py [--repeat N] [--rule sgd|adamw|all] [--gpt2]
+    python bench/bench_optimizer.py [--repeat N] [--rule sgd|adamw|rmsprop|lion|all] [--gpt2]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 import clrfast as clr
 import torch
 from clrfast import _core
-from clrfast.torch import CLRSGD, CLRAdamW
+from clrfast.torch import CLRSGD, CLRAdamW, CLRLion, CLRRMSprop
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine  # noqa: E402
@@ -126,8 +128,7 @@ def clr_runner(ps, flat):
 
 def torch_adamw_runner(ps, **kw):
     opt = torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2, **kw)
-    sch = torch.optim.lr_scheduler.CyclicLR(opt, 1e-4, 1e-3, step_size_up=100, base_momentum=0.85,
-                                            max_momentum=0.95)
+    sch = torch.optim.lr_scheduler.CyclicLR(opt, 1e-4, 1e-3, step_size_up=100, base_momentum=0.85, max_momentum=0.95)
 
     def fn():
         opt.step()
@@ -141,22 +142,90 @@ def clr_adamw_runner(ps, flat, match_torch=True):
     return CLRAdamW(ps, s, weight_decay=1e-2, flat=flat, match_torch=match_torch).step
 
 
+def torch_rmsprop_runner(ps, **kw):
+    opt = torch.optim.RMSprop(ps, lr=1e-3, momentum=0.9, **kw)
+    sch = torch.optim.lr_scheduler.CyclicLR(opt, 1e-4, 1e-3, step_size_up=100, base_momentum=0.85, max_momentum=0.95)
+
+    def fn():
+        opt.step()
+        sch.step()
+
+    return fn
+
+
+def clr_rmsprop_runner(ps, flat):
+    s = clr.Cyclic(1e-4, 1e-3, step_size_up=100, base_momentum=0.85, max_momentum=0.95)
+    return CLRRMSprop(ps, s, momentum=0.9, flat=flat).step
+
+
+def lion_runner(ps, foreach=False):
+    import lion_pytorch
+    from lion_pytorch.foreach import Lion as ForeachLion
+
+    opt = (ForeachLion if foreach else lion_pytorch.Lion)(ps, lr=1e-4, weight_decay=0.1)
+    sch = torch.optim.lr_scheduler.CyclicLR(opt, 1e-5, 1e-4, step_size_up=100, cycle_momentum=False)
+
+    def fn():
+        opt.step()
+        sch.step()
+
+    return fn
+
+
+def clr_lion_runner(ps, flat):
+    return CLRLion(ps, clr.Cyclic(1e-5, 1e-4, step_size_up=100), weight_decay=0.1, flat=flat).step
+
+
+# rule: (bytes each update moves per parameter, the baseline, the fastest reference, runners)
 RULES = {
-    "sgd": (20, "SGD", {
-        "torch SGD default": lambda ps: torch_runner(ps),
-        "torch SGD foreach": lambda ps: torch_runner(ps, foreach=True),
-        "torch SGD fused": lambda ps: torch_runner(ps, fused=True),
-        "CLRSGD list": lambda ps: clr_runner(ps, False),
-        "CLRSGD flat": lambda ps: clr_runner(ps, True),
-    }),
-    "adamw": (28, "AdamW", {
-        "torch AdamW default": lambda ps: torch_adamw_runner(ps),
-        "torch AdamW for-loop": lambda ps: torch_adamw_runner(ps, foreach=False),
-        "torch AdamW fused": lambda ps: torch_adamw_runner(ps, fused=True),
-        "CLRAdamW list": lambda ps: clr_adamw_runner(ps, False),
-        "CLRAdamW flat": lambda ps: clr_adamw_runner(ps, True),
-        "CLRAdamW list, IEEE sqrt": lambda ps: clr_adamw_runner(ps, False, match_torch=False),
-    }),
+    "sgd": (
+        20,
+        "torch SGD default",
+        "torch SGD fused",
+        {
+            "torch SGD default": lambda ps: torch_runner(ps),
+            "torch SGD foreach": lambda ps: torch_runner(ps, foreach=True),
+            "torch SGD fused": lambda ps: torch_runner(ps, fused=True),
+            "CLRSGD list": lambda ps: clr_runner(ps, False),
+            "CLRSGD flat": lambda ps: clr_runner(ps, True),
+        },
+    ),
+    "adamw": (
+        28,
+        "torch AdamW default",
+        "torch AdamW fused",
+        {
+            "torch AdamW default": lambda ps: torch_adamw_runner(ps),
+            "torch AdamW for-loop": lambda ps: torch_adamw_runner(ps, foreach=False),
+            "torch AdamW fused": lambda ps: torch_adamw_runner(ps, fused=True),
+            "CLRAdamW list": lambda ps: clr_adamw_runner(ps, False),
+            "CLRAdamW flat": lambda ps: clr_adamw_runner(ps, True),
+            "CLRAdamW list, IEEE sqrt": lambda ps: clr_adamw_runner(ps, False, match_torch=False),
+        },
+    ),
+    "rmsprop": (
+        28,
+        "torch RMSprop default",
+        "torch RMSprop foreach",
+        {
+            "torch RMSprop default": lambda ps: torch_rmsprop_runner(ps),
+            "torch RMSprop for-loop": lambda ps: torch_rmsprop_runner(ps, foreach=False),
+            "torch RMSprop foreach": lambda ps: torch_rmsprop_runner(ps, foreach=True),
+            "CLRRMSprop list": lambda ps: clr_rmsprop_runner(ps, False),
+            "CLRRMSprop flat": lambda ps: clr_rmsprop_runner(ps, True),
+        },
+    ),
+    "lion": (
+        20,
+        "lion-pytorch Lion",
+        "lion-pytorch foreach Lion",
+        {
+            "lion-pytorch Lion": lambda ps: lion_runner(ps),
+            "lion-pytorch foreach Lion": lambda ps: lion_runner(ps, foreach=True),
+            "CLRLion list": lambda ps: clr_lion_runner(ps, False),
+            "CLRLion flat": lambda ps: clr_lion_runner(ps, True),
+        },
+    ),
 }
 
 
@@ -170,20 +239,18 @@ def floor_seconds(n, repeat, bytes_per_param=20):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=30)
-    ap.add_argument("--rule", choices=["sgd", "adamw", "all"], default="all")
+    ap.add_argument("--rule", choices=[*RULES, "all"], default="all")
     ap.add_argument("--gpt2", action="store_true", help="add GPT-2 small's 124 M parameters (AdamW; ~8 GB RAM)")
     args = ap.parse_args()
     sets = {"ResNet-18 (62 tensors, 11.7 M)": resnet18_shapes(), "2,000 x 256": [(256,)] * 2000}
     print(f"Machine: {machine()}; clrfast kernels: {_core.sgd_cpu_isa()}, threads {torch.get_num_threads()}")
-    for rule in (["sgd", "adamw"] if args.rule == "all" else [args.rule]):
-        nbytes, name, runners = RULES[rule]
+    for rule in list(RULES) if args.rule == "all" else [args.rule]:
+        nbytes, base, fused, runners = RULES[rule]
         rule_sets = dict(sets)
         if args.gpt2 and rule == "adamw":
             rule_sets["GPT-2 small (148 tensors, 124 M)"] = gpt2_small_shapes()
-        base, fused = f"torch {name} default", f"torch {name} fused"
         print()
-        print(f"| parameter set | optimizer | step (ms) | vs torch default | vs torch fused | "
-              f"vs floor ({nbytes} B/param) |")
+        print(f"| parameter set | optimizer | step (ms) | vs {base} | vs {fused} | vs floor ({nbytes} B/param) |")
         print("|---|---|---:|---:|---:|---:|")
         for set_name, shapes in rule_sets.items():
             n = sum(torch.Size(s).numel() for s in shapes)
@@ -200,18 +267,25 @@ def main():
             else:
                 times = interleaved({k: runners[k](make(shapes)) for k in keys}, args.repeat)
             for k, t in times.items():
-                print(f"| {set_name} | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | {times[fused] / t:.2f}x | "
-                      f"{t / floor:.2f} |")
+                print(
+                    f"| {set_name} | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | {times[fused] / t:.2f}x | "
+                    f"{t / floor:.2f} |"
+                )
             print(f"| {set_name} | bandwidth floor ({bw / 1e9:.1f} GB/s add_) | {floor * 1e3:.3f} | | | 1.00 |")
             if big:
                 continue
             # The training loop's case: zero_grad(set_to_none=True), then backward gives new gradients.
             params = {k: make(shapes) for k in keys}
-            times = interleaved({k: runners[k](params[k]) for k in keys}, args.repeat,
-                                prepare={k: new_gradients(params[k]) for k in keys})
+            times = interleaved(
+                {k: runners[k](params[k]) for k in keys},
+                args.repeat,
+                prepare={k: new_gradients(params[k]) for k in keys},
+            )
             for k, t in times.items():
-                print(f"| {set_name}, new gradients each step | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | "
-                      f"{times[fused] / t:.2f}x | {t / floor:.2f} |")
+                print(
+                    f"| {set_name}, new gradients each step | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | "
+                    f"{times[fused] / t:.2f}x | {t / floor:.2f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ of the same model and compares parameters and ``exp_avg`` with ``torch.equal``.
 
 import copy
 
+import lion_pytorch
 import pytest
 
 torch = pytest.importorskip("torch")
-lion_pytorch = pytest.importorskip("lion_pytorch")
 import clrfast as clr  # noqa: E402
 from clrfast.torch import CLRLion  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
@@ -114,8 +114,13 @@ def test_one_cycle_drives_lr_and_beta1_as_torchs_scheduler(flat):
     b = copy.deepcopy(a)
     ref = Lion(a.parameters(), lr=1e-4, betas=(0.95, 0.99), weight_decay=0.1)
     sched = torch.optim.lr_scheduler.OneCycleLR(ref, 1e-3, total_steps=30, base_momentum=0.85, max_momentum=0.95)
-    ours = CLRLion(b.parameters(), clr.OneCycle(1e-3, 30, base_momentum=0.85, max_momentum=0.95),
-                   betas=(0.95, 0.99), weight_decay=0.1, flat=flat)
+    ours = CLRLion(
+        b.parameters(),
+        clr.OneCycle(1e-3, 30, base_momentum=0.85, max_momentum=0.95),
+        betas=(0.95, 0.99),
+        weight_decay=0.1,
+        flat=flat,
+    )
     for _ in range(29):
         train([(a, ref), (b, ours)], 1, torch.float32)
         sched.step()
@@ -154,26 +159,36 @@ def test_state_dicts_interchange_with_lion_pytorch_both_ways():
     assert_same(b, ours, c, resumed)
 
 
-@pytest.mark.parametrize("kw,exc,match", [
-    (dict(lr=-1e-3), ValueError, "Invalid learning rate"),
-    (dict(lr=float("nan")), ValueError, "Invalid learning rate"),
-    (dict(lr=1e-3, weight_decay=-0.1), ValueError, "Invalid weight_decay value"),
-    (dict(lr=1e-3, betas=(1.5, 0.99)), ValueError, r"Invalid beta parameter at index 0"),
-    (dict(lr=1e-3, betas=(0.9, -0.1)), ValueError, r"Invalid beta parameter at index 1"),
-    (dict(lr=1e-3, betas=(0.9,)), TypeError, r"CLRLion\['betas'\] must be a pair"),
-    (dict(lr=1e-3, betas=("a", 0.9)), TypeError, r"CLRLion\['betas'\]\[0\]"),
-    (dict(lr="x"), TypeError, r"CLRLion\['lr'\]"),
-    (dict(lr=1e-3, weight_decay=float("inf")), ValueError, r"CLRLion\['weight_decay'\] must be finite"),
-])
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        (dict(lr=-1e-3), ValueError, "Invalid learning rate"),
+        (dict(lr=float("nan")), ValueError, "Invalid learning rate"),
+        (dict(lr=1e-3, weight_decay=-0.1), ValueError, "Invalid weight_decay value"),
+        (dict(lr=1e-3, betas=(1.5, 0.99)), ValueError, r"Invalid beta parameter at index 0"),
+        (dict(lr=1e-3, betas=(0.9, -0.1)), ValueError, r"Invalid beta parameter at index 1"),
+        (dict(lr=1e-3, betas=(0.9,)), TypeError, r"CLRLion\['betas'\] must be a pair"),
+        (dict(lr=1e-3, betas=("a", 0.9)), TypeError, r"CLRLion\['betas'\]\[0\]"),
+        (dict(lr="x"), TypeError, r"CLRLion\['lr'\]"),
+        (dict(lr=1e-3, weight_decay=float("inf")), ValueError, r"CLRLion\['weight_decay'\] must be finite"),
+    ],
+)
 def test_bad_hyperparameters_name_the_argument(kw, exc, match):
     with pytest.raises(exc, match=match):
         CLRLion(model().parameters(), **kw)
 
 
-@pytest.mark.parametrize("key,value,exc", [
-    ("betas", (0.9, 2.0), ValueError), ("betas", 0.9, TypeError), ("weight_decay", -1.0, ValueError),
-    ("weight_decay", "x", TypeError), ("lr", float("nan"), ValueError), ("step", 2.5, ValueError),
-])
+@pytest.mark.parametrize(
+    "key,value,exc",
+    [
+        ("betas", (0.9, 2.0), ValueError),
+        ("betas", 0.9, TypeError),
+        ("weight_decay", -1.0, ValueError),
+        ("weight_decay", "x", TypeError),
+        ("lr", float("nan"), ValueError),
+        ("step", 2.5, ValueError),
+    ],
+)
 def test_a_bad_written_value_fails_the_step_and_changes_nothing(key, value, exc):
     m = model()
     opt = CLRLion(m.parameters(), lr=1e-3, weight_decay=0.1)
@@ -236,14 +251,22 @@ def test_bfloat16_is_updated_in_float32_and_rounded_once():
 
 
 @settings(max_examples=25, deadline=None)
-@given(ops=st.lists(st.one_of(
-    st.tuples(st.just("step"), st.booleans()),
-    st.tuples(st.just("lr"), st.floats(0.0, 1e-2)),
-    st.tuples(st.just("betas"), st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 1.0))),
-    st.tuples(st.just("wd"), st.floats(0.0, 1.0)),
-    st.tuples(st.just("zero_grad"), st.booleans()),
-    st.tuples(st.just("reload"), st.booleans())), min_size=1, max_size=12),
-    flat=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]))
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("step"), st.booleans()),
+            st.tuples(st.just("lr"), st.floats(0.0, 1e-2)),
+            st.tuples(st.just("betas"), st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 1.0))),
+            st.tuples(st.just("wd"), st.floats(0.0, 1.0)),
+            st.tuples(st.just("zero_grad"), st.booleans()),
+            st.tuples(st.just("reload"), st.booleans()),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    flat=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
 def test_random_runs_stay_bit_identical(ops, flat, dtype):
     """Steps, values written into the groups, zero_grad modes and state-dict reloads, side by side."""
     a = model(dtype)
