@@ -45,8 +45,9 @@ def machine() -> str:
     except ImportError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
         if commit:
             parts.append(f"commit {commit}")
     except OSError:

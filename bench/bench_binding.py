@@ -34,9 +34,23 @@ def load_nanobind_twin():
 
     cmake = shutil.which("cmake") or "cmake"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    subprocess.run([cmake, "-S", ROOT, "-B", BUILD, *generator, "-DCMAKE_BUILD_TYPE=Release",
-                    "-DCLRFAST_NANOBIND_BENCH=ON", "-DCLRFAST_CUDA=OFF", f"-DPython_EXECUTABLE={sys.executable}",
-                    f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            cmake,
+            "-S",
+            ROOT,
+            "-B",
+            BUILD,
+            *generator,
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DCLRFAST_NANOBIND_BENCH=ON",
+            "-DCLRFAST_CUDA=OFF",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     subprocess.run([cmake, "--build", BUILD, "--target", "_nb_bench"], check=True, stdout=subprocess.DEVNULL)
     importlib.invalidate_caches()
     return importlib.import_module("_nb_bench")
@@ -53,8 +67,11 @@ def main() -> int:
     cases = [
         ("Schedule.lr(t) -> float", lambda: pb_sched.lr(777.0), lambda: nb_sched.lr(777.0)),
         ("Schedule.at(t) -> (lr, momentum)", lambda: pb_sched.at(777.0), lambda: nb_sched.at(777.0)),
-        ("cyclic_scale(kind, gamma, x)", lambda: _core.cyclic_scale(halving, 1.0, 3.0),
-         lambda: nb.cyclic_scale(1, 1.0, 3.0)),
+        (
+            "cyclic_scale(kind, gamma, x)",
+            lambda: _core.cyclic_scale(halving, 1.0, 3.0),
+            lambda: nb.cyclic_scale(1, 1.0, 3.0),
+        ),
     ]
     empty = best_time(lambda: None, number=calls)
     rows = []

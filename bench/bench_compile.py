@@ -43,10 +43,16 @@ class Block(torch.nn.Module):
 
 
 MODELS = {
-    "digits CNN (batch 64)": (lambda: make_model(0), lambda: (torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))),
-                              torch.nn.functional.cross_entropy),
-    "transformer block (8 x 64 x 128)": (lambda: Block(), lambda: (torch.randn(8, 64, 128), torch.randn(8, 64, 128)),
-                                          torch.nn.functional.mse_loss),
+    "digits CNN (batch 64)": (
+        lambda: make_model(0),
+        lambda: (torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))),
+        torch.nn.functional.cross_entropy,
+    ),
+    "transformer block (8 x 64 x 128)": (
+        lambda: Block(),
+        lambda: (torch.randn(8, 64, 128), torch.randn(8, 64, 128)),
+        torch.nn.functional.mse_loss,
+    ),
 }
 SCHED = dict(base_lr=0.01, max_lr=0.1, step_size_up=20)
 
@@ -58,8 +64,10 @@ def run(model_fn, data_fn, loss_fn, kind, steps):
     x, y = data_fn()
     sched = None
     if kind.startswith("CLRSGD"):
-        opt = CLRSGD(model.parameters(), clr.Cyclic(SCHED["base_lr"], SCHED["max_lr"], step_size_up=20,
-                                                     base_momentum=0.8, max_momentum=0.9))
+        opt = CLRSGD(
+            model.parameters(),
+            clr.Cyclic(SCHED["base_lr"], SCHED["max_lr"], step_size_up=20, base_momentum=0.8, max_momentum=0.9),
+        )
     else:
         lr = torch.tensor(0.01) if kind.endswith("tensor lr") else 0.01
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -100,8 +108,12 @@ def main():
     print()
     print("| model | optimizer | best step (ms) | vs torch float lr | first 3 steps (s) | frames compiled |")
     print("|---|---|---:|---:|---:|---:|")
-    kinds = ["torch SGD + CyclicLR, float lr", "torch SGD + CyclicLR, tensor lr", "CLRSGD",
-             "CLRSGD, not compiled: eager"]
+    kinds = [
+        "torch SGD + CyclicLR, float lr",
+        "torch SGD + CyclicLR, tensor lr",
+        "CLRSGD",
+        "CLRSGD, not compiled: eager",
+    ]
     for name, (model_fn, data_fn, loss_fn) in MODELS.items():
         rows = {k: run(model_fn, data_fn, loss_fn, k, args.steps) for k in kinds}
         base = rows[kinds[0]][0]

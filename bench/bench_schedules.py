@@ -124,35 +124,69 @@ def python_onecycle(n, max_lr, total_steps, pct=0.3, div=25.0, final_div=1e4):
 def table_rows(n: int, python_n: int) -> list[list[str]]:
     g = 0.9999999  # exp_range: gamma**t stays above the base over 10^7 steps
     cases = [
-        ("Cyclic triangular", clr.Cyclic(1e-3, 6e-3, step_size_up=2000),
-         lambda m: numpy_cyclic(m, 1e-3, 6e-3, 2000, 2000), lambda m: python_cyclic(m, 1e-3, 6e-3, 2000, 2000)),
-        ("Cyclic triangular2", clr.Cyclic(1e-3, 6e-3, step_size_up=2000, mode="triangular2"),
-         lambda m: numpy_cyclic(m, 1e-3, 6e-3, 2000, 2000, "triangular2"),
-         lambda m: python_cyclic(m, 1e-3, 6e-3, 2000, 2000, "triangular2")),
-        ("Cyclic exp_range", clr.Cyclic(1e-3, 6e-3, step_size_up=2000, mode="exp_range", gamma=g),
-         lambda m: numpy_cyclic(m, 1e-3, 6e-3, 2000, 2000, "exp_range", g),
-         lambda m: python_cyclic(m, 1e-3, 6e-3, 2000, 2000, "exp_range", g)),
-        ("CosineRestarts", clr.CosineRestarts(0.1, T_0=1000),
-         lambda m: numpy_restarts(m, 0.1, 1000), lambda m: python_restarts(m, 0.1, 1000)),
-        ("OneCycle cos", clr.OneCycle(0.1, total_steps=n),
-         lambda m: numpy_onecycle(m, 0.1, n), lambda m: python_onecycle(m, 0.1, n)),
+        (
+            "Cyclic triangular",
+            clr.Cyclic(1e-3, 6e-3, step_size_up=2000),
+            lambda m: numpy_cyclic(m, 1e-3, 6e-3, 2000, 2000),
+            lambda m: python_cyclic(m, 1e-3, 6e-3, 2000, 2000),
+        ),
+        (
+            "Cyclic triangular2",
+            clr.Cyclic(1e-3, 6e-3, step_size_up=2000, mode="triangular2"),
+            lambda m: numpy_cyclic(m, 1e-3, 6e-3, 2000, 2000, "triangular2"),
+            lambda m: python_cyclic(m, 1e-3, 6e-3, 2000, 2000, "triangular2"),
+        ),
+        (
+            "Cyclic exp_range",
+            clr.Cyclic(1e-3, 6e-3, step_size_up=2000, mode="exp_range", gamma=g),
+            lambda m: numpy_cyclic(m, 1e-3, 6e-3, 2000, 2000, "exp_range", g),
+            lambda m: python_cyclic(m, 1e-3, 6e-3, 2000, 2000, "exp_range", g),
+        ),
+        (
+            "CosineRestarts",
+            clr.CosineRestarts(0.1, T_0=1000),
+            lambda m: numpy_restarts(m, 0.1, 1000),
+            lambda m: python_restarts(m, 0.1, 1000),
+        ),
+        (
+            "OneCycle cos",
+            clr.OneCycle(0.1, total_steps=n),
+            lambda m: numpy_onecycle(m, 0.1, n),
+            lambda m: python_onecycle(m, 0.1, n),
+        ),
     ]
     out = np.empty(n)
     out.fill(0.0)  # fault the pages in once, so every "out=" row writes warm memory
     write_once = best_time(lambda: out.fill(1.0), repeat=7)
     alloc_write = best_time(lambda: np.empty(n).fill(1.0), repeat=5)
-    rows = [[f"write the output once (out.fill), n={n:,}", fmt_time(write_once), "", "", "1.0x"],
-            [f"allocate + write once (np.empty().fill), n={n:,}", fmt_time(alloc_write), "", "", ""]]
+    rows = [
+        [f"write the output once (out.fill), n={n:,}", fmt_time(write_once), "", "", "1.0x"],
+        [f"allocate + write once (np.empty().fill), n={n:,}", fmt_time(alloc_write), "", "", ""],
+    ]
     for label, sched, numpy_fn, python_fn in cases:
         assert np.allclose(sched.lr_table(5000), numpy_fn(5000), rtol=1e-12, atol=0)
         t_into = best_time(lambda s=sched: s.lr_table(n, out=out), repeat=7)
         t_alloc = best_time(lambda s=sched: s.lr_table(n), repeat=5)
         t_numpy = best_time(lambda f=numpy_fn: f(n), repeat=3)
         t_python = best_time(lambda f=python_fn: f(python_n), repeat=3) * (n / python_n)
-        rows.append([f"{label}: lr_table(n, out=)", fmt_time(t_into), f"{t_numpy / t_into:.0f}x",
-                     f"{t_python / t_into:.0f}x", f"{t_into / write_once:.2f}x"])
-        rows.append([f"{label}: lr_table(n)", fmt_time(t_alloc), f"{t_numpy / t_alloc:.0f}x",
-                     f"{t_python / t_alloc:.0f}x", f"{t_alloc / alloc_write:.2f}x (vs alloc+write)"])
+        rows.append(
+            [
+                f"{label}: lr_table(n, out=)",
+                fmt_time(t_into),
+                f"{t_numpy / t_into:.0f}x",
+                f"{t_python / t_into:.0f}x",
+                f"{t_into / write_once:.2f}x",
+            ]
+        )
+        rows.append(
+            [
+                f"{label}: lr_table(n)",
+                fmt_time(t_alloc),
+                f"{t_numpy / t_alloc:.0f}x",
+                f"{t_python / t_alloc:.0f}x",
+                f"{t_alloc / alloc_write:.2f}x (vs alloc+write)",
+            ]
+        )
         rows.append([f"{label}: NumPy vectorised", fmt_time(t_numpy), "1x", "", ""])
         rows.append([f"{label}: Python loop (from {python_n:,} steps)", fmt_time(t_python), "", "1x", ""])
     return rows

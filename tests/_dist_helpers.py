@@ -72,10 +72,15 @@ def launch(out: Path, world: int = 2, timeout: float = 240.0) -> tuple[list, str
         for rank in range(world):
             log = open(outdir / f"rank{rank}.log", "w+b")  # closed below
             logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, str(HERE), str(rank), str(world), str(port), str(outdir)],
-                stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=str(HERE.parent),
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(HERE), str(rank), str(world), str(port), str(outdir)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=_child_env(),
+                    cwd=str(HERE.parent),
+                )
+            )
         deadline = time.monotonic() + timeout
         failed = None
         while True:
@@ -105,7 +110,8 @@ def launch(out: Path, world: int = 2, timeout: float = 240.0) -> tuple[list, str
         if failed is not None:
             report = f"{failed}\n" + "\n".join(
                 f"----- rank {r} (exit {p.returncode}) -----\n{o[-6000:]}"
-                for r, (p, o) in enumerate(zip(procs, outputs)))
+                for r, (p, o) in enumerate(zip(procs, outputs))
+            )
         return results, report
     raise AssertionError("unreachable")
 
@@ -129,8 +135,9 @@ def outcome(run: tuple[list, str | None], name: str) -> list:
         else:
             oks.append(res[name]["ok"])
     if problems:
-        raise AssertionError(f"scenario {name!r} failed:\n" + "\n".join(problems)
-                             + (f"\n===== launch: {report}" if report else ""))
+        raise AssertionError(
+            f"scenario {name!r} failed:\n" + "\n".join(problems) + (f"\n===== launch: {report}" if report else "")
+        )
     return oks
 
 
@@ -209,7 +216,6 @@ def scenario_fsdp2(rank: int, world: int, out: Path) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
-
     mesh = init_device_mesh("cpu", (world,))
     base = _model()
     results = {}
@@ -228,11 +234,14 @@ def scenario_fsdp2(rank: int, world: int, out: Path) -> dict:
             init=_clone(base.parameters()),
             dtensor=[isinstance(p, DTensor) and isinstance(opt.state[p]["momentum_buffer"], DTensor) for p in pa],
             local_numel=[p.to_local().numel() for p in pa],
-            clr=_full(pa), ref=_full(pb),
-            clr_local=_clone(p.to_local() for p in pa), ref_local=_clone(p.to_local() for p in pb),
+            clr=_full(pa),
+            ref=_full(pb),
+            clr_local=_clone(p.to_local() for p in pa),
+            ref_local=_clone(p.to_local() for p in pb),
             clr_buf=_full(opt.state[p]["momentum_buffer"] for p in pa),
             ref_buf=_full(ref.state[p]["momentum_buffer"] for p in pb),
-            shown=shown, step=opt.param_groups[0]["step"],
+            shown=shown,
+            step=opt.param_groups[0]["step"],
         )
     try:  # flat=True cannot hold DTensor shards: a clear error, not a wrong model
         CLRSGD(_fsdp2(base, mesh).parameters(), clr.Cyclic(**CYCLIC), flat=True)
@@ -266,8 +275,12 @@ def scenario_fsdp2_dcp_fresh(rank: int, world: int, out: Path) -> dict:
     before = _full(a.parameters())
     api.get_optimizer_state_dict(a, opt_a)
     fresh = dict(
-        weights=_full(a.parameters()), before=before, step=opt_a.param_groups[0]["step"], shown=_shown(opt_a),
-        expected_shown=_shown(opt_t), grads=[p.grad is None for p in a.parameters()],
+        weights=_full(a.parameters()),
+        before=before,
+        step=opt_a.param_groups[0]["step"],
+        shown=_shown(opt_a),
+        expected_shown=_shown(opt_t),
+        grads=[p.grad is None for p in a.parameters()],
     )
     for t in range(STEPS):
         _train_step(a, opt_a, rank, t)
@@ -296,8 +309,9 @@ def scenario_fsdp2_dcp_resume(rank: int, world: int, out: Path) -> dict:
     for t in range(k):
         _train_step(a, opt_a, rank, t)
     path = out / "fsdp2-dcp"
-    dcp.save({"model": api.get_model_state_dict(a), "optim": api.get_optimizer_state_dict(a, opt_a)},
-             checkpoint_id=path)
+    dcp.save(
+        {"model": api.get_model_state_dict(a), "optim": api.get_optimizer_state_dict(a, opt_a)}, checkpoint_id=path
+    )
     b, opt_b = _fsdp2_clrsgd(_other_init(), mesh)
     state = {"model": api.get_model_state_dict(b), "optim": api.get_optimizer_state_dict(b, opt_b)}
     template = sorted(fqn for fqn, v in state["optim"]["state"].items() if "momentum_buffer" in v)
@@ -317,8 +331,14 @@ def scenario_fsdp2_dcp_resume(rank: int, world: int, out: Path) -> dict:
     for t in range(k, k + n):
         _train_step(a, opt_a, rank, t)
         _train_step(b, opt_b, rank, t)
-    return dict(template=template, names=sorted(name for name, _ in a.named_parameters()), loaded=loaded,
-                end=snapshot(), k=k, n=n)
+    return dict(
+        template=template,
+        names=sorted(name for name, _ in a.named_parameters()),
+        loaded=loaded,
+        end=snapshot(),
+        k=k,
+        n=n,
+    )
 
 
 DDP_VARIANTS = {
@@ -349,10 +369,13 @@ def scenario_ddp(rank: int, world: int, out: Path) -> dict:
             shown.append((_shown(opt), _shown(ref)))
         pa, pb = list(a.parameters()), list(b.parameters())
         results[name] = dict(
-            init=_clone(base.parameters()), clr=_clone(pa), ref=_clone(pb),
+            init=_clone(base.parameters()),
+            clr=_clone(pa),
+            ref=_clone(pb),
             clr_buf=_clone(opt.state[p]["momentum_buffer"] for p in pa),
             ref_buf=_clone(ref.state[p]["momentum_buffer"] for p in pb),
-            shown=shown, step=opt.param_groups[0]["step"],
+            shown=shown,
+            step=opt.param_groups[0]["step"],
         )
     return results
 
@@ -376,8 +399,13 @@ def scenario_zero(rank: int, world: int, out: Path) -> dict:
         a = DDP(copy.deepcopy(base))
         b = DDP(copy.deepcopy(base))
         opt = ZeroRedundancyOptimizer(
-            a.parameters(), optimizer_class=CLRSGD, parameters_as_bucket_view=bucket_view,
-            schedule=clr.Cyclic(**CYCLIC), weight_decay=WEIGHT_DECAY, dampening=0.25, flat=flat,
+            a.parameters(),
+            optimizer_class=CLRSGD,
+            parameters_as_bucket_view=bucket_view,
+            schedule=clr.Cyclic(**CYCLIC),
+            weight_decay=WEIGHT_DECAY,
+            dampening=0.25,
+            flat=flat,
         )
         ref, sch = _torch_ref(b.parameters(), weight_decay=WEIGHT_DECAY, dampening=0.25)
         shown = [(_shown(opt), _shown(ref))]
@@ -389,8 +417,11 @@ def scenario_zero(rank: int, world: int, out: Path) -> dict:
             shown.append((_shown(opt), _shown(ref)))
             local_shown.append(_shown(opt.optim))
         results[name] = dict(
-            init=_clone(base.parameters()), clr=_clone(a.parameters()), ref=_clone(b.parameters()),
-            shown=shown, local_shown=local_shown,
+            init=_clone(base.parameters()),
+            clr=_clone(a.parameters()),
+            ref=_clone(b.parameters()),
+            shown=shown,
+            local_shown=local_shown,
             steps=(opt.param_groups[0]["step"], opt.optim.param_groups[0]["step"]),
             local_numel=sum(p.numel() for g in opt.optim.param_groups for p in g["params"]),
         )
@@ -405,8 +436,11 @@ def scenario_zero_resume(rank: int, world: int, out: Path) -> dict:
     def build(model):
         m = DDP(model)
         return m, ZeroRedundancyOptimizer(
-            m.parameters(), optimizer_class=CLRSGD, schedule=clr.Cyclic(**CYCLIC),
-            weight_decay=WEIGHT_DECAY, dampening=0.25,
+            m.parameters(),
+            optimizer_class=CLRSGD,
+            schedule=clr.Cyclic(**CYCLIC),
+            weight_decay=WEIGHT_DECAY,
+            dampening=0.25,
         )
 
     k, n = 7, 9
@@ -438,9 +472,13 @@ def scenario_zero_resume(rank: int, world: int, out: Path) -> dict:
         _train_step(b, opt_b, rank, t)
         shown.append((_shown(opt_a), _shown(opt_b)))
     return dict(
-        a=_clone(a.parameters()), b=_clone(b.parameters()), shown=shown, loaded=loaded,
+        a=_clone(a.parameters()),
+        b=_clone(b.parameters()),
+        shown=shown,
+        loaded=loaded,
         steps=[(o.param_groups[0]["step"], o.optim.param_groups[0]["step"]) for o in (opt_a, opt_b)],
-        bufs=(bufs(opt_a), bufs(opt_b)), weights_only_error=weights_only_error,
+        bufs=(bufs(opt_a), bufs(opt_b)),
+        weights_only_error=weights_only_error,
     )
 
 
@@ -479,8 +517,11 @@ def _main(argv) -> None:
         except Exception:
             statuses = None
         if statuses is None or len(set(statuses)) > 1:
-            print(f"rank {rank}: scenario {name!r} ended {statuses or 'unfinished on another rank'}; stopping",
-                  file=sys.stderr, flush=True)
+            print(
+                f"rank {rank}: scenario {name!r} ended {statuses or 'unfinished on another rank'}; stopping",
+                file=sys.stderr,
+                flush=True,
+            )
             if status == "error":
                 print(results[name]["error"], file=sys.stderr, flush=True)
             os._exit(3)

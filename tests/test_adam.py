@@ -53,13 +53,13 @@ def _same(a, oa, b, ob):
 SCHEDULERS = {
     "cyclic": (
         clr.Cyclic(1e-3, 6e-3, step_size_up=20, step_size_down=13, base_momentum=0.85, max_momentum=0.95),
-        lambda o: torch.optim.lr_scheduler.CyclicLR(o, 1e-3, 6e-3, step_size_up=20, step_size_down=13,
-                                                    base_momentum=0.85, max_momentum=0.95),
+        lambda o: torch.optim.lr_scheduler.CyclicLR(
+            o, 1e-3, 6e-3, step_size_up=20, step_size_down=13, base_momentum=0.85, max_momentum=0.95
+        ),
     ),
     "onecycle": (
         clr.OneCycle(6e-3, total_steps=2000, base_momentum=0.85, max_momentum=0.95),
-        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 6e-3, total_steps=2000, base_momentum=0.85,
-                                                      max_momentum=0.95),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 6e-3, total_steps=2000, base_momentum=0.85, max_momentum=0.95),
     ),
     "restarts": (
         clr.CosineRestarts(6e-3, T_0=50, T_mult=2, eta_min=1e-5),
@@ -87,7 +87,9 @@ def test_float32_matches_torch_over_2000_steps_with_beta1_cycling(rule, sched, k
     sb = make(ob)
     for t in range(2000):
         assert (oa.param_groups[0]["lr"], oa.param_groups[0]["betas"]) == (
-            ob.param_groups[0]["lr"], ob.param_groups[0]["betas"])
+            ob.param_groups[0]["lr"],
+            ob.param_groups[0]["betas"],
+        )
         _step(a, oa, b, ob, sb, t)
     _same(a, oa, b, ob)
 
@@ -238,8 +240,9 @@ def test_bad_input_is_a_clear_error_that_changes_nothing():
     with pytest.raises(ValueError, match=r"parameter 1: state\['exp_avg_sq'\] has shape \(3,\)"):
         opt.load_state_dict(sd)
     after = opt.state_dict()
-    assert all(torch.equal(after["state"][i][k], before["state"][i][k]) for i in before["state"]
-               for k in before["state"][i])
+    assert all(
+        torch.equal(after["state"][i][k], before["state"][i][k]) for i in before["state"] for k in before["state"][i]
+    )
     sd = copy.deepcopy(before)
     sd["state"][0]["step"] = "three"
     with pytest.raises(TypeError, match=r"state\['step'\] must be a one-element floating tensor"):

@@ -112,14 +112,21 @@ def scenario_fsdp2(rank: int, world: int, out: Path) -> dict:
             init=helpers._clone(base.parameters()),
             local_numel=[p.to_local().numel() for p in pa],
             # torch keeps the moments as DTensors and the step as a plain 0-d tensor: so must clrfast
-            types=[[type(o.state[p][k]).__name__ for k in sorted(o.state[p])] + [isinstance(p, DTensor)]
-                   for o, ps in ((opt, pa), (ref, pb)) for p in ps],
-            clr=helpers._full(pa), ref=helpers._full(pb),
-            clr_local=helpers._clone(p.to_local() for p in pa), ref_local=helpers._clone(p.to_local() for p in pb),
-            clr_state=_moments(opt, pa, helpers._full), ref_state=_moments(ref, pb, helpers._full),
+            types=[
+                [type(o.state[p][k]).__name__ for k in sorted(o.state[p])] + [isinstance(p, DTensor)]
+                for o, ps in ((opt, pa), (ref, pb))
+                for p in ps
+            ],
+            clr=helpers._full(pa),
+            ref=helpers._full(pb),
+            clr_local=helpers._clone(p.to_local() for p in pa),
+            ref_local=helpers._clone(p.to_local() for p in pb),
+            clr_state=_moments(opt, pa, helpers._full),
+            ref_state=_moments(ref, pb, helpers._full),
             clr_state_local=_moments(opt, pa, lambda ts: helpers._clone(t.to_local() for t in ts)),
             ref_state_local=_moments(ref, pb, lambda ts: helpers._clone(t.to_local() for t in ts)),
-            shown=shown, step=opt.param_groups[0]["step"],
+            shown=shown,
+            step=opt.param_groups[0]["step"],
         )
     try:  # flat=True cannot hold DTensor shards: a clear error, not a wrong model
         CLRAdamW(helpers._fsdp2(base, mesh).parameters(), clr.Cyclic(**CYCLE), flat=True)
@@ -150,16 +157,20 @@ def scenario_fsdp2_dcp(rank: int, world: int, out: Path) -> dict:
     tw, opt_tw = _fsdp2_adamw(helpers._model(), mesh)
     before = helpers._full(a.parameters())
     get_optimizer_state_dict(a, opt_a)
-    fresh = dict(weights=helpers._full(a.parameters()), before=before, shown=_shown(opt_a),
-                 expected=_shown(opt_tw), group_step=opt_a.param_groups[0]["step"],
-                 steps=[float(opt_a.state[p]["step"]) for p in a.parameters()],
-                 grads=[p.grad is None for p in a.parameters()])
+    fresh = dict(
+        weights=helpers._full(a.parameters()),
+        before=before,
+        shown=_shown(opt_a),
+        expected=_shown(opt_tw),
+        group_step=opt_a.param_groups[0]["step"],
+        steps=[float(opt_a.state[p]["step"]) for p in a.parameters()],
+        grads=[p.grad is None for p in a.parameters()],
+    )
     for t in range(k):
         for m, o in ((a, opt_a), (tw, opt_tw)):
             helpers._train_step(m, o, rank, t)
     path = out / "fsdp2-adam-dcp"
-    dcp.save({"model": get_model_state_dict(a), "optim": get_optimizer_state_dict(a, opt_a)},
-             checkpoint_id=path)
+    dcp.save({"model": get_model_state_dict(a), "optim": get_optimizer_state_dict(a, opt_a)}, checkpoint_id=path)
     b, opt_b = _fsdp2_adamw(helpers._other_init(), mesh)
     state = {"model": get_model_state_dict(b), "optim": get_optimizer_state_dict(b, opt_b)}
     template = {fqn: sorted(v) for fqn, v in state["optim"]["state"].items()}
@@ -180,8 +191,15 @@ def scenario_fsdp2_dcp(rank: int, world: int, out: Path) -> dict:
     for t in range(k, k + n):
         for m, o in runs:
             helpers._train_step(m, o, rank, t)
-    return dict(fresh=fresh, template=template, names=sorted(name for name, _ in a.named_parameters()),
-                loaded=loaded, end=snapshot(), k=k, n=n)
+    return dict(
+        fresh=fresh,
+        template=template,
+        names=sorted(name for name, _ in a.named_parameters()),
+        loaded=loaded,
+        end=snapshot(),
+        k=k,
+        n=n,
+    )
 
 
 DDP_VARIANTS = {
@@ -212,8 +230,13 @@ def scenario_ddp(rank: int, world: int, out: Path) -> dict:
             shown.append((_shown(opt), _shown(ref)))
         pa, pb = list(a.parameters()), list(b.parameters())
         results[name] = dict(
-            init=helpers._clone(base.parameters()), clr=helpers._clone(pa), ref=helpers._clone(pb),
-            clr_state=_moments(opt, pa), ref_state=_moments(ref, pb), shown=shown, step=opt.param_groups[0]["step"],
+            init=helpers._clone(base.parameters()),
+            clr=helpers._clone(pa),
+            ref=helpers._clone(pb),
+            clr_state=_moments(opt, pa),
+            ref_state=_moments(ref, pb),
+            shown=shown,
+            step=opt.param_groups[0]["step"],
         )
     return results
 
@@ -229,8 +252,11 @@ ZERO_VARIANTS = {
 def _local_state(zero, params) -> dict:
     """ZeRO's local optimizer state, by index of the parameter in the model."""
     index = {id(p): i for i, p in enumerate(params)}
-    return {index[id(p)]: {k: v.clone() for k, v in zero.optim.state[p].items()}
-            for g in zero.optim.param_groups for p in g["params"]}
+    return {
+        index[id(p)]: {k: v.clone() for k, v in zero.optim.state[p].items()}
+        for g in zero.optim.param_groups
+        for p in g["params"]
+    }
 
 
 def scenario_zero(rank: int, world: int, out: Path) -> dict:
@@ -243,8 +269,14 @@ def scenario_zero(rank: int, world: int, out: Path) -> dict:
     for name, (flat, bucket_view, kw) in ZERO_VARIANTS.items():
         a = DDP(copy.deepcopy(base))
         b = DDP(copy.deepcopy(base))
-        opt = ZeroRedundancyOptimizer(a.parameters(), optimizer_class=CLRAdamW, parameters_as_bucket_view=bucket_view,
-                                      schedule=clr.Cyclic(**CYCLE), flat=flat, **kw)
+        opt = ZeroRedundancyOptimizer(
+            a.parameters(),
+            optimizer_class=CLRAdamW,
+            parameters_as_bucket_view=bucket_view,
+            schedule=clr.Cyclic(**CYCLE),
+            flat=flat,
+            **kw,
+        )
         ref, sch = _torch_opt("adamw", b.parameters(), **kw)
         shown = [(_shown(opt), _shown(ref))]
         local_shown = [_shown(opt.optim)]
@@ -257,9 +289,13 @@ def scenario_zero(rank: int, world: int, out: Path) -> dict:
         pb = list(b.parameters())
         local = _local_state(opt, list(a.parameters()))
         results[name] = dict(
-            init=helpers._clone(base.parameters()), clr=helpers._clone(a.parameters()), ref=helpers._clone(pb),
-            local=local, ref_state={i: {k: v.clone() for k, v in ref.state[pb[i]].items()} for i in local},
-            shown=shown, local_shown=local_shown,
+            init=helpers._clone(base.parameters()),
+            clr=helpers._clone(a.parameters()),
+            ref=helpers._clone(pb),
+            local=local,
+            ref_state={i: {k: v.clone() for k, v in ref.state[pb[i]].items()} for i in local},
+            shown=shown,
+            local_shown=local_shown,
             steps=(opt.param_groups[0]["step"], opt.optim.param_groups[0]["step"]),
             local_numel=sum(p.numel() for g in opt.optim.param_groups for p in g["params"]),
         )
@@ -273,8 +309,9 @@ def scenario_zero_resume(rank: int, world: int, out: Path) -> dict:
 
     def build(model):
         m = DDP(model)
-        return m, ZeroRedundancyOptimizer(m.parameters(), optimizer_class=CLRAdamW, schedule=clr.Cyclic(**CYCLE),
-                                          amsgrad=True)
+        return m, ZeroRedundancyOptimizer(
+            m.parameters(), optimizer_class=CLRAdamW, schedule=clr.Cyclic(**CYCLE), amsgrad=True
+        )
 
     k, n = 7, 9
     a, opt_a = build(helpers._model())
@@ -297,10 +334,12 @@ def scenario_zero_resume(rank: int, world: int, out: Path) -> dict:
     runs = ((a, opt_a), (b, opt_b))
 
     def snapshot():
-        return dict(weights=[helpers._clone(m.parameters()) for m, _ in runs],
-                    local=[_local_state(o, list(m.parameters())) for m, o in runs],
-                    shown=[(_shown(o), _shown(o.optim)) for _, o in runs],
-                    steps=[(o.param_groups[0]["step"], o.optim.param_groups[0]["step"]) for _, o in runs])
+        return dict(
+            weights=[helpers._clone(m.parameters()) for m, _ in runs],
+            local=[_local_state(o, list(m.parameters())) for m, o in runs],
+            shown=[(_shown(o), _shown(o.optim)) for _, o in runs],
+            steps=[(o.param_groups[0]["step"], o.optim.param_groups[0]["step"]) for _, o in runs],
+        )
 
     loaded = snapshot()
     for t in range(k, k + n):
@@ -327,8 +366,10 @@ def assert_same(xs, ys, what: str) -> None:
         assert x.shape == y.shape and x.dtype == y.dtype, f"{what}[{i}]: {x.shape} {x.dtype} vs {y.shape} {y.dtype}"
         if not torch.equal(x, y):
             diff = (x.double() - y.double()).abs()
-            raise AssertionError(f"{what}[{i}] differs: max |diff| {diff.max().item():.3e} at "
-                                 f"{int((diff != 0).sum())} of {x.numel()} elements")
+            raise AssertionError(
+                f"{what}[{i}] differs: max |diff| {diff.max().item():.3e} at "
+                f"{int((diff != 0).sum())} of {x.numel()} elements"
+            )
 
 
 def assert_same_state(mine: dict, theirs: dict, what: str) -> None:
@@ -472,7 +513,8 @@ def test_zero_redundancy_optimizer_resume_is_bit_identical(dist_run):
 # dcp.save/dcp.load without a process group warn that they assume a single process, which is
 # the case these tests set up on purpose.
 SINGLE_PROCESS_DCP = pytest.mark.filterwarnings(
-    "ignore:torch.distributed is disabled, unavailable or uninitialized:UserWarning")
+    "ignore:torch.distributed is disabled, unavailable or uninitialized:UserWarning"
+)
 MODES = pytest.mark.parametrize("flat", [False, True], ids=["list", "flat"])
 HYPER = dict(weight_decay=0.05, amsgrad=True)
 
@@ -509,7 +551,7 @@ def _entries(osd) -> dict:
     out: dict = {}
     for key in osd:
         if key.startswith("state."):
-            name, k = key[len("state."):].rsplit(".", 1)
+            name, k = key[len("state.") :].rsplit(".", 1)
             out.setdefault(name, []).append(k)
     return {name: sorted(ks) for name, ks in out.items()}
 
@@ -553,8 +595,10 @@ def _dcp_resume(tmp_path, flat: bool, k: int, n: int = 8, options=None) -> None:
         _step(a, opt_a, t)
         _step(twin, opt_twin, t)
     ckpt = tmp_path / "ckpt"
-    dcp.save({"model": get_model_state_dict(a), "optim": get_optimizer_state_dict(a, opt_a, options=options)},
-             checkpoint_id=ckpt)
+    dcp.save(
+        {"model": get_model_state_dict(a), "optim": get_optimizer_state_dict(a, opt_a, options=options)},
+        checkpoint_id=ckpt,
+    )
 
     b = _net(1)
     opt_b = _clradamw(b, flat)

@@ -38,13 +38,46 @@ def hyper(k: int) -> tuple[float, float]:
     return lr, beta1
 
 
-def adam_step(table, lr, beta1, beta2, eps, wd, decoupled, amsgrad, maximize, inv_scale, store_grad, threads,
-              sqrt_f32=0, sqrt_f64=0, sqrt_threads_local=0, lr_dtype=1):
+def adam_step(
+    table,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    wd,
+    decoupled,
+    amsgrad,
+    maximize,
+    inv_scale,
+    store_grad,
+    threads,
+    sqrt_f32=0,
+    sqrt_f64=0,
+    sqrt_threads_local=0,
+    lr_dtype=1,
+):
     """The Adam rule's kernel with its scalars by name (their order is the rule's declaration)."""
-    values = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, decoupled=decoupled, amsgrad=amsgrad,
-                  maximize=maximize, lr_dtype=lr_dtype)
-    _core.adam_step(table, [float(values[k]) for k in _core.rules["adam"]["scalars"]], inv_scale, store_grad,
-                    threads, sqrt_f32, sqrt_f64, sqrt_threads_local)
+    values = dict(
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=wd,
+        decoupled=decoupled,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        lr_dtype=lr_dtype,
+    )
+    _core.adam_step(
+        table,
+        [float(values[k]) for k in _core.rules["adam"]["scalars"]],
+        inv_scale,
+        store_grad,
+        threads,
+        sqrt_f32,
+        sqrt_f64,
+        sqrt_threads_local,
+    )
 
 
 class Kernel:
@@ -61,17 +94,55 @@ class Kernel:
         rows = []
         for i, p in enumerate(self.p):
             vm = self.vm[i].data_ptr() if amsgrad else 0
-            rows.append([p.data_ptr(), self.g[i].data_ptr(), self.m[i].data_ptr(), self.v[i].data_ptr(), vm,
-                         p.numel(), CODES[p.dtype], self.step[i].data_ptr(), sd])
+            rows.append(
+                [
+                    p.data_ptr(),
+                    self.g[i].data_ptr(),
+                    self.m[i].data_ptr(),
+                    self.v[i].data_ptr(),
+                    vm,
+                    p.numel(),
+                    CODES[p.dtype],
+                    self.step[i].data_ptr(),
+                    sd,
+                ]
+            )
         self.table = np.array(rows, dtype=np.int64).reshape(-1, _core.rules["adam"]["width"])
         self.amsgrad = amsgrad
 
-    def step_(self, grads, lr, beta1, *, beta2=0.999, eps=1e-8, wd=0.0, decoupled=False, maximize=False,
-              inv_scale=1.0, store_grad=False, threads=2, sqrt=SQRT):
+    def step_(
+        self,
+        grads,
+        lr,
+        beta1,
+        *,
+        beta2=0.999,
+        eps=1e-8,
+        wd=0.0,
+        decoupled=False,
+        maximize=False,
+        inv_scale=1.0,
+        store_grad=False,
+        threads=2,
+        sqrt=SQRT,
+    ):
         for mine, g in zip(self.g, grads):
             mine.copy_(g)
-        adam_step(self.table, lr, beta1, beta2, eps, wd, decoupled, self.amsgrad, maximize, inv_scale,
-                  store_grad, threads, *sqrt)
+        adam_step(
+            self.table,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            wd,
+            decoupled,
+            self.amsgrad,
+            maximize,
+            inv_scale,
+            store_grad,
+            threads,
+            *sqrt,
+        )
 
 
 def bits_equal(a, b) -> bool:
@@ -114,8 +185,9 @@ WD_MODES = [(0.0, False), (0.02, False), (0.0, True), (0.05, True)]
 @pytest.mark.parametrize("wd,decoupled", WD_MODES)
 @pytest.mark.parametrize("foreach", [False, True])
 def test_bit_identical_to_torch(dtype, amsgrad, maximize, wd, decoupled, foreach):
-    k, ref, opt = drive(dtype, LENGTHS, amsgrad=amsgrad, maximize=maximize, wd=wd, decoupled=decoupled,
-                        foreach=foreach, steps=200)
+    k, ref, opt = drive(
+        dtype, LENGTHS, amsgrad=amsgrad, maximize=maximize, wd=wd, decoupled=decoupled, foreach=foreach, steps=200
+    )
     assert_bits(k.p, [q.detach() for q in ref], "param")
     states = [opt.state[q] for q in ref]
     assert_bits(k.m, [s["exp_avg"] for s in states], "exp_avg")
@@ -130,8 +202,9 @@ def test_bit_identical_to_torch(dtype, amsgrad, maximize, wd, decoupled, foreach
 @pytest.mark.parametrize("eps", [1e-8, 1e-3, 0.0])
 def test_long_tensor_and_eps(dtype, eps):
     # 100003 elements: vector body, scalar tail, and torch's own intra-op chunking.
-    k, ref, _ = drive(dtype, [100003, 5], amsgrad=True, maximize=False, wd=0.01, decoupled=True, foreach=False,
-                      steps=40, eps=eps)
+    k, ref, _ = drive(
+        dtype, [100003, 5], amsgrad=True, maximize=False, wd=0.01, decoupled=True, foreach=False, steps=40, eps=eps
+    )
     assert_bits(k.p, [q.detach() for q in ref], "param")
 
 
@@ -198,22 +271,25 @@ def test_oracle_is_torch_with_torch_sqrt():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("amsgrad,maximize,wd,decoupled", [(False, False, 0.0, False), (True, True, 0.02, False),
-                                                           (True, False, 0.05, True)])
+@pytest.mark.parametrize(
+    "amsgrad,maximize,wd,decoupled", [(False, False, 0.0, False), (True, True, 0.02, False), (True, False, 0.05, True)]
+)
 def test_ieee_sqrt_path_matches_oracle(dtype, amsgrad, maximize, wd, decoupled):
     gen = torch.Generator().manual_seed(7)
     params = [torch.randn(n, generator=gen, dtype=dtype) for n in LENGTHS]
     k = Kernel(params, amsgrad)
-    ref = [(p.clone(), torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p) if amsgrad else None)
-           for p in params]
+    ref = [
+        (p.clone(), torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p) if amsgrad else None) for p in params
+    ]
     steps = [0] * len(params)
     for t in range(100):
         lr, beta1 = hyper(t)
         grads = [torch.randn(p.numel(), generator=gen, dtype=dtype) for p in params]
         k.step_(grads, lr, beta1, wd=wd, decoupled=decoupled, maximize=maximize, sqrt=(0, 0, 0))
         for i, ((p, m, v, vm), g) in enumerate(zip(ref, grads)):
-            steps[i] = torch_ops_step(p, g, m, v, vm, steps[i], lr, beta1, 0.999, 1e-8, wd, decoupled, maximize,
-                                      ieee_sqrt)
+            steps[i] = torch_ops_step(
+                p, g, m, v, vm, steps[i], lr, beta1, 0.999, 1e-8, wd, decoupled, maximize, ieee_sqrt
+            )
     assert_bits(k.p, [r[0] for r in ref], "param")
     assert_bits(k.v, [r[2] for r in ref], "exp_avg_sq")
 
@@ -244,8 +320,9 @@ def test_half_precision_against_float32_oracle(dtype, amsgrad, wd, decoupled):
     lengths = [1, 15, 17, 1000]
     params = [torch.randn(n, generator=gen).to(dtype) for n in lengths]
     k = Kernel(params, amsgrad)
-    state = [[p.clone(), torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p) if amsgrad else None]
-             for p in params]
+    state = [
+        [p.clone(), torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p) if amsgrad else None] for p in params
+    ]
     steps = [0] * len(params)
     for t in range(60):
         lr, beta1 = hyper(t)
@@ -254,8 +331,9 @@ def test_half_precision_against_float32_oracle(dtype, amsgrad, wd, decoupled):
         for i, g in enumerate(grads):
             p32, m32, v32 = (x.float() for x in state[i][:3])
             vm32 = state[i][3].float() if amsgrad else None
-            steps[i] = torch_ops_step(p32, g.float(), m32, v32, vm32, steps[i], lr, beta1, 0.999, 1e-8, wd,
-                                      decoupled, False, ieee_sqrt)
+            steps[i] = torch_ops_step(
+                p32, g.float(), m32, v32, vm32, steps[i], lr, beta1, 0.999, 1e-8, wd, decoupled, False, ieee_sqrt
+            )
             state[i] = [p32.to(dtype), m32.to(dtype), v32.to(dtype), vm32.to(dtype) if amsgrad else None]
     assert_bits(k.p, [s[0] for s in state], "param")
     assert_bits(k.m, [s[1] for s in state], "exp_avg")
@@ -280,8 +358,7 @@ def test_grad_scaler_unscales_and_stores_back():
             q.grad = g.clone()
         opt.param_groups[0].update(lr=lr, betas=(beta1, 0.999))
         opt.step()
-        k.step_([g * 1024.0 for g in grads], lr, beta1, wd=0.01, decoupled=True, inv_scale=1 / 1024,
-                store_grad=True)
+        k.step_([g * 1024.0 for g in grads], lr, beta1, wd=0.01, decoupled=True, inv_scale=1 / 1024, store_grad=True)
         assert_bits(k.g, grads, "unscaled grad")
     assert_bits(k.p, [q.detach() for q in ref], "param")
 
@@ -322,18 +399,21 @@ def _row(**kw):
     return np.array([list(base.values())], dtype=np.int64)
 
 
-@pytest.mark.parametrize("table,amsgrad,exc,match", [
-    (np.zeros((1, 8), dtype=np.int64), False, ValueError, "shape"),
-    (np.zeros((1, 9), dtype=np.float64), False, TypeError, "int64"),
-    (_row(dtype=4), False, ValueError, "dtype code"),
-    (_row(step_dtype=2), False, ValueError, "step dtype"),
-    (_row(n=-1), False, ValueError, "negative"),
-    (_row(step=0), False, ValueError, "null step"),
-    (_row(m=0), False, ValueError, "null exp_avg pointer"),
-    (_row(p=0), False, ValueError, "null pointer"),
-    (_row(), True, ValueError, "null max_exp_avg_sq pointer"),  # amsgrad without a max buffer
-    (np.asfortranarray(np.zeros((2, 9), dtype=np.int64)), False, ValueError, "contiguous"),
-])
+@pytest.mark.parametrize(
+    "table,amsgrad,exc,match",
+    [
+        (np.zeros((1, 8), dtype=np.int64), False, ValueError, "shape"),
+        (np.zeros((1, 9), dtype=np.float64), False, TypeError, "int64"),
+        (_row(dtype=4), False, ValueError, "dtype code"),
+        (_row(step_dtype=2), False, ValueError, "step dtype"),
+        (_row(n=-1), False, ValueError, "negative"),
+        (_row(step=0), False, ValueError, "null step"),
+        (_row(m=0), False, ValueError, "null exp_avg pointer"),
+        (_row(p=0), False, ValueError, "null pointer"),
+        (_row(), True, ValueError, "null max_exp_avg_sq pointer"),  # amsgrad without a max buffer
+        (np.asfortranarray(np.zeros((2, 9), dtype=np.int64)), False, ValueError, "contiguous"),
+    ],
+)
 def test_bad_tables_are_refused(table, amsgrad, exc, match):
     with pytest.raises(exc, match=match):
         adam_step(table, 1e-3, 0.9, 0.999, 1e-8, 0.0, True, amsgrad, False, 1.0, False, 1)
@@ -358,6 +438,17 @@ def test_segment_layout_is_the_rules():
     seed=st.integers(0, 2**31 - 1),
 )
 def test_random_tables_match_torch(lengths, dtype, amsgrad, maximize, wd, decoupled, eps, seed):
-    k, ref, _ = drive(dtype, lengths, amsgrad=amsgrad, maximize=maximize, wd=wd, decoupled=decoupled,
-                      foreach=False, steps=12, eps=eps, threads=1 + seed % 2, seed=seed)
+    k, ref, _ = drive(
+        dtype,
+        lengths,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        wd=wd,
+        decoupled=decoupled,
+        foreach=False,
+        steps=12,
+        eps=eps,
+        threads=1 + seed % 2,
+        seed=seed,
+    )
     assert_bits(k.p, [q.detach() for q in ref], "param")

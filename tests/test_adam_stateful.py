@@ -28,10 +28,15 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 class AdamMachine(RuleBasedStateMachine):
     @initialize(
-        decoupled=st.booleans(), scheduled=st.booleans(), flat=st.booleans(), amsgrad=st.booleans(),
-        maximize=st.booleans(), weight_decay=st.sampled_from([0.0, 1e-2, 0.3]),
-        dtype=st.sampled_from([torch.float32, torch.float64]), shapes=st.lists(
-            st.sampled_from([(3,), (2, 5), (7,), (1,)]), min_size=1, max_size=3), seed=st.integers(0, 2**16),
+        decoupled=st.booleans(),
+        scheduled=st.booleans(),
+        flat=st.booleans(),
+        amsgrad=st.booleans(),
+        maximize=st.booleans(),
+        weight_decay=st.sampled_from([0.0, 1e-2, 0.3]),
+        dtype=st.sampled_from([torch.float32, torch.float64]),
+        shapes=st.lists(st.sampled_from([(3,), (2, 5), (7,), (1,)]), min_size=1, max_size=3),
+        seed=st.integers(0, 2**16),
         fused_unscale=st.booleans(),
     )
     def setup(self, decoupled, scheduled, flat, amsgrad, maximize, weight_decay, dtype, shapes, seed, fused_unscale):
@@ -47,8 +52,13 @@ class AdamMachine(RuleBasedStateMachine):
         self.opt = self.cls(self.a, schedule, lr=None if scheduled else BASE, **self.kw)
         self.opt.fused_unscale = fused_unscale
         self.ref = tcls(self.b, lr=BASE, foreach=False, **kw)
-        self.sched = (torch.optim.lr_scheduler.CyclicLR(self.ref, BASE, TOP, step_size_up=UP, step_size_down=DOWN,
-                                                        cycle_momentum=True, **MOMENTA) if scheduled else None)
+        self.sched = (
+            torch.optim.lr_scheduler.CyclicLR(
+                self.ref, BASE, TOP, step_size_up=UP, step_size_down=DOWN, cycle_momentum=True, **MOMENTA
+            )
+            if scheduled
+            else None
+        )
         self.scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=2) for _ in range(2)]
         for s in self.scalers:
             s.scale(torch.ones(()))
@@ -58,8 +68,10 @@ class AdamMachine(RuleBasedStateMachine):
         present = data.draw(st.lists(st.booleans(), min_size=len(self.a), max_size=len(self.a)), label=label)
         gen = torch.Generator().manual_seed(self.seed + 7919 * self.t)
         self.t += 1
-        grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(self.dtype) if keep else None
-                 for p, keep in zip(self.a, present)]
+        grads = [
+            torch.randn(p.shape, generator=gen, dtype=torch.float64).to(self.dtype) if keep else None
+            for p, keep in zip(self.a, present)
+        ]
         return grads if any(g is not None for g in grads) else None
 
     def _set(self, grads, scale=1.0):
@@ -119,8 +131,7 @@ class AdamMachine(RuleBasedStateMachine):
         a = [torch.nn.Parameter(p.detach().clone()) for p in self.a]
         for p, q in zip(a, self.a):
             p.grad = None if q.grad is None else q.grad.clone()
-        opt = self.cls(a, clr.Constant(1.0) if self.scheduled else None, lr=None if self.scheduled else 1.0,
-                       **self.kw)
+        opt = self.cls(a, clr.Constant(1.0) if self.scheduled else None, lr=None if self.scheduled else 1.0, **self.kw)
         schedule = self.opt.param_groups[0]["schedule"]
         opt.load_state_dict(saved)
         if how == "torch state_dict":  # torch's groups carry no schedule or clock: give them this run's
@@ -146,6 +157,7 @@ class AdamMachine(RuleBasedStateMachine):
         assert cg["lr"] == tg["lr"] and tuple(cg["betas"]) == tuple(tg["betas"])
 
 
-AdamMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
-                                         suppress_health_check=[HealthCheck.too_slow])
+AdamMachine.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestAdamMachine = AdamMachine.TestCase

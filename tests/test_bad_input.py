@@ -96,8 +96,11 @@ CONSTRUCTOR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("make,key,value,exc,pattern", CONSTRUCTOR_CASES,
-                         ids=[f"{m.__name__[3:]}-{k}={v!r}" for m, k, v, _, _ in CONSTRUCTOR_CASES])
+@pytest.mark.parametrize(
+    "make,key,value,exc,pattern",
+    CONSTRUCTOR_CASES,
+    ids=[f"{m.__name__[3:]}-{k}={v!r}" for m, k, v, _, _ in CONSTRUCTOR_CASES],
+)
 def test_constructor_rejects(make, key, value, exc, pattern):
     with pytest.raises(exc, match=pattern):
         make(**{key: value})
@@ -314,18 +317,37 @@ def test_errors_leave_the_schedule_usable():
 # where an endless schedule's values grow past a double (a scale or peak that grows with the
 # step) lr(t) raises OverflowError naming the step. Arguments are drawn at the extremes.
 HUGE = 1.7976931348623157e308
-EDGES = [0.0, 5e-324, 2.2250738585072014e-308, 1e-300, 1e-8, 0.5, 1.0, 1.0 + 2**-52, 2.0, 3.0, 1e8, 2.0**53,
-         1e300, HUGE / 4, HUGE / 2, HUGE]
+EDGES = [
+    0.0,
+    5e-324,
+    2.2250738585072014e-308,
+    1e-300,
+    1e-8,
+    0.5,
+    1.0,
+    1.0 + 2**-52,
+    2.0,
+    3.0,
+    1e8,
+    2.0**53,
+    1e300,
+    HUGE / 4,
+    HUGE / 2,
+    HUGE,
+]
 
 
 def reals(lo=0.0, hi=HUGE, open_lo=False):
     def ok(x):
         return lo <= x <= hi and not (open_lo and x == lo)
-    return st.one_of(st.sampled_from([x for x in EDGES if ok(x)]),
-                     st.floats(lo, hi, exclude_min=open_lo),
-                     st.floats(max(lo, HUGE * (1 - 2**-20)), hi) if hi == HUGE else st.just(hi),
-                     st.floats(lo, min(hi, 10.0), exclude_min=open_lo),
-                     st.floats(max(lo, HUGE / 4), hi, exclude_min=open_lo) if hi > HUGE / 4 else st.just(hi))
+
+    return st.one_of(
+        st.sampled_from([x for x in EDGES if ok(x)]),
+        st.floats(lo, hi, exclude_min=open_lo),
+        st.floats(max(lo, HUGE * (1 - 2**-20)), hi) if hi == HUGE else st.just(hi),
+        st.floats(lo, min(hi, 10.0), exclude_min=open_lo),
+        st.floats(max(lo, HUGE / 4), hi, exclude_min=open_lo) if hi > HUGE / 4 else st.just(hi),
+    )
 
 
 def ints(lo=0, hi=2**63 - 1):
@@ -334,9 +356,13 @@ def ints(lo=0, hi=2**63 - 1):
 
 
 COUNTS = st.one_of(ints(0, 2**53), reals(0.0, 2.0**53))
-SCALE_VALUES = st.one_of(st.none(), st.just(scales.Flat()), st.just(scales.Halving()),
-                         st.builds(scales.ExpRange, reals(open_lo=True)),
-                         st.builds(scales.Geometric, reals(open_lo=True)))
+SCALE_VALUES = st.one_of(
+    st.none(),
+    st.just(scales.Flat()),
+    st.just(scales.Halving()),
+    st.builds(scales.ExpRange, reals(open_lo=True)),
+    st.builds(scales.Geometric, reals(open_lo=True)),
+)
 RAMPS = st.sampled_from(["linear", "cosine", "1-sqrt"])
 POSITIVE = reals(open_lo=True)
 
@@ -348,51 +374,92 @@ def schedules_of(cls, required: dict, optional: dict):
 
 
 EXTREME = {
-    "Cyclic": schedules_of(clr.Cyclic, {"base_lr": reals(), "max_lr": reals()}, {
-        "step_size_up": POSITIVE, "step_size_down": st.none() | reals(),
-        "mode": st.sampled_from(["triangular", "triangular2", "exp_range"]), "gamma": POSITIVE,
-        "scale_mode": st.sampled_from([None, "cycle", "iterations"]),
-        "window": st.sampled_from(["triangular", "welch", "hann"]), "base_momentum": reals(),
-        "max_momentum": reals(), "scale_fn": SCALE_VALUES}),
-    "OneCycle": schedules_of(clr.OneCycle, {"max_lr": reals(), "total_steps": ints(1)}, {
-        "pct_start": reals(0.0, 1.0), "anneal": st.sampled_from(["cos", "linear"]), "three_phase": st.booleans(),
-        "div_factor": POSITIVE, "final_div_factor": POSITIVE, "base_momentum": reals(), "max_momentum": reals(),
-        "cycle_momentum": st.booleans()}),
-    "CosineRestarts": schedules_of(clr.CosineRestarts, {"base_lr": reals(), "T_0": ints(1)}, {
-        "T_mult": reals(1.0), "eta_min": reals(), "peak_decay": POSITIVE,
-        "warmup_steps": st.one_of(ints(0, 10), ints(0))}),
+    "Cyclic": schedules_of(
+        clr.Cyclic,
+        {"base_lr": reals(), "max_lr": reals()},
+        {
+            "step_size_up": POSITIVE,
+            "step_size_down": st.none() | reals(),
+            "mode": st.sampled_from(["triangular", "triangular2", "exp_range"]),
+            "gamma": POSITIVE,
+            "scale_mode": st.sampled_from([None, "cycle", "iterations"]),
+            "window": st.sampled_from(["triangular", "welch", "hann"]),
+            "base_momentum": reals(),
+            "max_momentum": reals(),
+            "scale_fn": SCALE_VALUES,
+        },
+    ),
+    "OneCycle": schedules_of(
+        clr.OneCycle,
+        {"max_lr": reals(), "total_steps": ints(1)},
+        {
+            "pct_start": reals(0.0, 1.0),
+            "anneal": st.sampled_from(["cos", "linear"]),
+            "three_phase": st.booleans(),
+            "div_factor": POSITIVE,
+            "final_div_factor": POSITIVE,
+            "base_momentum": reals(),
+            "max_momentum": reals(),
+            "cycle_momentum": st.booleans(),
+        },
+    ),
+    "CosineRestarts": schedules_of(
+        clr.CosineRestarts,
+        {"base_lr": reals(), "T_0": ints(1)},
+        {
+            "T_mult": reals(1.0),
+            "eta_min": reals(),
+            "peak_decay": POSITIVE,
+            "warmup_steps": st.one_of(ints(0, 10), ints(0)),
+        },
+    ),
     "Warmup": schedules_of(clr.Warmup, {"start_lr": reals(), "end_lr": reals(), "warmup_steps": ints(1)}, {}),
     "Constant": schedules_of(clr.Constant, {"lr_value": reals()}, {}),
-    "RangeSweep": schedules_of(clr.RangeSweep, {"start_lr": reals(), "end_lr": reals(), "num_steps": ints(1)},
-                               {"mode": st.sampled_from(["exp", "linear"])}),
-    "WarmupStableDecay": schedules_of(clr.WarmupStableDecay, {
-        "peak_lr": reals(), "warmup_steps": COUNTS, "stable_steps": COUNTS, "decay_steps": COUNTS}, {
-        "warmup_type": RAMPS, "decay_type": RAMPS, "min_lr_ratio": reals(0.0, 1.0), "num_cycles": reals(0.0, 2.0**53)}),
-    "WarmupLinear": schedules_of(clr.WarmupLinear, {"peak_lr": reals(), "warmup_steps": COUNTS,
-                                                    "total_steps": COUNTS}, {}),
-    "WarmupCosine": schedules_of(clr.WarmupCosine, {"peak_lr": reals(), "warmup_steps": COUNTS,
-                                                    "total_steps": COUNTS}, {
-        "num_cycles": reals(0.0, 2.0**53), "min_lr": reals(), "min_lr_rate": reals(0.0, 1.0)}),
-    "CosineHardRestarts": schedules_of(clr.CosineHardRestarts, {"peak_lr": reals(), "warmup_steps": COUNTS,
-                                                                "total_steps": COUNTS}, {
-        "num_cycles": reals(0.0, 2.0**53)}),
-    "PolynomialDecay": schedules_of(clr.PolynomialDecay, {"peak_lr": reals(), "warmup_steps": COUNTS,
-                                                          "total_steps": COUNTS}, {
-        "lr_end": reals(), "power": reals(), "lr_init": reals()}),
-    "InverseSqrt": schedules_of(clr.InverseSqrt, {"peak_lr": reals(), "warmup_steps": COUNTS}, {
-        "timescale": reals(0.0, 2.0**53, open_lo=True)}),
+    "RangeSweep": schedules_of(
+        clr.RangeSweep,
+        {"start_lr": reals(), "end_lr": reals(), "num_steps": ints(1)},
+        {"mode": st.sampled_from(["exp", "linear"])},
+    ),
+    "WarmupStableDecay": schedules_of(
+        clr.WarmupStableDecay,
+        {"peak_lr": reals(), "warmup_steps": COUNTS, "stable_steps": COUNTS, "decay_steps": COUNTS},
+        {"warmup_type": RAMPS, "decay_type": RAMPS, "min_lr_ratio": reals(0.0, 1.0), "num_cycles": reals(0.0, 2.0**53)},
+    ),
+    "WarmupLinear": schedules_of(
+        clr.WarmupLinear, {"peak_lr": reals(), "warmup_steps": COUNTS, "total_steps": COUNTS}, {}
+    ),
+    "WarmupCosine": schedules_of(
+        clr.WarmupCosine,
+        {"peak_lr": reals(), "warmup_steps": COUNTS, "total_steps": COUNTS},
+        {"num_cycles": reals(0.0, 2.0**53), "min_lr": reals(), "min_lr_rate": reals(0.0, 1.0)},
+    ),
+    "CosineHardRestarts": schedules_of(
+        clr.CosineHardRestarts,
+        {"peak_lr": reals(), "warmup_steps": COUNTS, "total_steps": COUNTS},
+        {"num_cycles": reals(0.0, 2.0**53)},
+    ),
+    "PolynomialDecay": schedules_of(
+        clr.PolynomialDecay,
+        {"peak_lr": reals(), "warmup_steps": COUNTS, "total_steps": COUNTS},
+        {"lr_end": reals(), "power": reals(), "lr_init": reals()},
+    ),
+    "InverseSqrt": schedules_of(
+        clr.InverseSqrt, {"peak_lr": reals(), "warmup_steps": COUNTS}, {"timescale": reals(0.0, 2.0**53, open_lo=True)}
+    ),
 }
 assert set(EXTREME) | {"Join"} == set(clr.schedules._TYPES)  # every schedule type is drawn
 
 
 def accepted(strategy):
     """The schedule the strategy builds, or None when its constructor refuses the arguments."""
+
     @st.composite
     def draw_one(draw):
         try:
             return draw(strategy)
         except (ValueError, OverflowError):  # any other exception fails the test
             return None
+
     return draw_one()
 
 
@@ -468,22 +535,57 @@ def test_extreme_arguments_give_finite_values_or_a_refusal(name, data):
 
 # Values a few ulps from the largest double, where a last rounding may step past it: each
 # argument near the top, or a quarter of the way down (a difference that rounds).
-TOP = st.one_of(st.just(HUGE), st.floats(HUGE * (1 - 2**-20), HUGE),
-                st.builds(lambda e, m: math.ldexp(1 + m * 2**-52, e), st.sampled_from([1022, 1023]),
-                          st.integers(0, 2**52 - 1)))
+TOP = st.one_of(
+    st.just(HUGE),
+    st.floats(HUGE * (1 - 2**-20), HUGE),
+    st.builds(lambda e, m: math.ldexp(1 + m * 2**-52, e), st.sampled_from([1022, 1023]), st.integers(0, 2**52 - 1)),
+)
 LONG = st.sampled_from([3, 10, 82, 1000, 2**53 - 1, 2**53, 2**53 + 2, 2**62])
 NEAR_THE_TOP = {
     "RangeSweep": st.builds(clr.RangeSweep, TOP, TOP, LONG, st.sampled_from(["exp", "linear"])),
     "Warmup": st.builds(clr.Warmup, TOP, TOP, LONG),
-    "OneCycle": st.builds(clr.OneCycle, TOP, st.sampled_from([3, 10, 82, 1000]), st.sampled_from([0.3, 0.5, 1.0]),
-                          st.sampled_from(["cos", "linear"]), st.booleans(), st.sampled_from([1.0, 1.5, 2.0, 3.0]),
-                          st.sampled_from([1.0, 0.5, 2.0]), TOP, TOP),
-    "Cyclic": st.builds(clr.Cyclic, TOP, TOP, st.sampled_from([1, 2.5, 10]), st.none(), st.just("triangular"),
-                        st.just(1.0), st.none(), st.sampled_from(["triangular", "welch", "hann"]), TOP, TOP),
-    "CosineRestarts": st.builds(clr.CosineRestarts, TOP, st.sampled_from([1, 10]), st.sampled_from([1, 1.5, 2]),
-                                TOP, st.sampled_from([1.0, 0.5, 2.0])),
-    "PolynomialDecay": st.builds(clr.PolynomialDecay, reals(0.0, HUGE / 2), st.sampled_from([0, 1, 4]),
-                                 st.sampled_from([5, 82, 1000, 2**53]), TOP, reals(), TOP),
+    "OneCycle": st.builds(
+        clr.OneCycle,
+        TOP,
+        st.sampled_from([3, 10, 82, 1000]),
+        st.sampled_from([0.3, 0.5, 1.0]),
+        st.sampled_from(["cos", "linear"]),
+        st.booleans(),
+        st.sampled_from([1.0, 1.5, 2.0, 3.0]),
+        st.sampled_from([1.0, 0.5, 2.0]),
+        TOP,
+        TOP,
+    ),
+    "Cyclic": st.builds(
+        clr.Cyclic,
+        TOP,
+        TOP,
+        st.sampled_from([1, 2.5, 10]),
+        st.none(),
+        st.just("triangular"),
+        st.just(1.0),
+        st.none(),
+        st.sampled_from(["triangular", "welch", "hann"]),
+        TOP,
+        TOP,
+    ),
+    "CosineRestarts": st.builds(
+        clr.CosineRestarts,
+        TOP,
+        st.sampled_from([1, 10]),
+        st.sampled_from([1, 1.5, 2]),
+        TOP,
+        st.sampled_from([1.0, 0.5, 2.0]),
+    ),
+    "PolynomialDecay": st.builds(
+        clr.PolynomialDecay,
+        reals(0.0, HUGE / 2),
+        st.sampled_from([0, 1, 4]),
+        st.sampled_from([5, 82, 1000, 2**53]),
+        TOP,
+        reals(),
+        TOP,
+    ),
 }
 
 
@@ -496,21 +598,45 @@ def test_arguments_next_to_the_largest_double_give_finite_values_or_a_refusal(na
         assert_finite_or_refused(s, steps_to_check(s, []))
 
 
-@pytest.mark.parametrize("make, exc, pattern", [
-    (lambda: clr.CosineRestarts(0.1, T_0=10, eta_min=1e308), OverflowError, r"base_lr=0\.1, eta_min=1e\+308"),
-    (lambda: clr.CosineRestarts(1e308, T_0=10), OverflowError, r"base_lr=1e\+308"),
-    (lambda: clr.InverseSqrt(0.1, 1, timescale=5e-324), OverflowError, r"timescale=5e-324.*warmup_steps=1"),
-    (lambda: clr.InverseSqrt(0.0, 10, timescale=1e-300), OverflowError, r"timescale=1e-300.*warmup_steps=10"),
-    (lambda: clr.RangeSweep(1.5391766598901987e308, HUGE, 2**53 + 2), OverflowError,
-     r"start_lr=1\.539.*end_lr=1\.797"),
-    (lambda: clr.OneCycle(1.7546484487626033e308, 82, pct_start=1.0, anneal="linear", three_phase=True,
-                          div_factor=1.632040684441759, final_div_factor=3.329620091439023), OverflowError,
-     r"max_lr=1\.75.*div_factor=1\.63"),
-    (lambda: clr.OneCycle(1.0, 82, base_momentum=HUGE, max_momentum=7.4e307), OverflowError,
-     r"base_momentum=1\.797.*max_momentum=7\.4e\+307"),
-    (lambda: clr.PolynomialDecay(7.24361270476289e307, 0, 47, lr_end=7.473404807626024e307, power=1.5632739584864164,
-                                 lr_init=HUGE), OverflowError, r"lr_init\*2 overflows a double: lr_init=1\.797"),
-])
+@pytest.mark.parametrize(
+    "make, exc, pattern",
+    [
+        (lambda: clr.CosineRestarts(0.1, T_0=10, eta_min=1e308), OverflowError, r"base_lr=0\.1, eta_min=1e\+308"),
+        (lambda: clr.CosineRestarts(1e308, T_0=10), OverflowError, r"base_lr=1e\+308"),
+        (lambda: clr.InverseSqrt(0.1, 1, timescale=5e-324), OverflowError, r"timescale=5e-324.*warmup_steps=1"),
+        (lambda: clr.InverseSqrt(0.0, 10, timescale=1e-300), OverflowError, r"timescale=1e-300.*warmup_steps=10"),
+        (
+            lambda: clr.RangeSweep(1.5391766598901987e308, HUGE, 2**53 + 2),
+            OverflowError,
+            r"start_lr=1\.539.*end_lr=1\.797",
+        ),
+        (
+            lambda: clr.OneCycle(
+                1.7546484487626033e308,
+                82,
+                pct_start=1.0,
+                anneal="linear",
+                three_phase=True,
+                div_factor=1.632040684441759,
+                final_div_factor=3.329620091439023,
+            ),
+            OverflowError,
+            r"max_lr=1\.75.*div_factor=1\.63",
+        ),
+        (
+            lambda: clr.OneCycle(1.0, 82, base_momentum=HUGE, max_momentum=7.4e307),
+            OverflowError,
+            r"base_momentum=1\.797.*max_momentum=7\.4e\+307",
+        ),
+        (
+            lambda: clr.PolynomialDecay(
+                7.24361270476289e307, 0, 47, lr_end=7.473404807626024e307, power=1.5632739584864164, lr_init=HUGE
+            ),
+            OverflowError,
+            r"lr_init\*2 overflows a double: lr_init=1\.797",
+        ),
+    ],
+)
 def test_extremes_that_once_gave_inf_or_nan_are_refused(make, exc, pattern):
     with pytest.raises(exc, match=pattern):
         make()

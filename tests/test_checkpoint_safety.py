@@ -109,8 +109,10 @@ def opcodes(pkl: bytes) -> set:
 
 
 def optimizer_state(sched) -> dict:
-    return {"state": {0: {"momentum_buffer": None}},
-            "param_groups": [{"lr": 0.1, "momentum": 0.9, "schedule": sched, "params": [0]}]}
+    return {
+        "state": {0: {"momentum_buffer": None}},
+        "param_groups": [{"lr": 0.1, "momentum": 0.9, "schedule": sched, "params": [0]}],
+    }
 
 
 # ------------------------------------------------------------- legit round trips
@@ -203,10 +205,16 @@ TAMPERED = [
     (stream(glob(clr.Cyclic), frag(()), NEWOBJ), TypeError, r"missing 2 required.*'base_lr' and 'max_lr'"),
     (stream(glob(clr.Constant), frag(()), NEWOBJ), TypeError, r"lr_value"),
     # NEWOBJ + BUILD: a state set directly is refused, whatever it holds
-    (stream(glob(clr.Cyclic), frag(CYC_ARGS), NEWOBJ, frag({"base_lr": -5.0, "max_lr": NAN}), BUILD),
-     TypeError, r"Cyclic is pickled as a call of its constructor.*'base_lr': -5\.0"),
-    (stream(glob(clr.Cyclic), frag(CYC_ARGS), NEWOBJ, frag({"base_lr": 1e-3, "max_lr": 6e-3, "extra": 1}), BUILD),
-     TypeError, r"no state to set.*'extra'"),
+    (
+        stream(glob(clr.Cyclic), frag(CYC_ARGS), NEWOBJ, frag({"base_lr": -5.0, "max_lr": NAN}), BUILD),
+        TypeError,
+        r"Cyclic is pickled as a call of its constructor.*'base_lr': -5\.0",
+    ),
+    (
+        stream(glob(clr.Cyclic), frag(CYC_ARGS), NEWOBJ, frag({"base_lr": 1e-3, "max_lr": 6e-3, "extra": 1}), BUILD),
+        TypeError,
+        r"no state to set.*'extra'",
+    ),
     (stream(glob(clr.Constant), frag((0.1,)), NEWOBJ, frag({}), BUILD), TypeError, r"Constant.*no state"),
     # BUILD after a valid REDUCE would change a built (and maybe hashed) value
     (stream(glob(clr.Cyclic), frag(CYC_ARGS), REDUCE, frag({"max_lr": 1e300}), BUILD), TypeError, r"max_lr.*1e\+300"),
@@ -215,27 +223,138 @@ TAMPERED = [
     (stream(glob(scales.ExpRange), frag((-0.5,)), REDUCE), ValueError, r"gamma.*-0\.5"),
     (stream(glob(scales.Geometric), frag((NAN,)), REDUCE), ValueError, r"ratio.*nan"),
     (stream(glob(scales.Geometric), frag((-2.0,)), NEWOBJ), ValueError, r"ratio.*-2\.0"),
-    (stream(glob(scales.ExpRange), frag(()), NEWOBJ, frag({"gamma": -1.0}), BUILD), TypeError,
-     r"ExpRange.*'gamma': -1\.0"),
+    (
+        stream(glob(scales.ExpRange), frag(()), NEWOBJ, frag({"gamma": -1.0}), BUILD),
+        TypeError,
+        r"ExpRange.*'gamma': -1\.0",
+    ),
     (stream(glob(scales.Flat), frag(()), NEWOBJ, frag({"gamma": 2.0}), BUILD), TypeError, r"Flat.*no state"),
     # a scale nested in a schedule
-    (stream(glob(clr.Cyclic), b"(", frag(0.01), frag(0.1), frag(10), frag(None), frag("triangular"), frag(1.0),
-            frag(None), frag("triangular"), frag(None), frag(None),
-            glob(scales.ExpRange), frag((-0.9,)), REDUCE, b"t", REDUCE), ValueError, r"gamma.*-0\.9"),
-    (stream(glob(clr.Cyclic), b"(", frag(0.01), frag(0.1), frag(10), frag(None), frag("triangular"), frag(1.0),
-            frag(None), frag("triangular"), frag(None), frag(None),
-            glob(scales.Geometric), frag(()), NEWOBJ, frag({"ratio": -3.0}), BUILD, b"t", REDUCE),
-     TypeError, r"Geometric.*'ratio': -3\.0"),
-    (stream(glob(clr.Cyclic), b"(", frag(0.01), frag(0.1), frag(10), frag(None), frag("triangular"), frag(1.0),
-            frag(None), frag("triangular"), frag(None), frag(None), frag("not a scale"), b"t", REDUCE),
-     TypeError, r"scale_fn.*'not a scale'"),
+    (
+        stream(
+            glob(clr.Cyclic),
+            b"(",
+            frag(0.01),
+            frag(0.1),
+            frag(10),
+            frag(None),
+            frag("triangular"),
+            frag(1.0),
+            frag(None),
+            frag("triangular"),
+            frag(None),
+            frag(None),
+            glob(scales.ExpRange),
+            frag((-0.9,)),
+            REDUCE,
+            b"t",
+            REDUCE,
+        ),
+        ValueError,
+        r"gamma.*-0\.9",
+    ),
+    (
+        stream(
+            glob(clr.Cyclic),
+            b"(",
+            frag(0.01),
+            frag(0.1),
+            frag(10),
+            frag(None),
+            frag("triangular"),
+            frag(1.0),
+            frag(None),
+            frag("triangular"),
+            frag(None),
+            frag(None),
+            glob(scales.Geometric),
+            frag(()),
+            NEWOBJ,
+            frag({"ratio": -3.0}),
+            BUILD,
+            b"t",
+            REDUCE,
+        ),
+        TypeError,
+        r"Geometric.*'ratio': -3\.0",
+    ),
+    (
+        stream(
+            glob(clr.Cyclic),
+            b"(",
+            frag(0.01),
+            frag(0.1),
+            frag(10),
+            frag(None),
+            frag("triangular"),
+            frag(1.0),
+            frag(None),
+            frag("triangular"),
+            frag(None),
+            frag(None),
+            frag("not a scale"),
+            b"t",
+            REDUCE,
+        ),
+        TypeError,
+        r"scale_fn.*'not a scale'",
+    ),
     # compositions: a tampered piece, a piece that is no schedule, tampered boundaries
-    (stream(glob(clr.Join), b"(", b"(", glob(clr.Constant), frag((0.1,)), REDUCE,
-            glob(clr.Constant), frag((-0.2,)), REDUCE, b"t", frag((5,)), b"t", REDUCE), ValueError, r"lr.*-0\.2"),
-    (stream(glob(clr.Join), b"(", b"(", glob(clr.Constant), frag((0.1,)), REDUCE, frag(0.2), b"t", frag((5,)),
-            b"t", REDUCE), TypeError, r"schedules\[1\].*0\.2"),
-    (stream(glob(clr.Join), b"(", b"(", glob(clr.Constant), frag((0.1,)), REDUCE,
-            glob(clr.Constant), frag((0.2,)), REDUCE, b"t", frag((-5,)), b"t", REDUCE), ValueError, r"boundaries.*-5"),
+    (
+        stream(
+            glob(clr.Join),
+            b"(",
+            b"(",
+            glob(clr.Constant),
+            frag((0.1,)),
+            REDUCE,
+            glob(clr.Constant),
+            frag((-0.2,)),
+            REDUCE,
+            b"t",
+            frag((5,)),
+            b"t",
+            REDUCE,
+        ),
+        ValueError,
+        r"lr.*-0\.2",
+    ),
+    (
+        stream(
+            glob(clr.Join),
+            b"(",
+            b"(",
+            glob(clr.Constant),
+            frag((0.1,)),
+            REDUCE,
+            frag(0.2),
+            b"t",
+            frag((5,)),
+            b"t",
+            REDUCE,
+        ),
+        TypeError,
+        r"schedules\[1\].*0\.2",
+    ),
+    (
+        stream(
+            glob(clr.Join),
+            b"(",
+            b"(",
+            glob(clr.Constant),
+            frag((0.1,)),
+            REDUCE,
+            glob(clr.Constant),
+            frag((0.2,)),
+            REDUCE,
+            b"t",
+            frag((-5,)),
+            b"t",
+            REDUCE,
+        ),
+        ValueError,
+        r"boundaries.*-5",
+    ),
     (stream(glob(clr.Join), frag(()), NEWOBJ), TypeError, r"'schedules' and 'boundaries'"),
 ]
 
@@ -251,8 +370,7 @@ def test_tampered_streams_are_refused_when_loaded(load, pkl, exc, pattern):
 def test_tampered_streams_are_refused_inside_an_optimizer_state(pkl, exc, pattern):
     # {"param_groups": [{"lr": 0.1, "schedule": <the stream's object>}]}
     body = pkl[2:-1]
-    wrapped = stream(b"}(", frag("param_groups"), b"](}(", frag("lr"), frag(0.1), frag("schedule"), body,
-                     b"ueu")
+    wrapped = stream(b"}(", frag("param_groups"), b"](}(", frag("lr"), frag(0.1), frag("schedule"), body, b"ueu")
     assert set(opcodes(wrapped)) >= {"EMPTY_DICT", "EMPTY_LIST", "SETITEMS", "APPENDS"}
     for load in (pickle.loads, torch_load):
         with pytest.raises(exc, match=pattern):
@@ -272,8 +390,16 @@ def test_base_classes_are_never_instances(cls):
 
 def test_torch_rebuild_from_type_cannot_set_a_state():
     # an allowed torch helper that calls a constructor and then __setstate__
-    pkl = stream(glob(torch._tensor._rebuild_from_type_v2), b"(", glob(clr.Constant), glob(clr.Constant),
-                 frag((0.1,)), frag({"lr_value": -1.0}), b"t", REDUCE)
+    pkl = stream(
+        glob(torch._tensor._rebuild_from_type_v2),
+        b"(",
+        glob(clr.Constant),
+        glob(clr.Constant),
+        frag((0.1,)),
+        frag({"lr_value": -1.0}),
+        b"t",
+        REDUCE,
+    )
     for load in (pickle.loads, torch_load):
         with pytest.raises(TypeError, match=r"Constant.*'lr_value': -1\.0"):
             load(pkl)
@@ -292,15 +418,22 @@ def with_float(pkl: bytes, old: float, new: float) -> bytes:
     return pkl.replace(needle, b"G" + struct.pack(">d", new))
 
 
-@pytest.mark.parametrize("sched, old, new, pattern", [
-    (clr.Cyclic(1e-3, 6e-3, 2000), 1e-3, -5.0, r"base_lr.*-5\.0"),
-    (clr.Cyclic(1e-3, 6e-3, 2000), 6e-3, NAN, r"max_lr.*nan"),
-    (clr.Cyclic(1e-3, 6e-3, 2000, scale_fn=scales.ExpRange(0.999)), 0.999, -0.999, r"gamma.*-0\.999"),
-    (clr.Cyclic(1e-3, 6e-3, 2000, scale_fn=scales.Geometric(0.7)), 0.7, NAN, r"ratio.*nan"),
-    (clr.Join([clr.Warmup(0.0, 0.1, 500), clr.CosineRestarts(0.1, 1000, eta_min=1e-4)], [500]), 1e-4, 1e308,
-     r"eta_min=1e\+308"),
-    (clr.OneCycle(0.1, 1000, div_factor=25.0), 25.0, 1e-320, r"div_factor"),
-])
+@pytest.mark.parametrize(
+    "sched, old, new, pattern",
+    [
+        (clr.Cyclic(1e-3, 6e-3, 2000), 1e-3, -5.0, r"base_lr.*-5\.0"),
+        (clr.Cyclic(1e-3, 6e-3, 2000), 6e-3, NAN, r"max_lr.*nan"),
+        (clr.Cyclic(1e-3, 6e-3, 2000, scale_fn=scales.ExpRange(0.999)), 0.999, -0.999, r"gamma.*-0\.999"),
+        (clr.Cyclic(1e-3, 6e-3, 2000, scale_fn=scales.Geometric(0.7)), 0.7, NAN, r"ratio.*nan"),
+        (
+            clr.Join([clr.Warmup(0.0, 0.1, 500), clr.CosineRestarts(0.1, 1000, eta_min=1e-4)], [500]),
+            1e-4,
+            1e308,
+            r"eta_min=1e\+308",
+        ),
+        (clr.OneCycle(0.1, 1000, div_factor=25.0), 25.0, 1e-320, r"div_factor"),
+    ],
+)
 def test_a_byte_tampered_torch_checkpoint_is_refused(sched, old, new, pattern):
     pkl = data_pkl(saved_checkpoint(sched))
     assert torch_load(pkl)["param_groups"][0]["schedule"] == sched  # the untampered data loads
@@ -350,8 +483,10 @@ def fields_of(obj) -> dict:
 
 @pytest.mark.parametrize("s", EXAMPLES + SCALES, ids=IDS + [repr(sc) for sc in SCALES])
 def test_the_state_path_is_refused_for_every_schedule_and_scale(s):
-    for reduce, pattern in ((default_dataclass_pickling, "missing|pickled as a call of its constructor"),
-                            (newobj_with_arguments_then_state, "pickled as a call of its constructor")):
+    for reduce, pattern in (
+        (default_dataclass_pickling, "missing|pickled as a call of its constructor"),
+        (newobj_with_arguments_then_state, "pickled as a call of its constructor"),
+    ):
         pkl = hostile(optimizer_state(s), reduce)
         assert {"NEWOBJ", "BUILD"} <= opcodes(pkl)
         for load in (pickle.loads, torch_load):
@@ -366,8 +501,14 @@ def outcome(fn):
         return (type(e), str(e))
 
 
-JUNK = st.one_of(st.floats(), st.integers(-(2**70), 2**70), st.none(), st.booleans(), st.text(max_size=5),
-                 st.sampled_from([-0.0, -1.0, 5e-324, 1.7976931348623157e308, 2**63, -(2**63)]))
+JUNK = st.one_of(
+    st.floats(),
+    st.integers(-(2**70), 2**70),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=5),
+    st.sampled_from([-0.0, -1.0, 5e-324, 1.7976931348623157e308, 2**63, -(2**63)]),
+)
 
 
 @settings(max_examples=150, deadline=None)

@@ -32,22 +32,30 @@ def run(capsys, *argv):
 
 
 # ----------------------------------------------------------------------------- specs
-@pytest.mark.parametrize("text, expect", [
-    ("triangular base_lr=1e-3 max_lr=6e-3 step_size_up=2000", clr.Cyclic(1e-3, 6e-3, 2000)),
-    ("triangular2 base_lr=0.001 max_lr=0.006 step_size_up=500",
-     clr.Cyclic(1e-3, 6e-3, 500, mode="triangular2")),
-    ("exp_range base_lr=1e-3 max_lr=6e-3 step_size_up=50 gamma=0.999",
-     clr.Cyclic(1e-3, 6e-3, 50, mode="exp_range", gamma=0.999)),
-    ("cyclic base_lr=1e-3 max_lr=6e-3 mode=triangular2 window=hann base_momentum=0.8 max_momentum=0.9",
-     clr.Cyclic(1e-3, 6e-3, mode="triangular2", window="hann", base_momentum=0.8, max_momentum=0.9)),
-    ("onecycle max_lr=0.1 total_steps=1e4 three_phase=true anneal=linear",
-     clr.OneCycle(0.1, 10000, three_phase=True, anneal="linear")),
-    ("cosine base_lr=0.1 T_0=100 T_mult=2 eta_min=1e-4", clr.CosineRestarts(0.1, 100, T_mult=2, eta_min=1e-4)),
-    ("warmup start_lr=0 end_lr=0.1 warmup_steps=500", clr.Warmup(0, 0.1, 500)),
-    ("constant lr=0.05", clr.Constant(0.05)),
-    ("sweep start_lr=1e-7 end_lr=10 num_steps=100 mode=linear", clr.RangeSweep(1e-7, 10, 100, "linear")),
-    ("  TRIANGULAR   base_lr=1   max_lr=2 ", clr.Cyclic(1, 2)),
-])
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("triangular base_lr=1e-3 max_lr=6e-3 step_size_up=2000", clr.Cyclic(1e-3, 6e-3, 2000)),
+        ("triangular2 base_lr=0.001 max_lr=0.006 step_size_up=500", clr.Cyclic(1e-3, 6e-3, 500, mode="triangular2")),
+        (
+            "exp_range base_lr=1e-3 max_lr=6e-3 step_size_up=50 gamma=0.999",
+            clr.Cyclic(1e-3, 6e-3, 50, mode="exp_range", gamma=0.999),
+        ),
+        (
+            "cyclic base_lr=1e-3 max_lr=6e-3 mode=triangular2 window=hann base_momentum=0.8 max_momentum=0.9",
+            clr.Cyclic(1e-3, 6e-3, mode="triangular2", window="hann", base_momentum=0.8, max_momentum=0.9),
+        ),
+        (
+            "onecycle max_lr=0.1 total_steps=1e4 three_phase=true anneal=linear",
+            clr.OneCycle(0.1, 10000, three_phase=True, anneal="linear"),
+        ),
+        ("cosine base_lr=0.1 T_0=100 T_mult=2 eta_min=1e-4", clr.CosineRestarts(0.1, 100, T_mult=2, eta_min=1e-4)),
+        ("warmup start_lr=0 end_lr=0.1 warmup_steps=500", clr.Warmup(0, 0.1, 500)),
+        ("constant lr=0.05", clr.Constant(0.05)),
+        ("sweep start_lr=1e-7 end_lr=10 num_steps=100 mode=linear", clr.RangeSweep(1e-7, 10, 100, "linear")),
+        ("  TRIANGULAR   base_lr=1   max_lr=2 ", clr.Cyclic(1, 2)),
+    ],
+)
 def test_parse_spec(text, expect):
     got = parse_spec(text)
     assert got == expect and type(got) is type(expect)
@@ -62,18 +70,21 @@ def test_parse_value():
     assert parse_value("exp_range") == "exp_range"
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", "empty schedule spec"),
-    ("sgdr base_lr=1", "unknown policy 'sgdr'; choose one of: triangular, "),
-    ("triangular base_lr=1 max_lr=2 lr=3", "triangular has no parameter 'lr'; its parameters: base_lr, max_lr"),
-    ("triangular base_lr=1 max_lr", "expected key=value after the policy, got 'max_lr'"),
-    ("triangular base_lr=1", "triangular needs max_lr=..."),
-    ("onecycle", "onecycle needs max_lr=..., total_steps=..."),
-    ("triangular base_lr=1 max_lr=2 mode=exp_range", "triangular fixes mode='triangular'; use 'cyclic'"),
-    ("triangular base_lr=abc max_lr=2", "triangular: base_lr must be a real number, got 'abc'"),
-    ("onecycle max_lr=0.1 total_steps=10.5", "onecycle: total_steps must be an integer"),
-    ("cosine base_lr=0.1 T_0=0", "cosine: T_0 must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "empty schedule spec"),
+        ("sgdr base_lr=1", "unknown policy 'sgdr'; choose one of: triangular, "),
+        ("triangular base_lr=1 max_lr=2 lr=3", "triangular has no parameter 'lr'; its parameters: base_lr, max_lr"),
+        ("triangular base_lr=1 max_lr", "expected key=value after the policy, got 'max_lr'"),
+        ("triangular base_lr=1", "triangular needs max_lr=..."),
+        ("onecycle", "onecycle needs max_lr=..., total_steps=..."),
+        ("triangular base_lr=1 max_lr=2 mode=exp_range", "triangular fixes mode='triangular'; use 'cyclic'"),
+        ("triangular base_lr=abc max_lr=2", "triangular: base_lr must be a real number, got 'abc'"),
+        ("onecycle max_lr=0.1 total_steps=10.5", "onecycle: total_steps must be an integer"),
+        ("cosine base_lr=0.1 T_0=0", "cosine: T_0 must be >= 1, got 0"),
+    ],
+)
 def test_bad_specs(text, match):
     with pytest.raises(SpecError, match=match):
         parse_spec(text)
@@ -82,8 +93,7 @@ def test_bad_specs(text, match):
 
 # ----------------------------------------------------------------------------- table
 def test_table_csv_on_stdout_matches_an_independent_formula(capsys):
-    rc, out, err = run(capsys, "table", "triangular", "base_lr=0.1", "max_lr=1.0", "step_size_up=5",
-                       "--steps", "23")
+    rc, out, err = run(capsys, "table", "triangular", "base_lr=0.1", "max_lr=1.0", "step_size_up=5", "--steps", "23")
     assert rc == 0 and err == ""
     lines = out.strip().splitlines()
     assert lines[0] == "step,lr" and len(lines) == 24  # no momentum column without a momentum
@@ -146,8 +156,19 @@ def test_json_spec_from_to_dict(capsys, tmp_path):
 def test_plot_command_writes_a_png(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "lr.png"
-    rc, out, err = run(capsys, "plot", "triangular2", "base_lr=1e-3", "max_lr=6e-3", "step_size_up=200",
-                       "--steps", "1000", "-o", str(path), "--logy")
+    rc, out, err = run(
+        capsys,
+        "plot",
+        "triangular2",
+        "base_lr=1e-3",
+        "max_lr=6e-3",
+        "step_size_up=200",
+        "--steps",
+        "1000",
+        "-o",
+        str(path),
+        "--logy",
+    )
     assert rc == 0 and err == "" and str(path) in out
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bare = tmp_path / "lr"  # matplotlib adds .png: the message names the file written
@@ -156,28 +177,37 @@ def test_plot_command_writes_a_png(capsys, tmp_path):
 
 
 # ----------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("argv, match", [
-    (["table", "sgdr", "base_lr=1", "--steps", "3"], "unknown policy 'sgdr'"),
-    (["plot", "triangular", "base_lr=x", "max_lr=1", "--steps", "3"], "base_lr must be a real number"),
-    (["table", "onecycle", "max_lr=0.1", "total_steps=10", "--steps", "20"],
-     "--steps 20 runs past the schedule's last step 10"),
-    (["table", "constant", "lr=0.1", "--steps", "0"], "--steps must be >= 1"),
-    (["table", "constant", "lr=0.1", "--steps", "3", "-o", "out.txt"], "-o must name a .csv or .npy file"),
-    (["table", "constant", "lr=0.1", "--steps", "3", "-o", "no/such/dir/t.csv"], "does not exist"),
-    (["table", "no-such-file.json", "--steps", "3"], "cannot read schedule file 'no-such-file.json'"),
-    (["table", "constant", "lr=0.1"], "the following arguments are required: --steps"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["demo", "--iterations", "1"], "--iterations must be >="),
-    (["table", "constant", "lr=0.1", "--steps", str(2**62)], "--steps must be <= 2**53"),
-    (["table", "constant", "lr=0.1", "--steps", "2.5"], "whole number"),
-    (["table", "constant", "lr=0.1", "lr=0.2", "--steps", "3"], "lr is given twice"),
-    (["table", "onecycle", "max_lr=0.1", "total_steps=10", "three_phase=maybe", "--steps", "3"],
-     "three_phase must be True or False"),
-    (["table", "exp_range", "base_lr=1e-3", "max_lr=6e-3", "step_size_up=10", "gamma=2", "--steps", "2000"],
-     "no finite value at step 1024"),
-    (["table", "constant", "lr=0.1", "--steps", "3", "-o", "/proc/clrfast-no-such/x.csv"], "does not exist"),
-    (["plot", "constant", "lr=0.1", "--steps", "3", "-o", "x.weird"], "cannot write .weird files"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["table", "sgdr", "base_lr=1", "--steps", "3"], "unknown policy 'sgdr'"),
+        (["plot", "triangular", "base_lr=x", "max_lr=1", "--steps", "3"], "base_lr must be a real number"),
+        (
+            ["table", "onecycle", "max_lr=0.1", "total_steps=10", "--steps", "20"],
+            "--steps 20 runs past the schedule's last step 10",
+        ),
+        (["table", "constant", "lr=0.1", "--steps", "0"], "--steps must be >= 1"),
+        (["table", "constant", "lr=0.1", "--steps", "3", "-o", "out.txt"], "-o must name a .csv or .npy file"),
+        (["table", "constant", "lr=0.1", "--steps", "3", "-o", "no/such/dir/t.csv"], "does not exist"),
+        (["table", "no-such-file.json", "--steps", "3"], "cannot read schedule file 'no-such-file.json'"),
+        (["table", "constant", "lr=0.1"], "the following arguments are required: --steps"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["demo", "--iterations", "1"], "--iterations must be >="),
+        (["table", "constant", "lr=0.1", "--steps", str(2**62)], "--steps must be <= 2**53"),
+        (["table", "constant", "lr=0.1", "--steps", "2.5"], "whole number"),
+        (["table", "constant", "lr=0.1", "lr=0.2", "--steps", "3"], "lr is given twice"),
+        (
+            ["table", "onecycle", "max_lr=0.1", "total_steps=10", "three_phase=maybe", "--steps", "3"],
+            "three_phase must be True or False",
+        ),
+        (
+            ["table", "exp_range", "base_lr=1e-3", "max_lr=6e-3", "step_size_up=10", "gamma=2", "--steps", "2000"],
+            "no finite value at step 1024",
+        ),
+        (["table", "constant", "lr=0.1", "--steps", "3", "-o", "/proc/clrfast-no-such/x.csv"], "does not exist"),
+        (["plot", "constant", "lr=0.1", "--steps", "3", "-o", "x.weird"], "cannot write .weird files"),
+    ],
+)
 def test_errors_are_one_line_and_exit_2(capsys, argv, match):
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and out == ""
@@ -226,8 +256,10 @@ def test_a_folder_no_file_can_be_made_in_is_not_called_full(capsys):
     # /proc reports 0 bytes free; what stops the write is that it holds no files.
     rc, out, err = run(capsys, *TO_FILE["npy"], "-o", "/proc/clrfast-test.npy")
     assert (rc, out) == (2, "")
-    assert err == (f"clrfast: error: -o '/proc/clrfast-test.npy': cannot create a file in folder '/proc' "
-                   f"({os.strerror(errno.ENOENT)})\n")
+    assert err == (
+        f"clrfast: error: -o '/proc/clrfast-test.npy': cannot create a file in folder '/proc' "
+        f"({os.strerror(errno.ENOENT)})\n"
+    )
 
 
 def _without_root():
@@ -259,14 +291,24 @@ def test_read_only_folder_and_file_are_reported_as_permission_errors(tmp_path):
     try:
         for ext, argv in TO_FILE.items():
             path = folder / f"x.{ext}"
-            proc = subprocess.run([*prefix, sys.executable, "-m", "clrfast", *argv, "-o", str(path)],
-                                  capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(
+                [*prefix, sys.executable, "-m", "clrfast", *argv, "-o", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
-            assert proc.stderr == (f"clrfast: error: -o {str(path)!r}: cannot create a file in folder "
-                                   f"{str(folder)!r} ({os.strerror(errno.EACCES)})\n")
+            assert proc.stderr == (
+                f"clrfast: error: -o {str(path)!r}: cannot create a file in folder "
+                f"{str(folder)!r} ({os.strerror(errno.EACCES)})\n"
+            )
             path = ro_file / f"x.{ext}"
-            proc = subprocess.run([*prefix, sys.executable, "-m", "clrfast", *argv, "-o", str(path)],
-                                  capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(
+                [*prefix, sys.executable, "-m", "clrfast", *argv, "-o", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
             assert proc.stderr == f"clrfast: error: -o {str(path)!r}: cannot write it ({os.strerror(errno.EACCES)})\n"
             assert path.read_text() == "keep"
@@ -285,8 +327,9 @@ def test_a_closed_stdout_ends_quietly_with_status_141():
     assert proc.wait(timeout=120) == 141 and err == b""
     if shutil.which("bash") and shutil.which("head"):
         line = " ".join(map(shlex.quote, cmd))
-        sh = subprocess.run(["bash", "-c", f"set -o pipefail; {line} | head -n 3"], capture_output=True, text=True,
-                            timeout=120)
+        sh = subprocess.run(
+            ["bash", "-c", f"set -o pipefail; {line} | head -n 3"], capture_output=True, text=True, timeout=120
+        )
         assert (sh.returncode, sh.stdout, sh.stderr) == (141, "step,lr\n0,0.1\n1,0.1\n", "")
 
 
@@ -309,8 +352,11 @@ def test_a_title_matplotlib_cannot_draw_is_a_usage_error(capsys, tmp_path):
     for title in ("$\\frac{$", "$\\nosuchcommand$", "$x^$"):
         rc, out, err = run(capsys, "plot", "constant", "lr=0.1", "--steps", "3", "-o", str(path), "--title", title)
         assert (rc, out) == (2, ""), title
-        assert err.startswith(f"clrfast: error: --title {title!r}: matplotlib cannot draw it (") and \
-            err.endswith("; write a literal $ as \\$\n") and err.count("\n") == 1, err
+        assert (
+            err.startswith(f"clrfast: error: --title {title!r}: matplotlib cannot draw it (")
+            and err.endswith("; write a literal $ as \\$\n")
+            and err.count("\n") == 1
+        ), err
         assert not path.exists()
     # Mathtext it can draw, and an escaped dollar, are titles like any other.
     for title in ("$\\frac{1}{2}$ of $\\eta_{max}$", "costs \\$5"):
@@ -343,15 +389,23 @@ def test_a_json_object_of_100000_keys_is_rejected_quickly(capsys, tmp_path, dupl
         assert err.startswith(f"clrfast: error: {str(path)!r} is not a clrfast schedule: ")
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"\xff\xfe{}", "is not UTF-8 text"),
-    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-    (b'{"clrfast_schedule": 1, "type": "Constant", "params": {"lr_value": 0.1, "lr_value": 0.2}}',
-     "key 'lr_value' appears twice"),
-    (b'{"clrfast_schedule": 1, "type": "Constant", "params": null}', "params must be a dict"),
-    (b'{"clrfast_schedule": 1, "type": "OneCycle", "params": {"max_lr": 0.1, "total_steps": 10, '
-     b'"three_phase": "false"}}', "three_phase must be True or False"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (
+            b'{"clrfast_schedule": 1, "type": "Constant", "params": {"lr_value": 0.1, "lr_value": 0.2}}',
+            "key 'lr_value' appears twice",
+        ),
+        (b'{"clrfast_schedule": 1, "type": "Constant", "params": null}', "params must be a dict"),
+        (
+            b'{"clrfast_schedule": 1, "type": "OneCycle", "params": {"max_lr": 0.1, "total_steps": 10, '
+            b'"three_phase": "false"}}',
+            "three_phase must be True or False",
+        ),
+    ],
+)
 def test_hostile_json_files(capsys, tmp_path, content, match):
     path = tmp_path / "s.json"
     path.write_bytes(content)
@@ -422,14 +476,19 @@ def test_bench_rows_are_labelled_when_they_cannot_run(capsys, monkeypatch):
 # ----------------------------------------------------------------------------- python -m clrfast
 def test_python_dash_m(tmp_path):
     out = tmp_path / "t.csv"
-    proc = subprocess.run([sys.executable, "-m", "clrfast", "table", "cosine", "base_lr=0.1", "T_0=4",
-                           "--steps", "5", "-o", str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clrfast", "table", "cosine", "base_lr=0.1", "T_0=4", "--steps", "5", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = np.loadtxt(out, delimiter=",", skiprows=1, usecols=(0, 1))
     expect = [0.1 * (1 + math.cos(math.pi * (t % 4) / 4)) / 2 for t in range(5)]
     np.testing.assert_allclose(rows[:, 1], expect, rtol=1e-14, atol=1e-18)
-    proc = subprocess.run([sys.executable, "-m", "clrfast", "table", "sgdr", "--steps", "3"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clrfast", "table", "sgdr", "--steps", "3"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("clrfast: error: unknown policy 'sgdr'")
     assert proc.stderr.count("\n") == 1
 
@@ -440,15 +499,34 @@ from hypothesis import strategies as st  # noqa: E402
 
 _lrs = st.floats(1e-6, 10.0, allow_nan=False)
 _specs = st.one_of(
-    st.builds(lambda b, m, up, mode: (f"{mode} base_lr={b!r} max_lr={m!r} step_size_up={up}",
-                                      clr.Cyclic(b, m, up, mode=mode)),
-              _lrs, _lrs, st.integers(1, 50), st.sampled_from(["triangular", "triangular2"])),
-    st.builds(lambda m, n, p: (f"onecycle max_lr={m!r} total_steps={n} pct_start={p!r}", (m, n, p)),
-              _lrs, st.integers(10, 200), st.sampled_from([0.25, 0.3, 0.45])),
-    st.builds(lambda b, t0, mult: (f"cosine base_lr={b!r} T_0={t0} T_mult={mult}", clr.CosineRestarts(b, t0, mult)),
-              _lrs, st.integers(1, 30), st.integers(1, 3)),
-    st.builds(lambda a, b, n: (f"warmup start_lr={a!r} end_lr={b!r} warmup_steps={n}", clr.Warmup(a, b, n)),
-              _lrs, _lrs, st.integers(1, 40)),
+    st.builds(
+        lambda b, m, up, mode: (
+            f"{mode} base_lr={b!r} max_lr={m!r} step_size_up={up}",
+            clr.Cyclic(b, m, up, mode=mode),
+        ),
+        _lrs,
+        _lrs,
+        st.integers(1, 50),
+        st.sampled_from(["triangular", "triangular2"]),
+    ),
+    st.builds(
+        lambda m, n, p: (f"onecycle max_lr={m!r} total_steps={n} pct_start={p!r}", (m, n, p)),
+        _lrs,
+        st.integers(10, 200),
+        st.sampled_from([0.25, 0.3, 0.45]),
+    ),
+    st.builds(
+        lambda b, t0, mult: (f"cosine base_lr={b!r} T_0={t0} T_mult={mult}", clr.CosineRestarts(b, t0, mult)),
+        _lrs,
+        st.integers(1, 30),
+        st.integers(1, 3),
+    ),
+    st.builds(
+        lambda a, b, n: (f"warmup start_lr={a!r} end_lr={b!r} warmup_steps={n}", clr.Warmup(a, b, n)),
+        _lrs,
+        _lrs,
+        st.integers(1, 40),
+    ),
     st.builds(lambda a: (f"constant lr={a!r}", clr.Constant(a)), _lrs),
 )
 
@@ -471,17 +549,34 @@ def test_random_valid_specs_round_trip_through_table(spec, steps):
 
 
 _bad_tokens = st.one_of(
-    st.sampled_from(["base_lr=-1", "max_lr=nan", "step_size_up=0", "mode=bogus", "lr=inf", "T_0=0",
-                     "total_steps=-3", "three_phase=2", "=1", "x", "warmup_steps=1.5", "gamma=0"]),
+    st.sampled_from(
+        [
+            "base_lr=-1",
+            "max_lr=nan",
+            "step_size_up=0",
+            "mode=bogus",
+            "lr=inf",
+            "T_0=0",
+            "total_steps=-3",
+            "three_phase=2",
+            "=1",
+            "x",
+            "warmup_steps=1.5",
+            "gamma=0",
+        ]
+    ),
     # Not an option: "-h" is a valid command line.
-    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12)
-    .filter(lambda s: not s.lstrip().startswith("-")),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12).filter(
+        lambda s: not s.lstrip().startswith("-")
+    ),
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["triangular", "onecycle", "cosine", "warmup", "constant", "sweep", "nope"]),
-       st.lists(_bad_tokens, min_size=1, max_size=3))
+@given(
+    st.sampled_from(["triangular", "onecycle", "cosine", "warmup", "constant", "sweep", "nope"]),
+    st.lists(_bad_tokens, min_size=1, max_size=3),
+)
 def test_random_invalid_specs_exit_2_with_one_line(policy, tokens):
     spec = [policy, *tokens]
     try:

@@ -161,8 +161,10 @@ def test_compiled_step_is_the_eager_step(rule, flat, backend, frozen, lr_kind):
     assert opt.param_groups[0]["step"] == STEPS
     assert all(_params_equal(model, twin)), _params_equal(model, twin)
     moved = [not torch.equal(p, q) for p, q in zip(model.parameters(), start)]
-    trained = [p.requires_grad and not (frozen and p is model.head.weight or frozen and p is model.head.bias)
-               for p in model.parameters()]
+    trained = [
+        p.requires_grad and not (frozen and p is model.head.weight or frozen and p is model.head.bias)
+        for p in model.parameters()
+    ]
     assert moved == trained  # every trained parameter moved, the frozen and unused ones did not
     if oracle is not None:
         assert all(_params_equal(twin, oracle)), _params_equal(twin, oracle)
@@ -193,10 +195,12 @@ def test_compiled_step_after_add_param_group_and_load_state_dict(rule, flat, bac
             twin_opt.step()
 
     run(0, 3)
-    opt.add_param_group({"params": list(model.head.parameters()) + [extra], "schedule": clr.Constant(0.02),
-                         "flat": flat})
-    twin_opt.add_param_group({"params": list(twin.head.parameters()) + [twin_extra], "schedule": clr.Constant(0.02),
-                              "flat": flat})
+    opt.add_param_group(
+        {"params": list(model.head.parameters()) + [extra], "schedule": clr.Constant(0.02), "flat": flat}
+    )
+    twin_opt.add_param_group(
+        {"params": list(twin.head.parameters()) + [twin_extra], "schedule": clr.Constant(0.02), "flat": flat}
+    )
     extra.grad, twin_extra.grad = torch.ones(5), torch.ones(5)  # cleared by the next zero_grad
     run(3, 6)
     saved = twin_opt.state_dict()
@@ -241,7 +245,8 @@ def test_nothing_leaks_between_processes_through_inductors_cache(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(_PROCESS)
     for mode in ("flat", "list", "list"):
-        out = subprocess.run([sys.executable, "-W", "ignore", str(script), mode], env=env, capture_output=True,
-                             text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-W", "ignore", str(script), mode], env=env, capture_output=True, text=True, timeout=600
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.split()[-1] == "4", (mode, out.stdout, out.stderr[-2000:])

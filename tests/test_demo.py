@@ -73,8 +73,16 @@ def test_policies_come_from_the_range_test_bounds():
     # fastai's recipe, whatever the range test said: lr 3e-3/25 -> 3e-3 (at a quarter) -> 3e-3/25/1e5, cosine,
     # beta1 0.95 -> 0.85 -> 0.95.
     a = p["adamw_onecycle"]
-    assert a == clr.OneCycle(3e-3, 400, pct_start=0.25, div_factor=25, final_div_factor=1e5, base_momentum=0.85,
-                             max_momentum=0.95, anneal="cos")
+    assert a == clr.OneCycle(
+        3e-3,
+        400,
+        pct_start=0.25,
+        div_factor=25,
+        final_div_factor=1e5,
+        base_momentum=0.85,
+        max_momentum=0.95,
+        anneal="cos",
+    )
     peak = 99  # pct_start * T - 1
     assert a.lr(0) == pytest.approx(3e-3 / 25, rel=1e-12) and a.lr(peak) == pytest.approx(3e-3, rel=1e-12)
     assert a.lr(399) == pytest.approx(3e-3 / 25 / 1e5, rel=1e-12)

@@ -28,14 +28,17 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def sgd(groups=1):
-    return torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(groups)], lr=0.1,
-                           momentum=0.9)
+    return torch.optim.SGD(
+        [{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(groups)], lr=0.1, momentum=0.9
+    )
 
 
 def state_of(sched):
     opt = sched.optimizer
-    return ({k: v for k, v in sched.__dict__.items() if k != "optimizer"},
-            [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+    return (
+        {k: v for k, v in sched.__dict__.items() if k != "optimizer"},
+        [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+    )
 
 
 def outcome(fn):
@@ -62,8 +65,14 @@ def test_restarts_position_is_in_range_for_any_step(T_0, T_mult, t):
 
 
 # --------------------------------------------------------------------- one-cycle zero-length phases
-@pytest.mark.parametrize("kw", [dict(total_steps=100, pct_start=0.01), dict(total_steps=2, pct_start=0.5),
-                                dict(total_steps=10, pct_start=0.1, three_phase=True)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(total_steps=100, pct_start=0.01),
+        dict(total_steps=2, pct_start=0.5),
+        dict(total_steps=10, pct_start=0.1, three_phase=True),
+    ],
+)
 def test_onecycle_zero_length_first_phase_raises_like_torch(kw):
     for M in (L, ct):
         opt = sgd()
@@ -103,13 +112,16 @@ def test_exp_range_overflow_raises_overflow_error_where_torch_does():
     assert state_of(s) == before
 
 
-@pytest.mark.parametrize("make, step", [
-    (lambda: clr.Cyclic(1e-3, 6e-3, 10, mode="exp_range", gamma=2), 1030),
-    (lambda: clr.Cyclic(1e-3, 6e-3, 10, mode="exp_range", gamma=1e300), 2),
-    (lambda: clr.Cyclic(1e-3, 6e-3, 5e-324), 1),
-    (lambda: clr.Cyclic(0.0, 10.0, 10, scale_fn=scales.Geometric(1e308)), 25),
-    (lambda: clr.CosineRestarts(0.1, 10, peak_decay=1e308), 25),
-])
+@pytest.mark.parametrize(
+    "make, step",
+    [
+        (lambda: clr.Cyclic(1e-3, 6e-3, 10, mode="exp_range", gamma=2), 1030),
+        (lambda: clr.Cyclic(1e-3, 6e-3, 10, mode="exp_range", gamma=1e300), 2),
+        (lambda: clr.Cyclic(1e-3, 6e-3, 5e-324), 1),
+        (lambda: clr.Cyclic(0.0, 10.0, 10, scale_fn=scales.Geometric(1e308)), 25),
+        (lambda: clr.CosineRestarts(0.1, 10, peak_decay=1e308), 25),
+    ],
+)
 def test_schedule_overflow_raises_and_names_the_step(make, step):
     s = make()
     with pytest.raises(OverflowError, match=r"no finite value at step \d+"):
@@ -120,16 +132,19 @@ def test_schedule_overflow_raises_and_names_the_step(make, step):
     assert (out == 7.0).all()  # checked before anything is written
 
 
-@pytest.mark.parametrize("make, exc, match", [
-    (lambda: clr.Cyclic(1e-3, 6e-3, 1e308), OverflowError, "step_size_up"),
-    (lambda: clr.OneCycle(1e9, 100, div_factor=1e-300), OverflowError, "div_factor"),
-    (lambda: clr.RangeSweep(5e-324, 1, 100), OverflowError, "start_lr"),
-    (lambda: scales.Geometric(1e308)(3), OverflowError, "out of range"),
-    (lambda: clr.Join([clr.Constant(0.1)] * 17, list(range(1, 17))), ValueError, "16"),
-    (lambda: clr.OneCycle(0.1, 100, three_phase="false"), TypeError, "three_phase"),
-    (lambda: clr.Cyclic(1e-3, 6e-3, 10).lr(10**400), OverflowError, "step"),
-    (lambda: clr.from_dict({"clrfast_schedule": 1, "type": "Constant", "params": None}), TypeError, "params"),
-])
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda: clr.Cyclic(1e-3, 6e-3, 1e308), OverflowError, "step_size_up"),
+        (lambda: clr.OneCycle(1e9, 100, div_factor=1e-300), OverflowError, "div_factor"),
+        (lambda: clr.RangeSweep(5e-324, 1, 100), OverflowError, "start_lr"),
+        (lambda: scales.Geometric(1e308)(3), OverflowError, "out of range"),
+        (lambda: clr.Join([clr.Constant(0.1)] * 17, list(range(1, 17))), ValueError, "16"),
+        (lambda: clr.OneCycle(0.1, 100, three_phase="false"), TypeError, "three_phase"),
+        (lambda: clr.Cyclic(1e-3, 6e-3, 10).lr(10**400), OverflowError, "step"),
+        (lambda: clr.from_dict({"clrfast_schedule": 1, "type": "Constant", "params": None}), TypeError, "params"),
+    ],
+)
 def test_bad_schedules_are_refused_when_built_or_asked(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
@@ -169,11 +184,14 @@ def test_numpy_scalars_become_python_numbers():
 
 
 # --------------------------------------------------------------------- drop-in steps
-@pytest.mark.parametrize("name, kw, epoch", [
-    ("CyclicLR", dict(base_lr=1e-3, max_lr=6e-3), 10**20),
-    ("CosineAnnealingWarmRestarts", dict(T_0=5), 1e20),
-    ("CosineAnnealingWarmRestarts", dict(T_0=5, T_mult=2), 10**6 + 0.5),
-])
+@pytest.mark.parametrize(
+    "name, kw, epoch",
+    [
+        ("CyclicLR", dict(base_lr=1e-3, max_lr=6e-3), 10**20),
+        ("CosineAnnealingWarmRestarts", dict(T_0=5), 1e20),
+        ("CosineAnnealingWarmRestarts", dict(T_0=5, T_mult=2), 10**6 + 0.5),
+    ],
+)
 def test_huge_epochs_work_as_in_torch(name, kw, epoch):
     runs = []
     for M in (L, ct):
@@ -183,11 +201,18 @@ def test_huge_epochs_work_as_in_torch(name, kw, epoch):
     assert runs[0] == runs[1]
 
 
-@pytest.mark.parametrize("name, kw", [("CyclicLR", dict(base_lr=1e-3, max_lr=6e-3)),
-                                      ("OneCycleLR", dict(max_lr=0.1, total_steps=100)),
-                                      ("CosineAnnealingWarmRestarts", dict(T_0=5))])
-@pytest.mark.parametrize("epoch, exc", [(math.nan, ValueError), (math.inf, (OverflowError, ValueError)),
-                                        ("3", TypeError), (10**400, OverflowError)])
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("CyclicLR", dict(base_lr=1e-3, max_lr=6e-3)),
+        ("OneCycleLR", dict(max_lr=0.1, total_steps=100)),
+        ("CosineAnnealingWarmRestarts", dict(T_0=5)),
+    ],
+)
+@pytest.mark.parametrize(
+    "epoch, exc",
+    [(math.nan, ValueError), (math.inf, (OverflowError, ValueError)), ("3", TypeError), (10**400, OverflowError)],
+)
 def test_bad_epochs_raise_and_change_nothing(name, kw, epoch, exc):
     s = getattr(ct, name)(sgd(2), **kw)
     s.step()
@@ -197,8 +222,9 @@ def test_bad_epochs_raise_and_change_nothing(name, kw, epoch, exc):
     assert state_of(s) == before
 
 
-@pytest.mark.parametrize("state", [{"last_epoch": "x"}, {"_step_count": 1.5}, {"T_cur": math.nan},
-                                   {"last_epoch": None}])
+@pytest.mark.parametrize(
+    "state", [{"last_epoch": "x"}, {"_step_count": 1.5}, {"T_cur": math.nan}, {"last_epoch": None}]
+)
 def test_broken_state_dicts_are_refused_and_change_nothing(state):
     s = ct.CosineAnnealingWarmRestarts(sgd(), 5)
     s.step()
@@ -248,8 +274,10 @@ def test_star_import_and_missing_torch_message():
     ns = {}
     exec("from clrfast.torch import *", ns)
     assert {"CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts", "CLRSGD", "lr_find"} <= set(ns)
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "try:\n    import clrfast.torch\nexcept ImportError as e:\n    print(e)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "try:\n    import clrfast.torch\nexcept ImportError as e:\n    print(e)\n"
+    )
     with warnings.catch_warnings():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert "pip install 'clrfast[torch]'" in out

@@ -98,11 +98,15 @@ def run_scenarios(backend: str, out: Path, load_path: str | None) -> dict:
     ser = json.loads(json.dumps(keras.optimizers.schedules.serialize(sched)))
     back = keras.optimizers.schedules.deserialize(ser)
     res["serialized"] = ser
-    res["roundtrip"] = {"type": type(back).__qualname__, "config_equal": back.get_config() == sched.get_config(),
-                        "schedule_equal": back.schedule == MOM}
+    res["roundtrip"] = {
+        "type": type(back).__qualname__,
+        "config_equal": back.get_config() == sched.get_config(),
+        "schedule_equal": back.schedule == MOM,
+    }
     res["direct_call"] = [float(keras.ops.convert_to_numpy(sched(k))) for k in (0, 2, 3, 40, 2**40)]
-    res["direct_call_tensor"] = [float(keras.ops.convert_to_numpy(sched(keras.ops.convert_to_tensor(k))))
-                                 for k in (0, 2, 3, 40)]
+    res["direct_call_tensor"] = [
+        float(keras.ops.convert_to_numpy(sched(keras.ops.convert_to_tensor(k)))) for k in (0, 2, 3, 40)
+    ]
     res["errors"]["negative_step"] = error_of(lambda: sched(-1))
     res["errors"]["huge_step"] = error_of(lambda: sched(2**70))
 
@@ -146,32 +150,49 @@ def run_scenarios(backend: str, out: Path, load_path: str | None) -> dict:
     # A few training steps with every warning an error: the step must be read without one.
     strict_s, strict_n = LR_SCHEDULES["cyclic"]
     strict = dense(K)
-    strict.compile(optimizer=keras.optimizers.SGD(ck.Schedule(strict_s, num_steps=strict_n)),
-                   loss="mean_absolute_error")
+    strict.compile(
+        optimizer=keras.optimizers.SGD(ck.Schedule(strict_s, num_steps=strict_n)), loss="mean_absolute_error"
+    )
     strict_mom = dense(1)
-    strict_mom.compile(optimizer=keras.optimizers.SGD(ck.Schedule(MOM), momentum=0.5),
-                       loss="mean_absolute_error", **eager)
+    strict_mom.compile(
+        optimizer=keras.optimizers.SGD(ck.Schedule(MOM), momentum=0.5), loss="mean_absolute_error", **eager
+    )
 
     def train_strictly():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             strict.fit(onehot, y_onehot, batch_size=1, epochs=1, shuffle=False, verbose=0)
-            strict_mom.fit(x_mom, y_mom, batch_size=1, epochs=EPOCHS_MOM, shuffle=False, verbose=0,
-                           callbacks=[ck.MomentumScheduler(MOM)])
+            strict_mom.fit(
+                x_mom,
+                y_mom,
+                batch_size=1,
+                epochs=EPOCHS_MOM,
+                shuffle=False,
+                verbose=0,
+                callbacks=[ck.MomentumScheduler(MOM)],
+            )
 
     res["errors"]["strict_warnings"] = error_of(train_strictly)
     # Read back outside: Keras' own get_weights() warns on NumPy 2 (its Variable.__array__ takes no copy).
     res["lr_strict"] = weights(strict)
     res["sgd_strict"] = weights(strict_mom)[0]
 
-    for key, opt in (("sgd", keras.optimizers.SGD(ck.Schedule(MOM), momentum=0.5)),
-                     ("adam", keras.optimizers.Adam(ck.Schedule(MOM))),
-                     ("loss_scaled_sgd", keras.optimizers.LossScaleOptimizer(
-                         keras.optimizers.SGD(ck.Schedule(MOM), momentum=0.5)))):
+    for key, opt in (
+        ("sgd", keras.optimizers.SGD(ck.Schedule(MOM), momentum=0.5)),
+        ("adam", keras.optimizers.Adam(ck.Schedule(MOM))),
+        ("loss_scaled_sgd", keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(ck.Schedule(MOM), momentum=0.5))),
+    ):
         model = dense(1)
         model.compile(optimizer=opt, loss="mean_absolute_error", **eager)
-        model.fit(x_mom, y_mom, batch_size=1, epochs=EPOCHS_MOM, shuffle=False, verbose=0,
-                  callbacks=[ck.MomentumScheduler(MOM)])
+        model.fit(
+            x_mom,
+            y_mom,
+            batch_size=1,
+            epochs=EPOCHS_MOM,
+            shuffle=False,
+            verbose=0,
+            callbacks=[ck.MomentumScheduler(MOM)],
+        )
         res[f"{key}_cycled"] = weights(model)[0]
 
     def fit_with(opt, schedule=MOM, **compile_kw):
@@ -185,7 +206,8 @@ def run_scenarios(backend: str, out: Path, load_path: str | None) -> dict:
     errs["no_momentum"] = error_of(lambda: ck.MomentumScheduler(clr.Cyclic(0.01, 0.1)))
     errs["not_a_schedule"] = error_of(lambda: ck.Schedule(0.1))
     errs["steps_per_execution"] = error_of(
-        lambda: fit_with(keras.optimizers.SGD(0.01, momentum=0.9), steps_per_execution=2, **eager))
+        lambda: fit_with(keras.optimizers.SGD(0.01, momentum=0.9), steps_per_execution=2, **eager)
+    )
     if backend == "jax":
         errs["jit"] = error_of(lambda: fit_with(keras.optimizers.Adam(0.01)))
 
@@ -253,8 +275,9 @@ def test_model_save_and_load_keep_schedule_and_its_clock(run):
     assert clr.from_dict(cfg["config"]["schedule"]) == s
     # Training resumes at iteration 2K with the same schedule (torch loads the file jax wrote).
     trained = _onehot_oracle(s, range(2 * K))
-    np.testing.assert_array_equal(np.array(res["lr_cyclic_reloaded"], np.float32),
-                                  _onehot_oracle(s, range(2 * K, 3 * K), trained))
+    np.testing.assert_array_equal(
+        np.array(res["lr_cyclic_reloaded"], np.float32), _onehot_oracle(s, range(2 * K, 3 * K), trained)
+    )
 
 
 @needs_keras
@@ -324,8 +347,11 @@ def test_momentum_scheduler_cycles_sgd_momentum_and_adam_beta_1(run):
     _, res = run
     steps = EPOCHS_MOM * len(X_MOM)
     cycled = lambda k: MOM.momentum(k)  # noqa: E731
-    for key, oracle, initial in (("sgd", _sgd_oracle, 0.5), ("adam", _adam_oracle, 0.9),
-                                 ("loss_scaled_sgd", _sgd_oracle, 0.5)):  # the wrapped optimizer's momentum
+    for key, oracle, initial in (
+        ("sgd", _sgd_oracle, 0.5),
+        ("adam", _adam_oracle, 0.9),
+        ("loss_scaled_sgd", _sgd_oracle, 0.5),
+    ):  # the wrapped optimizer's momentum
         want = oracle(cycled, steps)
         assert res[f"{key}_cycled"] == pytest.approx(want, rel=2e-5, abs=1e-7), key
         # The check can fail: the optimizer's own, constant value lands far away.
@@ -351,8 +377,14 @@ def test_momentum_scheduler_refuses_what_it_cannot_do(run):
 
 # ----------------------------------------------------- imports, examples
 def _python(code: str, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})), cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
+        cwd=ROOT,
+    )
 
 
 BLOCK = """
@@ -366,26 +398,33 @@ sys.meta_path.insert(0, _Block())
 
 
 def test_missing_keras_names_the_extra():
-    proc = _python(BLOCK.format(blocked={"keras"}) + """
+    proc = _python(
+        BLOCK.format(blocked={"keras"})
+        + """
 import clrfast
 try:
     import clrfast.keras
 except ImportError as e:
     print(e)
 assert clrfast.Constant(0.1).lr(3) == 0.1
-""")
+"""
+    )
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'clrfast[keras]'" in proc.stdout
 
 
 @needs_keras
 def test_missing_backend_says_set_keras_backend():
-    proc = _python(BLOCK.format(blocked={"tensorflow"}) + """
+    proc = _python(
+        BLOCK.format(blocked={"tensorflow"})
+        + """
 try:
     import clrfast.keras
 except ImportError as e:
     print(e)
-""", env={"KERAS_BACKEND": "tensorflow"})
+""",
+        env={"KERAS_BACKEND": "tensorflow"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Keras could not load its backend") and "tensorflow" in proc.stdout
     assert "Set KERAS_BACKEND" in proc.stdout
@@ -393,8 +432,14 @@ except ImportError as e:
 
 @needs_keras
 def test_keras_example_trains_digits():
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "keras_digits.py")], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, KERAS_BACKEND="jax"), cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "keras_digits.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, KERAS_BACKEND="jax"),
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     acc = float(proc.stdout.strip().splitlines()[-1].split("test accuracy")[1].split()[0])
     assert acc >= 0.9, proc.stdout

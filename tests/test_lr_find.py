@@ -25,7 +25,7 @@ class Scalar(torch.nn.Module):
 
 def quad_closure(model, batch):
     # loss = 0.5 * c * w^2, gradient c * w; c comes with the batch.
-    return 0.5 * batch * (model.w ** 2).sum()
+    return 0.5 * batch * (model.w**2).sum()
 
 
 def batches(n, c=1.0):
@@ -77,8 +77,18 @@ def test_lrs_used_by_the_optimizer_follow_the_sweep(mode, kind):
     used = []
     opt.register_step_pre_hook(lambda o, a, k: used.append(float(o.param_groups[0]["lr"])))
     start, end, n = 1e-4, 1e-2, 25
-    res = lr_find(model, None, batches(40), opt, closure=quad_closure, start_lr=start, end_lr=end,
-                  num_steps=n, mode=mode, progress=False)
+    res = lr_find(
+        model,
+        None,
+        batches(40),
+        opt,
+        closure=quad_closure,
+        start_lr=start,
+        end_lr=end,
+        num_steps=n,
+        mode=mode,
+        progress=False,
+    )
     expect = [sweep_lr(start, end, n, t, mode) for t in range(n)]
     assert res.stop_reason == "end"
     np.testing.assert_allclose(used, expect, rtol=1e-14)
@@ -90,8 +100,19 @@ def test_losses_smoothing_and_divergence_match_a_python_oracle():
     model = Scalar(1.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     start, end, n, beta, div = 1e-3, 30.0, 80, 0.9, 4.0
-    res = lr_find(model, None, batches(100), opt, closure=quad_closure, start_lr=start, end_lr=end,
-                  num_steps=n, smooth=beta, diverge=div, progress=False)
+    res = lr_find(
+        model,
+        None,
+        batches(100),
+        opt,
+        closure=quad_closure,
+        start_lr=start,
+        end_lr=end,
+        num_steps=n,
+        smooth=beta,
+        diverge=div,
+        progress=False,
+    )
     lrs, losses, smoothed, stop = quad_oracle(start, end, n, beta, div, lambda t: [1.0])
     assert stop == res.stop_reason == "diverged"
     assert len(res.lrs) == len(lrs) < n
@@ -109,10 +130,20 @@ def test_gradient_accumulation_averages_micro_batches():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cs = [1.0, 3.0, 0.5, 2.0]
     data = [torch.tensor(c, dtype=torch.float64) for c in cs] * 30
-    res = lr_find(model, None, data, opt, closure=quad_closure, start_lr=1e-3, end_lr=0.3, num_steps=20,
-                  accumulation_steps=2, smooth=0.5, progress=False)
-    lrs, losses, smoothed, stop = quad_oracle(1e-3, 0.3, 20, 0.5, 4.0,
-                                              lambda t: cs[(2 * t) % 4:(2 * t) % 4 + 2])
+    res = lr_find(
+        model,
+        None,
+        data,
+        opt,
+        closure=quad_closure,
+        start_lr=1e-3,
+        end_lr=0.3,
+        num_steps=20,
+        accumulation_steps=2,
+        smooth=0.5,
+        progress=False,
+    )
+    lrs, losses, smoothed, stop = quad_oracle(1e-3, 0.3, 20, 0.5, 4.0, lambda t: cs[(2 * t) % 4 : (2 * t) % 4 + 2])
     assert res.stop_reason == stop == "end"
     np.testing.assert_allclose(res.losses, losses, rtol=1e-12)
     np.testing.assert_allclose(res.smoothed, smoothed, rtol=1e-12)
@@ -128,8 +159,17 @@ def test_nan_loss_is_divergence_not_a_crash():
         return loss * float("nan") if calls["n"] > 15 else loss
 
     before = model.w.detach().clone()
-    res = lr_find(model, None, batches(50), torch.optim.SGD(model.parameters(), lr=0.1), closure=closure,
-                  start_lr=1e-4, end_lr=1e-2, num_steps=40, progress=False)
+    res = lr_find(
+        model,
+        None,
+        batches(50),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=closure,
+        start_lr=1e-4,
+        end_lr=1e-2,
+        num_steps=40,
+        progress=False,
+    )
     assert res.stop_reason == "nan"
     assert len(res.losses) == 15 and np.isfinite(res.losses).all()
     assert res.diverged_lr == pytest.approx(sweep_lr(1e-4, 1e-2, 40, 15), rel=1e-13)
@@ -142,27 +182,41 @@ def scripted(values):
     return lambda m, batch: (m.w * 0.0).sum() + next(it)
 
 
-DOWN_UP = [-1.0 - 0.25 * t for t in range(17)] + [-5.0 + 0.5 * k for k in range(1, 8)]   # -1 .. -5 .. -1.5
-FLAT_UP = [-2.0] * 10 + [-2.0 + k for k in range(1, 21)]                                # -2, then +1 a step
+DOWN_UP = [-1.0 - 0.25 * t for t in range(17)] + [-5.0 + 0.5 * k for k in range(1, 8)]  # -1 .. -5 .. -1.5
+FLAT_UP = [-2.0] * 10 + [-2.0 + k for k in range(1, 21)]  # -2, then +1 a step
 CROSSING = [1.0 - 0.25 * t for t in range(9)] + [-1.0 + 0.5 * k for k in range(1, 21)]  # 1 .. -1, then up
 POSITIVE = [2.0] * 10 + [2.0 + k for k in range(1, 21)]
 
 
 # Unsmoothed (smooth=0), so each stop can be read off the script by hand: it is the first step
 # whose loss exceeds best + (diverge - 1)*|best|; a loss equal to that bound does not stop.
-@pytest.mark.parametrize("losses, diverge, n_recorded", [
-    (DOWN_UP, 4.0, None),    # stays negative, best -5: the bound is +10, never reached
-    (DOWN_UP, 1.5, 23),      # bound -5 + 2.5 = -2.5; -2.5 (step 21) does not stop, -2.0 (step 22) does
-    (FLAT_UP, 4.0, 17),      # bound -2 + 6 = 4; 4 (step 15) does not stop, 5 (step 16) does
-    (FLAT_UP, 1.5, 12),      # bound -2 + 1 = -1; -1 (step 10) does not stop, 0 (step 11) does
-    (CROSSING, 4.0, 16),     # best -1 at step 8: bound 2; 2.0 (step 14) does not stop, 2.5 (step 15) does
-    (POSITIVE, 4.0, 17),     # the usual rule: stops above 4*2 = 8, at 9 (step 16)
-])
+@pytest.mark.parametrize(
+    "losses, diverge, n_recorded",
+    [
+        (DOWN_UP, 4.0, None),  # stays negative, best -5: the bound is +10, never reached
+        (DOWN_UP, 1.5, 23),  # bound -5 + 2.5 = -2.5; -2.5 (step 21) does not stop, -2.0 (step 22) does
+        (FLAT_UP, 4.0, 17),  # bound -2 + 6 = 4; 4 (step 15) does not stop, 5 (step 16) does
+        (FLAT_UP, 1.5, 12),  # bound -2 + 1 = -1; -1 (step 10) does not stop, 0 (step 11) does
+        (CROSSING, 4.0, 16),  # best -1 at step 8: bound 2; 2.0 (step 14) does not stop, 2.5 (step 15) does
+        (POSITIVE, 4.0, 17),  # the usual rule: stops above 4*2 = 8, at 9 (step 16)
+    ],
+)
 def test_divergence_is_judged_by_the_rise_above_the_best(losses, diverge, n_recorded):
     model = Scalar()
     n = len(losses)
-    res = lr_find(model, None, batches(n), torch.optim.SGD(model.parameters(), lr=0.1), closure=scripted(losses),
-                  start_lr=1e-3, end_lr=1.0, num_steps=n, smooth=0.0, diverge=diverge, progress=False)
+    res = lr_find(
+        model,
+        None,
+        batches(n),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=scripted(losses),
+        start_lr=1e-3,
+        end_lr=1.0,
+        num_steps=n,
+        smooth=0.0,
+        diverge=diverge,
+        progress=False,
+    )
     if n_recorded is None:
         assert res.stop_reason == "end" and res.diverged_lr is None
         n_recorded = n
@@ -188,8 +242,19 @@ def test_smoothed_negative_losses_diverge_where_a_python_oracle_says():
             break
     assert stop_at is not None and 40 < stop_at < 59 and best < -3  # the script really dives, then diverges
     model = Scalar()
-    res = lr_find(model, None, batches(60), torch.optim.SGD(model.parameters(), lr=0.1), closure=scripted(losses),
-                  start_lr=1e-3, end_lr=1.0, num_steps=60, smooth=beta, diverge=div, progress=False)
+    res = lr_find(
+        model,
+        None,
+        batches(60),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=scripted(losses),
+        start_lr=1e-3,
+        end_lr=1.0,
+        num_steps=60,
+        smooth=beta,
+        diverge=div,
+        progress=False,
+    )
     assert res.stop_reason == "diverged" and len(res.losses) == stop_at + 1
     np.testing.assert_allclose(res.smoothed, ema(losses[: stop_at + 1], beta), rtol=1e-12)
 
@@ -197,8 +262,9 @@ def test_smoothed_negative_losses_diverge_where_a_python_oracle_says():
 # ----------------------------------------------------------------------------- restoring state
 def _net():
     torch.manual_seed(3)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
-                               torch.nn.Dropout(0.2), torch.nn.Linear(8, 2))
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(8, 2)
+    )
 
 
 def _data(n=16):
@@ -245,14 +311,17 @@ def _assert_same_rngs(before):
     assert random.getstate() == before[2]
 
 
-@pytest.mark.parametrize("a, b", [
-    ({"params": [0, 1]}, {"params": [0, 2]}),
-    ({"x": [torch.zeros(2)]}, {"x": [torch.tensor([0.0, -0.0])]}),
-    ({"x": torch.zeros(2)}, {"x": torch.zeros(2, dtype=torch.float64)}),
-    ({"x": (0.9, 0.999)}, {"x": (0.9, 0.99)}),
-    ({"x": None}, {"x": torch.zeros(1)}),
-    ({"x": 1}, {"y": 1}),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ({"params": [0, 1]}, {"params": [0, 2]}),
+        ({"x": [torch.zeros(2)]}, {"x": [torch.tensor([0.0, -0.0])]}),
+        ({"x": torch.zeros(2)}, {"x": torch.zeros(2, dtype=torch.float64)}),
+        ({"x": (0.9, 0.999)}, {"x": (0.9, 0.99)}),
+        ({"x": None}, {"x": torch.zeros(1)}),
+        ({"x": 1}, {"y": 1}),
+    ],
+)
 def test_the_state_comparison_can_fail(a, b):
     with pytest.raises(AssertionError):
         _assert_same(a, b)
@@ -363,8 +432,7 @@ def test_state_is_restored_when_the_test_raises():
     model.w.grad = torch.tensor([0.375], dtype=torch.float64)
     rng_before = _rngs()
     with pytest.raises(RuntimeError, match="boom"):
-        lr_find(model, None, batches(30), opt, closure=closure, start_lr=1e-3, end_lr=1.0, num_steps=20,
-                progress=False)
+        lr_find(model, None, batches(30), opt, closure=closure, start_lr=1e-3, end_lr=1.0, num_steps=20, progress=False)
     assert calls["n"] == 12
     assert model.w.item() == 2.0
     assert model.w.grad.tolist() == [0.375]
@@ -388,54 +456,84 @@ def test_too_few_batches_is_a_clear_error():
 
 def test_short_reiterable_loader_is_cycled_and_one_shot_stops_with_data():
     model = Scalar()
-    res = lr_find(model, None, batches(12), torch.optim.SGD(model.parameters(), lr=0.1), closure=quad_closure,
-                  start_lr=1e-5, end_lr=1e-3, num_steps=30, progress=False)
+    res = lr_find(
+        model,
+        None,
+        batches(12),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=quad_closure,
+        start_lr=1e-5,
+        end_lr=1e-3,
+        num_steps=30,
+        progress=False,
+    )
     assert res.stop_reason == "end" and len(res.lrs) == 30
-    res = lr_find(model, None, iter(batches(12)), torch.optim.SGD(model.parameters(), lr=0.1),
-                  closure=quad_closure, start_lr=1e-5, end_lr=1e-3, num_steps=30, progress=False)
+    res = lr_find(
+        model,
+        None,
+        iter(batches(12)),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=quad_closure,
+        start_lr=1e-5,
+        end_lr=1e-3,
+        num_steps=30,
+        progress=False,
+    )
     assert res.stop_reason == "data" and len(res.lrs) == 12
 
 
-@pytest.mark.parametrize("kwargs, exc, message", [
-    ({"num_steps": 5}, ValueError, "num_steps must be >= 10, got 5"),
-    ({"num_steps": 20.0}, TypeError, "num_steps must be an integer, got 20.0"),
-    ({"start_lr": 1.0, "end_lr": 0.1}, ValueError, "end_lr must be > start_lr"),
-    ({"start_lr": 0.0}, ValueError, "start_lr must be > 0.0, got 0.0"),
-    ({"start_lr": math.nan}, ValueError, "start_lr must be finite, got nan"),
-    ({"end_lr": math.inf}, ValueError, "end_lr must be finite, got inf"),
-    ({"diverge": 1.0}, ValueError, "diverge must be > 1.0, got 1.0"),
-    ({"diverge": math.nan}, ValueError, "diverge must be finite, got nan"),
-    ({"smooth": 1.0}, ValueError, "smooth must be <= 0.999, got 1.0"),
-    ({"smooth": -0.5}, ValueError, "smooth must be >= 0.0, got -0.5"),
-    ({"mode": "cos"}, ValueError, "mode must be one of"),
-    ({"accumulation_steps": 0}, ValueError, "accumulation_steps must be >= 1, got 0"),
-    ({"accumulation_steps": True}, TypeError, "accumulation_steps must be an integer, got True"),
-    ({"val_every": 0}, ValueError, "val_every must be >= 1, got 0"),
-    ({"min_div": 0}, ValueError, "min_div must be >= 1.0, got 0"),
-    ({"min_div": 0.5}, ValueError, "min_div must be >= 1.0, got 0.5"),
-    ({"min_div": math.nan}, ValueError, "min_div must be finite, got nan"),
-    ({"min_div": "4"}, TypeError, "min_div must be a real number, got '4'"),
-    ({"base_div": -1}, ValueError, "base_div must be >= 1.0, got -1"),
-    ({"base_div": math.inf}, ValueError, "base_div must be finite, got inf"),
-    ({"base_div": None}, TypeError, "base_div must be a real number, got None"),
-    ({"seeds": []}, ValueError, "seeds must not be empty"),
-    ({"seeds": 3}, TypeError, "seeds must be a sequence of integers, got 3"),
-    ({"seeds": "01"}, TypeError, "seeds must be a sequence of integers, got '01'"),
-    ({"seeds": [0, 1.5]}, TypeError, "seeds[1] must be an integer, got 1.5"),
-    ({"seeds": [True]}, TypeError, "seeds[0] must be an integer, got True"),
-    ({"seeds": [2**64]}, ValueError, f"seeds[0] must be in [-2**63, 2**64 - 1] (what torch.manual_seed takes), "
-                                     f"got {2**64}"),
-    ({"seeds": [0, -(2**63) - 1]}, ValueError, f"seeds[1] must be in [-2**63, 2**64 - 1] (what torch.manual_seed "
-                                               f"takes), got {-(2**63) - 1}"),
-    ({"loss_fn": torch.nn.functional.mse_loss}, TypeError, "give exactly one of loss_fn"),
-    ({"optimizer": "sgd"}, TypeError, "optimizer must be a torch.optim.Optimizer"),
-    ({"loader": 5}, TypeError, "loader must be iterable, got 5 of type int"),
-    ({"device": "gpu0"}, ValueError, "device must name a torch device, got 'gpu0'"),
-    ({"progress": "yes"}, TypeError, "progress must be True, False or None, got 'yes'"),
-    ({"val_loader": 5}, TypeError, "val_loader must be iterable, got 5 of type int"),
-    ({"val_loader": iter(batches(3))}, ValueError, "val_loader is read at every validation, so it cannot be a "
-                                                   "one-shot iterator, got list_iterator"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        ({"num_steps": 5}, ValueError, "num_steps must be >= 10, got 5"),
+        ({"num_steps": 20.0}, TypeError, "num_steps must be an integer, got 20.0"),
+        ({"start_lr": 1.0, "end_lr": 0.1}, ValueError, "end_lr must be > start_lr"),
+        ({"start_lr": 0.0}, ValueError, "start_lr must be > 0.0, got 0.0"),
+        ({"start_lr": math.nan}, ValueError, "start_lr must be finite, got nan"),
+        ({"end_lr": math.inf}, ValueError, "end_lr must be finite, got inf"),
+        ({"diverge": 1.0}, ValueError, "diverge must be > 1.0, got 1.0"),
+        ({"diverge": math.nan}, ValueError, "diverge must be finite, got nan"),
+        ({"smooth": 1.0}, ValueError, "smooth must be <= 0.999, got 1.0"),
+        ({"smooth": -0.5}, ValueError, "smooth must be >= 0.0, got -0.5"),
+        ({"mode": "cos"}, ValueError, "mode must be one of"),
+        ({"accumulation_steps": 0}, ValueError, "accumulation_steps must be >= 1, got 0"),
+        ({"accumulation_steps": True}, TypeError, "accumulation_steps must be an integer, got True"),
+        ({"val_every": 0}, ValueError, "val_every must be >= 1, got 0"),
+        ({"min_div": 0}, ValueError, "min_div must be >= 1.0, got 0"),
+        ({"min_div": 0.5}, ValueError, "min_div must be >= 1.0, got 0.5"),
+        ({"min_div": math.nan}, ValueError, "min_div must be finite, got nan"),
+        ({"min_div": "4"}, TypeError, "min_div must be a real number, got '4'"),
+        ({"base_div": -1}, ValueError, "base_div must be >= 1.0, got -1"),
+        ({"base_div": math.inf}, ValueError, "base_div must be finite, got inf"),
+        ({"base_div": None}, TypeError, "base_div must be a real number, got None"),
+        ({"seeds": []}, ValueError, "seeds must not be empty"),
+        ({"seeds": 3}, TypeError, "seeds must be a sequence of integers, got 3"),
+        ({"seeds": "01"}, TypeError, "seeds must be a sequence of integers, got '01'"),
+        ({"seeds": [0, 1.5]}, TypeError, "seeds[1] must be an integer, got 1.5"),
+        ({"seeds": [True]}, TypeError, "seeds[0] must be an integer, got True"),
+        (
+            {"seeds": [2**64]},
+            ValueError,
+            f"seeds[0] must be in [-2**63, 2**64 - 1] (what torch.manual_seed takes), got {2**64}",
+        ),
+        (
+            {"seeds": [0, -(2**63) - 1]},
+            ValueError,
+            f"seeds[1] must be in [-2**63, 2**64 - 1] (what torch.manual_seed takes), got {-(2**63) - 1}",
+        ),
+        ({"loss_fn": torch.nn.functional.mse_loss}, TypeError, "give exactly one of loss_fn"),
+        ({"optimizer": "sgd"}, TypeError, "optimizer must be a torch.optim.Optimizer"),
+        ({"loader": 5}, TypeError, "loader must be iterable, got 5 of type int"),
+        ({"device": "gpu0"}, ValueError, "device must name a torch device, got 'gpu0'"),
+        ({"progress": "yes"}, TypeError, "progress must be True, False or None, got 'yes'"),
+        ({"val_loader": 5}, TypeError, "val_loader must be iterable, got 5 of type int"),
+        (
+            {"val_loader": iter(batches(3))},
+            ValueError,
+            "val_loader is read at every validation, so it cannot be a one-shot iterator, got list_iterator",
+        ),
+    ],
+)
 def test_bad_arguments_are_named_with_their_value_and_change_nothing(kwargs, exc, message):
     model = Scalar()
     model.w.grad = torch.tensor([0.5], dtype=torch.float64)
@@ -451,22 +549,25 @@ def test_bad_arguments_are_named_with_their_value_and_change_nothing(kwargs, exc
     _assert_same_rngs(rng_before)
 
 
-@pytest.mark.parametrize("kwargs, exc, message", [
-    ({"min_div": 0}, ValueError, "min_div must be >= 1.0, got 0"),
-    ({"min_div": math.nan}, ValueError, "min_div must be finite, got nan"),
-    ({"base_div": -1}, ValueError, "base_div must be >= 1.0, got -1"),
-    ({"base_div": 0.25}, ValueError, "base_div must be >= 1.0, got 0.25"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        ({"min_div": 0}, ValueError, "min_div must be >= 1.0, got 0"),
+        ({"min_div": math.nan}, ValueError, "min_div must be finite, got nan"),
+        ({"base_div": -1}, ValueError, "base_div must be >= 1.0, got -1"),
+        ({"base_div": 0.25}, ValueError, "base_div must be >= 1.0, got 0.25"),
+    ],
+)
 def test_suggest_checks_its_divisors(kwargs, exc, message):
     x = np.linspace(-5, 0, 50)
     with pytest.raises(exc, match="^" + re.escape(message)):
-        suggest(10 ** x, (x + 2) ** 2, **kwargs)
+        suggest(10**x, (x + 2) ** 2, **kwargs)
 
 
 def test_divisors_of_one_are_accepted_and_give_the_bounds_themselves():
     # L = (x + 2)^2 on x = log10(lr): minimum at lr = 1e-2, descending all the way there.
     x = np.linspace(-5, 0, 51)
-    s = suggest(10 ** x, (x + 2) ** 2, min_div=1, base_div=1)
+    s = suggest(10**x, (x + 2) ** 2, min_div=1, base_div=1)
     assert s["lr_min"] == pytest.approx(1e-2, rel=1e-12)
     assert s["max_lr"] == s["lr_min"] and s["base_lr"] == s["max_lr"]
 
@@ -480,8 +581,19 @@ def test_validation_curve_is_recorded_every_val_every_steps():
         seen.append(m.w.item())
         return 0.5 * m.w.item() ** 2
 
-    res = lr_find(model, None, batches(30), torch.optim.SGD(model.parameters(), lr=0.1), closure=quad_closure,
-                  start_lr=1e-3, end_lr=0.1, num_steps=12, val_fn=val_fn, val_every=3, progress=False)
+    res = lr_find(
+        model,
+        None,
+        batches(30),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=quad_closure,
+        start_lr=1e-3,
+        end_lr=0.1,
+        num_steps=12,
+        val_fn=val_fn,
+        val_every=3,
+        progress=False,
+    )
     assert len(seen) == 4
     assert np.isnan(res.val[[1, 2, 4, 5, 7, 8, 10, 11]]).all()
     np.testing.assert_allclose(res.val[[0, 3, 6, 9]], [0.5 * w * w for w in seen])
@@ -529,9 +641,18 @@ def test_seeds_across_torchs_whole_range_are_used(seeds):
     cs = [0.5 + 0.125 * i for i in range(12)]
     start, end, n = 1e-2, 0.5, 12
     model = Scalar()
-    res = lr_find(model, None, Shuffled([torch.tensor(c, dtype=torch.float64) for c in cs]),
-                  torch.optim.SGD(model.parameters(), lr=0.1), closure=quad_closure, start_lr=start, end_lr=end,
-                  num_steps=n, seeds=seeds, progress=False)
+    res = lr_find(
+        model,
+        None,
+        Shuffled([torch.tensor(c, dtype=torch.float64) for c in cs]),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=quad_closure,
+        start_lr=start,
+        end_lr=end,
+        num_steps=n,
+        seeds=seeds,
+        progress=False,
+    )
     assert res.seeds == seeds and [r["seed"] for r in res.runs] == seeds
     orders = []
     for seed, run in zip(seeds, res.runs):
@@ -546,15 +667,27 @@ def test_seeds_across_torchs_whole_range_are_used(seeds):
 def test_one_shot_loader_is_refused_for_several_seeds_and_left_unread():
     model = Scalar()
     gen = (torch.tensor(c, dtype=torch.float64) for c in [1.0] * 12)
-    message = ("seeds=[0, 1] repeats the test, but loader is a one-shot iterator (generator) that the second seed "
-               "would find empty")
+    message = (
+        "seeds=[0, 1] repeats the test, but loader is a one-shot iterator (generator) that the second seed "
+        "would find empty"
+    )
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         lr_find(model, None, gen, closure=quad_closure, seeds=[0, 1], progress=False)
     assert len(list(gen)) == 12
     # One seed reads it once, which is all it can give.
     gen = (torch.tensor(c, dtype=torch.float64) for c in [1.0] * 12)
-    res = lr_find(model, None, gen, torch.optim.SGD(model.parameters(), lr=0.1), closure=quad_closure,
-                  start_lr=1e-5, end_lr=1e-3, num_steps=30, seeds=[0], progress=False)
+    res = lr_find(
+        model,
+        None,
+        gen,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=quad_closure,
+        start_lr=1e-5,
+        end_lr=1e-3,
+        num_steps=30,
+        seeds=[0],
+        progress=False,
+    )
     assert res.stop_reason == "data" and len(res.lrs) == 12
 
 
@@ -569,8 +702,18 @@ def test_a_reiterable_loader_is_iterated_once_per_pass():
 
     loader = Counted(batches(12))
     model = Scalar()
-    lr_find(model, None, loader, torch.optim.SGD(model.parameters(), lr=0.1), closure=quad_closure,
-            start_lr=1e-5, end_lr=1e-3, num_steps=30, seeds=[0, 1], progress=False)
+    lr_find(
+        model,
+        None,
+        loader,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=quad_closure,
+        start_lr=1e-5,
+        end_lr=1e-3,
+        num_steps=30,
+        seeds=[0, 1],
+        progress=False,
+    )
     assert loader.passes == 2 * 3  # 30 steps from 12 batches: 12 + 12 + 6, for each seed
 
 
@@ -588,10 +731,10 @@ def test_suggestion_on_a_known_curve_min_rule():
     x = np.linspace(-7, 1, 801)
     loss = 1 - np.tanh(x + 3) + 4 * np.maximum(0, x + 1) ** 2
     x_min = _bisect(lambda v: -1 / math.cosh(v + 3) ** 2 + 8 * (v + 1), -1.0, 0.0)
-    s = suggest(10 ** x, loss)
+    s = suggest(10**x, loss)
     assert s["lr_steep"] == pytest.approx(1e-3, rel=0.03)
-    assert s["lr_min"] == pytest.approx(10 ** x_min, rel=0.03)
-    assert s["max_lr"] == pytest.approx(10 ** x_min / 4, rel=0.03)  # lr_min/4 > lr_steep here
+    assert s["lr_min"] == pytest.approx(10**x_min, rel=0.03)
+    assert s["max_lr"] == pytest.approx(10**x_min / 4, rel=0.03)  # lr_min/4 > lr_steep here
     assert s["base_lr"] == pytest.approx(s["max_lr"] / 4, rel=1e-15)
 
 
@@ -600,9 +743,9 @@ def test_suggestion_on_a_known_curve_steep_rule():
     x = np.linspace(-5, 1, 601)
     loss = 1 - np.tanh(3 * (x + 1.2)) + 4 * np.maximum(0, x + 1) ** 2
     x_min = _bisect(lambda v: -3 / math.cosh(3 * (v + 1.2)) ** 2 + 8 * (v + 1), -1.0, 0.0)
-    s = suggest(10 ** x, loss)
-    assert s["lr_steep"] == pytest.approx(10 ** -1.2, rel=0.03)
-    assert s["lr_min"] == pytest.approx(10 ** x_min, rel=0.03)
+    s = suggest(10**x, loss)
+    assert s["lr_steep"] == pytest.approx(10**-1.2, rel=0.03)
+    assert s["lr_min"] == pytest.approx(10**x_min, rel=0.03)
     assert s["max_lr"] == s["lr_steep"]
     assert s["max_lr"] > s["lr_min"] / 4
 
@@ -610,9 +753,9 @@ def test_suggestion_on_a_known_curve_steep_rule():
 def test_suggestion_is_not_fooled_by_one_noisy_point_or_a_noisy_start():
     x = np.linspace(-6, 0, 301)
     loss = 1 - np.tanh(x + 3) + 4 * np.maximum(0, x + 0.5) ** 2
-    loss[5] -= 0.5      # a spike in the first 10 %
-    loss[120] -= 0.05   # one low point in the plateau-to-descent shoulder
-    s = suggest(10 ** x, loss)
+    loss[5] -= 0.5  # a spike in the first 10 %
+    loss[120] -= 0.05  # one low point in the plateau-to-descent shoulder
+    s = suggest(10**x, loss)
     assert s["lr_steep"] == pytest.approx(1e-3, rel=0.05)
 
 
@@ -632,9 +775,18 @@ def test_end_to_end_suggestion_on_a_noisy_quadratic(smooth):
     # for lr > 2, so the suggestion must lie below 2 and the test must stop near it.
     model = Scalar(3.0)
     data = [torch.tensor(c, dtype=torch.float64) for c in [1.0, -1.0] * 150]
-    res = lr_find(model, None, data, torch.optim.SGD(model.parameters(), lr=0.1),
-                  closure=lambda m, c: 0.5 * ((m.w - c) ** 2).sum(), start_lr=1e-4, end_lr=100.0,
-                  num_steps=200, smooth=smooth, progress=False)
+    res = lr_find(
+        model,
+        None,
+        data,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        closure=lambda m, c: 0.5 * ((m.w - c) ** 2).sum(),
+        start_lr=1e-4,
+        end_lr=100.0,
+        num_steps=200,
+        smooth=smooth,
+        progress=False,
+    )
     assert res.stop_reason == "diverged" and 1.0 < res.diverged_lr < 4.0
     assert 0.01 < res.lr_steep <= res.lr_min < 2.0
     assert 0.01 < res.max_lr < 1.0 and res.base_lr == pytest.approx(res.max_lr / 4, rel=1e-15)
@@ -644,9 +796,21 @@ def test_end_to_end_suggestion_on_a_noisy_quadratic(smooth):
 # ----------------------------------------------------------------------------- to_schedule and plot
 def _result(max_lr=0.4, base_lr=0.1):
     lrs = np.geomspace(1e-4, 1.0, 20)
-    return LRFindResult(lrs=lrs, losses=np.linspace(2, 1, 20), smoothed=np.linspace(2, 1, 20), val=None,
-                        max_lr=max_lr, base_lr=base_lr, lr_min=1.0, lr_steep=0.4, stop_reason="end",
-                        diverged_lr=None, start_lr=1e-4, end_lr=1.0, mode="exp")
+    return LRFindResult(
+        lrs=lrs,
+        losses=np.linspace(2, 1, 20),
+        smoothed=np.linspace(2, 1, 20),
+        val=None,
+        max_lr=max_lr,
+        base_lr=base_lr,
+        lr_min=1.0,
+        lr_steep=0.4,
+        stop_reason="end",
+        diverged_lr=None,
+        start_lr=1e-4,
+        end_lr=1.0,
+        mode="exp",
+    )
 
 
 def test_to_schedule_builds_the_named_policies():
@@ -662,12 +826,15 @@ def test_to_schedule_builds_the_named_policies():
     assert r.to_schedule("triangular", step_size_up=10, base_momentum=0.85, max_momentum=0.95).momentum(10) == 0.85
 
 
-@pytest.mark.parametrize("args, match", [
-    (("triangular",), "needs step_size_up"),
-    (("onecycle",), "needs total_steps"),
-    (("cosine",), "needs step_size_up"),
-    (("sgdr",), "policy must be one of"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("triangular",), "needs step_size_up"),
+        (("onecycle",), "needs total_steps"),
+        (("cosine",), "needs step_size_up"),
+        (("sgdr",), "policy must be one of"),
+    ],
+)
 def test_to_schedule_errors(args, match):
     with pytest.raises(ValueError, match=match):
         _result().to_schedule(*args)
@@ -676,8 +843,17 @@ def test_to_schedule_errors(args, match):
 def test_plot_writes_a_png_with_band_and_validation(tmp_path):
     pytest.importorskip("matplotlib")
     data = _data(20)
-    res = lr_find(_net(), torch.nn.functional.cross_entropy, Shuffled(data), start_lr=1e-3, end_lr=3.0,
-                  num_steps=20, seeds=[0, 1], val_loader=data[:2], progress=False)
+    res = lr_find(
+        _net(),
+        torch.nn.functional.cross_entropy,
+        Shuffled(data),
+        start_lr=1e-3,
+        end_lr=3.0,
+        num_steps=20,
+        seeds=[0, 1],
+        val_loader=data[:2],
+        progress=False,
+    )
     path = tmp_path / "lr.png"
     fig = res.plot(str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -692,9 +868,7 @@ def test_plot_writes_a_png_with_band_and_validation(tmp_path):
 def test_progress_bar_on_request(capsys):
     pytest.importorskip("tqdm")
     model = Scalar()
-    lr_find(model, None, batches(20), closure=quad_closure, start_lr=1e-4, end_lr=1e-2, num_steps=15,
-            progress=True)
+    lr_find(model, None, batches(20), closure=quad_closure, start_lr=1e-4, end_lr=1e-2, num_steps=15, progress=True)
     assert "lr_find" in capsys.readouterr().err
-    lr_find(model, None, batches(20), closure=quad_closure, start_lr=1e-4, end_lr=1e-2, num_steps=15,
-            progress=False)
+    lr_find(model, None, batches(20), closure=quad_closure, start_lr=1e-4, end_lr=1e-2, num_steps=15, progress=False)
     assert capsys.readouterr().err == ""

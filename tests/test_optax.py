@@ -65,17 +65,28 @@ def momentum_pair(draw):
 @st.composite
 def cyclic(draw, momentum=False):
     kw = momentum_pair() if momentum else st.one_of(st.just({}), momentum_pair())
-    return clr.Cyclic(draw(lrs), draw(lrs), draw(steps), draw(st.one_of(st.none(), st.floats(0.0, 40.0))),
-                      mode=draw(st.sampled_from(["triangular", "triangular2", "exp_range"])),
-                      gamma=draw(st.floats(0.9, 1.0)), window=draw(st.sampled_from(["triangular", "welch", "hann"])),
-                      **draw(kw))
+    return clr.Cyclic(
+        draw(lrs),
+        draw(lrs),
+        draw(steps),
+        draw(st.one_of(st.none(), st.floats(0.0, 40.0))),
+        mode=draw(st.sampled_from(["triangular", "triangular2", "exp_range"])),
+        gamma=draw(st.floats(0.9, 1.0)),
+        window=draw(st.sampled_from(["triangular", "welch", "hann"])),
+        **draw(kw),
+    )
 
 
 @st.composite
 def onecycle(draw):
     try:
-        return clr.OneCycle(draw(lrs), draw(st.integers(2, 300)), pct_start=draw(st.floats(0.05, 0.95)),
-                            anneal=draw(st.sampled_from(["cos", "linear"])), three_phase=draw(st.booleans()))
+        return clr.OneCycle(
+            draw(lrs),
+            draw(st.integers(2, 300)),
+            pct_start=draw(st.floats(0.05, 0.95)),
+            anneal=draw(st.sampled_from(["cos", "linear"])),
+            three_phase=draw(st.booleans()),
+        )
     except ValueError:  # a zero-length phase
         assume(False)
 
@@ -83,12 +94,20 @@ def onecycle(draw):
 @st.composite
 def restarts(draw):
     t0 = draw(st.integers(1, 40))
-    return clr.CosineRestarts(draw(lrs), t0, T_mult=draw(st.floats(1.0, 2.5)), eta_min=draw(st.floats(0.0, 1e-3)),
-                              peak_decay=draw(st.floats(0.5, 1.0)), warmup_steps=draw(st.integers(0, t0 - 1)))
+    return clr.CosineRestarts(
+        draw(lrs),
+        t0,
+        T_mult=draw(st.floats(1.0, 2.5)),
+        eta_min=draw(st.floats(0.0, 1e-3)),
+        peak_decay=draw(st.floats(0.5, 1.0)),
+        warmup_steps=draw(st.integers(0, t0 - 1)),
+    )
 
 
 leaf = st.one_of(
-    cyclic(), onecycle(), restarts(),
+    cyclic(),
+    onecycle(),
+    restarts(),
     st.builds(clr.Warmup, lrs, lrs, st.integers(1, 50)),
     st.builds(clr.RangeSweep, st.floats(1e-6, 1e-3), st.floats(1e-2, 10.0), st.integers(1, 200)),
     st.builds(clr.Constant, lrs),
@@ -203,13 +222,22 @@ def _forms(dt, k):
     return forms
 
 
-@pytest.mark.parametrize("clr_s, optax_s, atol, ks", [
-    # t/64 and 1 - t/64 are exact in float32: optax's value is the core's, bit for bit; both hold 1 after 64.
-    (clr.Warmup(0.0, 1.0, 64), optax.linear_schedule(0.0, 1.0, 64), 0.0, (0, 7, 49, 50, 63, 64, 100, 127, 255, 999)),
-    # optax computes the cosine in float32, the core in double and then rounds: ~1 float32 ulp of 0.1.
-    # Within the first cycle only, since optax's cosine holds its floor where the core restarts.
-    (clr.CosineRestarts(0.1, T_0=120), optax.cosine_decay_schedule(0.1, 120), 3e-8, (0, 7, 49, 50, 100, 119)),
-], ids=["linear", "cosine"])
+@pytest.mark.parametrize(
+    "clr_s, optax_s, atol, ks",
+    [
+        # t/64 and 1 - t/64 are exact in float32: optax's value is the core's, bit for bit; both hold 1 after 64.
+        (
+            clr.Warmup(0.0, 1.0, 64),
+            optax.linear_schedule(0.0, 1.0, 64),
+            0.0,
+            (0, 7, 49, 50, 63, 64, 100, 127, 255, 999),
+        ),
+        # optax computes the cosine in float32, the core in double and then rounds: ~1 float32 ulp of 0.1.
+        # Within the first cycle only, since optax's cosine holds its floor where the core restarts.
+        (clr.CosineRestarts(0.1, T_0=120), optax.cosine_decay_schedule(0.1, 120), 3e-8, (0, 7, 49, 50, 100, 119)),
+    ],
+    ids=["linear", "cosine"],
+)
 def test_counts_of_every_integer_dtype_match_optax_and_the_signed_count(clr_s, optax_s, atol, ks):
     # Both parameters fit int8: optax's own schedules clip the count in its dtype, so a longer
     # schedule would wrap there (an int8 count against 2**16 steps reads 0) and be no oracle.
@@ -255,7 +283,11 @@ def test_unsigned_counts_past_int32_are_exact():
 
 
 def test_64_bit_counts_under_x64():
-    proc = subprocess.run([sys.executable, "-c", """
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            """
 import warnings
 warnings.simplefilter("error")
 import jax
@@ -273,7 +305,13 @@ w, ref = jax.jit(clro.schedule(clr.Warmup(0.0, 1.0, 2**16), num_steps=10)), opta
 for k in (3, 40_000, 2**40):
     assert float(w(jnp.uint64(k))) == float(ref(jnp.uint64(k))) == float(w(jnp.int64(k))), k
 print("ok")
-"""], capture_output=True, text=True, timeout=120, cwd=ROOT)
+""",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
 
@@ -320,8 +358,9 @@ def test_inside_optax_adamw_matches_adamw_fed_the_core_values():
 def test_inject_hyperparams_cycles_momentum_and_b1(opt, key):
     s = clr.Cyclic(0.01, 0.1, 4, base_momentum=0.8, max_momentum=0.95)
     lr_o, mom_o = jnp.asarray(want_lr(s, range(30))), jnp.asarray(want_momentum(s, range(30)))
-    tx = optax.inject_hyperparams(opt)(learning_rate=clro.schedule(s, num_steps=10),
-                                       **{key: clro.momentum_schedule(s, num_steps=10)})
+    tx = optax.inject_hyperparams(opt)(
+        learning_rate=clro.schedule(s, num_steps=10), **{key: clro.momentum_schedule(s, num_steps=10)}
+    )
     got = _run(tx, 30, GRADS)
     for k, (_, state, _) in enumerate(got):  # hyperparams hold the values update k used
         assert np.float32(state.hyperparams["learning_rate"]) == np.float32(s.lr(k))
@@ -335,7 +374,11 @@ def test_inject_hyperparams_cycles_momentum_and_b1(opt, key):
 
 
 def test_float64_tables_under_x64():
-    proc = subprocess.run([sys.executable, "-c", """
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            """
 import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp, numpy as np, clrfast as clr, clrfast.optax as clro
@@ -345,7 +388,13 @@ c = jnp.asarray([0, 5, 9, 10, 3_000_000_000], jnp.int64)
 assert f(c).dtype == jnp.float64
 assert [float(v) for v in f(c)] == [s.lr(int(k)) for k in c], f(c)
 print("ok")
-"""], capture_output=True, text=True, timeout=120, cwd=ROOT)
+""",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
 
@@ -360,8 +409,9 @@ def test_bad_input_names_the_argument_and_value():
     with pytest.raises(TypeError, match="num_steps must be an integer, got 2.5"):
         clro.schedule(c, num_steps=2.5)
     with pytest.raises(ValueError, match=r"schedule.schedules\[1\] defines no momentum"):
-        clro.momentum_schedule(clr.Join([clr.Cyclic(0.1, 1, 5, base_momentum=0.8, max_momentum=0.9),
-                                         clr.Constant(0.1)], [10]))
+        clro.momentum_schedule(
+            clr.Join([clr.Cyclic(0.1, 1, 5, base_momentum=0.8, max_momentum=0.9), clr.Constant(0.1)], [10])
+        )
     with pytest.raises(ValueError, match="dtype=float64 needs jax_enable_x64"):
         clro.schedule(c, dtype=jnp.float64)
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got int32"):
@@ -383,7 +433,11 @@ def test_bad_input_names_the_argument_and_value():
 
 # ----------------------------------------------------- imports, examples
 def test_import_clrfast_needs_no_framework_and_missing_jax_names_the_extra():
-    proc = subprocess.run([sys.executable, "-c", """
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            """
 import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
@@ -397,15 +451,27 @@ try:
     import clrfast.optax
 except ImportError as e:
     print(e)
-"""], capture_output=True, text=True, timeout=120, cwd=ROOT)
+""",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'clrfast[jax]'" in proc.stdout
 
 
 @pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="needs scikit-learn")
 def test_optax_example_trains_digits():
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "optax_digits.py")], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, env=dict(os.environ))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "optax_digits.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert float(lines[-1].split("test accuracy")[1]) >= 0.9, proc.stdout

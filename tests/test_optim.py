@@ -35,8 +35,14 @@ def _run(ps, opt, steps, sched=None, start=0):
 def _torch_pair(ps, cycle_momentum=False, foreach=False, **kw):
     opt = torch.optim.SGD(ps, lr=0.01, foreach=foreach, **kw)
     sch = torch.optim.lr_scheduler.CyclicLR(
-        opt, 0.01, 0.1, step_size_up=20, step_size_down=13, cycle_momentum=cycle_momentum,
-        base_momentum=0.8, max_momentum=0.9,
+        opt,
+        0.01,
+        0.1,
+        step_size_up=20,
+        step_size_down=13,
+        cycle_momentum=cycle_momentum,
+        base_momentum=0.8,
+        max_momentum=0.9,
     )
     return opt, sch
 
@@ -72,13 +78,17 @@ def test_scheduled_momentum_matches_cycliclr_momentum(flat):
             p.grad = g.clone()
             q.grad = g.clone()
         assert (opt.param_groups[0]["momentum"], opt.param_groups[0]["lr"]) == (
-            topt.param_groups[0]["momentum"], topt.param_groups[0]["lr"])
+            topt.param_groups[0]["momentum"],
+            topt.param_groups[0]["lr"],
+        )
         opt.step()
         topt.step()
         tsch.step()
         # torch's convention: after a step the group shows the next step's values
         assert (opt.param_groups[0]["momentum"], opt.param_groups[0]["lr"]) == (
-            topt.param_groups[0]["momentum"], topt.param_groups[0]["lr"])
+            topt.param_groups[0]["momentum"],
+            topt.param_groups[0]["lr"],
+        )
     for x, y in zip(a, b):
         assert torch.equal(x, y)
 
@@ -222,8 +232,10 @@ def test_torch_sgd_state_dict_round_trip():
         assert torch.equal(x, y)
     back = torch.optim.SGD(_params(), lr=0.05, momentum=0.9)
     back.load_state_dict(oa.state_dict())
-    assert all(torch.equal(back.state[p]["momentum_buffer"], oa.state[q]["momentum_buffer"])
-               for p, q in zip(back.param_groups[0]["params"], b))
+    assert all(
+        torch.equal(back.state[p]["momentum_buffer"], oa.state[q]["momentum_buffer"])
+        for p, q in zip(back.param_groups[0]["params"], b)
+    )
 
 
 @pytest.mark.parametrize("fused_unscale", [False, True], ids=["torch-unscale", "fused-unscale"])
@@ -284,8 +296,9 @@ def test_per_group_schedules():
     s1, s2 = clr.Cyclic(0.01, 0.1, step_size_up=20, step_size_down=13), clr.Constant(0.03)
     opt = CLRSGD([{"params": a[:2]}, {"params": a[2:], "schedule": s2}], s1, momentum=0.9)
     to = torch.optim.SGD([{"params": b[:2]}, {"params": b[2:]}], lr=0.01, momentum=0.9)
-    ts = torch.optim.lr_scheduler.CyclicLR(to, [0.01, 0.03], [0.1, 0.03], step_size_up=20, step_size_down=13,
-                                           cycle_momentum=False)
+    ts = torch.optim.lr_scheduler.CyclicLR(
+        to, [0.01, 0.03], [0.1, 0.03], step_size_up=20, step_size_down=13, cycle_momentum=False
+    )
     _run(a, opt, 50)
     _run(b, to, 50, sched=ts)
     for x, y in zip(a, b):
@@ -311,8 +324,11 @@ def test_bad_input():
     with pytest.raises(TypeError, match="int32"):
         CLRSGD([q], clr.Constant(0.1), flat=True)
     with pytest.raises(ValueError, match="one dtype"):
-        CLRSGD([torch.zeros(2, requires_grad=True), torch.zeros(2, dtype=torch.float64, requires_grad=True)],
-               clr.Constant(0.1), flat=True)
+        CLRSGD(
+            [torch.zeros(2, requires_grad=True), torch.zeros(2, dtype=torch.float64, requires_grad=True)],
+            clr.Constant(0.1),
+            flat=True,
+        )
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -40,8 +40,10 @@ def assert_same(xs, ys, what: str) -> None:
         assert x.shape == y.shape and x.dtype == y.dtype, f"{what}[{i}]: {x.shape} {x.dtype} vs {y.shape} {y.dtype}"
         if not torch.equal(x, y):
             diff = (x.double() - y.double()).abs()
-            raise AssertionError(f"{what}[{i}] differs: max |diff| {diff.max().item():.3e} at "
-                                 f"{int((diff != 0).sum())} of {x.numel()} elements")
+            raise AssertionError(
+                f"{what}[{i}] differs: max |diff| {diff.max().item():.3e} at "
+                f"{int((diff != 0).sum())} of {x.numel()} elements"
+            )
 
 
 def assert_trained(weights, init, what: str) -> None:
@@ -197,7 +199,7 @@ def _buffers_in(osd) -> list:
     if "state" in osd:
         return sorted(name for name, v in osd["state"].items() if "momentum_buffer" in v)
     suffix = ".momentum_buffer"
-    return sorted(k[len("state."):-len(suffix)] for k in osd if k.startswith("state.") and k.endswith(suffix))
+    return sorted(k[len("state.") : -len(suffix)] for k in osd if k.startswith("state.") and k.endswith(suffix))
 
 
 @MODES

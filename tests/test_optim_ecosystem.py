@@ -208,7 +208,10 @@ def test_lightning_lr_monitor_logs_the_applied_lr_and_momentum(tmp_path):
         g = record.grads[k]
         buf = g.clone() if buf is None else moms[k] * buf + g
         torch.testing.assert_close(
-            record.after[k], record.before[k] - lrs[k] * buf, rtol=1e-12, atol=1e-15,
+            record.after[k],
+            record.before[k] - lrs[k] * buf,
+            rtol=1e-12,
+            atol=1e-15,
             msg=lambda m, k=k: f"update {k} did not apply the logged lr/momentum: {m}",
         )
         if k:
@@ -233,8 +236,15 @@ def test_lightning_lr_find_applies_the_swept_lr(tmp_path):
     initial = _flat(module.parameters()).clone()
     trainer = _lightning_trainer(pl, tmp_path / "scheduled", n)
     with pytest.raises(RuntimeError, match=r"LRScheduler was attached.*schedule=None"):
-        pl.tuner.Tuner(trainer).lr_find(module, train_dataloaders=_loader(x, y, 8), min_lr=1e-4, max_lr=0.5,
-                                        num_training=n, early_stop_threshold=None, update_attr=False)
+        pl.tuner.Tuner(trainer).lr_find(
+            module,
+            train_dataloaders=_loader(x, y, 8),
+            min_lr=1e-4,
+            max_lr=0.5,
+            num_training=n,
+            early_stop_threshold=None,
+            update_attr=False,
+        )
     _assert_bits(_flat(module.parameters()), initial, "weights after the refused lr_find")
     runs = {}
     for name, make in [
@@ -245,8 +255,13 @@ def test_lightning_lr_find_applies_the_swept_lr(tmp_path):
         initial = _flat(module.parameters()).clone()
         trainer = _lightning_trainer(pl, tmp_path / name, n)
         finder = pl.tuner.Tuner(trainer).lr_find(
-            module, train_dataloaders=_loader(x, y, 8), min_lr=1e-4, max_lr=0.5, num_training=n,
-            early_stop_threshold=None, update_attr=False,
+            module,
+            train_dataloaders=_loader(x, y, 8),
+            min_lr=1e-4,
+            max_lr=0.5,
+            num_training=n,
+            early_stop_threshold=None,
+            update_attr=False,
         )
         runs[name] = finder
         # lr_find restores the model and the optimizer it found.
@@ -363,7 +378,10 @@ def _hf_train(tmp_path, make_optimizers, steps, max_grad_norm):
         seed=0,
     )
     trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=_Pairs(x, y), optimizers=make_optimizers(model),
+        model=model,
+        args=args,
+        train_dataset=_Pairs(x, y),
+        optimizers=make_optimizers(model),
         callbacks=[Capture()],
     )
     trainer.train()
@@ -433,8 +451,10 @@ def test_transformers_trainer_with_the_optimizers_scheduler_logs_the_schedule(tm
 @pytest.mark.parametrize("rule", ["CLRSGD", "CLRAdamW"])
 def test_transformers_trainer_default_scheduler_is_refused_before_the_first_update(tmp_path, rule):
     """With no scheduler given, the Trainer attaches its own LambdaLR over the schedule: refused, nothing trained."""
-    make = {"CLRSGD": lambda ps: CLRSGD(ps, clr.Cyclic(**CYCLE), momentum=0.9),
-            "CLRAdamW": lambda ps: CLRAdamW(ps, clr.WarmupCosine(1e-2, 5, 20))}[rule]
+    make = {
+        "CLRSGD": lambda ps: CLRSGD(ps, clr.Cyclic(**CYCLE), momentum=0.9),
+        "CLRAdamW": lambda ps: CLRAdamW(ps, clr.WarmupCosine(1e-2, 5, 20)),
+    }[rule]
     made = []
 
     def optimizers(model):
@@ -443,7 +463,7 @@ def test_transformers_trainer_default_scheduler_is_refused_before_the_first_upda
 
     with pytest.raises(RuntimeError, match=r"LRScheduler was attached.*opt\.scheduler\(\)"):
         _hf_train(tmp_path, optimizers, 10, 1.0)
-    (model, opt, initial), = made
+    ((model, opt, initial),) = made
     _assert_bits(_flat(model.parameters()), initial, "weights")
     assert opt.param_groups[0]["step"] == 0 and not opt.state
 
@@ -495,8 +515,6 @@ def test_torch_schedulers_over_a_schedule_are_refused_and_change_nothing(rule):
         opt.step()
         follow.step()
         assert follow.get_last_lr() == [clr.OneCycle(0.1, total_steps=10).lr(k + 1)]
-
-
 
 
 # --------------------------------------------------------------------------- Lightning precision plugins
@@ -556,12 +574,24 @@ def test_lightning_mixed_precision_with_gradient_clipping_matches_torch(tmp_path
         module = _clip_module(pl, configure, clipped[name])
         # Lightning turns the string "16-mixed" into bf16 on a CPU; its plugin runs float16 with a GradScaler
         # (a scale low enough that no step overflows: torch's scheduler would move on at a skipped one)
-        amp = {"precision": precision} if precision == "bf16-mixed" else {
-            "plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=256.0))]}
-        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, **amp, gradient_clip_val=0.05,
-                             logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                             default_root_dir=str(tmp_path / name))
+        amp = (
+            {"precision": precision}
+            if precision == "bf16-mixed"
+            else {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=256.0))]}
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps,
+            **amp,
+            gradient_clip_val=0.05,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=str(tmp_path / name),
+        )
         trainer.fit(module, _loader(x, y, 8))
         weights[name] = _flat(module.parameters()).clone()
         if name == "clrfast":
@@ -583,10 +613,19 @@ def test_lightning_16_mixed_skipped_steps_leave_the_clock_alone(tmp_path, rule):
     # A scale so large that the first updates overflow in float16: GradScaler skips them
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**22)
     module = _lightning_module(pl, PRECISION_PAIRS[rule][0], torch.float32)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=1.0,
-                         plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        gradient_clip_val=1.0,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, _loader(x, y, 8))
     (opt,) = trainer.optimizers
     skipped = round(math.log2(2.0**22 / scaler.get_scale()))
@@ -602,10 +641,14 @@ def test_lightning_16_mixed_skipped_steps_leave_the_clock_alone(tmp_path, rule):
 # Metrics with several plateaus: patience=1 reduces at the second epoch without improvement.
 PLATEAU_METRICS = [1.0, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.6, 0.6, 0.6, 0.6, 0.6]
 PLATEAU_PAIRS = {
-    "CLRSGD": (lambda ps: CLRSGD(ps, 0.1, momentum=0.9, weight_decay=1e-3),
-               lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, foreach=False)),
-    "CLRAdamW": (lambda ps: CLRAdamW(ps, 1e-2, weight_decay=1e-2),
-                 lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-2, foreach=False)),
+    "CLRSGD": (
+        lambda ps: CLRSGD(ps, 0.1, momentum=0.9, weight_decay=1e-3),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, foreach=False),
+    ),
+    "CLRAdamW": (
+        lambda ps: CLRAdamW(ps, 1e-2, weight_decay=1e-2),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-2, foreach=False),
+    ),
 }
 
 
@@ -625,7 +668,7 @@ def test_reduce_lr_on_plateau_without_a_schedule_matches_torch(rule, dtype):
     for epoch, metric in enumerate(PLATEAU_METRICS):
         for name, net in nets.items():
             for b in range(2):  # two updates an epoch at the epoch's lr
-                xb, yb = x[8 * epoch + 4 * b:][:4], y[8 * epoch + 4 * b:][:4]
+                xb, yb = x[8 * epoch + 4 * b :][:4], y[8 * epoch + 4 * b :][:4]
                 opts[name].zero_grad()
                 nn.functional.mse_loss(net(xb).squeeze(-1), yb).backward()
                 opts[name].step()
@@ -733,20 +776,24 @@ def test_lightning_reduce_lr_on_plateau_over_a_schedule_stops_with_the_message(t
             opt = self.make(self.parameters())
             made.append((opt, _flat(self.parameters()).clone()))
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "train_loss",
-                                                       "interval": "step"}}
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "train_loss", "interval": "step"},
+            }
 
     x, y = _data(8 * 6)
     module = Monitored(lambda ps: CLRSGD(ps, _schedule()))
     with pytest.raises(RuntimeError, match=r"ReduceLROnPlateau holds this CLRSGD;.*opt\.scheduler\(\)"):
         _lightning_trainer(pl, tmp_path / "scheduled", 6).fit(module, _loader(x, y, 8))
-    (opt, initial), = made
+    ((opt, initial),) = made
     _assert_bits(_flat(module.parameters()), initial, "weights")
     assert opt.param_groups[0]["step"] == 0 and not opt.state
     # with schedule=None the same configuration trains as torch's SGD does
     weights, lrs = {}, {}
-    for name, make in (("clrfast", lambda ps: CLRSGD(ps, 0.1, momentum=0.9)),
-                       ("torch", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, foreach=False))):
+    for name, make in (
+        ("clrfast", lambda ps: CLRSGD(ps, 0.1, momentum=0.9)),
+        ("torch", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, foreach=False)),
+    ):
         module = Monitored(make)
         trainer = _lightning_trainer(pl, tmp_path / name, 6)
         trainer.fit(module, _loader(x, y, 8))

@@ -39,13 +39,19 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 # Built on the loaded profile (conftest: derandomized under CI).
 SETTINGS = settings(
-    max_examples=150, stateful_step_count=40, deadline=None,
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 NAN, INF = float("nan"), float("inf")
-_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
-         torch.bfloat16: torch.int16}
+_BITS = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
 _OTHER = {torch.float32: torch.float64, torch.float64: torch.float32}
 MAX_GROUPS = 4
 
@@ -62,8 +68,7 @@ def same(a, b) -> bool:
     """Both None, or the same dtype, shape and bits."""
     if a is None or b is None:
         return a is None and b is None
-    return (a.dtype == b.dtype and a.shape == b.shape and a.layout == b.layout
-            and torch.equal(bits(a), bits(b)))
+    return a.dtype == b.dtype and a.shape == b.shape and a.layout == b.layout and torch.equal(bits(a), bits(b))
 
 
 def describe(t) -> str:
@@ -140,11 +145,18 @@ def group_specs(draw, cycle_momentum: bool, n_tensors=(1, 3), dtype=None):
     nesterov = has_momentum and draw(st.booleans())
     dampening = 0.0 if nesterov else draw(st.sampled_from([0.0, 0.0, 0.3, 1.0]))
     return GroupSpec(
-        shapes=shapes, dtypes=dtypes, transposed=transposed,
-        base_lr=draw(st.sampled_from([0.01, 0.05, 0.1])), max_lr=draw(st.sampled_from([0.1, 0.5, 1.0])),
-        base_momentum=draw(st.sampled_from([0.5, 0.8])), max_momentum=draw(st.sampled_from([0.9, 0.95])),
-        momentum=momentum, dampening=dampening, weight_decay=draw(st.sampled_from([0.0, 0.0, 1e-2, 0.5])),
-        nesterov=nesterov, maximize=draw(st.booleans()),
+        shapes=shapes,
+        dtypes=dtypes,
+        transposed=transposed,
+        base_lr=draw(st.sampled_from([0.01, 0.05, 0.1])),
+        max_lr=draw(st.sampled_from([0.1, 0.5, 1.0])),
+        base_momentum=draw(st.sampled_from([0.5, 0.8])),
+        max_momentum=draw(st.sampled_from([0.9, 0.95])),
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=draw(st.sampled_from([0.0, 0.0, 1e-2, 0.5])),
+        nesterov=nesterov,
+        maximize=draw(st.booleans()),
     )
 
 
@@ -153,7 +165,9 @@ def unit_specs(draw, max_groups=2):
     cycle = draw(st.booleans())
     n = draw(st.integers(1, max_groups))
     return UnitSpec(
-        up=draw(st.sampled_from([1, 2, 3, 5])), down=draw(st.sampled_from([None, 1, 4])), cycle_momentum=cycle,
+        up=draw(st.sampled_from([1, 2, 3, 5])),
+        down=draw(st.sampled_from([None, 1, 4])),
+        cycle_momentum=cycle,
         groups=[draw(group_specs(cycle)) for _ in range(n)],
     )
 
@@ -164,8 +178,15 @@ def schedule_of(unit: UnitSpec, g: GroupSpec) -> clr.Cyclic:
 
 
 def clr_group(unit: UnitSpec, g: GroupSpec, params) -> dict:
-    d = dict(params=params, schedule=schedule_of(unit, g), momentum=g.momentum, dampening=g.dampening,
-             weight_decay=g.weight_decay, nesterov=g.nesterov, maximize=g.maximize)
+    d = dict(
+        params=params,
+        schedule=schedule_of(unit, g),
+        momentum=g.momentum,
+        dampening=g.dampening,
+        weight_decay=g.weight_decay,
+        nesterov=g.nesterov,
+        maximize=g.maximize,
+    )
     if not unit.scheduled:
         d.update(schedule=None, lr=g.base_lr)
     if g.flat is not None:
@@ -176,16 +197,29 @@ def clr_group(unit: UnitSpec, g: GroupSpec, params) -> dict:
 def build_torch(unit: Unit) -> None:
     """A fresh SGD + CyclicLR over ``unit.params``, as the unit's specification gives them."""
     s = unit.spec
-    groups = [dict(params=ps, momentum=g.max_momentum if s.cycle_momentum else g.momentum, dampening=g.dampening,
-                   weight_decay=g.weight_decay, nesterov=g.nesterov, maximize=g.maximize)
-              for g, ps in zip(s.groups, unit.params)]
+    groups = [
+        dict(
+            params=ps,
+            momentum=g.max_momentum if s.cycle_momentum else g.momentum,
+            dampening=g.dampening,
+            weight_decay=g.weight_decay,
+            nesterov=g.nesterov,
+            maximize=g.maximize,
+        )
+        for g, ps in zip(s.groups, unit.params)
+    ]
     unit.opt = torch.optim.SGD(groups, lr=s.groups[0].base_lr, foreach=False)
     if not s.scheduled:
         unit.sched = None
         return
     unit.sched = torch.optim.lr_scheduler.CyclicLR(
-        unit.opt, [g.base_lr for g in s.groups], [g.max_lr for g in s.groups], step_size_up=s.up,
-        step_size_down=s.down, cycle_momentum=s.cycle_momentum, base_momentum=[g.base_momentum for g in s.groups],
+        unit.opt,
+        [g.base_lr for g in s.groups],
+        [g.max_lr for g in s.groups],
+        step_size_up=s.up,
+        step_size_down=s.down,
+        cycle_momentum=s.cycle_momentum,
+        base_momentum=[g.base_momentum for g in s.groups],
         max_momentum=[g.max_momentum for g in s.groups],
     )
 
@@ -234,8 +268,13 @@ class TwinOptimizers(RuleBasedStateMachine):
     flat = False
 
     # ------------------------------------------------------------------ setup
-    @initialize(spec=unit_specs(), seed=st.integers(0, 2**16), threads=st.sampled_from([None, 1, 2]),
-                scale_exp=st.integers(0, 12), fused_unscale=st.booleans())
+    @initialize(
+        spec=unit_specs(),
+        seed=st.integers(0, 2**16),
+        threads=st.sampled_from([None, 1, 2]),
+        scale_exp=st.integers(0, 12),
+        fused_unscale=st.booleans(),
+    )
     def setup(self, spec, seed, threads, scale_exp, fused_unscale):
         if self.flat:  # one dtype per flat group
             for g in spec.groups:
@@ -247,17 +286,23 @@ class TwinOptimizers(RuleBasedStateMachine):
         build_torch(unit)
         self.units = [unit]
         g0 = spec.groups[0]
-        groups = [{"params": self.cparams[0]}] + [clr_group(spec, g, ps)
-                                                  for g, ps in zip(spec.groups[1:], self.cparams[1:])]
+        groups = [{"params": self.cparams[0]}] + [
+            clr_group(spec, g, ps) for g, ps in zip(spec.groups[1:], self.cparams[1:])
+        ]
         self.opt = CLRSGD(
-            groups, schedule_of(spec, g0), momentum=g0.momentum, dampening=g0.dampening,
-            weight_decay=g0.weight_decay, nesterov=g0.nesterov, maximize=g0.maximize, flat=self.flat,
+            groups,
+            schedule_of(spec, g0),
+            momentum=g0.momentum,
+            dampening=g0.dampening,
+            weight_decay=g0.weight_decay,
+            nesterov=g0.nesterov,
+            maximize=g0.maximize,
+            flat=self.flat,
             threads=threads,
         )
         self.opt.fused_unscale = fused_unscale  # GradScaler unscales, or the kernel does as it reads
         self.applied = [0] * len(spec.groups)
-        self.scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**scale_exp, growth_interval=3)
-                        for _ in range(2)]
+        self.scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**scale_exp, growth_interval=3) for _ in range(2)]
         for s in self.scalers:
             s.scale(torch.ones(()))  # initialises the scale, as scaling the first loss does
 
@@ -303,11 +348,14 @@ class TwinOptimizers(RuleBasedStateMachine):
         seed = data.draw(st.integers(0, 2**16), label=f"{label} seed")
         gen = torch.Generator().manual_seed(seed)
         pairs = list(self.pairs())
-        acts = data.draw(st.lists(st.sampled_from(actions), min_size=len(pairs), max_size=len(pairs)),
-                         label=f"{label} actions")
+        acts = data.draw(
+            st.lists(st.sampled_from(actions), min_size=len(pairs), max_size=len(pairs)), label=f"{label} actions"
+        )
         values = [NAN, INF, -INF]
-        bad = data.draw(st.lists(st.tuples(st.integers(0, 99), st.integers(0, 99), st.sampled_from(values)),
-                                 max_size=2), label=f"{label} non-finite")
+        bad = data.draw(
+            st.lists(st.tuples(st.integers(0, 99), st.integers(0, 99), st.sampled_from(values)), max_size=2),
+            label=f"{label} non-finite",
+        )
         mag = data.draw(st.sampled_from([1.0, 1.0, 1e3]), label=f"{label} magnitude")
         for k, ((p, q, _), act) in enumerate(zip(pairs, acts)):
             if act == "none":
@@ -352,11 +400,30 @@ class TwinOptimizers(RuleBasedStateMachine):
         for p in self.all_cparams():
             g = p.grad
             dense = g is not None and g.layout == torch.strided
-            tensors.append((p, p.data_ptr(), p.dtype, p.shape, p.stride(), bits(p).clone(), g,
-                            None if g is None else (g.data_ptr() if dense else None, g.dtype, g.shape, g.layout,
-                                                    bits(g).clone() if dense else None)))
-        state = {p: {k: (v, bits(v).clone() if isinstance(v, torch.Tensor) else None) for k, v in s.items()}
-                 for p, s in opt.state.items()}
+            tensors.append(
+                (
+                    p,
+                    p.data_ptr(),
+                    p.dtype,
+                    p.shape,
+                    p.stride(),
+                    bits(p).clone(),
+                    g,
+                    None
+                    if g is None
+                    else (
+                        g.data_ptr() if dense else None,
+                        g.dtype,
+                        g.shape,
+                        g.layout,
+                        bits(g).clone() if dense else None,
+                    ),
+                )
+            )
+        state = {
+            p: {k: (v, bits(v).clone() if isinstance(v, torch.Tensor) else None) for k, v in s.items()}
+            for p, s in opt.state.items()
+        }
         return opt, groups, tensors, state
 
     def assert_unchanged(self, snap, what):
@@ -421,8 +488,9 @@ class TwinOptimizers(RuleBasedStateMachine):
         sc, st_ = self.scalers
         assert sc.get_scale() == st_.get_scale()
         scale = sc.get_scale()
-        if not self.draw_grads(data, actions=["new", "new", "none", "inplace", "strided"], scale=scale,
-                               label="scaled grads"):
+        if not self.draw_grads(
+            data, actions=["new", "new", "none", "inplace", "strided"], scale=scale, label="scaled grads"
+        ):
             return  # GradScaler needs at least one gradient (it asserts otherwise)
         unscaled = data.draw(st.booleans(), label="unscale_ first")
         if unscaled:  # as for gradient clipping
@@ -433,8 +501,9 @@ class TwinOptimizers(RuleBasedStateMachine):
         stepped = [u for u in self.units if any(q.grad is not None for qs in u.params for q in qs)]
         for u in stepped:
             st_.unscale_(u.opt)
-        found = any(not torch.isfinite(q.grad).all() for u in stepped for qs in u.params for q in qs
-                    if q.grad is not None)
+        found = any(
+            not torch.isfinite(q.grad).all() for u in stepped for qs in u.params for q in qs if q.grad is not None
+        )
         if not found:
             for u in self.units:
                 if u in stepped:
@@ -464,9 +533,13 @@ class TwinOptimizers(RuleBasedStateMachine):
         if self.flat:
             g.dtypes = [g.dtypes[0]] * len(g.dtypes)
             g.flat = data.draw(st.sampled_from([None, True, False]), label="flat")
-        spec = UnitSpec(up=data.draw(st.sampled_from([1, 2, 4]), label="up"),
-                        down=data.draw(st.sampled_from([None, 3]), label="down"), cycle_momentum=cycle, groups=[g],
-                        scheduled=cycle or data.draw(st.sampled_from([True, True, False]), label="scheduled"))
+        spec = UnitSpec(
+            up=data.draw(st.sampled_from([1, 2, 4]), label="up"),
+            down=data.draw(st.sampled_from([None, 3]), label="down"),
+            cycle_momentum=cycle,
+            groups=[g],
+            scheduled=cycle or data.draw(st.sampled_from([True, True, False]), label="scheduled"),
+        )
         tensors = make_tensors(g, data.draw(st.integers(0, 2**16), label="seed"))
         cps = [param(t) for t in tensors]
         gi = len(self.applied)
@@ -515,8 +588,10 @@ class TwinOptimizers(RuleBasedStateMachine):
             new.append(qs)
         # a flat group whose parameters were converted to mixed dtypes resumes in list mode (a new flat
         # group refuses them)
-        groups = [{"params": qs, "schedule": clr.Constant(1.0), "flat": g["flat"] and len({q.dtype for q in qs}) < 2}
-                  for qs, g in zip(new, self.opt.param_groups)]
+        groups = [
+            {"params": qs, "schedule": clr.Constant(1.0), "flat": g["flat"] and len({q.dtype for q in qs}) < 2}
+            for qs, g in zip(new, self.opt.param_groups)
+        ]
         fresh = CLRSGD(groups, clr.Constant(0.5), momentum=0.5, flat=self.flat, threads=self.threads)
         fresh.load_state_dict(sd)
         self.opt, self.cparams = fresh, new
@@ -542,8 +617,12 @@ class TwinOptimizers(RuleBasedStateMachine):
         for u in self.units:
             ssd = u.sched.state_dict() if u.sched is not None else None
             # a torch user keeps torch's keys; clrfast's would come back stale into a later CLRSGD load
-            sub = {"param_groups": [{k: v for k, v in sd["param_groups"][gi].items()
-                                     if k not in ("schedule", "step", "flat")} for gi in u.indices]}
+            sub = {
+                "param_groups": [
+                    {k: v for k, v in sd["param_groups"][gi].items() if k not in ("schedule", "step", "flat")}
+                    for gi in u.indices
+                ]
+            }
             ids = {i for g in sub["param_groups"] for i in g["params"]}
             sub["state"] = {k: v for k, v in sd["state"].items() if k in ids}
             with warnings.catch_warnings():
@@ -633,8 +712,13 @@ class TwinOptimizers(RuleBasedStateMachine):
         u.opt.state[q]["momentum_buffer"] = buffer(u.opt, q).to(dtype)
 
     def _square(self, data, grads=False):
-        pairs = [(p, q) for p, q, _ in self.pairs() if p.dim() == 2 and p.shape[0] == p.shape[1]
-                 and (not grads or (p.grad is not None and p.grad.layout == torch.strided))]
+        pairs = [
+            (p, q)
+            for p, q, _ in self.pairs()
+            if p.dim() == 2
+            and p.shape[0] == p.shape[1]
+            and (not grads or (p.grad is not None and p.grad.layout == torch.strided))
+        ]
         return self.pick(data, pairs, "square parameter") if pairs else (None, None)
 
     @rule(data=st.data())
@@ -726,8 +810,11 @@ class TwinOptimizers(RuleBasedStateMachine):
             return
         had_entry = p in self.opt.state
         old = buffer(self.opt, p)
-        bad = {"size": torch.zeros(p.numel() + 2, dtype=p.dtype), "int": torch.zeros(p.shape, dtype=torch.int32),
-               "list": [0.0] * p.numel()}[kind]
+        bad = {
+            "size": torch.zeros(p.numel() + 2, dtype=p.dtype),
+            "int": torch.zeros(p.shape, dtype=torch.int32),
+            "list": [0.0] * p.numel(),
+        }[kind]
         self.opt.state[p]["momentum_buffer"] = bad
         if self._group_of(p)["momentum"] != 0:  # torch, too, ignores the buffer of a group without momentum
             self._expect_failure(f"step with a {kind} momentum buffer", self.opt.step, (ValueError, TypeError))
@@ -747,19 +834,34 @@ class TwinOptimizers(RuleBasedStateMachine):
         ids = [i for g in sd["param_groups"] for i in g["params"]]
         shapes = [p.shape for p in self.all_cparams()]
         i = data.draw(st.integers(0, len(ids) - 1), label="parameter")
-        entry = {"size": {"momentum_buffer": torch.zeros(math.prod(shapes[i]) + 1)},
-                 "int": {"momentum_buffer": torch.zeros(shapes[i], dtype=torch.int64)},
-                 "not a tensor": {"momentum_buffer": "x"},
-                 "unknown id": {"momentum_buffer": torch.zeros(shapes[i])},
-                 "not a dict": 3}[kind]
+        entry = {
+            "size": {"momentum_buffer": torch.zeros(math.prod(shapes[i]) + 1)},
+            "int": {"momentum_buffer": torch.zeros(shapes[i], dtype=torch.int64)},
+            "not a tensor": {"momentum_buffer": "x"},
+            "unknown id": {"momentum_buffer": torch.zeros(shapes[i])},
+            "not a dict": 3,
+        }[kind]
         sd["state"][ids[i] if kind != "unknown id" else max(ids) + 100] = entry
-        self._expect_failure(f"load_state_dict with a bad state entry ({kind})", lambda: self.opt.load_state_dict(sd),
-                             (ValueError, TypeError))
+        self._expect_failure(
+            f"load_state_dict with a bad state entry ({kind})",
+            lambda: self.opt.load_state_dict(sd),
+            (ValueError, TypeError),
+        )
 
     BAD_GROUP_VALUES = [
-        ("step", 2**70), ("step", -1), ("step", 1.5), ("step", "3"), ("momentum", -1.0), ("momentum", "x"),
-        ("momentum", NAN), ("weight_decay", -1.0), ("dampening", "x"), ("nesterov", "yes"), ("maximize", 2),
-        ("schedule", "bogus"), ("schedule", {"clrfast_schedule": 1, "type": "Nope", "params": {}}),
+        ("step", 2**70),
+        ("step", -1),
+        ("step", 1.5),
+        ("step", "3"),
+        ("momentum", -1.0),
+        ("momentum", "x"),
+        ("momentum", NAN),
+        ("weight_decay", -1.0),
+        ("dampening", "x"),
+        ("nesterov", "yes"),
+        ("maximize", 2),
+        ("schedule", "bogus"),
+        ("schedule", {"clrfast_schedule": 1, "type": "Nope", "params": {}}),
         ("schedule", {"clrfast_schedule": 1, "type": "Cyclic", "params": {"base_lr": -1.0, "max_lr": 0.1}}),
     ]
 
@@ -777,11 +879,26 @@ class TwinOptimizers(RuleBasedStateMachine):
             if key == "momentum" and (g["schedule"] or {}).get("params", {}).get("base_momentum") is not None:
                 return  # a scheduled momentum replaces the saved one
             g[key] = value
-        self._expect_failure(f"load_state_dict with param_groups[{gi}] {bad}", lambda: self.opt.load_state_dict(sd),
-                             (ValueError, TypeError))
+        self._expect_failure(
+            f"load_state_dict with param_groups[{gi}] {bad}",
+            lambda: self.opt.load_state_dict(sd),
+            (ValueError, TypeError),
+        )
 
-    @rule(data=st.data(), bad=st.sampled_from([("momentum", -1.0), ("momentum", "x"), ("lr", "x"), ("lr", None),
-                                               ("weight_decay", "x"), ("step", 2.5), ("step", None)]))
+    @rule(
+        data=st.data(),
+        bad=st.sampled_from(
+            [
+                ("momentum", -1.0),
+                ("momentum", "x"),
+                ("lr", "x"),
+                ("lr", None),
+                ("weight_decay", "x"),
+                ("step", 2.5),
+                ("step", None),
+            ]
+        ),
+    )
     def bad_value_written_to_a_group(self, data, bad):
         gi = data.draw(st.integers(0, len(self.applied) - 1), label="group")
         group = self.opt.param_groups[gi]
@@ -791,8 +908,22 @@ class TwinOptimizers(RuleBasedStateMachine):
         self._expect_failure(f"step with param_groups[{gi}] {bad}", self.opt.step, (ValueError, TypeError))
         group.update(saved)
 
-    @rule(kind=st.sampled_from(["int", "complex", "shared", "non-leaf", "bogus schedule", "lr and schedule",
-                                "nesterov without momentum", "mixed dtypes", "meta", "empty dict"]))
+    @rule(
+        kind=st.sampled_from(
+            [
+                "int",
+                "complex",
+                "shared",
+                "non-leaf",
+                "bogus schedule",
+                "lr and schedule",
+                "nesterov without momentum",
+                "mixed dtypes",
+                "meta",
+                "empty dict",
+            ]
+        )
+    )
     def bad_param_group(self, kind):
         def fresh(dtype=torch.float32):
             return torch.nn.Parameter(torch.randn(3, dtype=dtype))
@@ -804,14 +935,20 @@ class TwinOptimizers(RuleBasedStateMachine):
             "non-leaf": lambda: {"params": [fresh() * 2]},
             "bogus schedule": lambda: {"params": [fresh()], "schedule": "bogus"},
             "lr and schedule": lambda: {"params": [fresh()], "schedule": clr.Constant(0.1), "lr": 0.1},
-            "nesterov without momentum": lambda: {"params": [fresh()], "schedule": clr.Constant(0.1), "nesterov": True,
-                                                  "momentum": 0.0, "dampening": 0.0},
+            "nesterov without momentum": lambda: {
+                "params": [fresh()],
+                "schedule": clr.Constant(0.1),
+                "nesterov": True,
+                "momentum": 0.0,
+                "dampening": 0.0,
+            },
             "mixed dtypes": lambda: {"params": [fresh(), fresh(torch.float64)], "flat": True},
             "meta": lambda: {"params": [torch.nn.Parameter(torch.randn(3, device="meta"))]},
             "empty dict": lambda: {},
         }[kind]()
-        self._expect_failure(f"add_param_group ({kind})", lambda: self.opt.add_param_group(group),
-                             (ValueError, TypeError))
+        self._expect_failure(
+            f"add_param_group ({kind})", lambda: self.opt.add_param_group(group), (ValueError, TypeError)
+        )
 
 
 class TestListMode(TwinOptimizers.TestCase):
@@ -858,6 +995,7 @@ def test_maximize_with_a_nan_gradient_gives_torchs_bits(flat, n):
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_adamw_maximize_with_a_nan_gradient_gives_torchs_bits(amsgrad):
     from clrfast.torch import CLRAdamW
+
     a, b = torch.nn.Parameter(torch.ones(67)), torch.nn.Parameter(torch.ones(67))
     oa = CLRAdamW([a], clr.Constant(0.1), maximize=True, amsgrad=amsgrad)
     ob = torch.optim.AdamW([b], lr=0.1, maximize=True, amsgrad=amsgrad, foreach=False)

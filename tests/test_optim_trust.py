@@ -47,10 +47,17 @@ def _snapshot(opt):
     return dict(
         values=[p.detach().clone() for p in params],
         ptrs=[p.data_ptr() for p in params],
-        grads=[None if p.grad is None else (p.grad.data_ptr() if p.grad.layout == torch.strided else id(p.grad),
-                                            p.grad.detach().clone()) for p in params],
-        state={id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
-               for p in params if p in opt.state},
+        grads=[
+            None
+            if p.grad is None
+            else (p.grad.data_ptr() if p.grad.layout == torch.strided else id(p.grad), p.grad.detach().clone())
+            for p in params
+        ],
+        state={
+            id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
+            for p in params
+            if p in opt.state
+        },
         groups=[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
         ngroups=len(opt.param_groups),
     )
@@ -274,7 +281,8 @@ def test_transposed_parameters_match_torch():
     base = torch.randn(5, 4, generator=g)
     a = [torch.nn.Parameter(base.clone().t()), torch.nn.Parameter(torch.randn(6, generator=g))]
     b = [torch.nn.Parameter(p.detach().clone().t().contiguous().t()) for p in a[:1]] + [
-        torch.nn.Parameter(a[1].detach().clone())]
+        torch.nn.Parameter(a[1].detach().clone())
+    ]
     assert not a[0].is_contiguous()
     oa = CLRSGD(a, SCHED, momentum=0.9, weight_decay=1e-2, nesterov=True)
     ob, sb = _torch(b, momentum=0.9, weight_decay=1e-2, nesterov=True)
@@ -390,11 +398,13 @@ def test_param_groups_show_the_next_updates_values_as_torch():
     a, b = _twins()
     oa = CLRSGD(a, s)
     ob = torch.optim.SGD(b, lr=0.01, momentum=0.9)
-    sb = torch.optim.lr_scheduler.CyclicLR(ob, 0.01, 0.1, step_size_up=5, step_size_down=3, base_momentum=0.8,
-                                           max_momentum=0.9)
+    sb = torch.optim.lr_scheduler.CyclicLR(
+        ob, 0.01, 0.1, step_size_up=5, step_size_down=3, base_momentum=0.8, max_momentum=0.9
+    )
     for t in range(12):
-        assert [(g["lr"], g["momentum"]) for g in oa.param_groups] == [(g["lr"], g["momentum"]) for g in
-                                                                        ob.param_groups]
+        assert [(g["lr"], g["momentum"]) for g in oa.param_groups] == [
+            (g["lr"], g["momentum"]) for g in ob.param_groups
+        ]
         assert oa.get_last_lr() == sb.get_last_lr()
         _step_both(a, oa, b, ob, sb, t)
 

@@ -60,8 +60,10 @@ def test_plot_into_existing_axes_with_options(tmp_path):
     assert b"<svg" in path.read_bytes()[:400]
 
 
-@pytest.mark.parametrize("steps, exc", [(0, ValueError), (True, TypeError), (np.array([0.5, 1.5]), TypeError),
-                                        (np.zeros((2, 2), dtype=int), TypeError)])
+@pytest.mark.parametrize(
+    "steps, exc",
+    [(0, ValueError), (True, TypeError), (np.array([0.5, 1.5]), TypeError), (np.zeros((2, 2), dtype=int), TypeError)],
+)
 def test_bad_steps(steps, exc):
     with pytest.raises(exc, match="steps"):
         plot(clr.Constant(0.1), steps)

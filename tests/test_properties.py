@@ -28,17 +28,22 @@ def cyclic(draw, modes=("triangular", "triangular2", "exp_range"), momentum=None
     window = draw(st.sampled_from(windows or ("triangular", "welch", "hann")))
     gamma = draw(st.floats(0.99, 1.0))
     mom = draw(momenta) if (momentum if momentum is not None else draw(st.booleans())) else (None, None)
-    return clr.Cyclic(base, mx, up, down, mode=mode, gamma=gamma, window=window,
-                      base_momentum=mom[0], max_momentum=mom[1])
+    return clr.Cyclic(
+        base, mx, up, down, mode=mode, gamma=gamma, window=window, base_momentum=mom[0], max_momentum=mom[1]
+    )
 
 
 @st.composite
 def onecycle(draw):
     while True:
         kw = dict(
-            max_lr=draw(lrs), total_steps=draw(st.integers(1, 3000)), pct_start=draw(st.floats(0.0, 1.0)),
-            anneal=draw(st.sampled_from(["cos", "linear"])), three_phase=draw(st.booleans()),
-            div_factor=draw(st.floats(1.0, 1e3)), final_div_factor=draw(st.floats(1.0, 1e5)),
+            max_lr=draw(lrs),
+            total_steps=draw(st.integers(1, 3000)),
+            pct_start=draw(st.floats(0.0, 1.0)),
+            anneal=draw(st.sampled_from(["cos", "linear"])),
+            three_phase=draw(st.booleans()),
+            div_factor=draw(st.floats(1.0, 1e3)),
+            final_div_factor=draw(st.floats(1.0, 1e5)),
         )
         try:
             return clr.OneCycle(**kw)
@@ -50,8 +55,12 @@ def onecycle(draw):
 def restarts(draw):
     T_0 = draw(st.integers(1, 300))
     return clr.CosineRestarts(
-        draw(lrs), T_0, draw(st.one_of(st.integers(1, 3), st.floats(1.0, 3.0))), draw(st.floats(0.0, 1e-6)),
-        peak_decay=draw(st.floats(0.1, 1.0)), warmup_steps=draw(st.integers(0, T_0 - 1)),
+        draw(lrs),
+        T_0,
+        draw(st.one_of(st.integers(1, 3), st.floats(1.0, 3.0))),
+        draw(st.floats(0.0, 1e-6)),
+        peak_decay=draw(st.floats(0.1, 1.0)),
+        warmup_steps=draw(st.integers(0, T_0 - 1)),
     )
 
 
@@ -150,8 +159,15 @@ def test_restarts_step_on_fractional_cycle_boundary_stays_in_bounds():
 
 # -------------------------------------------------------------- periodicity
 @SETTINGS
-@given(lrs, lrs, int_sizes, st.integers(0, 400), st.sampled_from(["triangular", "welch", "hann"]),
-       st.integers(0, 100_000), st.integers(1, 50))
+@given(
+    lrs,
+    lrs,
+    int_sizes,
+    st.integers(0, 400),
+    st.sampled_from(["triangular", "welch", "hann"]),
+    st.integers(0, 100_000),
+    st.integers(1, 50),
+)
 def test_triangular_is_periodic(base, mx, up, down, window, t, k):
     s = clr.Cyclic(base, mx, up, down, window=window, base_momentum=0.8, max_momentum=0.9)
     total = up + down
@@ -207,8 +223,7 @@ def test_table_equals_scalar_loop(s, n):
 
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 1000, 65_537, 300_001])
 def test_large_tables_split_across_threads_equal_scalar_values(n):
-    s = clr.Cyclic(1e-4, 1e-2, 1234.5, 777, mode="exp_range", gamma=0.99999, base_momentum=0.8,
-                   max_momentum=0.95)
+    s = clr.Cyclic(1e-4, 1e-2, 1234.5, 777, mode="exp_range", gamma=0.99999, base_momentum=0.8, max_momentum=0.95)
     table = s.lr_table(n)
     assert table.shape == (n,)
     idx = np.unique(np.linspace(0, max(n - 1, 0), 200).astype(np.int64)) if n else np.array([], np.int64)
@@ -229,8 +244,9 @@ def test_cyclic_momentum_mirrors_lr(s, n):
     # Both are base + amplitude * s * scale with the same s * scale, in opposite directions.
     pos_lr = (lr - s.base_lr) / (s.max_lr - s.base_lr)
     pos_m = (s.max_momentum - m) / (s.max_momentum - s.base_momentum)
-    tol = 1e-12 * (1 + max(s.base_lr, s.max_lr) / abs(s.max_lr - s.base_lr)) \
-        + 1e-12 * (1 + s.max_momentum / abs(s.max_momentum - s.base_momentum))
+    tol = 1e-12 * (1 + max(s.base_lr, s.max_lr) / abs(s.max_lr - s.base_lr)) + 1e-12 * (
+        1 + s.max_momentum / abs(s.max_momentum - s.base_momentum)
+    )
     assert np.allclose(pos_lr, pos_m, rtol=0, atol=tol), (s, np.abs(pos_lr - pos_m).max())
     # In particular the highest lr comes with the lowest momentum when max_lr > base_lr, max_m > base_m.
     if s.max_lr > s.base_lr and s.max_momentum > s.base_momentum:
@@ -263,8 +279,11 @@ def test_onecycle_momentum_moves_against_lr(s):
 
 # -------------------------------------------------------------------- joins
 @SETTINGS
-@given(st.lists(st.one_of(cyclic(), restarts(), simple), min_size=1, max_size=3), leaves,
-       st.lists(st.integers(1, 700), min_size=3, max_size=3, unique=True))
+@given(
+    st.lists(st.one_of(cyclic(), restarts(), simple), min_size=1, max_size=3),
+    leaves,
+    st.lists(st.integers(1, 700), min_size=3, max_size=3, unique=True),
+)
 def test_join_clocks_restart_at_boundaries(head, tail, cuts):
     parts = head + [tail]
     bounds = sorted(cuts)[: len(parts) - 1]
@@ -282,8 +301,11 @@ def test_join_clocks_restart_at_boundaries(head, tail, cuts):
 
 
 @SETTINGS
-@given(st.lists(st.one_of(cyclic(), restarts(), simple), min_size=4, max_size=4), leaves,
-       st.lists(st.integers(1, 300), min_size=4, max_size=4, unique=True))
+@given(
+    st.lists(st.one_of(cyclic(), restarts(), simple), min_size=4, max_size=4),
+    leaves,
+    st.lists(st.integers(1, 300), min_size=4, max_size=4, unique=True),
+)
 def test_nested_join_equals_flat_join(parts, last, cuts):
     parts = parts + [last]
     b = sorted(cuts)

@@ -111,8 +111,11 @@ ALPHAS = [0.99, 0.3, 0.5, 0.0, 1.0]  # 0.3, 0.0: the lerp weight 1 - alpha >= 0.
 @needs_torch_sqrt
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
-@pytest.mark.parametrize("centered, momentum, weight_decay, maximize", OPTION_GRID,
-                         ids=[f"c{int(c)}-m{m}-wd{w}-max{int(x)}" for c, m, w, x in OPTION_GRID])
+@pytest.mark.parametrize(
+    "centered, momentum, weight_decay, maximize",
+    OPTION_GRID,
+    ids=[f"c{int(c)}-m{m}-wd{w}-max{int(x)}" for c, m, w, x in OPTION_GRID],
+)
 def test_every_option_matches_torch(dtype, foreach, centered, momentum, weight_decay, maximize):
     for alpha, flat in itertools.product(ALPHAS, [False, True]):
         if alpha in (0.0, 1.0) and flat:
@@ -120,8 +123,14 @@ def test_every_option_matches_torch(dtype, foreach, centered, momentum, weight_d
         if alpha == 0.0 and centered:
             continue  # grad_avg == grad: the centered variance is 0 up to rounding, its root NaN
         # alpha = 1 keeps square_avg at 0: a larger eps keeps the steps finite
-        kw = dict(alpha=alpha, eps=1e-2 if alpha == 1.0 else 1e-8, weight_decay=weight_decay, momentum=momentum,
-                  centered=centered, maximize=maximize)
+        kw = dict(
+            alpha=alpha,
+            eps=1e-2 if alpha == 1.0 else 1e-8,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+            maximize=maximize,
+        )
         a, b = _params(dtype), _params(dtype)
         oa = CLRRMSprop(a, LR, flat=flat, **kw)  # a float as the second argument is the lr
         ob = torch.optim.RMSprop(b, lr=LR, foreach=foreach, **kw)
@@ -153,8 +162,11 @@ def test_frozen_and_gradless_parameters_are_left_alone(flat):
 
 @needs_torch_sqrt
 @pytest.mark.parametrize("flat", [False, True])
-@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9, centered=True, weight_decay=0.1, maximize=True, alpha=0.3)],
-                         ids=["default", "all-options"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(momentum=0.9, centered=True, weight_decay=0.1, maximize=True, alpha=0.3)],
+    ids=["default", "all-options"],
+)
 def test_transposed_parameter_takes_torchs_path_and_matches(kw, flat):
     g = torch.Generator().manual_seed(5)
     w = torch.randn(6, 4, generator=g)
@@ -173,13 +185,15 @@ def test_transposed_parameter_takes_torchs_path_and_matches(kw, flat):
 SCHEDULES = {
     "cyclic": (
         clr.Cyclic(BASE, TOP, step_size_up=20, step_size_down=13, **MOMENTA),
-        lambda o: torch.optim.lr_scheduler.CyclicLR(o, BASE, TOP, step_size_up=20, step_size_down=13,
-                                                    cycle_momentum=True, **MOMENTA),
+        lambda o: torch.optim.lr_scheduler.CyclicLR(
+            o, BASE, TOP, step_size_up=20, step_size_down=13, cycle_momentum=True, **MOMENTA
+        ),
     ),
     "cyclic-exp_range": (
         clr.Cyclic(BASE, TOP, step_size_up=15, mode="exp_range", gamma=0.995, **MOMENTA),
-        lambda o: torch.optim.lr_scheduler.CyclicLR(o, BASE, TOP, step_size_up=15, mode="exp_range", gamma=0.995,
-                                                    cycle_momentum=True, **MOMENTA),
+        lambda o: torch.optim.lr_scheduler.CyclicLR(
+            o, BASE, TOP, step_size_up=15, mode="exp_range", gamma=0.995, cycle_momentum=True, **MOMENTA
+        ),
     ),
     "onecycle": (
         clr.OneCycle(TOP, total_steps=240, **MOMENTA),
@@ -187,8 +201,9 @@ SCHEDULES = {
     ),
     "onecycle-linear-3phase": (
         clr.OneCycle(TOP, total_steps=240, anneal="linear", three_phase=True, **MOMENTA),
-        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, TOP, total_steps=240, anneal_strategy="linear",
-                                                      three_phase=True, **MOMENTA),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, TOP, total_steps=240, anneal_strategy="linear", three_phase=True, **MOMENTA
+        ),
     ),
 }
 SCHED_OPTIONS = {
@@ -248,9 +263,14 @@ def test_a_schedule_without_momentum_keeps_the_groups_momentum():
 @needs_torch_sqrt
 def test_per_group_hyperparameters_match_torch():
     a, b = _params(), _params()
-    groups = lambda ps: [{"params": ps[:2], "centered": True, "alpha": 0.3},  # noqa: E731
-                         {"params": ps[2:4], "momentum": 0.0, "weight_decay": 0.1},
-                         {"params": ps[4:], "maximize": True}]
+
+    def groups(ps):
+        return [
+            {"params": ps[:2], "centered": True, "alpha": 0.3},
+            {"params": ps[2:4], "momentum": 0.0, "weight_decay": 0.1},
+            {"params": ps[4:], "maximize": True},
+        ]
+
     oa = CLRRMSprop(groups(a), lr=LR, momentum=0.9)
     ob = torch.optim.RMSprop(groups(b), lr=LR, momentum=0.9, foreach=True)
     for t in range(20):
@@ -280,8 +300,9 @@ def test_tensor_lr_matches_torch(foreach, lr_dtype, momentum):
 # ----------------------------------------------------------------------------- state dicts
 def _resume_from(saved, params, flat, schedule, **kw):
     ps = [p.detach().clone().requires_grad_() for p in params]
-    opt = CLRRMSprop(ps, clr.Constant(1.0) if schedule is not None else None, lr=None if schedule else 1.0,
-                     flat=flat, **kw)
+    opt = CLRRMSprop(
+        ps, clr.Constant(1.0) if schedule is not None else None, lr=None if schedule else 1.0, flat=flat, **kw
+    )
     opt.load_state_dict(saved)
     return ps, opt
 
@@ -318,7 +339,8 @@ def test_state_dicts_interchange_with_torch_and_resume_exactly(flat, scheduled):
     assert _group_view(oe) == _group_view(ob) == _group_view(oc)
     for opt in (oc, oe):
         assert {k: opt.param_groups[0][k] for k in ("alpha", "eps", "weight_decay", "centered", "maximize")} == {
-            k: ob.param_groups[0][k] for k in ("alpha", "eps", "weight_decay", "centered", "maximize")}
+            k: ob.param_groups[0][k] for k in ("alpha", "eps", "weight_decay", "centered", "maximize")
+        }
     runs = [(a, oa), (c, oc), (d, od), (e, oe)]
     for t in range(25, 60):
         gs = _grads(a, t)
@@ -359,14 +381,28 @@ def test_torch_state_dict_with_missing_and_partial_state_loads():
 
 # ----------------------------------------------------------------------------- bad hyperparameters
 BAD = [
-    dict(lr=-1.0), dict(lr=-1), dict(lr=float("nan")), dict(lr=float("-inf")), dict(lr=torch.tensor(-1.0)),
-    dict(lr=torch.tensor(float("nan"))), dict(lr=torch.tensor([0.1, 0.2])),
-    dict(eps=-1e-8), dict(eps=float("nan")), dict(momentum=-0.5), dict(momentum=float("nan")),
-    dict(weight_decay=-1), dict(weight_decay=float("nan")), dict(alpha=-0.1), dict(alpha=float("nan")),
+    dict(lr=-1.0),
+    dict(lr=-1),
+    dict(lr=float("nan")),
+    dict(lr=float("-inf")),
+    dict(lr=torch.tensor(-1.0)),
+    dict(lr=torch.tensor(float("nan"))),
+    dict(lr=torch.tensor([0.1, 0.2])),
+    dict(eps=-1e-8),
+    dict(eps=float("nan")),
+    dict(momentum=-0.5),
+    dict(momentum=float("nan")),
+    dict(weight_decay=-1),
+    dict(weight_decay=float("nan")),
+    dict(alpha=-0.1),
+    dict(alpha=float("nan")),
     dict(alpha=float("-inf")),
     # several at once: torch's order of checks decides which is reported
-    dict(lr=-1.0, eps=-1.0, alpha=-1.0), dict(eps=-1.0, momentum=-1.0), dict(momentum=-1.0, weight_decay=-1.0),
-    dict(weight_decay=-1.0, alpha=-1.0), dict(alpha=-1.0, eps=float("nan")),
+    dict(lr=-1.0, eps=-1.0, alpha=-1.0),
+    dict(eps=-1.0, momentum=-1.0),
+    dict(momentum=-1.0, weight_decay=-1.0),
+    dict(weight_decay=-1.0, alpha=-1.0),
+    dict(alpha=-1.0, eps=float("nan")),
 ]
 
 
@@ -394,8 +430,11 @@ def test_bad_hyperparameters_raise_torchs_exception(kw):
     assert len(opt.param_groups) == 1
 
 
-@pytest.mark.parametrize("kw", [dict(alpha="x"), dict(momentum=None), dict(eps="1e-8"), dict(weight_decay=[0.1])],
-                         ids=["alpha-str", "momentum-None", "eps-str", "wd-list"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(alpha="x"), dict(momentum=None), dict(eps="1e-8"), dict(weight_decay=[0.1])],
+    ids=["alpha-str", "momentum-None", "eps-str", "wd-list"],
+)
 def test_non_numbers_raise_typeerror_as_torch(kw):
     theirs = _raised(lambda: torch.optim.RMSprop([torch.zeros(3, requires_grad=True)], lr=LR, **kw))
     ours = _raised(lambda: CLRRMSprop([torch.zeros(3, requires_grad=True)], lr=LR, **kw))
@@ -428,13 +467,26 @@ def _assert_unchanged(opt, snap):
 
 
 WRITES = [
-    ("alpha", float("nan"), ValueError), ("alpha", "x", TypeError), ("alpha", -0.5, ValueError),
-    ("alpha", float("inf"), ValueError), ("momentum", -1, ValueError), ("momentum", None, TypeError),
-    ("eps", -1e-8, ValueError), ("eps", float("nan"), ValueError), ("weight_decay", float("nan"), ValueError),
-    ("weight_decay", -0.1, ValueError), ("centered", "yes", TypeError), ("centered", None, TypeError),
-    ("maximize", 2, TypeError), ("match_torch", None, TypeError), ("lr", -1.0, ValueError),
-    ("lr", "0.1", TypeError), ("lr", torch.tensor(float("nan")), ValueError), ("step", 2.5, ValueError),
-    ("step", -1, ValueError), ("schedule", "x", TypeError),
+    ("alpha", float("nan"), ValueError),
+    ("alpha", "x", TypeError),
+    ("alpha", -0.5, ValueError),
+    ("alpha", float("inf"), ValueError),
+    ("momentum", -1, ValueError),
+    ("momentum", None, TypeError),
+    ("eps", -1e-8, ValueError),
+    ("eps", float("nan"), ValueError),
+    ("weight_decay", float("nan"), ValueError),
+    ("weight_decay", -0.1, ValueError),
+    ("centered", "yes", TypeError),
+    ("centered", None, TypeError),
+    ("maximize", 2, TypeError),
+    ("match_torch", None, TypeError),
+    ("lr", -1.0, ValueError),
+    ("lr", "0.1", TypeError),
+    ("lr", torch.tensor(float("nan")), ValueError),
+    ("step", 2.5, ValueError),
+    ("step", -1, ValueError),
+    ("schedule", "x", TypeError),
 ]
 
 
@@ -536,8 +588,11 @@ def _lowp_oracle(p, g, state, lr, momentum, **kw):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("kw", [dict(), dict(centered=True, weight_decay=1e-2, alpha=0.3),
-                                dict(maximize=True, alpha=0.9, eps=1e-6)], ids=["default", "centered-wd", "maximize"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(), dict(centered=True, weight_decay=1e-2, alpha=0.3), dict(maximize=True, alpha=0.9, eps=1e-6)],
+    ids=["default", "centered-wd", "maximize"],
+)
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_reduced_precision_against_float32_oracle(dtype, kw, momentum):
     shapes = [(1,), (15,), (17,), (1000,), (0,), ()]
@@ -592,14 +647,34 @@ class RMSpropMachine(RuleBasedStateMachine):
     state and the groups' lr and momentum are bit for bit torch's after every rule."""
 
     @initialize(
-        scheduled=st.booleans(), flat=st.booleans(), centered=st.booleans(), momentum=st.sampled_from([0.0, 0.9]),
-        maximize=st.booleans(), weight_decay=st.sampled_from([0.0, 1e-2]), alpha=st.sampled_from([0.99, 0.3, 0.5]),
-        dtype=st.sampled_from([torch.float32, torch.float64]), foreach=st.booleans(),
+        scheduled=st.booleans(),
+        flat=st.booleans(),
+        centered=st.booleans(),
+        momentum=st.sampled_from([0.0, 0.9]),
+        maximize=st.booleans(),
+        weight_decay=st.sampled_from([0.0, 1e-2]),
+        alpha=st.sampled_from([0.99, 0.3, 0.5]),
+        dtype=st.sampled_from([torch.float32, torch.float64]),
+        foreach=st.booleans(),
         shapes=st.lists(st.sampled_from([(3,), (2, 5), (0,), ()]), min_size=1, max_size=3),
-        seed=st.integers(0, 2**16), fused_unscale=st.booleans(),
+        seed=st.integers(0, 2**16),
+        fused_unscale=st.booleans(),
     )
-    def setup(self, scheduled, flat, centered, momentum, maximize, weight_decay, alpha, dtype, foreach, shapes, seed,
-              fused_unscale):
+    def setup(
+        self,
+        scheduled,
+        flat,
+        centered,
+        momentum,
+        maximize,
+        weight_decay,
+        alpha,
+        dtype,
+        foreach,
+        shapes,
+        seed,
+        fused_unscale,
+    ):
         gen = torch.Generator().manual_seed(seed)
         values = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
         self.a = [torch.nn.Parameter(v.clone()) for v in values]
@@ -611,8 +686,13 @@ class RMSpropMachine(RuleBasedStateMachine):
         self.opt = CLRRMSprop(self.a, schedule, lr=None if scheduled else BASE, flat=flat, **kw)
         self.opt.fused_unscale = fused_unscale
         self.ref = torch.optim.RMSprop(self.b, lr=BASE, foreach=foreach, **kw)
-        self.sched = (torch.optim.lr_scheduler.CyclicLR(self.ref, BASE, TOP, step_size_up=3, step_size_down=2,
-                                                        cycle_momentum=True, **MOMENTA) if scheduled else None)
+        self.sched = (
+            torch.optim.lr_scheduler.CyclicLR(
+                self.ref, BASE, TOP, step_size_up=3, step_size_down=2, cycle_momentum=True, **MOMENTA
+            )
+            if scheduled
+            else None
+        )
         self.scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=2) for _ in range(2)]
         for s in self.scalers:
             s.scale(torch.ones(()))
@@ -622,8 +702,10 @@ class RMSpropMachine(RuleBasedStateMachine):
         present = data.draw(st.lists(st.booleans(), min_size=len(self.a), max_size=len(self.a)), label=label)
         gen = torch.Generator().manual_seed(self.seed + 7919 * self.t)
         self.t += 1
-        grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(self.dtype) if keep else None
-                 for p, keep in zip(self.a, present)]
+        grads = [
+            torch.randn(p.shape, generator=gen, dtype=torch.float64).to(self.dtype) if keep else None
+            for p, keep in zip(self.a, present)
+        ]
         return grads if any(g is not None for g in grads) else None
 
     def _set(self, grads, scale=1.0):
@@ -659,15 +741,21 @@ class RMSpropMachine(RuleBasedStateMachine):
     def _all_have(self, key) -> bool:
         return all(key in self.ref.state[q] for q in self.b if q in self.ref.state)
 
-    @rule(key=st.sampled_from(["alpha", "eps", "weight_decay", "momentum", "centered", "maximize", "lr"]),
-          data=st.data())
+    @rule(
+        key=st.sampled_from(["alpha", "eps", "weight_decay", "momentum", "centered", "maximize", "lr"]), data=st.data()
+    )
     def write_option(self, key, data):
         # torch makes a parameter's momentum_buffer / grad_avg only with its first state, so it
         # can turn momentum or centering on later only where every state already holds them
-        values = dict(alpha=st.sampled_from([0.99, 0.9, 0.3, 0.5, 0.1]), eps=st.sampled_from([1e-8, 1e-6, 1e-3]),
-                      weight_decay=st.sampled_from([0.0, 1e-2, 0.2]), maximize=st.booleans(),
-                      momentum=st.sampled_from([0.0, 0.5, 0.9] if not self.scheduled else [0.5, 0.8]),
-                      centered=st.booleans(), lr=st.sampled_from([1e-3, 3e-3, 2e-2]))
+        values = dict(
+            alpha=st.sampled_from([0.99, 0.9, 0.3, 0.5, 0.1]),
+            eps=st.sampled_from([1e-8, 1e-6, 1e-3]),
+            weight_decay=st.sampled_from([0.0, 1e-2, 0.2]),
+            maximize=st.booleans(),
+            momentum=st.sampled_from([0.0, 0.5, 0.9] if not self.scheduled else [0.5, 0.8]),
+            centered=st.booleans(),
+            lr=st.sampled_from([1e-3, 3e-3, 2e-2]),
+        )
         value = data.draw(values[key], label=key)
         if key == "momentum" and value > 0 and not self._all_have("momentum_buffer"):
             return
@@ -716,8 +804,9 @@ class RMSpropMachine(RuleBasedStateMachine):
         a = [torch.nn.Parameter(p.detach().clone()) for p in self.a]
         for p, q in zip(a, self.a):
             p.grad = None if q.grad is None else q.grad.clone()
-        opt = CLRRMSprop(a, clr.Constant(1.0) if self.scheduled else None, lr=None if self.scheduled else 1.0,
-                         flat=self.flat)
+        opt = CLRRMSprop(
+            a, clr.Constant(1.0) if self.scheduled else None, lr=None if self.scheduled else 1.0, flat=self.flat
+        )
         if how == "torch state_dict":  # torch's groups carry no schedule or clock: give them this run's
             opt.param_groups[0]["schedule"] = self.opt.param_groups[0]["schedule"]
             opt.param_groups[0]["step"] = self.opt.param_groups[0]["step"]
@@ -739,6 +828,7 @@ class RMSpropMachine(RuleBasedStateMachine):
         assert all(cg[k] == tg[k] for k in ("alpha", "eps", "weight_decay", "centered", "maximize"))
 
 
-RMSpropMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None,
-                                            suppress_health_check=[HealthCheck.too_slow])
+RMSpropMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestRMSpropMachine = needs_torch_sqrt(RMSpropMachine.TestCase)

@@ -72,8 +72,15 @@ LONG = 100_000
     "kw",
     [
         dict(base_lr=1e-3, max_lr=6e-3, step_size_up=2000, step_size_down=1500, mode="triangular2"),
-        dict(base_lr=0.01, max_lr=0.1, step_size_up=1000, mode="exp_range", gamma=0.99994,
-             base_momentum=0.85, max_momentum=0.95),
+        dict(
+            base_lr=0.01,
+            max_lr=0.1,
+            step_size_up=1000,
+            mode="exp_range",
+            gamma=0.99994,
+            base_momentum=0.85,
+            max_momentum=0.95,
+        ),
         # Non-integer step sizes: cycle boundaries fall between steps and t/total rounds.
         dict(base_lr=0.3, max_lr=0.003, step_size_up=333.3, step_size_down=777.7, mode="triangular"),
     ],
@@ -88,8 +95,17 @@ def test_cyclic_long_horizon(kw):
     "kw",
     [
         dict(max_lr=0.1, total_steps=LONG, pct_start=0.3, anneal_strategy="cos"),
-        dict(max_lr=2.5, total_steps=LONG + 7, pct_start=0.25, anneal_strategy="linear", three_phase=True,
-             div_factor=10.0, final_div_factor=1e5, base_momentum=0.8, max_momentum=0.97),
+        dict(
+            max_lr=2.5,
+            total_steps=LONG + 7,
+            pct_start=0.25,
+            anneal_strategy="linear",
+            three_phase=True,
+            div_factor=10.0,
+            final_div_factor=1e5,
+            base_momentum=0.8,
+            max_momentum=0.97,
+        ),
     ],
     ids=["cos", "linear-three-phase"],
 )
@@ -106,8 +122,9 @@ def test_onecycle_long_horizon_including_last_step(kw):
 @pytest.mark.parametrize("T_0,T_mult,eta_min", [(1000, 2, 1e-5), (777, 1, 0.0), (7, 3, 0.01)])
 def test_cosine_restarts_long_horizon(T_0, T_mult, eta_min):
     want = torch_restarts(LONG, 0.1, T_0=T_0, T_mult=T_mult, eta_min=eta_min)
-    check_against_torch(clr.CosineRestarts(0.1, T_0, T_mult, eta_min), want, None,
-                        f"CosineRestarts({T_0}, {T_mult}, {eta_min})")
+    check_against_torch(
+        clr.CosineRestarts(0.1, T_0, T_mult, eta_min), want, None, f"CosineRestarts({T_0}, {T_mult}, {eta_min})"
+    )
 
 
 # ------------------------------------------------------ many short random ones
@@ -135,8 +152,12 @@ def _random_cyclic_kwargs(r):
         kw["gamma"] = r.uniform(0.99, 1.0)
     if r.random() < 0.3:
         kw["scale_fn"] = r.choice(
-            [scales.Flat(), scales.Halving(), scales.ExpRange(r.uniform(0.995, 1.0)),
-             scales.Geometric(r.uniform(0.3, 1.0))]
+            [
+                scales.Flat(),
+                scales.Halving(),
+                scales.ExpRange(r.uniform(0.995, 1.0)),
+                scales.Geometric(r.uniform(0.3, 1.0)),
+            ]
         )
         kw["scale_mode"] = r.choice(["cycle", "iterations"])
     if r.random() < 0.2:
@@ -154,8 +175,7 @@ def test_cyclic_random_configs(seed):
     kw = _random_cyclic_kwargs(r)
     n = r.randint(1, 3000)
     want_lr, want_mom = torch_cyclic(n, **kw)
-    check_against_torch(clr_cyclic(**kw), want_lr, want_mom, f"seed {seed}: Cyclic{kw}",
-                        np.random.default_rng(seed))
+    check_against_torch(clr_cyclic(**kw), want_lr, want_mom, f"seed {seed}: Cyclic{kw}", np.random.default_rng(seed))
 
 
 def _random_onecycle_kwargs(r):
@@ -199,8 +219,12 @@ def test_cosine_restarts_random_configs(seed):
     eta_min = r.choice([0.0, base * r.random()])
     n = r.randint(1, 4000)
     want = torch_restarts(n, base, T_0=T_0, T_mult=T_mult, eta_min=eta_min)
-    check_against_torch(clr.CosineRestarts(base, T_0, T_mult, eta_min), want, None,
-                        f"seed {seed}: CosineRestarts({base}, {T_0}, {T_mult}, {eta_min})")
+    check_against_torch(
+        clr.CosineRestarts(base, T_0, T_mult, eta_min),
+        want,
+        None,
+        f"seed {seed}: CosineRestarts({base}, {T_0}, {T_mult}, {eta_min})",
+    )
 
 
 def test_onecycle_zero_length_phase_is_rejected_where_torch_divides_by_zero():
@@ -245,8 +269,17 @@ def test_cyclic_windows_match_reference(window, seed):
     mode = r.choice(["triangular", "triangular2", "exp_range"])
     gamma = r.uniform(0.995, 1.0)
     mom = (0.8, 0.95) if r.random() < 0.7 else None
-    s = clr.Cyclic(base, mx, up, down, mode=mode, gamma=gamma, window=window,
-                   base_momentum=mom and mom[0], max_momentum=mom and mom[1])
+    s = clr.Cyclic(
+        base,
+        mx,
+        up,
+        down,
+        mode=mode,
+        gamma=gamma,
+        window=window,
+        base_momentum=mom and mom[0],
+        max_momentum=mom and mom[1],
+    )
     n = 2000
     want = [ref_cyclic(t, base, mx, up, down, window, mode, gamma, mom) for t in range(n)]
     want_lr = np.array([w[0] for w in want])
@@ -301,8 +334,14 @@ def ref_restarts(n, base, T_0, T_mult, eta_min, peak_decay=1.0, warmup=0):
 
 @pytest.mark.parametrize(
     "T_0,T_mult,eta_min,peak_decay,warmup",
-    [(10, 1, 0.0, 0.5, 0), (10, 2, 1e-4, 0.7, 3), (50, 1, 1e-3, 1.0, 49), (1, 3, 0.0, 0.9, 0),
-     (7, 2, 0.0, 1.0, 2), (100, 1, 0.0, 1.5, 10)],
+    [
+        (10, 1, 0.0, 0.5, 0),
+        (10, 2, 1e-4, 0.7, 3),
+        (50, 1, 1e-3, 1.0, 49),
+        (1, 3, 0.0, 0.9, 0),
+        (7, 2, 0.0, 1.0, 2),
+        (100, 1, 0.0, 1.5, 10),
+    ],
 )
 def test_cosine_restarts_decay_and_warmup_match_reference(T_0, T_mult, eta_min, peak_decay, warmup):
     s = clr.CosineRestarts(0.1, T_0, T_mult, eta_min, peak_decay=peak_decay, warmup_steps=warmup)
@@ -359,9 +398,7 @@ def test_warmup_matches_reference(start, end, steps):
 
 
 @pytest.mark.parametrize("mode", ["exp", "linear"])
-@pytest.mark.parametrize(
-    "start,end,n", [(1e-7, 10.0, 100), (1e-4, 1.0, 1), (1e-3, 1e-1, 2), (0.5, 1e-3, 1000)]
-)
+@pytest.mark.parametrize("start,end,n", [(1e-7, 10.0, 100), (1e-4, 1.0, 1), (1e-3, 1e-1, 2), (0.5, 1e-3, 1000)])
 def test_range_sweep_matches_reference(mode, start, end, n):
     s = clr.RangeSweep(start, end, n, mode=mode)
     m = n + 10
@@ -382,10 +419,12 @@ def test_join_against_torch_pieces():
     warm, B = 500, 500
     s = clr.Join([clr.Warmup(0.0, 0.1, warm), clr.CosineRestarts(0.1, T_0=1000, T_mult=2)], boundaries=[B])
     n = 20_000
-    want = np.concatenate([
-        [ref_warmup(t, 0.0, 0.1, warm) for t in range(B)],
-        torch_restarts(n - B, 0.1, T_0=1000, T_mult=2),
-    ])
+    want = np.concatenate(
+        [
+            [ref_warmup(t, 0.0, 0.1, warm) for t in range(B)],
+            torch_restarts(n - B, 0.1, T_0=1000, T_mult=2),
+        ]
+    )
     assert_exact(s.lr_table(n), want, "Join(Warmup, CosineRestarts)")
     assert s.momentum_table(n) is None
 

@@ -22,8 +22,17 @@ def examples():
         clr.Cyclic(0.01, 0.1, 10, scale_fn=scales.Halving()),
         clr.Cyclic(0.01, 0.1, 10, scale_fn=scales.Flat(), scale_mode="cycle"),
         clr.OneCycle(0.1, 1000),
-        clr.OneCycle(2.0, 777, pct_start=0.25, anneal="linear", three_phase=True, div_factor=10.0,
-                     final_div_factor=1e5, base_momentum=0.8, max_momentum=0.97),
+        clr.OneCycle(
+            2.0,
+            777,
+            pct_start=0.25,
+            anneal="linear",
+            three_phase=True,
+            div_factor=10.0,
+            final_div_factor=1e5,
+            base_momentum=0.8,
+            max_momentum=0.97,
+        ),
         clr.OneCycle(0.1, 100, cycle_momentum=False),
         clr.CosineRestarts(0.1, 100),
         clr.CosineRestarts(0.1, 10, T_mult=1.5, eta_min=1e-5, peak_decay=0.8, warmup_steps=3),
@@ -84,11 +93,21 @@ def test_dict_json_round_trip(s):
 def test_to_dict_contents_are_readable():
     d = clr.Cyclic(0.01, 0.1, 10, scale_fn=scales.ExpRange(0.99), base_momentum=0.8, max_momentum=0.9).to_dict()
     assert d == {
-        "clrfast_schedule": 1, "type": "Cyclic",
-        "params": {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 10, "step_size_down": None,
-                   "mode": "triangular", "gamma": 1.0, "scale_mode": None, "window": "triangular",
-                   "base_momentum": 0.8, "max_momentum": 0.9,
-                   "scale_fn": {"type": "ExpRange", "gamma": 0.99}},
+        "clrfast_schedule": 1,
+        "type": "Cyclic",
+        "params": {
+            "base_lr": 0.01,
+            "max_lr": 0.1,
+            "step_size_up": 10,
+            "step_size_down": None,
+            "mode": "triangular",
+            "gamma": 1.0,
+            "scale_mode": None,
+            "window": "triangular",
+            "base_momentum": 0.8,
+            "max_momentum": 0.9,
+            "scale_fn": {"type": "ExpRange", "gamma": 0.99},
+        },
     }
     j = clr.Join([clr.Constant(0.1), clr.Warmup(0.0, 1.0, 5)], [7]).to_dict()
     assert j["params"]["boundaries"] == [7]

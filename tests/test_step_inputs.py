@@ -19,7 +19,8 @@ CYCLIC = clr.Cyclic(0.01, 0.1, step_size_up=5, step_size_down=3, base_momentum=0
 ADAM_PAIRS = {"adamw": (CLRAdamW, torch.optim.AdamW), "adam": (CLRAdam, torch.optim.Adam)}
 # Adam parity needs torch's own vector sqrt (MKL builds); elsewhere the kernel's IEEE sqrt is a last-ulp away.
 needs_torch_sqrt = pytest.mark.skipif(
-    torch_sqrt_routines()[0] == 0, reason="torch without MKL: its sqrt is not reproduced exactly")
+    torch_sqrt_routines()[0] == 0, reason="torch without MKL: its sqrt is not reproduced exactly"
+)
 
 
 def _params(dtype=torch.float32, seed=1, shapes=SHAPES):
@@ -41,8 +42,13 @@ def _set_grads(t, first, *others):
 
 def _same_value(x, y) -> bool:
     if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
-        return (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype
-                and x.shape == y.shape and bool(((x == y) | (x.isnan() & y.isnan())).all()))  # a NaN lr is kept
+        return (
+            isinstance(x, torch.Tensor)
+            and isinstance(y, torch.Tensor)
+            and x.dtype == y.dtype
+            and x.shape == y.shape
+            and bool(((x == y) | (x.isnan() & y.isnan())).all())
+        )  # a NaN lr is kept
     if isinstance(x, (tuple, list)):
         return type(x) is type(y) and len(x) == len(y) and all(_same_value(a, b) for a, b in zip(x, y))
     return type(x) is type(y) and (x == y or (x != x and y != y))
@@ -54,10 +60,16 @@ def _snapshot(opt):
     return dict(
         values=[p.detach().clone() for p in params],
         grads=[None if p.grad is None else p.grad.clone() for p in params],
-        state=[{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
-               if p in opt.state else None for p in params],
-        groups=[{k: v.clone() if isinstance(v, torch.Tensor) else copy.copy(v) for k, v in g.items() if k != "params"}
-                for g in opt.param_groups],
+        state=[
+            {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
+            if p in opt.state
+            else None
+            for p in params
+        ],
+        groups=[
+            {k: v.clone() if isinstance(v, torch.Tensor) else copy.copy(v) for k, v in g.items() if k != "params"}
+            for g in opt.param_groups
+        ],
     )
 
 
@@ -126,13 +138,13 @@ ADAM_ONLY = [
     ("amsgrad", "no", TypeError, r"\['amsgrad'\] must be a bool"),
     ("match_torch", None, TypeError, r"\['match_torch'\] must be a bool"),
 ]
-CASES = ([(CLRSGD, dict(momentum=0.9), *c) for c in COMMON + SGD_ONLY]
-         + [(CLRAdamW, {}, *c) for c in COMMON + ADAM_ONLY])
+CASES = [(CLRSGD, dict(momentum=0.9), *c) for c in COMMON + SGD_ONLY] + [(CLRAdamW, {}, *c) for c in COMMON + ADAM_ONLY]
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["first-step", "cached-plan"])
-@pytest.mark.parametrize("cls, kw, key, value, exc, match", CASES,
-                         ids=[f"{c[0].__name__}-{c[2]}-{c[3]!r}" for c in CASES])
+@pytest.mark.parametrize(
+    "cls, kw, key, value, exc, match", CASES, ids=[f"{c[0].__name__}-{c[2]}-{c[3]!r}" for c in CASES]
+)
 def test_a_bad_group_value_fails_the_step_before_anything_changes(cls, kw, key, value, exc, match, warm):
     params, opt = _two_groups(cls, **kw)
     steps = 2 if warm else 0
@@ -152,12 +164,15 @@ def test_a_bad_group_value_fails_the_step_before_anything_changes(cls, kw, key, 
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["load-then-step", "cached-plan"])
-@pytest.mark.parametrize("value, match", [
-    (torch.tensor(-1.0), r"state\['step'\] must hold a whole number >= 0, got tensor\(-1\.\)"),
-    (torch.tensor(2.5), r"state\['step'\] must hold a whole number >= 0, got tensor\(2\.5000\)"),
-    (torch.tensor(float("nan")), r"state\['step'\] must hold a whole number >= 0, got tensor\(nan\)"),
-    (torch.tensor(float("inf")), r"state\['step'\] must hold a whole number >= 0, got tensor\(inf\)"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (torch.tensor(-1.0), r"state\['step'\] must hold a whole number >= 0, got tensor\(-1\.\)"),
+        (torch.tensor(2.5), r"state\['step'\] must hold a whole number >= 0, got tensor\(2\.5000\)"),
+        (torch.tensor(float("nan")), r"state\['step'\] must hold a whole number >= 0, got tensor\(nan\)"),
+        (torch.tensor(float("inf")), r"state\['step'\] must hold a whole number >= 0, got tensor\(inf\)"),
+    ],
+)
 def test_a_bad_adam_step_state_is_refused_before_anything_changes(value, match, warm):
     params, opt = _two_groups(CLRAdamW)
     _set_grads(0, params)
@@ -234,8 +249,9 @@ LR_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 @pytest.mark.parametrize("pair", ADAM_PAIRS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("lr_dtype", LR_DTYPES)
-@pytest.mark.parametrize("weight_decay, amsgrad, maximize",
-                         [(0.3, False, False), (0.0, False, False), (0.3, True, False), (0.1, True, True)])
+@pytest.mark.parametrize(
+    "weight_decay, amsgrad, maximize", [(0.3, False, False), (0.0, False, False), (0.3, True, False), (0.1, True, True)]
+)
 def test_tensor_lr_adam_bit_identical_to_torch_for_loop(pair, dtype, lr_dtype, weight_decay, amsgrad, maximize):
     # torch derives 1 - lr*wd and lr/(1 - beta1**step) from a tensor lr with 0-d ops in its dtype;
     # double arithmetic differs from that in every element of a float64 model after 5 steps.
@@ -410,8 +426,11 @@ def test_a_state_dict_sharing_one_step_tensor_is_refused(pair):
     _set_grads(0, ps)
     opt.step()
     snap = _snapshot(opt)
-    with pytest.raises(ValueError, match=r"state_dict\['state'\]\[0\] and state_dict\['state'\]\[1\] share one "
-                                         r"state\['step'\] tensor"):
+    with pytest.raises(
+        ValueError,
+        match=r"state_dict\['state'\]\[0\] and state_dict\['state'\]\[1\] share one "
+        r"state\['step'\] tensor",
+    ):
         opt.load_state_dict(sd)
     _assert_unchanged(opt, snap)
     # the same state with a counter of its own per parameter loads, and then counts as torch does
@@ -462,8 +481,9 @@ def test_nesterov_through_a_scheduled_momentum_trough_matches_torch(up, down, dt
     sched = clr.Cyclic(0.01, 0.1, up, down, base_momentum=0.0, max_momentum=0.9)
     oa = CLRSGD(a, sched, momentum=0.9, nesterov=True, weight_decay=1e-3, flat=flat)
     ob = torch.optim.SGD(b, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3, foreach=False)
-    sb = torch.optim.lr_scheduler.CyclicLR(ob, 0.01, 0.1, step_size_up=up, step_size_down=down, cycle_momentum=True,
-                                           base_momentum=0.0, max_momentum=0.9)
+    sb = torch.optim.lr_scheduler.CyclicLR(
+        ob, 0.01, 0.1, step_size_up=up, step_size_down=down, cycle_momentum=True, base_momentum=0.0, max_momentum=0.9
+    )
     cycle = up + (down if down is not None else up)
     seen = []
     for t in range(3 * cycle + 4):
@@ -483,8 +503,9 @@ def test_nesterov_through_a_scheduled_momentum_trough_matches_torch(up, down, dt
 
 def _sgd_under_cycliclr(ps, make):
     opt = make(ps, lr=0.01, momentum=0.9, nesterov=True)
-    sch = torch.optim.lr_scheduler.CyclicLR(opt, 0.01, 0.1, step_size_up=5, step_size_down=5, cycle_momentum=True,
-                                            base_momentum=0.0, max_momentum=0.9)
+    sch = torch.optim.lr_scheduler.CyclicLR(
+        opt, 0.01, 0.1, step_size_up=5, step_size_down=5, cycle_momentum=True, base_momentum=0.0, max_momentum=0.9
+    )
     return opt, sch
 
 

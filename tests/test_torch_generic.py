@@ -93,8 +93,14 @@ def _cases(make):
         for i, item in enumerate(make(name)):
             o = getattr(item, "optimizer_error_input", item)
             reason = skip_reason(o.kwargs, o.params)
-            out.append(pytest.param(name, i, id=f"{name}-{re.sub(r'[^A-Za-z0-9]+', '_', o.desc).strip('_')}",
-                                    marks=[pytest.mark.skip(reason=reason)] if reason else []))
+            out.append(
+                pytest.param(
+                    name,
+                    i,
+                    id=f"{name}-{re.sub(r'[^A-Za-z0-9]+', '_', o.desc).strip('_')}",
+                    marks=[pytest.mark.skip(reason=reason)] if reason else [],
+                )
+            )
     return out
 
 
@@ -134,8 +140,13 @@ def outcome(call, expected=Exception):
 def same(a, b) -> bool:
     """Deep equality, tensors by dtype and value (NaN equal to NaN)."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-                and a.shape == b.shape and torch.equal(a.nan_to_num(1.5), b.nan_to_num(1.5)))
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a.nan_to_num(1.5), b.nan_to_num(1.5))
+        )
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
@@ -155,8 +166,9 @@ def assert_twins(params_c, opt_c, params_t, opt_t, what=""):
 
 def _sequential(dtype=torch.float32):
     torch.manual_seed(1)
-    return torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1),
-                               torch.nn.Sigmoid()).to(dtype)
+    return torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1), torch.nn.Sigmoid()).to(
+        dtype
+    )
 
 
 def _conv_bn():
@@ -204,9 +216,13 @@ def test_training_matches_torch(name, index, layout, dtype, impl):
 
             def loss(model=model):
                 return model(x).sum()
+
         given = _named(params, True) if layout == "named" else params
-        opt = (INFOS[name].optim_cls(given, **kw_t) if kind == "torch"
-               else CLR[name](given, **clr_kwargs(name, inputs(name)[index].kwargs)))
+        opt = (
+            INFOS[name].optim_cls(given, **kw_t)
+            if kind == "torch"
+            else CLR[name](given, **clr_kwargs(name, inputs(name)[index].kwargs))
+        )
         twins.append((params, frozen, loss, opt))
     (params_t, _, _, opt_t), (params_c, _, _, opt_c) = twins
     for i in range(7):
@@ -247,11 +263,20 @@ def test_error_inputs_raise_torchs_exception(name, index):
         assert info.type is kind
 
 
-@pytest.mark.parametrize("name, key, value", [
-    ("SGD", "lr", -0.5), ("SGD", "momentum", -0.5), ("SGD", "weight_decay", -1), ("AdamW", "lr", -1e-3),
-    ("AdamW", "eps", -1.0), ("Adam", "weight_decay", -0.25), ("Adam", "betas", (0.9, 1.0)),
-    ("Adam", "betas", (-0.1, 0.9)), ("SGD", "lr", torch.tensor(-0.5)),
-])
+@pytest.mark.parametrize(
+    "name, key, value",
+    [
+        ("SGD", "lr", -0.5),
+        ("SGD", "momentum", -0.5),
+        ("SGD", "weight_decay", -1),
+        ("AdamW", "lr", -1e-3),
+        ("AdamW", "eps", -1.0),
+        ("Adam", "weight_decay", -0.25),
+        ("Adam", "betas", (0.9, 1.0)),
+        ("Adam", "betas", (-0.1, 0.9)),
+        ("SGD", "lr", torch.tensor(-0.5)),
+    ],
+)
 def test_hyperparameter_errors_are_torchs_and_name_the_argument(name, key, value):
     kwargs = {"lr": 1e-3, key: value}
     kind, message = outcome(lambda: INFOS[name].optim_cls([Parameter(torch.zeros(2))], **kwargs))
@@ -288,8 +313,11 @@ def test_named_parameters_are_kept_as_torch_keeps_them(name):
     opt = CLR[name](model.named_parameters(), lr=0.1)
     ref = INFOS[name].optim_cls(model_t.named_parameters(), lr=0.1)
     assert opt.param_groups[0]["params"] == list(model.parameters())
-    assert opt.param_groups[0]["param_names"] == ref.param_groups[0]["param_names"] == [
-        "0.weight", "0.bias", "1.weight", "1.bias"]
+    assert (
+        opt.param_groups[0]["param_names"]
+        == ref.param_groups[0]["param_names"]
+        == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    )
     x = torch.randn(4, 3)
     for _ in range(3):
         for m, o in ((model, opt), (model_t, ref)):
@@ -425,8 +453,9 @@ def test_state_dict_deterministic(name, index, named0, named1):
     assert same(_without_names(opt.state_dict()), _without_names(opt_c.state_dict()))
     # a group listed twice packs alike (torch's #36831)
     opt_c.param_groups.extend(opt_c.param_groups)
-    assert same(_without_names(opt.state_dict())["param_groups"][-1],
-                _without_names(opt_c.state_dict())["param_groups"][-1])
+    assert same(
+        _without_names(opt.state_dict())["param_groups"][-1], _without_names(opt_c.state_dict())["param_groups"][-1]
+    )
 
 
 @pytest.mark.parametrize("name, index", INPUTS)
@@ -463,7 +492,7 @@ def test_can_load_older_state_dict(name, index):
 def test_load_nontensor_step(name, index, source, as_number):
     # torch before 1.12 saved Adam's per-parameter step as a number; torch's __setstate__ makes it a tensor.
     (a0, a1), (b0, b1) = _twin_tensors((2, 3), (2, 3))
-    for (p, q) in ((a0, b0), (a1, b1)):
+    for p, q in ((a0, b0), (a1, b1)):
         p.grad = torch.rand_like(p)
         q.grad = p.grad.clone()
     opt, ref = make("clrfast", name, index, [a0, a1]), make("torch", name, index, [b0, b1])
@@ -626,7 +655,8 @@ def test_repr_shows_the_lines_torch_shows(name, index):
     for key in shared:
         assert f"    {key}: {opt.param_groups[0][key]}" in lines
         assert same(opt.param_groups[0][key], ref.param_groups[0][key]) or (
-            opt.param_groups[0][key] == ref.param_groups[0][key]), key  # 0.0 for torch's 0
+            opt.param_groups[0][key] == ref.param_groups[0][key]
+        ), key  # 0.0 for torch's 0
 
 
 # --------------------------------------------------------------------------- hooks
@@ -708,9 +738,10 @@ def test_load_state_dict_post_hook(name):
 def test_state_dict_hooks_see_and_may_replace_the_whole_dict(name):
     # A post hook may wrap the dict and a load pre hook unwrap it (as checkpoint converters do).
     (a,), (b,) = _twin_tensors((3,))
-    pairs = [(a, CLR[name]([a], lr=0.1, momentum=0.9) if name == "SGD" else CLR[name]([a], lr=0.1)),
-             (b, INFOS[name].optim_cls([b], lr=0.1, momentum=0.9) if name == "SGD" else
-              INFOS[name].optim_cls([b], lr=0.1))]
+    pairs = [
+        (a, CLR[name]([a], lr=0.1, momentum=0.9) if name == "SGD" else CLR[name]([a], lr=0.1)),
+        (b, INFOS[name].optim_cls([b], lr=0.1, momentum=0.9) if name == "SGD" else INFOS[name].optim_cls([b], lr=0.1)),
+    ]
     wrapped = []
     for p, opt in pairs:
         p.grad = torch.ones_like(p)
@@ -751,8 +782,10 @@ def test_step_all_hooks(name):
     data = []
     opt = CLR[name]([torch.tensor([1.0, 1.0])], lr=1e-3)
     opt2 = torch.optim.SGD([torch.tensor([1.0, 1.0])])
-    handles = [register_optimizer_step_pre_hook(lambda *a: data.append(0)),
-               register_optimizer_step_post_hook(lambda *a: data.append(5))]
+    handles = [
+        register_optimizer_step_pre_hook(lambda *a: data.append(0)),
+        register_optimizer_step_post_hook(lambda *a: data.append(5)),
+    ]
     for o in (opt, opt2):
         handles.append(o.register_step_pre_hook(lambda *a: data.append(1)))
         handles.append(o.register_step_post_hook(lambda *a: data.append(2)))
@@ -772,8 +805,11 @@ def test_step_all_hooks(name):
 
 # --------------------------------------------------------------------------- add_param_group and all or nothing
 def _snapshot(opt, params):
-    return (copy.deepcopy(opt.state_dict()), [list(g["params"]) for g in opt.param_groups],
-            [(p.detach().clone(), p.data_ptr()) for p in params])
+    return (
+        copy.deepcopy(opt.state_dict()),
+        [list(g["params"]) for g in opt.param_groups],
+        [(p.detach().clone(), p.data_ptr()) for p in params],
+    )
 
 
 def _assert_unchanged(opt, params, snap):
@@ -793,8 +829,12 @@ BAD_GROUPS = {
     "with names": lambda p, new: {"params": [("a", new)]},
     "without names": lambda p, new: {"params": [new]},
 }
-ADD_CASES = [(case, named) for case in BAD_GROUPS for named in (False, True)
-             if not (case == "with names" and named) and not (case == "without names" and not named)]
+ADD_CASES = [
+    (case, named)
+    for case in BAD_GROUPS
+    for named in (False, True)
+    if not (case == "with names" and named) and not (case == "without names" and not named)
+]
 
 
 @pytest.mark.parametrize("case, named", ADD_CASES, ids=[f"{c}-{'named' if n else 'plain'}" for c, n in ADD_CASES])
@@ -825,12 +865,16 @@ def test_add_param_group_errors_are_torchs_and_change_nothing(name, case, named)
 
 
 @pytest.mark.parametrize("flat", [False, True])
-@pytest.mark.parametrize("groups", [
-    lambda a, b: [{"params": [a]}, {"params": [b, a]}],
-    lambda a, b: [{"params": [("a", a)]}, {"params": [b]}],
-    lambda a, b: [{"params": [a]}, {"params": [("b", b)]}],
-    lambda a, b: [("a", a), b],
-], ids=["in two groups", "names then none", "none then names", "names missing"])
+@pytest.mark.parametrize(
+    "groups",
+    [
+        lambda a, b: [{"params": [a]}, {"params": [b, a]}],
+        lambda a, b: [{"params": [("a", a)]}, {"params": [b]}],
+        lambda a, b: [{"params": [a]}, {"params": [("b", b)]}],
+        lambda a, b: [("a", a), b],
+    ],
+    ids=["in two groups", "names then none", "none then names", "names missing"],
+)
 def test_a_constructor_refused_by_torchs_checks_moves_nothing(groups, flat):
     if not _torch_takes_names():
         pytest.skip("torch < 2.6 takes no named parameters")

@@ -59,28 +59,50 @@ def assert_same(name, kwargs, steps, kind="sgd", groups=1):
 
 def test_dropins_are_lr_schedulers():
     opt = make_optimizer()
-    for sched in (ct.CyclicLR(opt, 0.01, 0.1), ct.OneCycleLR(make_optimizer(), 0.1, total_steps=10),
-                  ct.CosineAnnealingWarmRestarts(make_optimizer(), 5)):
+    for sched in (
+        ct.CyclicLR(opt, 0.01, 0.1),
+        ct.OneCycleLR(make_optimizer(), 0.1, total_steps=10),
+        ct.CosineAnnealingWarmRestarts(make_optimizer(), 5),
+    ):
         assert isinstance(sched, L.LRScheduler)
 
 
 @pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_cyclic_modes_match_torch(mode, kind):
-    assert_same("CyclicLR", dict(base_lr=[1e-3, 2e-4], max_lr=[6e-3, 5e-2], step_size_up=13, step_size_down=7,
-                                 mode=mode, gamma=0.997, base_momentum=[0.8, 0.85], max_momentum=0.95),
-                600, kind=kind, groups=2)
+    assert_same(
+        "CyclicLR",
+        dict(
+            base_lr=[1e-3, 2e-4],
+            max_lr=[6e-3, 5e-2],
+            step_size_up=13,
+            step_size_down=7,
+            mode=mode,
+            gamma=0.997,
+            base_momentum=[0.8, 0.85],
+            max_momentum=0.95,
+        ),
+        600,
+        kind=kind,
+        groups=2,
+    )
 
 
 def test_cyclic_randomized_match_torch():
     rng = random.Random(1234)
     for _ in range(25):
         base = 10 ** rng.uniform(-6, -1)
-        kwargs = dict(base_lr=base, max_lr=base * rng.uniform(1.0, 20.0), step_size_up=rng.randint(1, 40),
-                      step_size_down=rng.choice([None, rng.randint(0, 40)]),
-                      mode=rng.choice(["triangular", "triangular2", "exp_range"]), gamma=rng.uniform(0.9, 1.0),
-                      cycle_momentum=rng.random() < 0.7, base_momentum=rng.uniform(0.5, 0.85),
-                      max_momentum=rng.uniform(0.85, 0.99))
+        kwargs = dict(
+            base_lr=base,
+            max_lr=base * rng.uniform(1.0, 20.0),
+            step_size_up=rng.randint(1, 40),
+            step_size_down=rng.choice([None, rng.randint(0, 40)]),
+            mode=rng.choice(["triangular", "triangular2", "exp_range"]),
+            gamma=rng.uniform(0.9, 1.0),
+            cycle_momentum=rng.random() < 0.7,
+            base_momentum=rng.uniform(0.5, 0.85),
+            max_momentum=rng.uniform(0.85, 0.99),
+        )
         assert_same("CyclicLR", kwargs, 300)
 
 
@@ -94,16 +116,27 @@ def assert_long_horizon(oracle, n, **kw):
 
 
 def test_cyclic_long_horizon_matches_torch():
-    assert_long_horizon(torch_cyclic, 100_000, base_lr=1e-4, max_lr=3e-2, step_size_up=997, step_size_down=1503,
-                        mode="exp_range", gamma=0.99997)
+    assert_long_horizon(
+        torch_cyclic,
+        100_000,
+        base_lr=1e-4,
+        max_lr=3e-2,
+        step_size_up=997,
+        step_size_down=1503,
+        mode="exp_range",
+        gamma=0.99997,
+    )
 
 
 @pytest.mark.parametrize("scale_mode", ["cycle", "iterations"])
 def test_cyclic_custom_scales_match_torch(scale_mode):
-    for fn in (lambda x: 0.5 ** x, clrfast.scales.Geometric(0.7), clrfast.scales.ExpRange(0.999),
-               clrfast.scales.Halving()):
-        assert_same("CyclicLR", dict(base_lr=0.01, max_lr=0.1, step_size_up=5, scale_fn=fn,
-                                     scale_mode=scale_mode), 200)
+    for fn in (
+        lambda x: 0.5**x,
+        clrfast.scales.Geometric(0.7),
+        clrfast.scales.ExpRange(0.999),
+        clrfast.scales.Halving(),
+    ):
+        assert_same("CyclicLR", dict(base_lr=0.01, max_lr=0.1, step_size_up=5, scale_fn=fn, scale_mode=scale_mode), 200)
 
 
 @pytest.mark.parametrize("scale_mode", ["cycle", "iterations"])
@@ -127,8 +160,15 @@ def test_cyclic_scale_receives_torch_arguments(scale_mode):
 @pytest.mark.parametrize("three_phase", [False, True])
 @pytest.mark.parametrize("anneal", ["cos", "linear"])
 def test_onecycle_matches_torch_to_the_last_step(three_phase, anneal):
-    kwargs = dict(max_lr=[0.1, 0.3], total_steps=1000, pct_start=0.27, anneal_strategy=anneal,
-                  three_phase=three_phase, div_factor=17.0, final_div_factor=3e3)
+    kwargs = dict(
+        max_lr=[0.1, 0.3],
+        total_steps=1000,
+        pct_start=0.27,
+        anneal_strategy=anneal,
+        three_phase=three_phase,
+        div_factor=17.0,
+        final_div_factor=3e3,
+    )
     assert_same("OneCycleLR", kwargs, 1000, groups=2)  # last_epoch reaches total_steps
     assert_same("OneCycleLR", kwargs, 1000, kind="adam", groups=2)
 
@@ -137,9 +177,14 @@ def test_onecycle_randomized_and_long_horizon():
     rng = random.Random(99)
     for _ in range(20):
         total = rng.randint(2, 400)
-        kwargs = dict(max_lr=rng.uniform(1e-3, 1.0), total_steps=total, pct_start=rng.uniform(0.05, 0.95),
-                      anneal_strategy=rng.choice(["cos", "linear"]), three_phase=rng.random() < 0.5,
-                      cycle_momentum=rng.random() < 0.7)
+        kwargs = dict(
+            max_lr=rng.uniform(1e-3, 1.0),
+            total_steps=total,
+            pct_start=rng.uniform(0.05, 0.95),
+            anneal_strategy=rng.choice(["cos", "linear"]),
+            three_phase=rng.random() < 0.5,
+            cycle_momentum=rng.random() < 0.7,
+        )
         try:
             assert_same("OneCycleLR", kwargs, total)
         except ZeroDivisionError:  # torch itself fails on a zero-length phase
@@ -187,8 +232,10 @@ def test_cosine_restarts_long_horizon():
 def test_cosine_restarts_fractional_epochs_match_torch():
     for T_mult in (1, 2, 3):
         opts = [make_optimizer(), make_optimizer()]
-        scheds = [L.CosineAnnealingWarmRestarts(opts[0], 10, T_mult, eta_min=0.001),
-                  ct.CosineAnnealingWarmRestarts(opts[1], 10, T_mult, eta_min=0.001)]
+        scheds = [
+            L.CosineAnnealingWarmRestarts(opts[0], 10, T_mult, eta_min=0.001),
+            ct.CosineAnnealingWarmRestarts(opts[1], 10, T_mult, eta_min=0.001),
+        ]
         for k in range(400):
             epoch = k * 0.37
             for s in scheds:
@@ -231,9 +278,11 @@ def test_tensor_lr_is_filled_in_place():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_interchange_with_torch(name):
-    kwargs = {"CyclicLR": dict(base_lr=0.01, max_lr=0.1, step_size_up=7, mode="triangular2"),
-              "OneCycleLR": dict(max_lr=0.1, total_steps=200),
-              "CosineAnnealingWarmRestarts": dict(T_0=6, T_mult=2)}[name]
+    kwargs = {
+        "CyclicLR": dict(base_lr=0.01, max_lr=0.1, step_size_up=7, mode="triangular2"),
+        "OneCycleLR": dict(max_lr=0.1, total_steps=200),
+        "CosineAnnealingWarmRestarts": dict(T_0=6, T_mult=2),
+    }[name]
     for src, dst in ((L, ct), (ct, L)):
         opt_a = make_optimizer()
         a = getattr(src, name)(opt_a, **kwargs)

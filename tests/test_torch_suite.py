@@ -31,8 +31,7 @@ def two_group_sgd(lr_tensor=True):
     """torch's test optimizer: two groups, the second with a tensor lr."""
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.Conv2d(1, 1, 1))
     second = torch.tensor(0.5) if lr_tensor else 0.5
-    return torch.optim.SGD([{"params": net[0].parameters()}, {"params": net[1].parameters(), "lr": second}],
-                           lr=0.05)
+    return torch.optim.SGD([{"params": net[0].parameters()}, {"params": net[1].parameters(), "lr": second}], lr=0.05)
 
 
 def same(a, b) -> bool:
@@ -63,18 +62,23 @@ def test_cosine_restarts_state_dict_round_trip_compares_every_attribute(M):
 
 
 @MODULES
-@pytest.mark.parametrize("name, kwargs", [
-    ("CyclicLR", dict(base_lr=0.01, max_lr=0.1, step_size_up=4, mode="triangular2")),
-    ("OneCycleLR", dict(max_lr=0.1, total_steps=50)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("CyclicLR", dict(base_lr=0.01, max_lr=0.1, step_size_up=4, mode="triangular2")),
+        ("OneCycleLR", dict(max_lr=0.1, total_steps=50)),
+    ],
+)
 def test_state_dict_round_trip_compares_every_attribute(M, name, kwargs):
     opt = two_group_sgd(lr_tensor=False)
     sched = getattr(M, name)(opt, **kwargs)
     for _ in range(13):
         opt.step()
         sched.step()
-    other = {"CyclicLR": dict(base_lr=0.5, max_lr=0.9, step_size_up=40), "OneCycleLR": dict(max_lr=1.0,
-             total_steps=500, three_phase=True)}[name]
+    other = {
+        "CyclicLR": dict(base_lr=0.5, max_lr=0.9, step_size_up=40),
+        "OneCycleLR": dict(max_lr=1.0, total_steps=500, three_phase=True),
+    }[name]
     copy_ = getattr(M, name)(two_group_sgd(lr_tensor=False), **other)
     copy_.load_state_dict(sched.state_dict())
     for key in sched.__dict__:
@@ -83,11 +87,15 @@ def test_state_dict_round_trip_compares_every_attribute(M, name, kwargs):
 
 
 @MODULES
-@pytest.mark.parametrize("make", [
-    lambda M, o: M.CyclicLR(o, base_lr=0.01, max_lr=0.1),
-    lambda M, o: M.OneCycleLR(o, max_lr=0.01, total_steps=10, anneal_strategy="linear"),
-    lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=20),
-], ids=["CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda M, o: M.CyclicLR(o, base_lr=0.01, max_lr=0.1),
+        lambda M, o: M.OneCycleLR(o, max_lr=0.01, total_steps=10, anneal_strategy="linear"),
+        lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=20),
+    ],
+    ids=["CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts"],
+)
 @pytest.mark.parametrize("weights_only", [True, False])
 def test_state_dict_survives_torch_save_and_load(M, make, weights_only):
     # torch's test_lr_scheduler_state_dict_load: the state is plain data torch.load accepts.
@@ -104,11 +112,15 @@ def test_state_dict_survives_torch_save_and_load(M, make, weights_only):
 
 
 @MODULES
-@pytest.mark.parametrize("make", [
-    lambda M, o: M.CyclicLR(o, base_lr=0.01, max_lr=0.1),
-    lambda M, o: M.OneCycleLR(o, max_lr=0.01, total_steps=10),
-    lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=20),
-], ids=["CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda M, o: M.CyclicLR(o, base_lr=0.01, max_lr=0.1),
+        lambda M, o: M.OneCycleLR(o, max_lr=0.01, total_steps=10),
+        lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=20),
+    ],
+    ids=["CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts"],
+)
 def test_resume_from_an_optimizer_checkpoint(M, make):
     # torch's test_lr_scheduler_checkpoint: last_epoch=0 on a loaded optimizer gives the same lr.
     model = torch.nn.Linear(3, 3)
@@ -124,8 +136,11 @@ def test_resume_from_an_optimizer_checkpoint(M, make):
 
 def _ctor_kwargs(sched):
     name = type(sched).__name__
-    return {"CyclicLR": dict(base_lr=0.01, max_lr=0.1), "OneCycleLR": dict(max_lr=0.01, total_steps=10),
-            "CosineAnnealingWarmRestarts": dict(T_0=20)}[name]
+    return {
+        "CyclicLR": dict(base_lr=0.01, max_lr=0.1),
+        "OneCycleLR": dict(max_lr=0.01, total_steps=10),
+        "CosineAnnealingWarmRestarts": dict(T_0=20),
+    }[name]
 
 
 @MODULES
@@ -189,8 +204,15 @@ def test_cosine_restarts_initial_lr_is_constant_and_not_aliased(M):
 def test_cyclic_triangular_values_with_a_tensor_lr_group(M):
     # torch's test_cycle_lr_triangular_mode (with the tensor-lr second group).
     opt = two_group_sgd()
-    sched = M.CyclicLR(opt, base_lr=[1, 2], max_lr=[5, 6], step_size_up=4, cycle_momentum=True,
-                       base_momentum=[1, 2], max_momentum=[5, 6])
+    sched = M.CyclicLR(
+        opt,
+        base_lr=[1, 2],
+        max_lr=[5, 6],
+        step_size_up=4,
+        cycle_momentum=True,
+        base_momentum=[1, 2],
+        max_momentum=[5, 6],
+    )
     lr0 = [1, 2, 3, 4, 5, 4, 3, 2, 1, 2, 3]
     for t in range(len(lr0)):
         assert opt.param_groups[0]["lr"] == lr0[t]
@@ -201,20 +223,30 @@ def test_cyclic_triangular_values_with_a_tensor_lr_group(M):
 
 
 @MODULES
-@pytest.mark.parametrize("T_mult, epochs, T_curs, T_is", [
-    (1, [0, 1, 2, 3, 4, 5, 12, 27, 3, 4, 5, 6, 13], [1, 2, 3, 4, 5, 2, 7, 3, 4, 5, 6, 3], [10] * 12),
-    (2, [0, 1, 2, 3, 4, 5, 25, 32, 33, 34, 80, 81, 3], [1, 2, 3, 4, 5, 15, 2, 3, 4, 10, 11, 3],
-     [10, 10, 10, 10, 10, 20, 40, 40, 40, 80, 80, 10]),
-    (3, [0, 0.1, 0.2, 0.3, 1.3, 2.3, 17.5, 18.5, 19.5, 29.5, 30.5, 31.5, 50],
-     [0.1, 0.2, 0.3, 1.3, 2.3, 7.5, 8.5, 9.5, 19.5, 20.5, 21.5, 10], [10, 10, 10, 10, 10, 30, 30, 30, 30, 30, 30, 90]),
-])
+@pytest.mark.parametrize(
+    "T_mult, epochs, T_curs, T_is",
+    [
+        (1, [0, 1, 2, 3, 4, 5, 12, 27, 3, 4, 5, 6, 13], [1, 2, 3, 4, 5, 2, 7, 3, 4, 5, 6, 3], [10] * 12),
+        (
+            2,
+            [0, 1, 2, 3, 4, 5, 25, 32, 33, 34, 80, 81, 3],
+            [1, 2, 3, 4, 5, 15, 2, 3, 4, 10, 11, 3],
+            [10, 10, 10, 10, 10, 20, 40, 40, 40, 80, 80, 10],
+        ),
+        (
+            3,
+            [0, 0.1, 0.2, 0.3, 1.3, 2.3, 17.5, 18.5, 19.5, 29.5, 30.5, 31.5, 50],
+            [0.1, 0.2, 0.3, 1.3, 2.3, 7.5, 8.5, 9.5, 19.5, 20.5, 21.5, 10],
+            [10, 10, 10, 10, 10, 30, 30, 30, 30, 30, 30, 90],
+        ),
+    ],
+)
 def test_cosine_restarts_interleaved_epochs(M, T_mult, epochs, T_curs, T_is):
     # torch's test_CosineAnnealingWarmRestarts_lr3 (targets to 1e-5, as torch's test).
     eta_min = 1e-10
     opt = two_group_sgd()
     sched = M.CosineAnnealingWarmRestarts(opt, T_0=10, T_mult=T_mult, eta_min=eta_min)
-    targets = [0.05] + [eta_min + (0.05 - eta_min) * (1 + math.cos(math.pi * c / i)) / 2
-                        for c, i in zip(T_curs, T_is)]
+    targets = [0.05] + [eta_min + (0.05 - eta_min) * (1 + math.cos(math.pi * c / i)) / 2 for c, i in zip(T_curs, T_is)]
     for epoch, want in zip(epochs, targets):
         sched.step(epoch)
         assert opt.param_groups[0]["lr"] == pytest.approx(want, abs=1e-5)
@@ -252,8 +284,9 @@ def test_cyclic_state_dict_is_picklable_and_keeps_callable_objects(M):
     assert state["_scale_fn_custom"] == fn.__dict__
     pickle.dumps(state)
     restored = M.CyclicLR(opt, base_lr=1, max_lr=5, cycle_momentum=False)
-    restored.load_state_dict(M.CyclicLR(opt, base_lr=1, max_lr=5, cycle_momentum=False,
-                                        mode="triangular2").state_dict())
+    restored.load_state_dict(
+        M.CyclicLR(opt, base_lr=1, max_lr=5, cycle_momentum=False, mode="triangular2").state_dict()
+    )
     assert restored.mode == "triangular2" and restored._scale_fn_custom is None
 
 

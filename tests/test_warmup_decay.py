@@ -40,6 +40,7 @@ FACTORIES = [
 
 # ------------------------------------------------------------------ schedule values vs the lambdas
 
+
 def lambda_values(fn, base, n, **kw):
     """base * factor(t) for t in 0..n-1, as LambdaLR computes it."""
     f = partial(fn, **kw)
@@ -64,8 +65,18 @@ ramps = st.sampled_from(["linear", "cosine", "1-sqrt"])
 def test_wsd_values(lr, w, s, d, wt, dt, r, nc):
     sched = clr.WarmupStableDecay(lr, w, s, d, warmup_type=wt, decay_type=dt, min_lr_ratio=r, num_cycles=nc)
     n = w + s + d + 50
-    want = lambda_values(optimization._get_wsd_scheduler_lambda, lr, n, num_warmup_steps=w, num_stable_steps=s,
-                         num_decay_steps=d, warmup_type=wt, decay_type=dt, min_lr_ratio=r, num_cycles=nc)
+    want = lambda_values(
+        optimization._get_wsd_scheduler_lambda,
+        lr,
+        n,
+        num_warmup_steps=w,
+        num_stable_steps=s,
+        num_decay_steps=d,
+        warmup_type=wt,
+        decay_type=dt,
+        min_lr_ratio=r,
+        num_cycles=nc,
+    )
     assert_same(sched.lr_table(n), want, repr(sched))
     assert sched.lr(n - 1) == want[-1]
 
@@ -77,11 +88,24 @@ def test_cosine_values(lr, w, extra, nc, r):
     n = n_train + 100
     sched = clr.WarmupCosine(lr, w, n_train, num_cycles=nc, min_lr_rate=r)
     if r is None:  # get_cosine_schedule_with_warmup: no floor
-        want = lambda_values(optimization._get_cosine_schedule_with_warmup_lr_lambda, lr, n, num_warmup_steps=w,
-                             num_training_steps=n_train, num_cycles=nc)
+        want = lambda_values(
+            optimization._get_cosine_schedule_with_warmup_lr_lambda,
+            lr,
+            n,
+            num_warmup_steps=w,
+            num_training_steps=n_train,
+            num_cycles=nc,
+        )
     else:  # get_cosine_with_min_lr_schedule_with_warmup
-        want = lambda_values(optimization._get_cosine_schedule_with_warmup_lr_lambda, lr, n, num_warmup_steps=w,
-                             num_training_steps=n_train, num_cycles=nc, min_lr_rate=r)
+        want = lambda_values(
+            optimization._get_cosine_schedule_with_warmup_lr_lambda,
+            lr,
+            n,
+            num_warmup_steps=w,
+            num_training_steps=n_train,
+            num_cycles=nc,
+            min_lr_rate=r,
+        )
     assert_same(sched.lr_table(n), want, repr(sched))
 
 
@@ -99,8 +123,14 @@ def test_hard_restart_values(lr, w, extra, nc):
     n_train = w + extra
     n = n_train + 50
     sched = clr.CosineHardRestarts(lr, w, n_train, num_cycles=nc)
-    want = lambda_values(optimization._get_cosine_with_hard_restarts_schedule_with_warmup_lr_lambda, lr, n,
-                         num_warmup_steps=w, num_training_steps=n_train, num_cycles=nc)
+    want = lambda_values(
+        optimization._get_cosine_with_hard_restarts_schedule_with_warmup_lr_lambda,
+        lr,
+        n,
+        num_warmup_steps=w,
+        num_training_steps=n_train,
+        num_cycles=nc,
+    )
     assert_same(sched.lr_table(n), want, repr(sched))
 
 
@@ -111,8 +141,16 @@ def test_polynomial_values(lr, w, extra, end_frac, power):
     n = n_train + 50
     lr_end = lr * end_frac
     sched = clr.PolynomialDecay(lr, w, n_train, lr_end=lr_end, power=power)
-    want = lambda_values(optimization._get_polynomial_decay_schedule_with_warmup_lr_lambda, lr, n,
-                         num_warmup_steps=w, num_training_steps=n_train, lr_end=lr_end, power=power, lr_init=lr)
+    want = lambda_values(
+        optimization._get_polynomial_decay_schedule_with_warmup_lr_lambda,
+        lr,
+        n,
+        num_warmup_steps=w,
+        num_training_steps=n_train,
+        lr_end=lr_end,
+        power=power,
+        lr_init=lr,
+    )
     assert_same(sched.lr_table(n), want, repr(sched))
 
 
@@ -123,12 +161,21 @@ def test_inverse_sqrt_values(lr, w, ts):
     timescale = ts if ts is not None else (w or 10_000)
     assert sched.resolved_timescale == timescale
     n = w + 500
-    want = lambda_values(optimization._get_inverse_sqrt_schedule_lr_lambda, lr, n, num_warmup_steps=w,
-                         timescale=timescale)
+    want = lambda_values(
+        optimization._get_inverse_sqrt_schedule_lr_lambda, lr, n, num_warmup_steps=w, timescale=timescale
+    )
     assert_same(sched.lr_table(n), want, repr(sched))
     steps = np.array([10**6, 10**9, 2**40, 2**52])  # far steps, through the gather table
-    assert_same(sched.lr_table(steps), np.array([lr * optimization._get_inverse_sqrt_schedule_lr_lambda(
-        int(t), num_warmup_steps=w, timescale=timescale) for t in steps]), "far steps")
+    assert_same(
+        sched.lr_table(steps),
+        np.array(
+            [
+                lr * optimization._get_inverse_sqrt_schedule_lr_lambda(int(t), num_warmup_steps=w, timescale=timescale)
+                for t in steps
+            ]
+        ),
+        "far steps",
+    )
 
 
 @settings(max_examples=30, deadline=None)
@@ -137,8 +184,9 @@ def test_linear_values(lr, w, extra):
     n_train = w + extra
     sched = clr.WarmupLinear(lr, w, n_train)
     n = n_train + 20
-    want = lambda_values(optimization._get_linear_schedule_with_warmup_lr_lambda, lr, n, num_warmup_steps=w,
-                         num_training_steps=n_train)
+    want = lambda_values(
+        optimization._get_linear_schedule_with_warmup_lr_lambda, lr, n, num_warmup_steps=w, num_training_steps=n_train
+    )
     assert_same(sched.lr_table(n), want, repr(sched))
     assert sched.lr(n_train) == 0.0
 
@@ -152,9 +200,18 @@ def test_constant_with_warmup_is_warmup():
 def test_fractional_step_counts_follow_transformers():
     # transformers computes with a float num_warmup_steps as it is; so does the core.
     sched = clr.WarmupStableDecay(1e-3, 10.5, 20.25, 30.5, decay_type="linear")
-    want = lambda_values(optimization._get_wsd_scheduler_lambda, 1e-3, 80, num_warmup_steps=10.5,
-                         num_stable_steps=20.25, num_decay_steps=30.5, warmup_type="linear", decay_type="linear",
-                         min_lr_ratio=0.0, num_cycles=0.5)
+    want = lambda_values(
+        optimization._get_wsd_scheduler_lambda,
+        1e-3,
+        80,
+        num_warmup_steps=10.5,
+        num_stable_steps=20.25,
+        num_decay_steps=30.5,
+        warmup_type="linear",
+        decay_type="linear",
+        min_lr_ratio=0.0,
+        num_cycles=0.5,
+    )
     assert_same(sched.lr_table(80), want, repr(sched))
 
 
@@ -206,24 +263,27 @@ def test_cosine_continues_past_total_as_transformers():
     assert s.lr(100) == 0.0 and s.lr(150) == pytest.approx(0.5) and s.lr(200) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: clr.WarmupStableDecay(-1.0, 1, 1, 1), "peak_lr must be >= 0.0, got -1.0"),
-    (lambda: clr.WarmupStableDecay(1.0, -1, 1, 1), "warmup_steps must be >= 0.0, got -1"),
-    (lambda: clr.WarmupStableDecay(1.0, 1, 1, 1, warmup_type="exp"), "warmup_type must be one of"),
-    (lambda: clr.WarmupStableDecay(1.0, 1, 1, 1, decay_type="sqrt"), "decay_type must be one of"),
-    (lambda: clr.WarmupStableDecay(1.0, 1, 1, 1, min_lr_ratio=1.5), "min_lr_ratio must be <= 1.0, got 1.5"),
-    (lambda: clr.WarmupStableDecay(1.0, 1, 1, 1, num_cycles=-1), "num_cycles must be >= 0.0, got -1"),
-    (lambda: clr.WarmupStableDecay(1.0, 2**52, 2**52, 1), "must be <= 2\\*\\*53"),
-    (lambda: clr.WarmupStableDecay(float("nan"), 1, 1, 1), "peak_lr must be finite, got nan"),
-    (lambda: clr.WarmupLinear(1.0, 10, 5), "total_steps must be >= warmup_steps=10, got 5"),
-    (lambda: clr.WarmupCosine(1.0, 1, 10, min_lr=0.1, min_lr_rate=0.1), "give min_lr or min_lr_rate, not both"),
-    (lambda: clr.WarmupCosine(1.0, 1, 10, min_lr=2.0), "min_lr must be <= peak_lr=1.0, got 2.0"),
-    (lambda: clr.PolynomialDecay(1.0, 10, 10), "total_steps must be > warmup_steps=10, got 10"),
-    (lambda: clr.PolynomialDecay(1e-8, 1, 10), "lr_end \\(1e-07\\) must be smaller than peak_lr \\(1e-08\\)"),
-    (lambda: clr.PolynomialDecay(1.0, 1, 10, lr_end=0.5, lr_init=0.4), "must be smaller than lr_init \\(0.4\\)"),
-    (lambda: clr.PolynomialDecay(1.0, 1, 10, power=-1), "power must be >= 0.0, got -1"),
-    (lambda: clr.InverseSqrt(1.0, 1, timescale=0), "timescale must be > 0.0, got 0"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: clr.WarmupStableDecay(-1.0, 1, 1, 1), "peak_lr must be >= 0.0, got -1.0"),
+        (lambda: clr.WarmupStableDecay(1.0, -1, 1, 1), "warmup_steps must be >= 0.0, got -1"),
+        (lambda: clr.WarmupStableDecay(1.0, 1, 1, 1, warmup_type="exp"), "warmup_type must be one of"),
+        (lambda: clr.WarmupStableDecay(1.0, 1, 1, 1, decay_type="sqrt"), "decay_type must be one of"),
+        (lambda: clr.WarmupStableDecay(1.0, 1, 1, 1, min_lr_ratio=1.5), "min_lr_ratio must be <= 1.0, got 1.5"),
+        (lambda: clr.WarmupStableDecay(1.0, 1, 1, 1, num_cycles=-1), "num_cycles must be >= 0.0, got -1"),
+        (lambda: clr.WarmupStableDecay(1.0, 2**52, 2**52, 1), "must be <= 2\\*\\*53"),
+        (lambda: clr.WarmupStableDecay(float("nan"), 1, 1, 1), "peak_lr must be finite, got nan"),
+        (lambda: clr.WarmupLinear(1.0, 10, 5), "total_steps must be >= warmup_steps=10, got 5"),
+        (lambda: clr.WarmupCosine(1.0, 1, 10, min_lr=0.1, min_lr_rate=0.1), "give min_lr or min_lr_rate, not both"),
+        (lambda: clr.WarmupCosine(1.0, 1, 10, min_lr=2.0), "min_lr must be <= peak_lr=1.0, got 2.0"),
+        (lambda: clr.PolynomialDecay(1.0, 10, 10), "total_steps must be > warmup_steps=10, got 10"),
+        (lambda: clr.PolynomialDecay(1e-8, 1, 10), "lr_end \\(1e-07\\) must be smaller than peak_lr \\(1e-08\\)"),
+        (lambda: clr.PolynomialDecay(1.0, 1, 10, lr_end=0.5, lr_init=0.4), "must be smaller than lr_init \\(0.4\\)"),
+        (lambda: clr.PolynomialDecay(1.0, 1, 10, power=-1), "power must be >= 0.0, got -1"),
+        (lambda: clr.InverseSqrt(1.0, 1, timescale=0), "timescale must be > 0.0, got 0"),
+    ],
+)
 def test_bad_values_raise_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -235,46 +295,69 @@ def test_a_peak_near_the_largest_double_is_refused():
         clr.WarmupLinear(1e308, 1, 10)
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: clr.WarmupStableDecay("1e-3", 1, 1, 1), "peak_lr must be a real number, got '1e-3'"),
-    (lambda: clr.WarmupLinear(1.0, True, 10), "warmup_steps must be a real number, got True"),
-    (lambda: clr.InverseSqrt(1.0, None), "warmup_steps must be a real number, got None"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: clr.WarmupStableDecay("1e-3", 1, 1, 1), "peak_lr must be a real number, got '1e-3'"),
+        (lambda: clr.WarmupLinear(1.0, True, 10), "warmup_steps must be a real number, got True"),
+        (lambda: clr.InverseSqrt(1.0, None), "warmup_steps must be a real number, got None"),
+    ],
+)
 def test_bad_types_raise_type_error(make, match):
     with pytest.raises(TypeError, match=match):
         make()
 
 
 @settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from(range(6)), lr=st.floats(0.0, 1e300), w=st.integers(0, 2**40),
-       n=st.integers(0, 2**40), r=ratios, nc=st.floats(0.0, 2.0**53), p=st.floats(0.0, 1e3),
-       steps=st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=8))
+@given(
+    kind=st.sampled_from(range(6)),
+    lr=st.floats(0.0, 1e300),
+    w=st.integers(0, 2**40),
+    n=st.integers(0, 2**40),
+    r=ratios,
+    nc=st.floats(0.0, 2.0**53),
+    p=st.floats(0.0, 1e3),
+    steps=st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=8),
+)
 def test_finite_everywhere(kind, lr, w, n, r, nc, p, steps):
     total = w + n + 1
-    s = [lambda: clr.WarmupStableDecay(lr, w, n, n, warmup_type="1-sqrt", decay_type="cosine", min_lr_ratio=r,
-                                       num_cycles=nc),
-         lambda: clr.WarmupLinear(lr, w, total),
-         lambda: clr.WarmupCosine(lr, w, total, num_cycles=nc, min_lr_rate=r),
-         lambda: clr.CosineHardRestarts(lr, w, total, num_cycles=nc),
-         lambda: clr.PolynomialDecay(lr + 1.0, w, total, lr_end=r, power=p),
-         lambda: clr.InverseSqrt(lr, w, timescale=n + 1)][kind]()
+    s = [
+        lambda: clr.WarmupStableDecay(
+            lr, w, n, n, warmup_type="1-sqrt", decay_type="cosine", min_lr_ratio=r, num_cycles=nc
+        ),
+        lambda: clr.WarmupLinear(lr, w, total),
+        lambda: clr.WarmupCosine(lr, w, total, num_cycles=nc, min_lr_rate=r),
+        lambda: clr.CosineHardRestarts(lr, w, total, num_cycles=nc),
+        lambda: clr.PolynomialDecay(lr + 1.0, w, total, lr_end=r, power=p),
+        lambda: clr.InverseSqrt(lr, w, timescale=n + 1),
+    ][kind]()
     values = s.lr_table(np.array(steps))
     assert np.isfinite(values).all() and (values >= 0).all()
 
 
 # ------------------------------------------------------------------ specs and the command line
 
-@pytest.mark.parametrize("spec, want", [
-    ("wsd peak_lr=3e-4 warmup_steps=200 stable_steps=1400 decay_steps=400 decay_type=1-sqrt",
-     clr.WarmupStableDecay(3e-4, 200, 1400, 400, decay_type="1-sqrt")),
-    ("warmup_linear peak_lr=0.1 warmup_steps=10 total_steps=1e3", clr.WarmupLinear(0.1, 10, 1000)),
-    ("warmup_cosine peak_lr=0.1 warmup_steps=10 total_steps=100 min_lr=1e-3", clr.WarmupCosine(0.1, 10, 100,
-                                                                                                min_lr=1e-3)),
-    ("hard_restarts peak_lr=0.1 warmup_steps=10 total_steps=100 num_cycles=3", clr.CosineHardRestarts(0.1, 10, 100,
-                                                                                                       3)),
-    ("polynomial peak_lr=0.1 warmup_steps=10 total_steps=100 power=2", clr.PolynomialDecay(0.1, 10, 100, power=2)),
-    ("inverse_sqrt peak_lr=0.1 warmup_steps=10", clr.InverseSqrt(0.1, 10)),
-])
+
+@pytest.mark.parametrize(
+    "spec, want",
+    [
+        (
+            "wsd peak_lr=3e-4 warmup_steps=200 stable_steps=1400 decay_steps=400 decay_type=1-sqrt",
+            clr.WarmupStableDecay(3e-4, 200, 1400, 400, decay_type="1-sqrt"),
+        ),
+        ("warmup_linear peak_lr=0.1 warmup_steps=10 total_steps=1e3", clr.WarmupLinear(0.1, 10, 1000)),
+        (
+            "warmup_cosine peak_lr=0.1 warmup_steps=10 total_steps=100 min_lr=1e-3",
+            clr.WarmupCosine(0.1, 10, 100, min_lr=1e-3),
+        ),
+        (
+            "hard_restarts peak_lr=0.1 warmup_steps=10 total_steps=100 num_cycles=3",
+            clr.CosineHardRestarts(0.1, 10, 100, 3),
+        ),
+        ("polynomial peak_lr=0.1 warmup_steps=10 total_steps=100 power=2", clr.PolynomialDecay(0.1, 10, 100, power=2)),
+        ("inverse_sqrt peak_lr=0.1 warmup_steps=10", clr.InverseSqrt(0.1, 10)),
+    ],
+)
 def test_specs(spec, want):
     assert parse_spec(spec) == want
 
@@ -296,6 +379,7 @@ def test_cli_table_is_the_schedule(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ the drop-ins vs transformers
+
 
 def two_groups(kind="adamw", lr=1.3e-3, lr2=3.7e-4):
     p1 = torch.nn.Parameter(torch.zeros(2))
@@ -349,8 +433,9 @@ def factory_kwargs(name, draw):
     if name == "get_cosine_with_hard_restarts_schedule_with_warmup":
         return dict(num_warmup_steps=w, num_training_steps=n, num_cycles=draw(st.integers(1, 5))), n
     if name == "get_polynomial_decay_schedule_with_warmup":
-        return dict(num_warmup_steps=w, num_training_steps=n, lr_end=draw(st.floats(0.0, 5e-6)),
-                    power=draw(st.floats(0.1, 3.0))), n
+        return dict(
+            num_warmup_steps=w, num_training_steps=n, lr_end=draw(st.floats(0.0, 5e-6)), power=draw(st.floats(0.1, 3.0))
+        ), n
     if name == "get_inverse_sqrt_schedule":
         return dict(num_warmup_steps=w, timescale=draw(st.one_of(st.none(), st.integers(1, 1000)))), n
     if name == "get_cosine_with_min_lr_schedule_with_warmup":
@@ -358,8 +443,14 @@ def factory_kwargs(name, draw):
         value = draw(st.floats(0.0, 1e-5)) if floor == "min_lr" else draw(ratios)  # lr >= 1e-5
         return dict(num_warmup_steps=w, num_training_steps=n, num_cycles=draw(cycles), **{floor: value}), n
     d = draw(st.integers(0, 100))
-    kw = dict(num_warmup_steps=w, num_decay_steps=d, warmup_type=draw(ramps), decay_type=draw(ramps),
-              min_lr_ratio=draw(ratios), num_cycles=draw(cycles))
+    kw = dict(
+        num_warmup_steps=w,
+        num_decay_steps=d,
+        warmup_type=draw(ramps),
+        decay_type=draw(ramps),
+        min_lr_ratio=draw(ratios),
+        num_cycles=draw(cycles),
+    )
     if draw(st.booleans()):
         kw["num_training_steps"] = w + d + draw(st.integers(0, 100))
     else:
@@ -461,28 +552,55 @@ def test_drop_in_pickles_and_plots_its_schedule():
     assert t.schedules == s.schedules and t.last_epoch == s.last_epoch
 
 
-@pytest.mark.parametrize("call, exc, match", [
-    (lambda o: ct.get_linear_schedule_with_warmup(o, -1, 10), ValueError, "num_warmup_steps must be >= 0.0, got -1"),
-    (lambda o: ct.get_linear_schedule_with_warmup(o, "5", 10), TypeError, "num_warmup_steps must be a real number"),
-    (lambda o: ct.get_linear_schedule_with_warmup(o, 20, 10), ValueError, "num_training_steps \\(10\\) must be >="),
-    (lambda o: ct.get_polynomial_decay_schedule_with_warmup(o, 10, 10), ValueError, "must be > num_warmup_steps"),
-    (lambda o: ct.get_polynomial_decay_schedule_with_warmup(o, 1, 10, lr_end=1.0), ValueError,
-     "lr_end \\(1.0\\) must be smaller than initial lr \\(0.0013\\)"),
-    (lambda o: ct.get_cosine_with_min_lr_schedule_with_warmup(o, 1, 10), ValueError, "One of min_lr or min_lr_rate"),
-    (lambda o: ct.get_cosine_with_min_lr_schedule_with_warmup(o, 1, 10, min_lr=1, min_lr_rate=0.1), ValueError,
-     "Only one of min_lr or min_lr_rate"),
-    (lambda o: ct.get_cosine_with_min_lr_schedule_with_warmup(o, 1, 10, min_lr=1.0), ValueError,
-     "must be <= the optimizer's lr"),
-    (lambda o: ct.get_wsd_schedule(o, 1, 1), ValueError, "Either num_training_steps or num_stable_steps"),
-    (lambda o: ct.get_wsd_schedule(o, 1, 1, 10, warmup_type="exp"), ValueError, "Unknown warmup type: exp"),
-    (lambda o: ct.get_wsd_schedule(o, 1, 1, 10, decay_type="exp"), ValueError, "Unknown decay type: exp"),
-    (lambda o: ct.get_wsd_schedule(o, 5, 5, 8), ValueError, "num_training_steps \\(8\\) must be >= num_warmup_steps"),
-    (lambda o: ct.get_wsd_schedule(o, 1, 1, 10, min_lr_ratio=-0.5), ValueError, "min_lr_ratio must be >= 0.0"),
-    (lambda o: ct.get_constant_schedule_with_warmup(o, 2.5), ValueError, "num_warmup_steps must be a whole number"),
-    (lambda o: ct.get_cosine_schedule_with_warmup(o, 1, 10, num_cycles=float("inf")), ValueError,
-     "num_cycles must be finite"),
-    (lambda o: ct.get_linear_schedule_with_warmup(object(), 1, 10), TypeError, "object is not an Optimizer"),
-])
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (
+            lambda o: ct.get_linear_schedule_with_warmup(o, -1, 10),
+            ValueError,
+            "num_warmup_steps must be >= 0.0, got -1",
+        ),
+        (lambda o: ct.get_linear_schedule_with_warmup(o, "5", 10), TypeError, "num_warmup_steps must be a real number"),
+        (lambda o: ct.get_linear_schedule_with_warmup(o, 20, 10), ValueError, "num_training_steps \\(10\\) must be >="),
+        (lambda o: ct.get_polynomial_decay_schedule_with_warmup(o, 10, 10), ValueError, "must be > num_warmup_steps"),
+        (
+            lambda o: ct.get_polynomial_decay_schedule_with_warmup(o, 1, 10, lr_end=1.0),
+            ValueError,
+            "lr_end \\(1.0\\) must be smaller than initial lr \\(0.0013\\)",
+        ),
+        (
+            lambda o: ct.get_cosine_with_min_lr_schedule_with_warmup(o, 1, 10),
+            ValueError,
+            "One of min_lr or min_lr_rate",
+        ),
+        (
+            lambda o: ct.get_cosine_with_min_lr_schedule_with_warmup(o, 1, 10, min_lr=1, min_lr_rate=0.1),
+            ValueError,
+            "Only one of min_lr or min_lr_rate",
+        ),
+        (
+            lambda o: ct.get_cosine_with_min_lr_schedule_with_warmup(o, 1, 10, min_lr=1.0),
+            ValueError,
+            "must be <= the optimizer's lr",
+        ),
+        (lambda o: ct.get_wsd_schedule(o, 1, 1), ValueError, "Either num_training_steps or num_stable_steps"),
+        (lambda o: ct.get_wsd_schedule(o, 1, 1, 10, warmup_type="exp"), ValueError, "Unknown warmup type: exp"),
+        (lambda o: ct.get_wsd_schedule(o, 1, 1, 10, decay_type="exp"), ValueError, "Unknown decay type: exp"),
+        (
+            lambda o: ct.get_wsd_schedule(o, 5, 5, 8),
+            ValueError,
+            "num_training_steps \\(8\\) must be >= num_warmup_steps",
+        ),
+        (lambda o: ct.get_wsd_schedule(o, 1, 1, 10, min_lr_ratio=-0.5), ValueError, "min_lr_ratio must be >= 0.0"),
+        (lambda o: ct.get_constant_schedule_with_warmup(o, 2.5), ValueError, "num_warmup_steps must be a whole number"),
+        (
+            lambda o: ct.get_cosine_schedule_with_warmup(o, 1, 10, num_cycles=float("inf")),
+            ValueError,
+            "num_cycles must be finite",
+        ),
+        (lambda o: ct.get_linear_schedule_with_warmup(object(), 1, 10), TypeError, "object is not an Optimizer"),
+    ],
+)
 def test_drop_in_bad_input(call, exc, match):
     opt = two_groups()
     before = copy.deepcopy(opt.param_groups[0]["lr"])
@@ -492,20 +610,31 @@ def test_drop_in_bad_input(call, exc, match):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", ["get_cosine_schedule_with_warmup", "get_wsd_schedule",
-                                  "get_polynomial_decay_schedule_with_warmup", "get_constant_schedule_with_warmup"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "get_cosine_schedule_with_warmup",
+        "get_wsd_schedule",
+        "get_polynomial_decay_schedule_with_warmup",
+        "get_constant_schedule_with_warmup",
+    ],
+)
 def test_drop_in_tensor_lr_matches_lambda_lr(name, dtype):
     # LambdaLR multiplies a tensor initial lr in its dtype: float32 rounds differently from a double product.
-    kw = {"get_cosine_schedule_with_warmup": dict(num_warmup_steps=10, num_training_steps=300),
-          "get_wsd_schedule": dict(num_warmup_steps=10, num_decay_steps=100, num_training_steps=300,
-                                   decay_type="1-sqrt", min_lr_ratio=0.1),
-          "get_polynomial_decay_schedule_with_warmup": dict(num_warmup_steps=10, num_training_steps=300, power=2.0),
-          "get_constant_schedule_with_warmup": dict(num_warmup_steps=10)}[name]
+    kw = {
+        "get_cosine_schedule_with_warmup": dict(num_warmup_steps=10, num_training_steps=300),
+        "get_wsd_schedule": dict(
+            num_warmup_steps=10, num_decay_steps=100, num_training_steps=300, decay_type="1-sqrt", min_lr_ratio=0.1
+        ),
+        "get_polynomial_decay_schedule_with_warmup": dict(num_warmup_steps=10, num_training_steps=300, power=2.0),
+        "get_constant_schedule_with_warmup": dict(num_warmup_steps=10),
+    }[name]
 
     def make():
         p = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
-        return torch.optim.AdamW([{"params": [p[0]], "lr": torch.tensor(1.3e-3, dtype=dtype)},
-                                  {"params": [p[1]], "lr": 3.7e-4}], lr=1.3e-3)
+        return torch.optim.AdamW(
+            [{"params": [p[0]], "lr": torch.tensor(1.3e-3, dtype=dtype)}, {"params": [p[1]], "lr": 3.7e-4}], lr=1.3e-3
+        )
 
     oa, ob = make(), make()
     a, b = getattr(transformers, name)(oa, **kw), getattr(ct, name)(ob, **kw)
@@ -532,6 +661,7 @@ def test_wsd_both_counts_warns_as_transformers():
 
 
 # ------------------------------------------------------------------ ScheduleLR
+
 
 def run(opt, sched, n, key="momentum"):
     out = []
@@ -638,15 +768,23 @@ def test_schedule_lr_overflow_raises_like_the_schedule():
     assert opt.param_groups[0]["lr"] == 0.1 and sched.last_epoch == 0
 
 
-@pytest.mark.parametrize("make, exc, match", [
-    (lambda o: ct.ScheduleLR(o, 0.1), TypeError, "schedule must be a clrfast schedule or a list"),
-    (lambda o: ct.ScheduleLR(o, [clr.Constant(0.1)] * 2), ValueError, "one per param group \\(1\\)"),
-    (lambda o: ct.ScheduleLR(o, [0.1]), TypeError, "schedule\\[0\\] must be a clrfast schedule"),
-    (lambda o: ct.ScheduleLR(o, clr.Constant(0.1), last_epoch=-2), ValueError, "last_epoch must be >= -1"),
-    (lambda o: ct.ScheduleLR(torch.optim.Adagrad(o.param_groups[0]["params"]),
-                             clr.OneCycle(0.1, total_steps=10)), ValueError, "neither 'momentum' nor 'betas'"),
-    (lambda o: ct.ScheduleLR(object(), clr.Constant(0.1)), TypeError, "object is not an Optimizer"),
-])
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda o: ct.ScheduleLR(o, 0.1), TypeError, "schedule must be a clrfast schedule or a list"),
+        (lambda o: ct.ScheduleLR(o, [clr.Constant(0.1)] * 2), ValueError, "one per param group \\(1\\)"),
+        (lambda o: ct.ScheduleLR(o, [0.1]), TypeError, "schedule\\[0\\] must be a clrfast schedule"),
+        (lambda o: ct.ScheduleLR(o, clr.Constant(0.1), last_epoch=-2), ValueError, "last_epoch must be >= -1"),
+        (
+            lambda o: ct.ScheduleLR(
+                torch.optim.Adagrad(o.param_groups[0]["params"]), clr.OneCycle(0.1, total_steps=10)
+            ),
+            ValueError,
+            "neither 'momentum' nor 'betas'",
+        ),
+        (lambda o: ct.ScheduleLR(object(), clr.Constant(0.1)), TypeError, "object is not an Optimizer"),
+    ],
+)
 def test_schedule_lr_bad_input(make, exc, match):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
     with pytest.raises(exc, match=match):
@@ -663,6 +801,7 @@ def test_schedule_lr_star_import():
 
 # ------------------------------------------------------------------ fused optimizers run them
 
+
 def train(opt, sched, params, n, seed=0):
     gen = torch.Generator().manual_seed(seed)
     for _ in range(n):
@@ -677,10 +816,13 @@ def train(opt, sched, params, n, seed=0):
 def test_clrsgd_runs_wsd_as_torch_sgd_with_the_transformers_factory(wt, dt):
     from clrfast.torch import CLRSGD
 
-    kw = dict(num_warmup_steps=20, num_decay_steps=40, num_training_steps=150, warmup_type=wt, decay_type=dt,
-              min_lr_ratio=0.1)
-    a = [torch.nn.Parameter(torch.randn(97, generator=torch.Generator().manual_seed(1))),
-         torch.nn.Parameter(torch.randn(8, 5, generator=torch.Generator().manual_seed(2)))]
+    kw = dict(
+        num_warmup_steps=20, num_decay_steps=40, num_training_steps=150, warmup_type=wt, decay_type=dt, min_lr_ratio=0.1
+    )
+    a = [
+        torch.nn.Parameter(torch.randn(97, generator=torch.Generator().manual_seed(1))),
+        torch.nn.Parameter(torch.randn(8, 5, generator=torch.Generator().manual_seed(2))),
+    ]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     sched = clr.WarmupStableDecay(0.05, 20, 90, 40, warmup_type=wt, decay_type=dt, min_lr_ratio=0.1)
     oa = CLRSGD(a, sched, momentum=0.9, weight_decay=1e-4)

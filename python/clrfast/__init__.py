@@ -41,7 +41,23 @@ def plot(schedule, steps, path=None, **kwargs):
 
 
 __all__ = [
-    "Schedule", "Cyclic", "OneCycle", "CosineRestarts", "Warmup", "Constant", "RangeSweep", "Join",
-    "WarmupStableDecay", "WarmupLinear", "WarmupCosine", "CosineHardRestarts", "PolynomialDecay", "InverseSqrt",
-    "from_dict", "scales", "plot", "FORMAT_VERSION", "__version__",
+    "Schedule",
+    "Cyclic",
+    "OneCycle",
+    "CosineRestarts",
+    "Warmup",
+    "Constant",
+    "RangeSweep",
+    "Join",
+    "WarmupStableDecay",
+    "WarmupLinear",
+    "WarmupCosine",
+    "CosineHardRestarts",
+    "PolynomialDecay",
+    "InverseSqrt",
+    "from_dict",
+    "scales",
+    "plot",
+    "FORMAT_VERSION",
+    "__version__",
 ]

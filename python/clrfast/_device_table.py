@@ -147,6 +147,7 @@ def jax_lookup(table: ValueTable, count, device_values=None):
     if table.covers_all:
         out = from_table(c)
     else:
+
         def from_host(c):
             return jax.pure_callback(table.host, out_type, c, vmap_method="expand_dims")
 

@@ -139,8 +139,9 @@ def parse_spec(spec) -> Schedule:
         if field in _INT_FIELDS and isinstance(value, float) and value.is_integer():
             value = int(value)
         kwargs[field] = value
-    missing = [_public_name(cls, f.name) for f in _fields(cls)
-               if f.default is dataclasses.MISSING and f.name not in kwargs]
+    missing = [
+        _public_name(cls, f.name) for f in _fields(cls) if f.default is dataclasses.MISSING and f.name not in kwargs
+    ]
     if missing:
         raise SpecError(f"{policy} needs {', '.join(m + '=...' for m in missing)}")
     try:

@@ -71,30 +71,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .demo import add_arguments
 
-    d = sub.add_parser("demo", help="start here: an LR range test, then fixed LR, triangular, triangular2, "
-                       "exp_range, one-cycle (SGD) and AdamW one-cycle compared on scikit-learn's digits "
-                       "(about a minute on 2 cores)",
-                       description=_plain(__import__("clrfast.demo", fromlist=["x"]).__doc__), formatter_class=fmt)
+    d = sub.add_parser(
+        "demo",
+        help="start here: an LR range test, then fixed LR, triangular, triangular2, "
+        "exp_range, one-cycle (SGD) and AdamW one-cycle compared on scikit-learn's digits "
+        "(about a minute on 2 cores)",
+        description=_plain(__import__("clrfast.demo", fromlist=["x"]).__doc__),
+        formatter_class=fmt,
+    )
     add_arguments(d)
 
-    for name, what in (("plot", "draw lr (and momentum) over steps to a PNG"),
-                       ("table", "lr and momentum per step as CSV (step,lr,momentum), .npy, or stdout")):
+    for name, what in (
+        ("plot", "draw lr (and momentum) over steps to a PNG"),
+        ("table", "lr and momentum per step as CSV (step,lr,momentum), .npy, or stdout"),
+    ):
         c = sub.add_parser(name, help=what, description=what, epilog=policies_help(), formatter_class=fmt)
-        c.add_argument("spec", nargs="+", metavar="SPEC",
-                       help="POLICY key=value ... or a JSON file written from to_dict()")
+        c.add_argument(
+            "spec", nargs="+", metavar="SPEC", help="POLICY key=value ... or a JSON file written from to_dict()"
+        )
         c.add_argument("--steps", type=_steps, required=True, help="number of steps, 0..N-1 (1e6 is accepted)")
         if name == "plot":
-            c.add_argument("-o", "--output", default="lr.png",
-                           help="image to write; PNG unless the extension names another format matplotlib "
-                           "writes (.svg, .pdf, ...) (default: %(default)s)")
-            c.add_argument("--logy", action="store_true", default=None,
-                           help="log scale for the lr axis (default: log for an exponential sweep)")
+            c.add_argument(
+                "-o",
+                "--output",
+                default="lr.png",
+                help="image to write; PNG unless the extension names another format matplotlib "
+                "writes (.svg, .pdf, ...) (default: %(default)s)",
+            )
+            c.add_argument(
+                "--logy",
+                action="store_true",
+                default=None,
+                help="log scale for the lr axis (default: log for an exponential sweep)",
+            )
             c.add_argument("--title", default=None, help="figure title (default: the schedule's parameters)")
         else:
             c.add_argument("-o", "--output", default=None, help="a .csv or .npy file (default: CSV on stdout)")
-    sub.add_parser("bench", help="a few seconds of timings against torch and NumPy",
-                   description=_plain(__import__("clrfast.quickbench", fromlist=["x"]).__doc__),
-                   formatter_class=fmt)
+    sub.add_parser(
+        "bench",
+        help="a few seconds of timings against torch and NumPy",
+        description=_plain(__import__("clrfast.quickbench", fromlist=["x"]).__doc__),
+        formatter_class=fmt,
+    )
     return p
 
 
@@ -180,8 +198,10 @@ def _cmd_plot(args) -> int:
     path = written_path(path)
     ext = os.path.splitext(path)[1][1:].lower()
     if ext not in formats:
-        raise UsageError(f"-o {args.output!r}: matplotlib cannot write .{ext} files; use one of "
-                         f"{', '.join('.' + f for f in sorted(formats))}")
+        raise UsageError(
+            f"-o {args.output!r}: matplotlib cannot write .{ext} files; use one of "
+            f"{', '.join('.' + f for f in sorted(formats))}"
+        )
     if n > 1_000_000:
         raise UsageError(f"--steps {n} is more than a plot can show; use at most 1000000 (or 'table')")
     if args.title is not None:
@@ -206,10 +226,10 @@ def _cmd_table(args) -> int:
         with _writing(out):
             arr = np.lib.format.open_memmap(out, mode="w+", dtype=np.float64, shape=(n, len(columns)))
             for first, lr, mom in _chunks(schedule, n):
-                arr[first:first + len(lr), 0] = np.arange(first, first + len(lr), dtype=np.float64)
-                arr[first:first + len(lr), 1] = lr
+                arr[first : first + len(lr), 0] = np.arange(first, first + len(lr), dtype=np.float64)
+                arr[first : first + len(lr), 1] = lr
                 if momentum:
-                    arr[first:first + len(lr), 2] = mom
+                    arr[first : first + len(lr), 2] = mom
             arr.flush()
             del arr
         print(f"wrote {out}: array ({n}, {len(columns)}) of {', '.join(columns)}")
@@ -240,8 +260,9 @@ def _write_csv(fh, schedule, n, columns) -> None:
         if mom is None:  # repr round-trips doubles exactly
             fh.write("".join(f"{i},{a!r}\n" for i, a in zip(steps, lr.tolist())))
         else:
-            fh.write("".join(f"{i},{a!r},{'' if b != b else repr(b)}\n"
-                             for i, a, b in zip(steps, lr.tolist(), mom.tolist())))
+            fh.write(
+                "".join(f"{i},{a!r},{'' if b != b else repr(b)}\n" for i, a, b in zip(steps, lr.tolist(), mom.tolist()))
+            )
 
 
 def _cmd_bench(args) -> int:

@@ -39,10 +39,10 @@ class Config:
     seeds: tuple = (0, 1, 2)
     batch_size: int = 64
     eval_every: int = 10
-    cycles: int = 4            # triangular cycles in the budget: step_size_up = iterations/(2*cycles)
+    cycles: int = 4  # triangular cycles in the budget: step_size_up = iterations/(2*cycles)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    adamw_max_lr: float = 3e-3        # fastai v1's fit_one_cycle default; see ADAMW_RECIPE
+    adamw_max_lr: float = 3e-3  # fastai v1's fit_one_cycle default; see ADAMW_RECIPE
     adamw_weight_decay: float = 1e-2  # CLRAdamW's (and torch's AdamW's) default, fastai's wd too
     sweep_steps: int = 200
     sweep_start: float = 1e-4
@@ -56,8 +56,9 @@ FAST = Config(iterations=120, seeds=(0, 1), eval_every=20, cycles=2, sweep_steps
 # fastai's fit_one_cycle recipe for AdamW: the lr rises from max_lr/25 to max_lr over the first quarter of
 # the run, then anneals (cosine) to max_lr/25/1e5; beta1 mirrors it, 0.95 -> 0.85 (at the lr peak) -> 0.95.
 # max_lr is Config.adamw_max_lr, not the SGD range test's: Adam's useful lrs sit an order of magnitude lower.
-ADAMW_RECIPE: dict[str, Any] = dict(pct_start=0.25, div_factor=25.0, final_div_factor=1e5, base_momentum=0.85,
-                                    max_momentum=0.95, anneal="cos")
+ADAMW_RECIPE: dict[str, Any] = dict(
+    pct_start=0.25, div_factor=25.0, final_div_factor=1e5, base_momentum=0.85, max_momentum=0.95, anneal="cos"
+)
 # Which optimizer trains each policy (the rest: CLRSGD).
 OPTIMIZERS = {"adamw_onecycle": "adamw"}
 
@@ -85,7 +86,7 @@ def load_data():
     y = digits.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
     mean, std = xtr.mean(), xtr.std()
-    norm = (lambda a: torch.from_numpy((a - mean) / std))  # noqa: E731
+    norm = lambda a: torch.from_numpy((a - mean) / std)  # noqa: E731
     return norm(xtr), torch.from_numpy(ytr), norm(xte), torch.from_numpy(yte)
 
 
@@ -107,7 +108,7 @@ class Batches:
 
         perm = torch.randperm(len(self.x), generator=self.generator)
         for i in range(len(self)):
-            idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.x[idx], self.y[idx]
 
 
@@ -118,9 +119,15 @@ def make_model(seed: int):
 
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
     )
 
 
@@ -216,7 +223,7 @@ def run_demo(out="clrfast-demo", cfg: Config = Config(), quiet=False, stream=Non
     from clrfast.torch import lr_find
 
     stream = stream or sys.stdout
-    say = (lambda *a: print(*a, file=stream, flush=True))  # noqa: E731
+    say = lambda *a: print(*a, file=stream, flush=True)  # noqa: E731
     os.makedirs(out, exist_ok=True)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, min(cfg.threads, os.cpu_count() or 1)))
@@ -224,22 +231,31 @@ def run_demo(out="clrfast-demo", cfg: Config = Config(), quiet=False, stream=Non
     try:
         data = load_data()
         xtr, ytr = data[0], data[1]
-        say(f"clrfast demo: a {sum(p.numel() for p in make_model(0).parameters()):,}-parameter CNN on "
+        say(
+            f"clrfast demo: a {sum(p.numel() for p in make_model(0).parameters()):,}-parameter CNN on "
             f"scikit-learn's digits ({len(xtr)} train / {len(data[2])} test images), "
-            f"{cfg.iterations} iterations per run, seeds {', '.join(map(str, cfg.seeds))}")
+            f"{cfg.iterations} iterations per run, seeds {', '.join(map(str, cfg.seeds))}"
+        )
 
         # 1. LR range test: same model init, each seed its own batch order.
         result = lr_find(
-            make_model(cfg.seeds[0]), F.cross_entropy, Batches(xtr, ytr, cfg.batch_size),
-            start_lr=cfg.sweep_start, end_lr=cfg.sweep_end, num_steps=cfg.sweep_steps,
-            seeds=list(cfg.seeds), progress=not quiet,
+            make_model(cfg.seeds[0]),
+            F.cross_entropy,
+            Batches(xtr, ytr, cfg.batch_size),
+            start_lr=cfg.sweep_start,
+            end_lr=cfg.sweep_end,
+            num_steps=cfg.sweep_steps,
+            seeds=list(cfg.seeds),
+            progress=not quiet,
         )
         result.plot(os.path.join(out, "range_test.png"), title="LR range test, digits CNN, CLRSGD momentum 0.9")
         spread = [r["max_lr"] for r in result.runs]
-        say(f"LR range test ({len(result.lrs)} steps, {result.stop_reason} at lr={result.diverged_lr or 0:.3g}): "
+        say(
+            f"LR range test ({len(result.lrs)} steps, {result.stop_reason} at lr={result.diverged_lr or 0:.3g}): "
             f"loss min at {result.lr_min:.3g}, steepest at {result.lr_steep:.3g} -> "
             f"max_lr={result.max_lr:.3g}, base_lr={result.base_lr:.3g} "
-            f"(max_lr per seed {min(spread):.3g}..{max(spread):.3g})")
+            f"(max_lr per seed {min(spread):.3g}..{max(spread):.3g})"
+        )
 
         # 2. Train every policy for every seed.
         scheds = policies(result, cfg)
@@ -271,28 +287,40 @@ def run_demo(out="clrfast-demo", cfg: Config = Config(), quiet=False, stream=Non
             final = accs[:, -1]
             hit = [int(steps[np.argmax(a >= cfg.target)]) if (a >= cfg.target).any() else None for a in accs]
             reached = [h for h in hit if h is not None]
-            rows.append({
-                "policy": name, "optimizer": {"sgd": "CLRSGD", "adamw": "CLRAdamW"}[OPTIMIZERS.get(name, "sgd")],
-                "schedule": describe(name, scheds[name]),
-                "acc_mean": float(np.mean(final)), "acc_std": float(np.std(final)),
-                "iters_to_target": hit,
-                "iters_mean": float(np.mean(reached)) if reached else None,
-            })
+            rows.append(
+                {
+                    "policy": name,
+                    "optimizer": {"sgd": "CLRSGD", "adamw": "CLRAdamW"}[OPTIMIZERS.get(name, "sgd")],
+                    "schedule": describe(name, scheds[name]),
+                    "acc_mean": float(np.mean(final)),
+                    "acc_std": float(np.std(final)),
+                    "iters_to_target": hit,
+                    "iters_mean": float(np.mean(reached)) if reached else None,
+                }
+            )
         _print_table(rows, cfg, say)
         _plot_schedules(scheds, cfg, os.path.join(out, "schedules.png"))
         _plot_accuracy(curves, cfg, os.path.join(out, "accuracy.png"))
         elapsed = time.perf_counter() - t0
         summary = {
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-            "range_test": {"max_lr": result.max_lr, "base_lr": result.base_lr, "lr_min": result.lr_min,
-                           "lr_steep": result.lr_steep, "stop_reason": result.stop_reason},
-            "rows": rows, "seconds": elapsed,
+            "range_test": {
+                "max_lr": result.max_lr,
+                "base_lr": result.base_lr,
+                "lr_min": result.lr_min,
+                "lr_steep": result.lr_steep,
+                "stop_reason": result.stop_reason,
+            },
+            "rows": rows,
+            "seconds": elapsed,
         }
         with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
         threads = torch.get_num_threads()
-        say(f"wrote {out}/range_test.png, schedules.png, accuracy.png, results.json ({elapsed:.0f} s, "
-            f"{threads} thread{'s' if threads != 1 else ''})")
+        say(
+            f"wrote {out}/range_test.png, schedules.png, accuracy.png, results.json ({elapsed:.0f} s, "
+            f"{threads} thread{'s' if threads != 1 else ''})"
+        )
         return summary
     finally:
         torch.set_num_threads(threads_before)
@@ -312,8 +340,14 @@ def _print_table(rows, cfg: Config, say) -> None:
     say("")
 
 
-_COLORS = {"fixed": "0.4", "triangular": "tab:blue", "triangular2": "tab:green", "exp_range": "tab:purple",
-           "onecycle": "tab:red", "adamw_onecycle": "tab:orange"}
+_COLORS = {
+    "fixed": "0.4",
+    "triangular": "tab:blue",
+    "triangular2": "tab:green",
+    "exp_range": "tab:purple",
+    "onecycle": "tab:red",
+    "adamw_onecycle": "tab:orange",
+}
 
 
 def _plot_schedules(scheds, cfg: Config, path) -> None:
@@ -390,5 +424,11 @@ def config_from_args(args) -> Config:
         raise ValueError(f"--iterations must be >= {max(2 * base.cycles, base.eval_every)}, got {iterations}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    return Config(**{**base.__dict__, "iterations": iterations,
-                     "seeds": tuple(range(args.seed, args.seed + n_seeds)), "threads": args.threads})
+    return Config(
+        **{
+            **base.__dict__,
+            "iterations": iterations,
+            "seeds": tuple(range(args.seed, args.seed + n_seeds)),
+            "threads": args.threads,
+        }
+    )

@@ -58,8 +58,19 @@ def _steps_array(steps) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def plot(schedule, steps, path=None, *, title=None, logy=None, momentum=True, label=None,
-         figsize=(6.4, 3.6), dpi=100, ax=None):
+def plot(
+    schedule,
+    steps,
+    path=None,
+    *,
+    title=None,
+    logy=None,
+    momentum=True,
+    label=None,
+    figsize=(6.4, 3.6),
+    dpi=100,
+    ax=None,
+):
     """Draw the learning rate (and momentum, on a second axis) of ``schedule`` over ``steps``.
 
     ``steps`` is a count ``N`` (steps ``0..N-1``) or an integer array of steps. The
@@ -109,6 +120,7 @@ def _describe(schedule) -> str:
             continue  # the mode names the policy: always shown
         if isinstance(value, tuple) and value and hasattr(value[0], "to_dict"):
             value = "[" + ", ".join(type(v).__name__ for v in value) + "]"
-        parts.append(f"{f.name}={value!r}" if not isinstance(value, str) or not value.startswith("[") else
-                     f"{f.name}={value}")
+        parts.append(
+            f"{f.name}={value!r}" if not isinstance(value, str) or not value.startswith("[") else f"{f.name}={value}"
+        )
     return "\n".join(textwrap.wrap(f"{type(schedule).__name__}({', '.join(parts)})", 90))

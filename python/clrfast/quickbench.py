@@ -45,6 +45,7 @@ def _scheduler_row(name, make_ours, make_peer, steps=2000):
             sched = make(opt)
             for _ in range(steps):
                 sched.step()
+
         return run
 
     with warnings.catch_warnings():
@@ -61,8 +62,9 @@ def row_cyclic():
     from clrfast.torch import CyclicLR
 
     kw = {"base_lr": 1e-3, "max_lr": 6e-3, "step_size_up": 200, "mode": "triangular2"}
-    return _scheduler_row("CyclicLR.step()", lambda o: CyclicLR(o, **kw),
-                          lambda o: torch.optim.lr_scheduler.CyclicLR(o, **kw))
+    return _scheduler_row(
+        "CyclicLR.step()", lambda o: CyclicLR(o, **kw), lambda o: torch.optim.lr_scheduler.CyclicLR(o, **kw)
+    )
 
 
 def row_onecycle():
@@ -71,8 +73,9 @@ def row_onecycle():
     from clrfast.torch import OneCycleLR
 
     kw = {"max_lr": 0.1, "total_steps": 2001}
-    return _scheduler_row("OneCycleLR.step()", lambda o: OneCycleLR(o, **kw),
-                          lambda o: torch.optim.lr_scheduler.OneCycleLR(o, **kw))
+    return _scheduler_row(
+        "OneCycleLR.step()", lambda o: OneCycleLR(o, **kw), lambda o: torch.optim.lr_scheduler.OneCycleLR(o, **kw)
+    )
 
 
 def row_cosine():
@@ -81,8 +84,11 @@ def row_cosine():
     from clrfast.torch import CosineAnnealingWarmRestarts
 
     kw = {"T_0": 100, "T_mult": 2}
-    return _scheduler_row("CosineAnnealingWarmRestarts.step()", lambda o: CosineAnnealingWarmRestarts(o, **kw),
-                          lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, **kw))
+    return _scheduler_row(
+        "CosineAnnealingWarmRestarts.step()",
+        lambda o: CosineAnnealingWarmRestarts(o, **kw),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, **kw),
+    )
 
 
 def row_table():
@@ -155,8 +161,11 @@ def run(stream=None) -> list:
     stream = stream or sys.stdout
     results = []
     header = f"{'case':<36} {'unit':<11} {'clrfast':>10} {'peer':<16} {'peer time':>10} {'speedup':>8}"
-    print(f"clrfast quick bench ({platform.machine()}, Python {platform.python_version()}); "
-          "speedup = peer time / clrfast time", file=stream)
+    print(
+        f"clrfast quick bench ({platform.machine()}, Python {platform.python_version()}); "
+        "speedup = peer time / clrfast time",
+        file=stream,
+    )
     print(header, file=stream)
     print("-" * len(header), file=stream)
     for fn in ROWS:
@@ -168,7 +177,10 @@ def run(stream=None) -> list:
             print(f"{name:<36} n/a ({type(e).__name__}: {reason})", file=stream, flush=True)
             results.append({"case": name, "ours": None, "peer": None, "error": reason})
             continue
-        print(f"{case:<36} {unit:<11} {_fmt(ours):>10} {peer_name:<16} {_fmt(peer):>10} {peer / ours:>7.2f}x",
-              file=stream, flush=True)
+        print(
+            f"{case:<36} {unit:<11} {_fmt(ours):>10} {peer_name:<16} {_fmt(peer):>10} {peer / ours:>7.2f}x",
+            file=stream,
+            flush=True,
+        )
         results.append({"case": case, "ours": ours, "peer": peer, "peer_name": peer_name})
     return results

@@ -69,8 +69,9 @@ def _check_keys(what: str, d: dict, allowed) -> None:
     """Every key of ``d`` must be a string naming one of ``allowed``."""
     for k, v in d.items():
         if not isinstance(k, str) or k not in allowed:
-            raise TypeError(f"{what} has no key {_quote.repr(k)} (given {_quote.repr(v)}); "
-                            f"its keys: {', '.join(allowed) or 'none'}")
+            raise TypeError(
+                f"{what} has no key {_quote.repr(k)} (given {_quote.repr(v)}); its keys: {', '.join(allowed) or 'none'}"
+            )
 
 
 class Scale:
@@ -100,8 +101,7 @@ class Scale:
     def to_dict(self) -> dict:
         """A JSON-safe description, restored by :meth:`from_dict`."""
         # every concrete scale is a dataclass
-        return {"type": type(self).__name__,
-                **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
+        return {"type": type(self).__name__, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
 
     @staticmethod
     def from_dict(d: dict) -> Scale:

@@ -134,8 +134,10 @@ class Schedule:
             while bad - good > 1:
                 mid = (good + bad) // 2
                 good, bad = (mid, bad) if ok(mid) else (good, mid)
-        return (f"{self!r} has no finite value at step {bad}: a scale, the cycle height or the "
-                f"learning rate overflows a double there (asked for steps {lo}..{hi})")
+        return (
+            f"{self!r} has no finite value at step {bad}: a scale, the cycle height or the "
+            f"learning rate overflows a double there (asked for steps {lo}..{hi})"
+        )
 
     def lr(self, step: int) -> float:
         """Learning rate at ``step``."""
@@ -226,9 +228,7 @@ def _prepare_out(out, shape, dtype) -> np.ndarray:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != dtype or out.shape != tuple(shape):
-        raise ValueError(
-            f"out must have dtype {dtype} and shape {tuple(shape)}, got {out.dtype} and {out.shape}"
-        )
+        raise ValueError(f"out must have dtype {dtype} and shape {tuple(shape)}, got {out.dtype} and {out.shape}")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError("out must be C-contiguous and writeable")
     return out
@@ -242,8 +242,10 @@ def _momentum_pair(base_momentum, max_momentum):
         )
     if base_momentum is None:
         return None
-    return (check.real("base_momentum", base_momentum, min=0.0, keep_int=True),
-            check.real("max_momentum", max_momentum, min=0.0, keep_int=True))
+    return (
+        check.real("base_momentum", base_momentum, min=0.0, keep_int=True),
+        check.real("max_momentum", max_momentum, min=0.0, keep_int=True),
+    )
 
 
 def _finite_product(what: str, value: float, args: str) -> float:
@@ -289,11 +291,9 @@ class Cyclic(Schedule):
     def _validate(self):
         self._set("base_lr", check.real("base_lr", self.base_lr, min=0.0, keep_int=True))
         self._set("max_lr", check.real("max_lr", self.max_lr, min=0.0, keep_int=True))
-        self._set("step_size_up", check.real("step_size_up", self.step_size_up, min=0.0, min_open=True,
-                                             keep_int=True))
+        self._set("step_size_up", check.real("step_size_up", self.step_size_up, min=0.0, min_open=True, keep_int=True))
         if self.step_size_down is not None:
-            self._set("step_size_down", check.real("step_size_down", self.step_size_down, min=0.0,
-                                                   keep_int=True))
+            self._set("step_size_down", check.real("step_size_down", self.step_size_down, min=0.0, keep_int=True))
         self._set("mode", check.choice("mode", self.mode, ("triangular", "triangular2", "exp_range")))
         self._set("gamma", check.real("gamma", self.gamma, min=0.0, min_open=True, keep_int=True))
         if self.scale_mode is not None:
@@ -312,8 +312,10 @@ class Cyclic(Schedule):
         sizes = f"step_size_up={self.step_size_up!r}, step_size_down={self.step_size_down!r}"
         _finite_product("step_size_up + step_size_down", total, sizes)
         if ratio == 0.0:
-            raise ValueError(f"step_size_up is too small against step_size_down: {sizes} gives a rising "
-                             "half-cycle of length 0 (torch divides by zero there)")
+            raise ValueError(
+                f"step_size_up is too small against step_size_down: {sizes} gives a rising "
+                "half-cycle of length 0 (torch divides by zero there)"
+            )
 
     def _geometry(self) -> tuple[float, float]:
         up = float(self.step_size_up)
@@ -340,10 +342,17 @@ class Cyclic(Schedule):
         mom = _momentum_pair(self.base_momentum, self.max_momentum)
         scale = self.scale
         return _core.cyclic(
-            base_lr=float(self.base_lr), max_lr=float(self.max_lr), total_size=total, step_ratio=ratio,
-            scale=scale._kind, gamma=scale._gamma, scale_mode=_SCALE_MODES[self.resolved_scale_mode],
-            window=_WINDOWS[self.window], cycle_momentum=mom is not None,
-            base_momentum=float(mom[0]) if mom else 0.0, max_momentum=float(mom[1]) if mom else 0.0,
+            base_lr=float(self.base_lr),
+            max_lr=float(self.max_lr),
+            total_size=total,
+            step_ratio=ratio,
+            scale=scale._kind,
+            gamma=scale._gamma,
+            scale_mode=_SCALE_MODES[self.resolved_scale_mode],
+            window=_WINDOWS[self.window],
+            cycle_momentum=mom is not None,
+            base_momentum=float(mom[0]) if mom else 0.0,
+            max_momentum=float(mom[1]) if mom else 0.0,
         )
 
     @classmethod
@@ -388,18 +397,25 @@ class OneCycle(Schedule):
         self._set("anneal", check.choice("anneal", self.anneal, tuple(_ANNEAL)))
         self._set("three_phase", check.boolean("three_phase", self.three_phase))
         self._set("div_factor", check.real("div_factor", self.div_factor, min=0.0, min_open=True, keep_int=True))
-        self._set("final_div_factor", check.real("final_div_factor", self.final_div_factor, min=0.0,
-                                                 min_open=True, keep_int=True))
+        self._set(
+            "final_div_factor",
+            check.real("final_div_factor", self.final_div_factor, min=0.0, min_open=True, keep_int=True),
+        )
         self._set("cycle_momentum", check.boolean("cycle_momentum", self.cycle_momentum))
         if self.cycle_momentum:
             b, m = _momentum_pair(self.base_momentum, self.max_momentum)
             self._set("base_momentum", b)
             self._set("max_momentum", m)
-        initial = _finite_product("max_lr/div_factor", self.max_lr / self.div_factor,
-                                  f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}")
-        low = _finite_product("max_lr/div_factor/final_div_factor", initial / self.final_div_factor,
-                              f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}, "
-                              f"final_div_factor={self.final_div_factor!r}")
+        initial = _finite_product(
+            "max_lr/div_factor",
+            self.max_lr / self.div_factor,
+            f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}",
+        )
+        low = _finite_product(
+            "max_lr/div_factor/final_div_factor",
+            initial / self.final_div_factor,
+            f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}, final_div_factor={self.final_div_factor!r}",
+        )
         # A linear phase ends at start + (end - start)*1, which may round past the largest double
         # when both ends are near it; the step past the last phase (pct up to 2) doubles the span.
         # Everything stays finite while twice the largest of the values annealed between does.
@@ -408,11 +424,17 @@ class OneCycle(Schedule):
         if self.cycle_momentum:
             ends += [float(self.base_momentum), float(self.max_momentum)]
             names += ", base_momentum, max_momentum"
-        _finite_product(f"2*max({names})", 2.0 * max(ends),
-                        f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}, "
-                        f"final_div_factor={self.final_div_factor!r}"
-                        + (f", base_momentum={self.base_momentum!r}, max_momentum={self.max_momentum!r}"
-                           if self.cycle_momentum else ""))
+        _finite_product(
+            f"2*max({names})",
+            2.0 * max(ends),
+            f"max_lr={self.max_lr!r}, div_factor={self.div_factor!r}, "
+            f"final_div_factor={self.final_div_factor!r}"
+            + (
+                f", base_momentum={self.base_momentum!r}, max_momentum={self.max_momentum!r}"
+                if self.cycle_momentum
+                else ""
+            ),
+        )
         # A phase of zero length that a step falls into would divide 0 by 0.
         start = 0.0
         for end in _core.onecycle_phase_ends(float(self.total_steps), float(self.pct_start), self.three_phase):
@@ -429,10 +451,16 @@ class OneCycle(Schedule):
 
     def _compile(self):
         return _core.onecycle(
-            max_lr=float(self.max_lr), total_steps=float(self.total_steps), pct_start=float(self.pct_start),
-            anneal=_ANNEAL[self.anneal], three_phase=self.three_phase, div_factor=float(self.div_factor),
-            final_div_factor=float(self.final_div_factor), cycle_momentum=self.cycle_momentum,
-            base_momentum=float(self.base_momentum), max_momentum=float(self.max_momentum),
+            max_lr=float(self.max_lr),
+            total_steps=float(self.total_steps),
+            pct_start=float(self.pct_start),
+            anneal=_ANNEAL[self.anneal],
+            three_phase=self.three_phase,
+            div_factor=float(self.div_factor),
+            final_div_factor=float(self.final_div_factor),
+            cycle_momentum=self.cycle_momentum,
+            base_momentum=float(self.base_momentum),
+            max_momentum=float(self.max_momentum),
         )
 
 
@@ -467,8 +495,11 @@ class CosineRestarts(Schedule):
         self._set("warmup_steps", w)
         # The cosine passes through (peak - eta_min) * 2. A peak in (0, base_lr] keeps that finite
         # when 2*max(base_lr, eta_min) is; a growing peak (peak_decay > 1) is checked per step.
-        _finite_product("2*max(base_lr, eta_min)", 2.0 * max(float(self.base_lr), float(self.eta_min)),
-                        f"base_lr={self.base_lr!r}, eta_min={self.eta_min!r}")
+        _finite_product(
+            "2*max(base_lr, eta_min)",
+            2.0 * max(float(self.base_lr), float(self.eta_min)),
+            f"base_lr={self.base_lr!r}, eta_min={self.eta_min!r}",
+        )
 
     @property
     def _can_overflow(self) -> bool:
@@ -476,8 +507,12 @@ class CosineRestarts(Schedule):
 
     def _compile(self):
         return _core.cosine_restarts(
-            base_lr=float(self.base_lr), eta_min=float(self.eta_min), T_0=float(self.T_0),
-            T_mult=float(self.T_mult), peak_decay=float(self.peak_decay), warmup_steps=float(self.warmup_steps),
+            base_lr=float(self.base_lr),
+            eta_min=float(self.eta_min),
+            T_0=float(self.T_0),
+            T_mult=float(self.T_mult),
+            peak_decay=float(self.peak_decay),
+            warmup_steps=float(self.warmup_steps),
         )
 
 
@@ -501,8 +536,7 @@ class Warmup(Schedule):
         self._set("warmup_steps", check.integer("warmup_steps", self.warmup_steps, min=1, max=_MAX_STEP))
 
     def _compile(self):
-        return _core.linear(start_lr=float(self.start_lr), end_lr=float(self.end_lr),
-                            steps=float(self.warmup_steps))
+        return _core.linear(start_lr=float(self.start_lr), end_lr=float(self.end_lr), steps=float(self.warmup_steps))
 
 
 @dataclass(frozen=True)
@@ -547,8 +581,12 @@ class RangeSweep(Schedule):
             _finite_product("2*max(start_lr, end_lr)", 2.0 * max(float(self.start_lr), float(self.end_lr)), lrs)
 
     def _compile(self):
-        return _core.sweep(start_lr=float(self.start_lr), end_lr=float(self.end_lr),
-                           num_steps=float(self.num_steps), mode=_SWEEP[self.mode])
+        return _core.sweep(
+            start_lr=float(self.start_lr),
+            end_lr=float(self.end_lr),
+            num_steps=float(self.num_steps),
+            mode=_SWEEP[self.mode],
+        )
 
 
 # ----------------------------------------------------------------- warmup and decay
@@ -636,18 +674,25 @@ class WarmupStableDecay(_WarmupDecay):
         self._set("stable_steps", _count("stable_steps", self.stable_steps))
         self._set("decay_steps", _count("decay_steps", self.decay_steps))
         if self.warmup_steps + self.stable_steps + self.decay_steps > _MAX_COUNT:
-            raise ValueError(f"warmup_steps + stable_steps + decay_steps must be <= 2**53, got "
-                             f"{self.warmup_steps + self.stable_steps + self.decay_steps}")
+            raise ValueError(
+                f"warmup_steps + stable_steps + decay_steps must be <= 2**53, got "
+                f"{self.warmup_steps + self.stable_steps + self.decay_steps}"
+            )
         self._set("warmup_type", check.choice("warmup_type", self.warmup_type, tuple(_RAMPS)))
         self._set("decay_type", check.choice("decay_type", self.decay_type, tuple(_RAMPS)))
         self._set("min_lr_ratio", _ratio("min_lr_ratio", self.min_lr_ratio))
         self._set("num_cycles", _cycles(self.num_cycles))
 
     def _core_args(self) -> dict:
-        return dict(warmup=float(self.warmup_steps), stable=float(self.stable_steps),
-                    decay=float(self.decay_steps), min_ratio=float(self.min_lr_ratio),
-                    num_cycles=float(self.num_cycles), warmup_shape=_RAMPS[self.warmup_type],
-                    decay_shape=_RAMPS[self.decay_type])
+        return dict(
+            warmup=float(self.warmup_steps),
+            stable=float(self.stable_steps),
+            decay=float(self.decay_steps),
+            min_ratio=float(self.min_lr_ratio),
+            num_cycles=float(self.num_cycles),
+            warmup_shape=_RAMPS[self.warmup_type],
+            decay_shape=_RAMPS[self.decay_type],
+        )
 
 
 @dataclass(frozen=True)
@@ -703,8 +748,9 @@ class WarmupCosine(_WarmupDecay):
         _total_after_warmup(self.warmup_steps, self.total_steps)
         self._set("num_cycles", _cycles(self.num_cycles))
         if self.min_lr is not None and self.min_lr_rate is not None:
-            raise ValueError(f"give min_lr or min_lr_rate, not both: min_lr={self.min_lr!r}, "
-                             f"min_lr_rate={self.min_lr_rate!r}")
+            raise ValueError(
+                f"give min_lr or min_lr_rate, not both: min_lr={self.min_lr!r}, min_lr_rate={self.min_lr_rate!r}"
+            )
         if self.min_lr_rate is not None:
             self._set("min_lr_rate", _ratio("min_lr_rate", self.min_lr_rate))
         if self.min_lr is not None:
@@ -720,8 +766,12 @@ class WarmupCosine(_WarmupDecay):
         return float(self.min_lr_rate or 0.0)
 
     def _core_args(self) -> dict:
-        return dict(warmup=float(self.warmup_steps), decay=float(self.total_steps),
-                    num_cycles=float(self.num_cycles), min_ratio=float(self.floor_ratio))
+        return dict(
+            warmup=float(self.warmup_steps),
+            decay=float(self.total_steps),
+            num_cycles=float(self.num_cycles),
+            min_ratio=float(self.floor_ratio),
+        )
 
 
 @dataclass(frozen=True)
@@ -748,8 +798,7 @@ class CosineHardRestarts(_WarmupDecay):
         self._set("num_cycles", _cycles(self.num_cycles))
 
     def _core_args(self) -> dict:
-        return dict(warmup=float(self.warmup_steps), decay=float(self.total_steps),
-                    num_cycles=float(self.num_cycles))
+        return dict(warmup=float(self.warmup_steps), decay=float(self.total_steps), num_cycles=float(self.num_cycles))
 
 
 @dataclass(frozen=True)
@@ -793,8 +842,13 @@ class PolynomialDecay(_WarmupDecay):
         return self.peak_lr if self.lr_init is None else self.lr_init
 
     def _core_args(self) -> dict:
-        return dict(warmup=float(self.warmup_steps), decay=float(self.total_steps), lr_end=float(self.lr_end),
-                    power=float(self.power), lr_init=float(self._init))
+        return dict(
+            warmup=float(self.warmup_steps),
+            decay=float(self.total_steps),
+            lr_end=float(self.lr_end),
+            power=float(self.power),
+            lr_init=float(self._init),
+        )
 
 
 @dataclass(frozen=True)
@@ -816,17 +870,21 @@ class InverseSqrt(_WarmupDecay):
         self._set("peak_lr", _peak(self.peak_lr))
         self._set("warmup_steps", _count("warmup_steps", self.warmup_steps))
         if self.timescale is not None:
-            self._set("timescale", check.real("timescale", self.timescale, min=0.0, min_open=True,
-                                              max=float(_MAX_COUNT), keep_int=True))
+            self._set(
+                "timescale",
+                check.real("timescale", self.timescale, min=0.0, min_open=True, max=float(_MAX_COUNT), keep_int=True),
+            )
         # The decay divides by sqrt((t + (T - W))/T), exactly 1 at t = W. A timescale T below
         # half an ulp of W is lost in T - W and makes it 0 there (lr = peak/0); the check is
         # the core's arithmetic at t = W, and later steps only make the quotient larger.
         w, ts = float(self.warmup_steps), float(self.resolved_timescale)
         q = (w + (ts - w)) / ts
         if not q >= 0.25:  # keeps the factor 1/sqrt(q) <= 2, and _peak keeps peak_lr*2 finite
-            raise OverflowError(f"timescale={self.resolved_timescale!r} is too small against warmup_steps="
-                                f"{self.warmup_steps!r}: (warmup_steps + timescale - warmup_steps)/timescale "
-                                f"rounds to {q!r} instead of 1, and peak_lr/sqrt of it overflows")
+            raise OverflowError(
+                f"timescale={self.resolved_timescale!r} is too small against warmup_steps="
+                f"{self.warmup_steps!r}: (warmup_steps + timescale - warmup_steps)/timescale "
+                f"rounds to {q!r} instead of 1, and peak_lr/sqrt of it overflows"
+            )
 
     @property
     def resolved_timescale(self):
@@ -863,9 +921,7 @@ class Join(Schedule):
             if not isinstance(s, Schedule):
                 raise TypeError(f"schedules[{i}] must be a clrfast schedule, got {s!r}")
         if len(bounds) != len(scheds) - 1:
-            raise ValueError(
-                f"boundaries must have len(schedules) - 1 = {len(scheds) - 1} entries, got {len(bounds)}"
-            )
+            raise ValueError(f"boundaries must have len(schedules) - 1 = {len(scheds) - 1} entries, got {len(bounds)}")
         bounds = tuple(check.integer(f"boundaries[{i}]", b, min=1, max=2**53) for i, b in enumerate(bounds))
         self._set("boundaries", bounds)
         for i in range(1, len(bounds)):
@@ -892,8 +948,9 @@ class Join(Schedule):
 
     def _compile(self):
         try:
-            return _core.join(schedules=[s._core for s in self.schedules],
-                              boundaries=[float(b) for b in self.boundaries])
+            return _core.join(
+                schedules=[s._core for s in self.schedules], boundaries=[float(b) for b in self.boundaries]
+            )
         except ValueError as e:  # more than 16 pieces after flattening
             raise ValueError(f"{e}; got {self._leaf_count()} (nested joins count their pieces)") from None
 
@@ -915,9 +972,24 @@ class Join(Schedule):
         return cls(tuple(pieces), p["boundaries"])
 
 
-_TYPES = {c.__name__: c for c in (Cyclic, OneCycle, CosineRestarts, Warmup, Constant, RangeSweep, Join,
-                                   WarmupStableDecay, WarmupLinear, WarmupCosine, CosineHardRestarts,
-                                   PolynomialDecay, InverseSqrt)}
+_TYPES = {
+    c.__name__: c
+    for c in (
+        Cyclic,
+        OneCycle,
+        CosineRestarts,
+        Warmup,
+        Constant,
+        RangeSweep,
+        Join,
+        WarmupStableDecay,
+        WarmupLinear,
+        WarmupCosine,
+        CosineHardRestarts,
+        PolynomialDecay,
+        InverseSqrt,
+    )
+}
 
 
 def from_dict(d: dict) -> Schedule:
@@ -940,8 +1012,10 @@ def _from_dict(d, depth: int) -> Schedule:
     _check_keys("a schedule dict", d, ("clrfast_schedule", "type", "params"))
     version = d.get("clrfast_schedule")
     if isinstance(version, bool) or version != FORMAT_VERSION:
-        raise ValueError(f"unsupported schedule format version {_quote.repr(version)} (key 'clrfast_schedule'; "
-                         f"this clrfast reads {FORMAT_VERSION})")
+        raise ValueError(
+            f"unsupported schedule format version {_quote.repr(version)} (key 'clrfast_schedule'; "
+            f"this clrfast reads {FORMAT_VERSION})"
+        )
     kind = d.get("type")
     cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
@@ -963,7 +1037,21 @@ def _from_dict(d, depth: int) -> Schedule:
 
 
 __all__ = [
-    "Schedule", "Cyclic", "OneCycle", "CosineRestarts", "Warmup", "Constant", "RangeSweep", "Join",
-    "WarmupStableDecay", "WarmupLinear", "WarmupCosine", "CosineHardRestarts", "PolynomialDecay", "InverseSqrt",
-    "from_dict", "FORMAT_VERSION", "Geometric",
+    "Schedule",
+    "Cyclic",
+    "OneCycle",
+    "CosineRestarts",
+    "Warmup",
+    "Constant",
+    "RangeSweep",
+    "Join",
+    "WarmupStableDecay",
+    "WarmupLinear",
+    "WarmupCosine",
+    "CosineHardRestarts",
+    "PolynomialDecay",
+    "InverseSqrt",
+    "from_dict",
+    "FORMAT_VERSION",
+    "Geometric",
 ]

@@ -129,8 +129,10 @@ def check_no_overlap(named, read=()) -> None:
     ``read`` lists tensors the step only reads (gradients): they may share memory with each
     other, not with a written one.
     """
-    spans = sorted([(*extent(t), name, True) for name, t in named if t.numel()]
-                   + [(*extent(t), name, False) for name, t in read if t.numel()])
+    spans = sorted(
+        [(*extent(t), name, True) for name, t in named if t.numel()]
+        + [(*extent(t), name, False) for name, t in read if t.numel()]
+    )
     end, owner, owner_writes = -1, None, False
     for a, b, name, writes in spans:
         if a < end and (writes or owner_writes):
@@ -150,8 +152,9 @@ def where(gi: int, pi: int) -> str:
 def check_param(gi: int, pi: int, p, name: str) -> torch.Tensor:
     """Checks what a parameter must be whether or not it has a gradient; returns its local tensor."""
     if not isinstance(p, torch.Tensor):
-        raise TypeError(f"{where(gi, pi)}: optimizer can only optimize Tensors, but one of the params is "
-                        f"{torch.typename(p)}")
+        raise TypeError(
+            f"{where(gi, pi)}: optimizer can only optimize Tensors, but one of the params is {torch.typename(p)}"
+        )
     lp = local(p)
     if lp.layout != torch.strided:
         raise ValueError(f"{where(gi, pi)}: {name} supports dense (strided) parameters, got layout {lp.layout}")
@@ -223,8 +226,10 @@ def real_or_tensor(name: str, value):
     """
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or not value.is_floating_point() or value.dtype not in DTYPE_CODES:
-            raise TypeError(f"{name} must be a real number or a one-element float32, float64, bfloat16 or float16 "
-                            f"tensor, got {value!r}")
+            raise TypeError(
+                f"{name} must be a real number or a one-element float32, float64, bfloat16 or float16 "
+                f"tensor, got {value!r}"
+            )
         v = float(value)
         if not (math.isfinite(v) and v >= 0.0):
             raise ValueError(f"Invalid learning rate: {value} ({name} must be finite and >= 0)")
@@ -347,7 +352,8 @@ def _fused_step(params: list[torch.Tensor], grads: list[torch.Tensor], handle: t
     if len(live) != len(params):
         raise RuntimeError(
             f"clrfast::fused_step got {len(params)} parameters with a gradient, the optimizer has {len(live)} now; "
-            "a gradient was set or cleared between the traced step and its execution")
+            "a gradient was set or cleared between the traced step and its execution"
+        )
     live_grads = [p.grad for p in live]
     opt._eager_step()
     for given, p in zip(params, live):
@@ -369,7 +375,8 @@ def _called_from_dcp_init(depth: int = 12) -> bool:
         if frame is None:
             return False
         if frame.f_code.co_name == "_init_optim_state" and frame.f_globals.get("__name__", "").startswith(
-                "torch.distributed.checkpoint"):
+            "torch.distributed.checkpoint"
+        ):
             return True
         frame = frame.f_back
     return False
@@ -378,8 +385,12 @@ def _called_from_dcp_init(depth: int = 12) -> bool:
 def _same_value(a, b) -> bool:
     """True when two hyperparameter values (numbers, 0-d tensors, tuples of them) are equal."""
     if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
-        return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
-                and all(_same_value(x, y) for x, y in zip(a, b)))
+        return (
+            isinstance(a, (tuple, list))
+            and isinstance(b, (tuple, list))
+            and len(a) == len(b)
+            and all(_same_value(x, y) for x, y in zip(a, b))
+        )
     try:
         return float(a) == float(b)
     except (TypeError, ValueError, RuntimeError):
@@ -435,8 +446,22 @@ class Plan:
     tensors, and each step's gradients from its refresh until ``release()`` after the kernel.
     """
 
-    __slots__ = ("params", "grads", "template", "table", "owners", "slow", "deferred", "fresh", "missing",
-                 "cacheable", "device", "cuda", "check", "keep")
+    __slots__ = (
+        "params",
+        "grads",
+        "template",
+        "table",
+        "owners",
+        "slow",
+        "deferred",
+        "fresh",
+        "missing",
+        "cacheable",
+        "device",
+        "cuda",
+        "check",
+        "keep",
+    )
 
     def __init__(self, device):
         self.params = self.grads = self.template = self.table = self.check = None
@@ -482,8 +507,13 @@ class Flat:
         if self.spans[i] is None:
             return False
         off, n = self.spans[i]
-        return (t.dtype == storage.dtype and t.device == storage.device and t.numel() == n and t.is_contiguous()
-                and t.data_ptr() == storage.data_ptr() + off * storage.element_size())
+        return (
+            t.dtype == storage.dtype
+            and t.device == storage.device
+            and t.numel() == n
+            and t.is_contiguous()
+            and t.data_ptr() == storage.data_ptr() + off * storage.element_size()
+        )
 
 
 # --------------------------------------------------------------------------- the base class
@@ -538,8 +568,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         for gi, g in enumerate(groups):
             checked.append(self._checked_group(gi, g, defaults))
             self._check_joins(gi, checked[gi], checked[:gi])
-        check_no_overlap([(where(gi, pi), local(p)) for gi, g in enumerate(checked)
-                          for pi, p in enumerate(g["params"])])
+        check_no_overlap(
+            [(where(gi, pi), local(p)) for gi, g in enumerate(checked) for pi, p in enumerate(g["params"])]
+        )
         self._constructing = True
         self._register()
         try:
@@ -558,8 +589,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             else:
                 check_schedule("schedule", schedule)
         if schedule is None and lr is None:
-            raise TypeError(f"{self._rule} needs a schedule (clr.Cyclic, clr.OneCycle, ...) or, with "
-                            "schedule=None, an lr")
+            raise TypeError(
+                f"{self._rule} needs a schedule (clr.Cyclic, clr.OneCycle, ...) or, with schedule=None, an lr"
+            )
         if schedule is not None and lr is not None:
             raise ValueError(f"lr={lr!r} and a schedule were both given; the schedule sets the lr")
         return schedule, lr
@@ -591,8 +623,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _normalise(params) -> list:
         if isinstance(params, torch.Tensor):
-            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, but "
-                            f"got {torch.typename(params)}")
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or dicts, but "
+                f"got {torch.typename(params)}"
+            )
         groups = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -614,8 +648,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         if isinstance(params, torch.Tensor):
             params = [params]
         elif isinstance(params, set):
-            raise TypeError("optimizer parameters need to be organized in ordered collections, but the ordering "
-                            "of tensors in sets will change between runs. Please use a list instead.")
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the ordering "
+                "of tensors in sets will change between runs. Please use a list instead."
+            )
         elif params is None:
             raise ValueError(f"param_groups[{gi}] has no 'params'")
         else:
@@ -623,12 +659,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         pairs = [pi for pi, p in enumerate(params) if isinstance(p, tuple)]
         if pairs:
             if len(pairs) != len(params):
-                raise ValueError("all optimizer params should be with/without names. Some param names are missing "
-                                 f"(param_groups[{gi}] parameter {min(set(range(len(params))) - set(pairs))})")
+                raise ValueError(
+                    "all optimizer params should be with/without names. Some param names are missing "
+                    f"(param_groups[{gi}] parameter {min(set(range(len(params))) - set(pairs))})"
+                )
             for pi, p in enumerate(params):
                 if len(p) != 2:
-                    raise TypeError(f"{where(gi, pi)}: a named parameter is a (name, tensor) pair, got a tuple of "
-                                    f"{len(p)}")
+                    raise TypeError(
+                        f"{where(gi, pi)}: a named parameter is a (name, tensor) pair, got a tuple of {len(p)}"
+                    )
             group["param_names"] = [name for name, _ in params]
             params = [p for _, p in params]
         group["params"] = params
@@ -652,10 +691,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         if len(first) != len(params):
             # torch warns and keeps both, so the step would update the tensor twice: the
             # kernel refuses memory written twice, and one update per step is what was meant
-            warnings.warn("optimizer contains a parameter group with duplicate parameters; in future, this will "
-                          "cause an error; see github.com/pytorch/pytorch/issues/40967 for more information "
-                          f"({self._rule} keeps the first of each in param_groups[{gi}], updated once per step)",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                "optimizer contains a parameter group with duplicate parameters; in future, this will "
+                "cause an error; see github.com/pytorch/pytorch/issues/40967 for more information "
+                f"({self._rule} keeps the first of each in param_groups[{gi}], updated once per step)",
+                UserWarning,
+                stacklevel=3,
+            )
             keep = sorted(first.values())
             names = group.get("param_names")
             if isinstance(names, list) and len(names) == len(params):
@@ -670,13 +712,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         """torch's checks of a group against the groups before it: names in all or none, no parameter in two."""
         named = "param_names" in group
         if any(("param_names" in g) != named for g in before):
-            raise ValueError("all optimizer param groups should be with/without names. cannot add param group "
-                             f"{'with' if named else 'without'} names to the optimizer (param_groups[{gi}])")
+            raise ValueError(
+                "all optimizer param groups should be with/without names. cannot add param group "
+                f"{'with' if named else 'without'} names to the optimizer (param_groups[{gi}])"
+            )
         seen = {id(p): where(gj, pj) for gj, g in enumerate(before) for pj, p in enumerate(g["params"])}
         for pi, p in enumerate(group["params"]):
             if id(p) in seen:
-                raise ValueError(f"some parameters appear in more than one parameter group ({where(gi, pi)} is "
-                                 f"{seen[id(p)]})")
+                raise ValueError(
+                    f"some parameters appear in more than one parameter group ({where(gi, pi)} is {seen[id(p)]})"
+                )
 
     def add_param_group(self, param_group: dict) -> None:
         """As torch's; the group is checked in full (and flattened when ``flat``) before it is added."""
@@ -686,8 +731,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         else:
             group = self._checked_group(gi, param_group, self.defaults)
             self._check_joins(gi, group, self.param_groups)
-            named = [(where(gj, pi), local(p)) for gj, g in enumerate(self.param_groups)
-                     for pi, p in enumerate(g["params"])]
+            named = [
+                (where(gj, pi), local(p)) for gj, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"])
+            ]
             check_no_overlap(named + [(where(gi, pi), local(p)) for pi, p in enumerate(group["params"])])
         super().add_param_group(group)
         group = self.param_groups[-1]
@@ -709,8 +755,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         if not params:
             return
         if any(is_dtensor(p) for p in params):
-            raise ValueError(f"param_groups[{gi}]: flat=True does not support DTensor (FSDP2) parameters; "
-                             "use flat=False")
+            raise ValueError(
+                f"param_groups[{gi}]: flat=True does not support DTensor (FSDP2) parameters; use flat=False"
+            )
         dtypes = {p.dtype for p in params}
         devices = {p.device for p in params}
         if len(dtypes) > 1 or len(devices) > 1:
@@ -758,20 +805,26 @@ class FusedOptimizer(torch.optim.Optimizer):
         if sched is None:
             return
         check_schedule(f"param_groups[{gi}]['schedule']", sched)
-        fix = ("Pass opt.scheduler() where a trainer wants a scheduler (transformers: "
-               "Trainer(optimizers=(opt, opt.scheduler())); Lightning: {'optimizer': opt, 'lr_scheduler': "
-               "opt.scheduler()}), or build the optimizer with schedule=None and an lr to let a torch scheduler "
-               "set the lr.")
+        fix = (
+            "Pass opt.scheduler() where a trainer wants a scheduler (transformers: "
+            "Trainer(optimizers=(opt, opt.scheduler())); Lightning: {'optimizer': opt, 'lr_scheduler': "
+            "opt.scheduler()}), or build the optimizer with schedule=None and an lr to let a torch scheduler "
+            "set the lr."
+        )
         if "initial_lr" in group:
             raise RuntimeError(
                 f"param_groups[{gi}] follows the schedule {sched!r}, but a torch LRScheduler was attached to this "
-                f"{self._rule} (the group has 'initial_lr'); its writes would override the schedule. {fix}")
+                f"{self._rule} (the group has 'initial_lr'); its writes would override the schedule. {fix}"
+            )
         lr, ours = group["lr"], self._published[gi][0]
-        if (((not self._plateau_looked and _plateau_refs() != self._plateaus_at)
-             or (lr is not ours and _lowered(lr, ours))) and self._plateau()):
+        if (
+            (not self._plateau_looked and _plateau_refs() != self._plateaus_at)
+            or (lr is not ours and _lowered(lr, ours))
+        ) and self._plateau():
             raise RuntimeError(
                 f"param_groups[{gi}] follows the schedule {sched!r}, but a torch ReduceLROnPlateau holds this "
-                f"{self._rule}; the schedule would override each lr it reduces after one update. {fix}")
+                f"{self._rule}; the schedule would override each lr it reduces after one update. {fix}"
+            )
         self._plateau_looked = True
         self._published[gi] = self._current(group)
 
@@ -887,7 +940,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                         raise ValueError(
                             f"{where(gi, pi)} is a CUDA tensor the kernel cannot walk as one dense run (transposed, "
                             "or a state tensor of another dtype or layout); the CUDA step has no per-tensor "
-                            "fallback: make it contiguous (p.data = p.data.contiguous()) before the step")
+                            "fallback: make it contiguous (p.data = p.data.contiguous()) before the step"
+                        )
         except Exception:
             self._forget_plans()  # plans built for this step carry changes it never made
             raise
@@ -1121,8 +1175,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         if not rows and not slow:
             return None
         if len(devices) > 1:
-            raise ValueError(f"param_groups[{gi}]: a {self._rule} param group must live on one device, got "
-                             f"{sorted(map(str, devices))}")
+            raise ValueError(
+                f"param_groups[{gi}]: a {self._rule} param group must live on one device, got "
+                f"{sorted(map(str, devices))}"
+            )
         # gradients are only read, so two parameters may share one, unless the step writes them back
         if grads_written:
             named, read = named + read, []
@@ -1150,8 +1206,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                     self._fresh.add(self._state_of(p, self._state_keys[0]))
                 continue
             locs = {k: local(v) for k, v in self.state[p].items() if k in self._state_keys}
-            plan.template[row] = self._row(p, lp, lg, locs, int(plan.template[row, self._first_col]) if (
-                self._first_col is not None) else 0)
+            plan.template[row] = self._row(
+                p, lp, lg, locs, int(plan.template[row, self._first_col]) if (self._first_col is not None) else 0
+            )
             plan.keep += list(locs.values())
         plan.missing = self._lacking(plan.owners)
 
@@ -1198,9 +1255,23 @@ class FusedOptimizer(torch.optim.Optimizer):
                 written.append(extent(p))
         extents = np.array([w for w in written if w[1] > w[0]], dtype=np.int64).reshape(-1, 2)
         plan.check = _core.StepCheck(
-            params, spec, shapes, strides, grad_strides, dtypes, sdicts, bufs, keys, extents,
-            plan.template, self._grad_col, self._n_col, list(self._ptr_cols), self._merge_runs,
-            plan.device.index if plan.device.type == "cuda" else -1)
+            params,
+            spec,
+            shapes,
+            strides,
+            grad_strides,
+            dtypes,
+            sdicts,
+            bufs,
+            keys,
+            extents,
+            plan.template,
+            self._grad_col,
+            self._n_col,
+            list(self._ptr_cols),
+            self._merge_runs,
+            plan.device.index if plan.device.type == "cuda" else -1,
+        )
         plan.keep, plan.grads = [], None  # the check holds what it needs, and no gradient
 
     # ------------------------------------------------------------------ flat mode
@@ -1230,20 +1301,24 @@ class FusedOptimizer(torch.optim.Optimizer):
                     views[k].append(None)
                 continue
             n = p.numel()
-            fp[off:off + n].copy_(p.detach().reshape(-1))
+            fp[off : off + n].copy_(p.detach().reshape(-1))
             g = p.grad
             if g is not None and g.dtype == p.dtype and g.device == p.device and g.shape == p.shape:
-                gv = fg[off:off + n].view(p.shape)
+                gv = fg[off : off + n].view(p.shape)
                 gv.copy_(g)
                 p.grad = gv
-            p.data = fp[off:off + n].view(p.shape)
+            p.data = fp[off : off + n].view(p.shape)
             spans.append((off, n))
             for k in self._state_keys:
-                v = fstate[k][off:off + n].view(p.shape)
+                v = fstate[k][off : off + n].view(p.shape)
                 views[k].append(v)
                 old = self._state_of(p, k)
-                if isinstance(old, torch.Tensor) and old.dtype == v.dtype and old.device == v.device and (
-                        old.shape == v.shape):
+                if (
+                    isinstance(old, torch.Tensor)
+                    and old.dtype == v.dtype
+                    and old.device == v.device
+                    and (old.shape == v.shape)
+                ):
                     v.copy_(old)
                     self.state[p][k] = v
             off += n
@@ -1313,8 +1388,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         if not isinstance(saved_groups, (list, tuple)):
             raise ValueError(f"state_dict['param_groups'] must be a list of groups, got {type(saved_groups).__name__}")
         if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"loaded state dict has a different number of parameter groups ({len(saved_groups)} "
-                             f"saved, {len(self.param_groups)} in the optimizer)")
+            raise ValueError(
+                f"loaded state dict has a different number of parameter groups ({len(saved_groups)} "
+                f"saved, {len(self.param_groups)} in the optimizer)"
+            )
         groups: list = []
         id_map: dict = {}
         for gi, (saved, current) in enumerate(zip(saved_groups, self.param_groups)):
@@ -1335,8 +1412,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             if k not in id_map:
                 raise ValueError(f"state_dict['state'] has an entry for unknown parameter id {k!r}")
             p = id_map[k]
-            gi, pi = next((gi, pi) for gi, g in enumerate(self.param_groups) for pi, q in enumerate(g["params"])
-                          if q is p)
+            gi, pi = next(
+                (gi, pi) for gi, g in enumerate(self.param_groups) for pi, q in enumerate(g["params"]) if q is p
+            )
             if not isinstance(v, dict):
                 raise ValueError(f"state_dict['state'][{k!r}] must be a dict, got {type(v).__name__}")
             self._check_state(gi, pi, p, v)
@@ -1358,8 +1436,13 @@ class FusedOptimizer(torch.optim.Optimizer):
                 for key in self._state_keys:  # loaded state goes back into the flat storage
                     for pi, (p, view) in enumerate(zip(group["params"], flat.views[key])):
                         value = self._state_of(p, key)
-                        if (isinstance(value, torch.Tensor) and value is not view and flat.owns(pi, p)
-                                and value.dtype == view.dtype and value.shape == view.shape):
+                        if (
+                            isinstance(value, torch.Tensor)
+                            and value is not view
+                            and flat.owns(pi, p)
+                            and value.dtype == view.dtype
+                            and value.shape == view.shape
+                        ):
                             view.copy_(value)
                             self.state[p][key] = view
             for pi in fresh:
@@ -1376,8 +1459,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         """A parameter's saved state, each scalar saved as a number made the tensor torch's Adam makes of it."""
         if not isinstance(saved, dict):
             return saved
-        old = [k for k in self._scalar_keys
-               if isinstance(saved.get(k), numbers.Real) and not isinstance(saved.get(k), bool)]
+        old = [
+            k
+            for k in self._scalar_keys
+            if isinstance(saved.get(k), numbers.Real) and not isinstance(saved.get(k), bool)
+        ]
         if not old:
             return saved
         saved = dict(saved)  # the caller's dict stays as it was
@@ -1396,7 +1482,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         saved["flat"] = current["flat"]  # a storage layout of this optimizer, not state
         fresh = saved.get(_FRESH, [])
         if not isinstance(fresh, (list, tuple)) or any(
-                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(current["params"]) for i in fresh):
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(current["params"]) for i in fresh
+        ):
             raise ValueError(f"state_dict['param_groups'][{gi}][{_FRESH!r}] must list parameter indices, got {fresh!r}")
         saved[_FRESH] = list(fresh)
         if isinstance(saved["schedule"], dict):
@@ -1421,8 +1508,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         state["_threads"] = self._threads  # torch keeps only defaults, state and param_groups
         state["_fused_unscale"] = self.fused_unscale
         state["_flat_groups"] = sorted(self._flat)
-        state["_fresh_ids"] = [(gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"])
-                               if self._is_fresh(p)]
+        state["_fresh_ids"] = [
+            (gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"]) if self._is_fresh(p)
+        ]
         return state
 
     def __setstate__(self, state):

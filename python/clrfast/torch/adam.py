@@ -39,9 +39,18 @@ class _CLRAdamBase(RuleOptimizer):
         threads: int | None = None,
     ):
         schedule, lr = self._lr_source(schedule, lr)
-        defaults = dict(schedule=schedule, lr=lr if lr is not None else 0.0, betas=betas, eps=eps,
-                        weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, step=0, flat=flat,
-                        match_torch=match_torch)
+        defaults = dict(
+            schedule=schedule,
+            lr=lr if lr is not None else 0.0,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            step=0,
+            flat=flat,
+            match_torch=match_torch,
+        )
         self._check_hyper(self._rule, defaults)
         super().__init__(params, defaults, threads=threads)
 
@@ -60,10 +69,12 @@ class _CLRAdamBase(RuleOptimizer):
             except TypeError:
                 continue  # not a number: refused below
             if not inside:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta} ({label}['betas'] must lie in [0, 1), "
-                                 f"got {betas!r})")
-        group["weight_decay"] = non_negative(f"{label}['weight_decay']", group["weight_decay"],
-                                             "Invalid weight_decay value")
+                raise ValueError(
+                    f"Invalid beta parameter at index {i}: {beta} ({label}['betas'] must lie in [0, 1), got {betas!r})"
+                )
+        group["weight_decay"] = non_negative(
+            f"{label}['weight_decay']", group["weight_decay"], "Invalid weight_decay value"
+        )
         if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
             raise ValueError(f"betas must be either both floats or both Tensors ({label}['betas'] is {betas!r})")
         # tensor betas would round torch's bias corrections in float32, which the kernel does not
@@ -120,16 +131,35 @@ class _CLRAdamBase(RuleOptimizer):
             if h["amsgrad"]:
                 vmaxs.append(st["max_exp_avg_sq"])
         # a tensor lr as a CPU tensor of its dtype: torch's scalars then round as the kernel's do
-        lr = h["lr"] if h["lr_dtype"] == DTYPE_CODES[torch.float64] else torch.tensor(
-            h["lr"], dtype=_LR_DTYPES[h["lr_dtype"]])
-        _torch_adam(ps, gs, ms, vs, vmaxs, steps, foreach=False, decoupled_weight_decay=self._decoupled,
-                    amsgrad=h["amsgrad"], beta1=h["beta1"], beta2=h["beta2"], lr=lr,
-                    weight_decay=h["weight_decay"], eps=h["eps"], maximize=h["maximize"])
+        lr = (
+            h["lr"]
+            if h["lr_dtype"] == DTYPE_CODES[torch.float64]
+            else torch.tensor(h["lr"], dtype=_LR_DTYPES[h["lr_dtype"]])
+        )
+        _torch_adam(
+            ps,
+            gs,
+            ms,
+            vs,
+            vmaxs,
+            steps,
+            foreach=False,
+            decoupled_weight_decay=self._decoupled,
+            amsgrad=h["amsgrad"],
+            beta1=h["beta1"],
+            beta2=h["beta2"],
+            lr=lr,
+            weight_decay=h["weight_decay"],
+            eps=h["eps"],
+            maximize=h["maximize"],
+        )
 
     # ------------------------------------------------------------------ CUDA
     def _check_cuda_group(self, gi: int, group) -> None:
-        raise ValueError(f"param_groups[{gi}] is on CUDA: {self._rule}'s CUDA kernel is not wired to the front end "
-                         "yet; use torch.optim.AdamW(fused=True) with clrfast's drop-in schedulers on GPUs")
+        raise ValueError(
+            f"param_groups[{gi}] is on CUDA: {self._rule}'s CUDA kernel is not wired to the front end "
+            "yet; use torch.optim.AdamW(fused=True) with clrfast's drop-in schedulers on GPUs"
+        )
 
 
 class CLRAdamW(_CLRAdamBase):
@@ -189,6 +219,15 @@ class CLRAdam(_CLRAdamBase):
     _decoupled = False
     _rule = "CLRAdam"
 
-    def __init__(self, params, schedule=None, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 amsgrad: bool = False, maximize: bool = False, **kw):
+    def __init__(
+        self,
+        params,
+        schedule=None,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        **kw,
+    ):
         super().__init__(params, schedule, betas, eps, weight_decay, amsgrad, maximize, **kw)

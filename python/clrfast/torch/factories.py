@@ -124,10 +124,13 @@ class FactoryLR(ScheduleLR):
         if "schedules" not in state and "base_lrs" in state:  # a LambdaLR's state
             bases = state["base_lrs"]
             if not isinstance(bases, (list, tuple)) or len(bases) != len(self.schedules):
-                raise ValueError(f"state_dict['base_lrs'] must hold one lr per param group "
-                                 f"({len(self.schedules)}), got {bases!r}")
-            state["schedules"] = [_rescale(s, check.real(f"state_dict['base_lrs'][{i}]", float(b), min=0.0))
-                                  for i, (s, b) in enumerate(zip(self.schedules, bases))]
+                raise ValueError(
+                    f"state_dict['base_lrs'] must hold one lr per param group ({len(self.schedules)}), got {bases!r}"
+                )
+            state["schedules"] = [
+                _rescale(s, check.real(f"state_dict['base_lrs'][{i}]", float(b), min=0.0))
+                for i, (s, b) in enumerate(zip(self.schedules, bases))
+            ]
         super().load_state_dict(state)
 
 
@@ -164,8 +167,10 @@ def _base_lrs(optimizer: Optimizer, last_epoch: int) -> list[float]:
         elif last_epoch == -1:
             lr = g["lr"]
         else:
-            raise KeyError(f"param 'initial_lr' is not specified in param_groups[{i}] when resuming scheduler "
-                           "with last_epoch >= 0.")
+            raise KeyError(
+                f"param 'initial_lr' is not specified in param_groups[{i}] when resuming scheduler "
+                "with last_epoch >= 0."
+            )
         out.append(check.real(f"param_groups[{i}]['initial_lr']", float(lr), min=0.0))
     return out
 
@@ -177,8 +182,7 @@ def _build(optimizer: Optimizer, last_epoch: int, make) -> FactoryLR:
 
 def _after_warmup(num_warmup_steps, num_training_steps) -> None:
     if num_training_steps < num_warmup_steps:
-        raise ValueError(f"num_training_steps ({num_training_steps}) must be >= num_warmup_steps "
-                         f"({num_warmup_steps})")
+        raise ValueError(f"num_training_steps ({num_training_steps}) must be >= num_warmup_steps ({num_warmup_steps})")
 
 
 def get_constant_schedule_with_warmup(optimizer: Optimizer, num_warmup_steps: int, last_epoch: int = -1):
@@ -238,8 +242,9 @@ def get_polynomial_decay_schedule_with_warmup(
     lr_init = _default_lr(optimizer)
     if not (lr_init > lr_end):
         raise ValueError(f"lr_end ({lr_end}) must be smaller than initial lr ({lr_init})")
-    return _build(optimizer, last_epoch,
-                  lambda lr: PolynomialDecay(lr, w, n, lr_end=lr_end, power=power, lr_init=lr_init))
+    return _build(
+        optimizer, last_epoch, lambda lr: PolynomialDecay(lr, w, n, lr_end=lr_end, power=power, lr_init=lr_init)
+    )
 
 
 def get_inverse_sqrt_schedule(
@@ -281,8 +286,9 @@ def get_cosine_with_min_lr_schedule_with_warmup(
     _after_warmup(w, n)
     if min_lr is not None and min_lr_rate > 1:
         raise ValueError(f"min_lr ({min_lr}) must be <= the optimizer's lr ({optimizer.defaults['lr']})")
-    return _build(optimizer, last_epoch,
-                  lambda lr: WarmupCosine(lr, w, n, num_cycles=num_cycles, min_lr_rate=min_lr_rate))
+    return _build(
+        optimizer, last_epoch, lambda lr: WarmupCosine(lr, w, n, num_cycles=num_cycles, min_lr_rate=min_lr_rate)
+    )
 
 
 def get_wsd_schedule(
@@ -306,8 +312,9 @@ def get_wsd_schedule(
     if num_training_steps is None and num_stable_steps is None:
         raise ValueError("Either num_training_steps or num_stable_steps must be specified.")
     if num_training_steps is not None and num_stable_steps is not None:
-        warnings.warn("Both num_training_steps and num_stable_steps are specified. num_stable_steps will be used.",
-                      stacklevel=2)
+        warnings.warn(
+            "Both num_training_steps and num_stable_steps are specified. num_stable_steps will be used.", stacklevel=2
+        )
     if warmup_type not in ["linear", "cosine", "1-sqrt"]:
         raise ValueError(f"Unknown warmup type: {warmup_type}, expected 'linear', 'cosine' or '1-sqrt'")
     if decay_type not in ["linear", "cosine", "1-sqrt"]:
@@ -320,6 +327,17 @@ def get_wsd_schedule(
         if num_stable_steps < 0:
             raise ValueError(f"num_training_steps ({n}) must be >= num_warmup_steps + num_decay_steps ({w + d})")
     s = _steps("num_stable_steps", num_stable_steps)
-    return _build(optimizer, last_epoch, lambda lr: WarmupStableDecay(
-        lr, w, s, d, warmup_type=warmup_type, decay_type=decay_type, min_lr_ratio=min_lr_ratio,
-        num_cycles=num_cycles))
+    return _build(
+        optimizer,
+        last_epoch,
+        lambda lr: WarmupStableDecay(
+            lr,
+            w,
+            s,
+            d,
+            warmup_type=warmup_type,
+            decay_type=decay_type,
+            min_lr_ratio=min_lr_ratio,
+            num_cycles=num_cycles,
+        ),
+    )

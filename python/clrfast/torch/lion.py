@@ -33,9 +33,17 @@ class CLRLion(RuleOptimizer):
     _hypers = (Hyper("betas", "betas"), Hyper("weight_decay", invalid="Invalid weight_decay value"))
     _momentum_key = ("betas", 0)
 
-    def __init__(self, params, schedule: Schedule | float | None = None, betas=(0.9, 0.99),
-                 weight_decay: float = 0.0, *, lr: float | None = None, flat: bool = False,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        params,
+        schedule: Schedule | float | None = None,
+        betas=(0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        lr: float | None = None,
+        flat: bool = False,
+        threads: int | None = None,
+    ):
         self._setup(params, schedule, lr, dict(betas=betas, weight_decay=weight_decay), flat=flat, threads=threads)
 
     def _torch_update(self, params, grads, states, h) -> None:
@@ -47,4 +55,3 @@ class CLRLion(RuleOptimizer):
             update = exp_avg.clone().mul_(beta1).add(grad, alpha=1.0 - beta1).sgn_()
             p.add_(update, alpha=-lr)
             exp_avg.mul_(beta2).add_(grad, alpha=1.0 - beta2)
-

@@ -42,8 +42,7 @@ def _diverged(s: float, best: float, factor: float) -> bool:
     return s - best > (factor - 1.0) * abs(best)
 
 
-def suggest(lrs: Sequence[float], smoothed: Sequence[float], *, min_div: float = 4.0,
-            base_div: float = 4.0) -> dict:
+def suggest(lrs: Sequence[float], smoothed: Sequence[float], *, min_div: float = 4.0, base_div: float = 4.0) -> dict:
     r"""The bounds read off a range-test curve; the rule used by :func:`lr_find`.
 
     With ``x = log(lr)`` and ``L`` the smoothed loss:
@@ -79,12 +78,16 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], *, min_div: float =
     lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, max(i_min, 1))
     dx = x[hi] - x[lo]
     slope = np.divide(loss[hi] - loss[lo], dx, out=np.full(n, np.inf), where=dx > 0)
-    i_steep = skip + int(np.argmin(slope[skip: i_min + 1]))
+    i_steep = skip + int(np.argmin(slope[skip : i_min + 1]))
     lr_min, lr_steep = float(lr[i_min]), float(lr[i_steep])
     max_lr = max(lr_steep, lr_min / min_div)
     return {
-        "max_lr": max_lr, "base_lr": max_lr / base_div, "lr_min": lr_min, "lr_steep": lr_steep,
-        "i_min": i_min, "i_steep": i_steep,
+        "max_lr": max_lr,
+        "base_lr": max_lr / base_div,
+        "lr_min": lr_min,
+        "lr_steep": lr_steep,
+        "i_min": i_min,
+        "i_steep": i_steep,
     }
 
 
@@ -123,8 +126,10 @@ class LRFindResult:
         if len(self.runs) > 1:
             m = np.array([r["max_lr"] for r in self.runs])
             spread = f", max_lr over {len(m)} seeds {m.min():.3g}..{m.max():.3g}"
-        return (f"LRFindResult(max_lr={self.max_lr:.4g}, base_lr={self.base_lr:.4g}, lr_min={self.lr_min:.4g}, "
-                f"lr_steep={self.lr_steep:.4g}, steps={len(self.lrs)}, stop={self.stop_reason!r}{spread})")
+        return (
+            f"LRFindResult(max_lr={self.max_lr:.4g}, base_lr={self.base_lr:.4g}, lr_min={self.lr_min:.4g}, "
+            f"lr_steep={self.lr_steep:.4g}, steps={len(self.lrs)}, stop={self.stop_reason!r}{spread})"
+        )
 
     def to_schedule(self, policy: str = "triangular", step_size_up=None, total_steps=None, **kwargs):
         """A clrfast schedule built from the suggested bounds.
@@ -180,8 +185,14 @@ class LRFindResult:
             ax.set_xscale("log")
         ax.plot(lrs, self.losses, color="0.75", lw=0.8, label="loss (raw)")
         if self.band is not None:
-            ax.fill_between(lrs, self.band[0], self.band[1], color="tab:blue", alpha=0.2,
-                            label=f"spread over {len(self.runs)} seeds")
+            ax.fill_between(
+                lrs,
+                self.band[0],
+                self.band[1],
+                color="tab:blue",
+                alpha=0.2,
+                label=f"spread over {len(self.runs)} seeds",
+            )
         ax.plot(lrs, self.smoothed, color="tab:blue", lw=1.8, label="loss (smoothed)")
         ax.axvline(self.max_lr, color="tab:red", ls="--", lw=1.2, label=f"max_lr = {self.max_lr:.3g}")
         ax.axvline(self.base_lr, color="tab:green", ls="--", lw=1.2, label=f"base_lr = {self.base_lr:.3g}")
@@ -352,12 +363,29 @@ def _progress(total: int, progress, desc: str):
 
 
 # ----------------------------------------------------------------------------- the test
-def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, optimizer=None, *,
-            closure: Callable | None = None, start_lr: float = 1e-7, end_lr: float = 10.0,
-            num_steps: int = 100, mode: str = "exp", accumulation_steps: int = 1, smooth: float = 0.95,
-            diverge: float = 4.0, val_loader: Iterable | None = None, val_fn: Callable | None = None,
-            val_every: int = 1, seeds: Sequence[int] | None = None, progress: bool | None = None,
-            device=None, min_div: float = 4.0, base_div: float = 4.0) -> LRFindResult:
+def lr_find(
+    model: torch.nn.Module,
+    loss_fn: Callable | None,
+    loader: Iterable,
+    optimizer=None,
+    *,
+    closure: Callable | None = None,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_steps: int = 100,
+    mode: str = "exp",
+    accumulation_steps: int = 1,
+    smooth: float = 0.95,
+    diverge: float = 4.0,
+    val_loader: Iterable | None = None,
+    val_fn: Callable | None = None,
+    val_every: int = 1,
+    seeds: Sequence[int] | None = None,
+    progress: bool | None = None,
+    device=None,
+    min_div: float = 4.0,
+    base_div: float = 4.0,
+) -> LRFindResult:
     r"""LR range test: raise the lr from ``start_lr`` to ``end_lr`` over ``num_steps`` optimizer steps.
 
     The lr of step ``t`` is ``clrfast.RangeSweep(start_lr, end_lr, num_steps, mode).lr(t)``:
@@ -428,8 +456,10 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
         if data is not None and not isinstance(data, Iterable) and not hasattr(data, "__getitem__"):
             raise TypeError(f"{name} must be iterable, got {data!r} of type {type(data).__name__}")
     if isinstance(val_loader, Iterator):
-        raise ValueError(f"val_loader is read at every validation, so it cannot be a one-shot iterator, got "
-                         f"{type(val_loader).__name__}: pass a list or a DataLoader")
+        raise ValueError(
+            f"val_loader is read at every validation, so it cannot be a one-shot iterator, got "
+            f"{type(val_loader).__name__}: pass a list or a DataLoader"
+        )
     if isinstance(loader, Sized):
         n_batches = len(loader)
         if n_batches // accum < MIN_STEPS:
@@ -444,9 +474,11 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
         if not seeds:
             raise ValueError("seeds must not be empty")
         if len(seeds) > 1 and isinstance(loader, Iterator):
-            raise ValueError(f"seeds={seeds} repeats the test, but loader is a one-shot iterator "
-                             f"({type(loader).__name__}) that the second seed would find empty: pass a "
-                             "re-iterable loader (a list, a DataLoader) or a single seed")
+            raise ValueError(
+                f"seeds={seeds} repeats the test, but loader is a one-shot iterator "
+                f"({type(loader).__name__}) that the second seed would find empty: pass a "
+                "re-iterable loader (a list, a DataLoader) or a single seed"
+            )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
@@ -472,11 +504,25 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
     total = num_steps * (len(seeds) if seeds else 1)
     bar = _progress(total, progress, "lr_find")
     try:
-        for seed in ([*seeds] if seeds else [None]):
+        for seed in [*seeds] if seeds else [None]:
             if seed is not None:
                 _seed_all(seed)
-            run = _one_run(model, optimizer, loss_fn, closure, loader, lrs_all, accum, beta, diverge,
-                           val_loader, val_fn, val_every, device, bar)
+            run = _one_run(
+                model,
+                optimizer,
+                loss_fn,
+                closure,
+                loader,
+                lrs_all,
+                accum,
+                beta,
+                diverge,
+                val_loader,
+                val_fn,
+                val_every,
+                device,
+                bar,
+            )
             run["seed"] = seed
             run.update(suggest(run["lrs"], run["smoothed"], min_div=min_div, base_div=base_div))
             runs.append(run)
@@ -488,8 +534,22 @@ def lr_find(model: torch.nn.Module, loss_fn: Callable | None, loader: Iterable, 
     return _aggregate(runs, sweep, seeds, min_div, base_div)
 
 
-def _one_run(model, optimizer, loss_fn, closure, loader, lrs_all, accum, beta, diverge,
-             val_loader, val_fn, val_every, device, bar) -> dict:
+def _one_run(
+    model,
+    optimizer,
+    loss_fn,
+    closure,
+    loader,
+    lrs_all,
+    accum,
+    beta,
+    diverge,
+    val_loader,
+    val_fn,
+    val_every,
+    device,
+    bar,
+) -> dict:
     model.train()
     optimizer.zero_grad(set_to_none=True)
     batches = _Batches(loader)
@@ -523,8 +583,9 @@ def _one_run(model, optimizer, loss_fn, closure, loader, lrs_all, accum, beta, d
         losses.append(step_loss)
         smoothed.append(s)
         if val_loader is not None or val_fn is not None:
-            val.append(_validate(model, loss_fn, closure, val_loader, val_fn, device) if t % val_every == 0
-                       else math.nan)
+            val.append(
+                _validate(model, loss_fn, closure, val_loader, val_fn, device) if t % val_every == 0 else math.nan
+            )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(lr=f"{lr:.2e}", loss=f"{s:.4f}", refresh=False)
@@ -541,9 +602,12 @@ def _one_run(model, optimizer, loss_fn, closure, loader, lrs_all, accum, beta, d
             f"accumulation_steps={accum}); it needs at least {MIN_STEPS}: use more data or a lower start_lr"
         )
     return {
-        "lrs": np.asarray(lrs_all[:n], dtype=np.float64), "losses": np.asarray(losses),
-        "smoothed": np.asarray(smoothed), "val": np.asarray(val) if val else None,
-        "stop_reason": stop, "diverged_lr": diverged_lr,
+        "lrs": np.asarray(lrs_all[:n], dtype=np.float64),
+        "losses": np.asarray(losses),
+        "smoothed": np.asarray(smoothed),
+        "val": np.asarray(val) if val else None,
+        "stop_reason": stop,
+        "diverged_lr": diverged_lr,
     }
 
 
@@ -586,8 +650,20 @@ def _aggregate(runs, sweep, seeds, min_div, base_div) -> LRFindResult:
     s = suggest(lrs, smoothed, min_div=min_div, base_div=base_div)
     first_stop = min(runs, key=lambda r: len(r["lrs"]))
     return LRFindResult(
-        lrs=lrs, losses=losses, smoothed=smoothed, val=val, max_lr=s["max_lr"], base_lr=s["base_lr"],
-        lr_min=s["lr_min"], lr_steep=s["lr_steep"], stop_reason=first_stop["stop_reason"],
-        diverged_lr=first_stop["diverged_lr"], start_lr=sweep.start_lr, end_lr=sweep.end_lr, mode=sweep.mode,
-        seeds=list(seeds) if seeds else None, band=band, runs=runs,
+        lrs=lrs,
+        losses=losses,
+        smoothed=smoothed,
+        val=val,
+        max_lr=s["max_lr"],
+        base_lr=s["base_lr"],
+        lr_min=s["lr_min"],
+        lr_steep=s["lr_steep"],
+        stop_reason=first_stop["stop_reason"],
+        diverged_lr=first_stop["diverged_lr"],
+        start_lr=sweep.start_lr,
+        end_lr=sweep.end_lr,
+        mode=sweep.mode,
+        seeds=list(seeds) if seeds else None,
+        band=band,
+        runs=runs,
     )

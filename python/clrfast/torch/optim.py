@@ -110,8 +110,9 @@ class CLRSGD(FusedOptimizer):
         self._check_lr(label, group)
         group["momentum"] = non_negative(f"{label}['momentum']", group["momentum"], "Invalid momentum value")
         group["dampening"] = check.real(f"{label}['dampening']", group["dampening"])
-        group["weight_decay"] = non_negative(f"{label}['weight_decay']", group["weight_decay"],
-                                             "Invalid weight_decay value")
+        group["weight_decay"] = non_negative(
+            f"{label}['weight_decay']", group["weight_decay"], "Invalid weight_decay value"
+        )
         self._check_flags_and_clock(label, group, ("nesterov", "maximize", "flat"))
         # A saved group may hold momentum 0 from a scheduler's trough: torch loads it (its momentum
         # requirement is a constructor check) and steps it as plain SGD, and so does the step here.
@@ -156,14 +157,28 @@ class CLRSGD(FusedOptimizer):
     @staticmethod
     def _row(p, lp, lg, locs, first) -> list:
         buf = locs.get("momentum_buffer")
-        return [lp.data_ptr(), lg.data_ptr(), buf.data_ptr() if buf is not None else 0, lp.numel(),
-                DTYPE_CODES[lp.dtype], first]
+        return [
+            lp.data_ptr(),
+            lg.data_ptr(),
+            buf.data_ptr() if buf is not None else 0,
+            lp.numel(),
+            DTYPE_CODES[lp.dtype],
+            first,
+        ]
 
     # ------------------------------------------------------------------ CPU
     def _kernel(self, table, h, inv_scale) -> None:
         _core.sgd_step(
-            table, h["lr"], h["momentum"], h["dampening"], h["weight_decay"], h["nesterov"], h["maximize"],
-            1.0 if inv_scale is None else inv_scale, inv_scale is not None, self._num_threads(),
+            table,
+            h["lr"],
+            h["momentum"],
+            h["dampening"],
+            h["weight_decay"],
+            h["nesterov"],
+            h["maximize"],
+            1.0 if inv_scale is None else inv_scale,
+            inv_scale is not None,
+            self._num_threads(),
         )
 
     def _reference(self, group, slow, h, inv_scale) -> None:
@@ -178,8 +193,16 @@ class CLRSGD(FusedOptimizer):
             buf = self._state_of(p, "momentum_buffer") if h["momentum"] != 0 else None
             bufs.append(None if buf in self._fresh else buf)  # a fresh buffer holds no history
         _torch_sgd(
-            params, grads, bufs, weight_decay=h["weight_decay"], momentum=h["momentum"], lr=h["lr"],
-            dampening=h["dampening"], nesterov=h["nesterov"], maximize=h["maximize"], foreach=False,
+            params,
+            grads,
+            bufs,
+            weight_decay=h["weight_decay"],
+            momentum=h["momentum"],
+            lr=h["lr"],
+            dampening=h["dampening"],
+            nesterov=h["nesterov"],
+            maximize=h["maximize"],
+            foreach=False,
             has_sparse_grad=False,
         )
         if h["momentum"] != 0:
@@ -211,12 +234,20 @@ class CLRSGD(FusedOptimizer):
         if plan.cuda is None:
             plan.cuda = torch.from_numpy(plan.table).to(device)
         _core.sgd_step_cuda(
-            st["schedule"].data_ptr(), st["step"].data_ptr(), plan.cuda.data_ptr(), plan.table.shape[0],
-            int(plan.table[:, 3].max()), group["momentum"] if not group["schedule"].has_momentum else 0.0,
-            group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"],
+            st["schedule"].data_ptr(),
+            st["step"].data_ptr(),
+            plan.cuda.data_ptr(),
+            plan.table.shape[0],
+            int(plan.table[:, 3].max()),
+            group["momentum"] if not group["schedule"].has_momentum else 0.0,
+            group["dampening"],
+            group["weight_decay"],
+            group["nesterov"],
+            group["maximize"],
             grad_scale.data_ptr() if grad_scale is not None else 0,
             found_inf.data_ptr() if found_inf is not None else 0,
-            st["lrmom"].data_ptr(), torch.cuda.current_stream(device).cuda_stream,
+            st["lrmom"].data_ptr(),
+            torch.cuda.current_stream(device).cuda_stream,
         )
         # The device owns the clock (a found_inf skip is decided there) and the first-step
         # flags; the host copies are refreshed lazily, without a synchronisation here.

@@ -38,28 +38,65 @@ class CLRRMSprop(RuleOptimizer):
 
     _rule = "CLRRMSprop"
     _core_rule = "rmsprop"
-    _hypers = (Hyper("eps", invalid="Invalid epsilon value"),  # torch's order of checks
-               Hyper("momentum", invalid="Invalid momentum value"),
-               Hyper("weight_decay", invalid="Invalid weight_decay value"),
-               Hyper("alpha", invalid="Invalid alpha value"),
-               Hyper("centered", "flag"), Hyper("maximize", "flag"))
+    _hypers = (
+        Hyper("eps", invalid="Invalid epsilon value"),  # torch's order of checks
+        Hyper("momentum", invalid="Invalid momentum value"),
+        Hyper("weight_decay", invalid="Invalid weight_decay value"),
+        Hyper("alpha", invalid="Invalid alpha value"),
+        Hyper("centered", "flag"),
+        Hyper("maximize", "flag"),
+    )
     _later_flags = ("centered", "maximize")
 
-    def __init__(self, params, schedule: Schedule | float | None = None, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, maximize: bool = False, *,
-                 lr: float | None = None, flat: bool = False, match_torch: bool = True, threads: int | None = None):
-        self._setup(params, schedule, lr, dict(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                               centered=centered, maximize=maximize),
-                    flat=flat, threads=threads, match_torch=match_torch)
+    def __init__(
+        self,
+        params,
+        schedule: Schedule | float | None = None,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        maximize: bool = False,
+        *,
+        lr: float | None = None,
+        flat: bool = False,
+        match_torch: bool = True,
+        threads: int | None = None,
+    ):
+        self._setup(
+            params,
+            schedule,
+            lr,
+            dict(
+                alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize
+            ),
+            flat=flat,
+            threads=threads,
+            match_torch=match_torch,
+        )
 
     def _needs(self, h) -> tuple:
-        return (("square_avg",) + (("momentum_buffer",) if h["momentum"] > 0 else ())
-                + (("grad_avg",) if h["centered"] else ()))
+        return (
+            ("square_avg",)
+            + (("momentum_buffer",) if h["momentum"] > 0 else ())
+            + (("grad_avg",) if h["centered"] else ())
+        )
 
     def _torch_update(self, params, grads, states, h) -> None:
-        _torch_rmsprop(params, grads, [s["square_avg"] for s in states],
-                       [s["grad_avg"] for s in states] if h["centered"] else [],
-                       [s["momentum_buffer"] for s in states] if h["momentum"] > 0 else [],
-                       [s["step"] for s in states], foreach=False, lr=h["lr"], alpha=h["alpha"], eps=h["eps"],
-                       weight_decay=h["weight_decay"], momentum=h["momentum"], centered=h["centered"],
-                       maximize=h["maximize"])
+        _torch_rmsprop(
+            params,
+            grads,
+            [s["square_avg"] for s in states],
+            [s["grad_avg"] for s in states] if h["centered"] else [],
+            [s["momentum_buffer"] for s in states] if h["momentum"] > 0 else [],
+            [s["step"] for s in states],
+            foreach=False,
+            lr=h["lr"],
+            alpha=h["alpha"],
+            eps=h["eps"],
+            weight_decay=h["weight_decay"],
+            momentum=h["momentum"],
+            centered=h["centered"],
+            maximize=h["maximize"],
+        )

@@ -62,14 +62,16 @@ class StepCounters:
         if step is None:
             return
         if not (isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()):
-            raise TypeError(f"param_groups[{gi}] parameter {pi}: state['step'] must be a one-element floating tensor, "
-                            f"got {step!r}")
+            raise TypeError(
+                f"param_groups[{gi}] parameter {pi}: state['step'] must be a one-element floating tensor, got {step!r}"
+            )
         # A negative, fractional or infinite count comes from a corrupt state: a bias correction
         # of 0 (an infinite step), or of no step torch takes.
         v = float(local(step))
         if not (v >= 0.0 and float.is_integer(v)):
-            raise ValueError(f"param_groups[{gi}] parameter {pi}: state['step'] must hold a whole number >= 0, "
-                             f"got {step!r}")
+            raise ValueError(
+                f"param_groups[{gi}] parameter {pi}: state['step'] must hold a whole number >= 0, got {step!r}"
+            )
 
     @staticmethod
     def _step_key(step) -> tuple:
@@ -88,22 +90,28 @@ class StepCounters:
                 raise ValueError(
                     f"{label(seen[key])} and {label(name)} share one state['step'] tensor; torch would add one "
                     "to it for each parameter that shares it, so no parameter's update would follow its own count. "
-                    "Give each parameter its own counter (state[p]['step'] = state[p]['step'].clone())")
+                    "Give each parameter its own counter (state[p]['step'] = state[p]['step'].clone())"
+                )
             seen[key] = name
 
     def _refuse_shared_saved_steps(self, state_dict) -> None:
         if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
             self._refuse_shared_steps(
                 ((k, v.get("step")) for k, v in state_dict["state"].items() if isinstance(v, dict)),
-                lambda k: f"state_dict['state'][{k!r}]")
+                lambda k: f"state_dict['state'][{k!r}]",
+            )
 
     def _refuse_shared_live_steps(self) -> None:
         # A counter shared by a direct write (state[q]['step'] = state[p]['step']) shows up when
         # a plan is built: the per-step check sends a replaced state tensor to a new plan.
         self._refuse_shared_steps(
-            (((gj, pi), self.state[p].get("step") if p in self.state else None)
-             for gj, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"])),
-            lambda at: where(*at))
+            (
+                ((gj, pi), self.state[p].get("step") if p in self.state else None)
+                for gj, g in enumerate(self.param_groups)
+                for pi, p in enumerate(g["params"])
+            ),
+            lambda at: where(*at),
+        )
 
     @staticmethod
     def _new_step(p) -> torch.Tensor:
@@ -160,8 +168,9 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         for h in self._hypers:
             name = f"{label}['{h.name}']"
             if h.kind == "real":
-                group[h.name] = (check.real(name, group[h.name]) if h.min is None
-                                 else non_negative(name, group[h.name], h.invalid))
+                group[h.name] = (
+                    check.real(name, group[h.name]) if h.min is None else non_negative(name, group[h.name], h.invalid)
+                )
             elif h.kind == "betas":
                 betas = group[h.name]
                 if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -169,8 +178,10 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
                 group[h.name] = tuple(check.real(f"{name}[{i}]", b) for i, b in enumerate(betas))
                 for i, b in enumerate(group[h.name]):
                     if not 0.0 <= b <= h.beta_max:
-                        raise ValueError(f"Invalid beta parameter at index {i}: {b} ({name} must lie in "
-                                         f"[0, {h.beta_max:g}], got {betas!r})")
+                        raise ValueError(
+                            f"Invalid beta parameter at index {i}: {b} ({name} must lie in "
+                            f"[0, {h.beta_max:g}], got {betas!r})"
+                        )
         if self._layout["root"]:
             group.setdefault("match_torch", True)  # absent from torch's groups
         self._check_flags_and_clock(label, group, self._flags())
@@ -202,8 +213,7 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
                     raise TypeError(f"param_groups[{gi}]['{hp.name}'] must be a pair of floats, got {value!r}")
                 h["beta1"], h["beta2"] = (step_real(gi, hp.name, b, min=0.0) for b in value)
                 if max(h["beta1"], h["beta2"]) > hp.beta_max:
-                    raise ValueError(f"param_groups[{gi}]['{hp.name}'] must lie in [0, {hp.beta_max:g}], "
-                                     f"got {value!r}")
+                    raise ValueError(f"param_groups[{gi}]['{hp.name}'] must lie in [0, {hp.beta_max:g}], got {value!r}")
         if self._layout["root"]:
             h["match_torch"] = step_flag(gi, "match_torch", group.get("match_torch", True))
         return h
@@ -218,8 +228,10 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
 
     def _new_state(self, p, keys) -> dict:
         """torch's initial state: a 0-d step counter and zeros."""
-        return {k: self._new_step(p) if k == "step" else torch.zeros_like(p, memory_format=torch.preserve_format)
-                for k in keys}
+        return {
+            k: self._new_step(p) if k == "step" else torch.zeros_like(p, memory_format=torch.preserve_format)
+            for k in keys
+        }
 
     def _check_state(self, gi: int, pi: int, p, st: dict) -> None:
         self._check_step_state(gi, pi, st)
@@ -256,8 +268,8 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         scalars = [float(h[k]) for k in self._layout["scalars"]]
         roots = torch_sqrt_routines() if self._layout["root"] and h["match_torch"] else (0, 0, 0)
         getattr(_core, f"{self._core_rule}_step")(
-            table, scalars, 1.0 if inv_scale is None else inv_scale, inv_scale is not None, self._num_threads(),
-            *roots)
+            table, scalars, 1.0 if inv_scale is None else inv_scale, inv_scale is not None, self._num_threads(), *roots
+        )
 
     def _torch_update(self, params: list, grads: list, states: list, h: dict) -> None:
         """The reference update of parameters the kernel cannot walk as one dense run."""
@@ -272,5 +284,7 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         self._torch_update(params, grads, [self.state[p] for p in params], h)
 
     def _check_cuda_group(self, gi: int, group) -> None:
-        raise ValueError(f"param_groups[{gi}] is on CUDA: {self._rule}'s CUDA kernel is not wired to the front end "
-                         "yet; use the torch optimizer with clrfast's drop-in schedulers on GPUs")
+        raise ValueError(
+            f"param_groups[{gi}] is on CUDA: {self._rule}'s CUDA kernel is not wired to the front end "
+            "yet; use the torch optimizer with clrfast's drop-in schedulers on GPUs"
+        )

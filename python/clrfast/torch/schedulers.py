@@ -105,8 +105,7 @@ def _epoch_value(epoch) -> float:
 
 def _scale_value(value, x) -> float:
     if isinstance(value, (bool, str, bytes)) or not hasattr(type(value), "__float__"):
-        raise TypeError(f"scale_fn must return a real number, got {value!r} of type {type(value).__name__} "
-                        f"for x={x!r}")
+        raise TypeError(f"scale_fn must return a real number, got {value!r} of type {type(value).__name__} for x={x!r}")
     return float(value)
 
 
@@ -299,7 +298,8 @@ class CyclicLR(_CoreScheduler):
         self.max_lrs = max_lrs
         up = float(step_size_up)
         self.total_size, self.step_ratio = _core.cyclic_geometry(
-            up, float(step_size_down) if step_size_down is not None else up)
+            up, float(step_size_down) if step_size_down is not None else up
+        )
         self.mode = mode
         self.gamma = gamma
         self._scale_fn_custom = scale_fn
@@ -314,9 +314,7 @@ class CyclicLR(_CoreScheduler):
                 _set_initial_momentum(optimizer, self.use_beta1, max_momentums, base_momentums)
         # torch's first step (inside LRScheduler.__init__) reads base_lrs from the groups'
         # initial_lr; only afterwards are they replaced by the base_lr argument.
-        self.base_lrs = [
-            g["initial_lr"] if "initial_lr" in g else b for g, b in zip(optimizer.param_groups, base_lrs)
-        ]
+        self.base_lrs = [g["initial_lr"] if "initial_lr" in g else b for g, b in zip(optimizer.param_groups, base_lrs)]
         self._build_writer()
         super().__init__(optimizer, last_epoch)
         self.base_lrs = base_lrs
@@ -357,16 +355,29 @@ class CyclicLR(_CoreScheduler):
         kind, gamma = self._core_scale(state)
         key = _momentum_key(state)
         scheds = []
-        for i, (base, top) in enumerate(zip(_finite("base_lrs", state["base_lrs"]),
-                                            _finite("max_lrs", state["max_lrs"]))):
-            bm, mm = (float(state["base_momentums"][i]), float(state["max_momentums"][i])) \
-                if key != _KEY.none else (0.0, 0.0)
-            scheds.append(_core.cyclic(
-                base_lr=base, max_lr=top, total_size=float(state["total_size"]),
-                step_ratio=float(state["step_ratio"]),
-                scale=kind, gamma=gamma,
-                scale_mode=_SCALE_MODES[state["scale_mode"]], window=_core.Window.triangular,
-                cycle_momentum=key != _KEY.none, base_momentum=bm, max_momentum=mm))
+        for i, (base, top) in enumerate(
+            zip(_finite("base_lrs", state["base_lrs"]), _finite("max_lrs", state["max_lrs"]))
+        ):
+            bm, mm = (
+                (float(state["base_momentums"][i]), float(state["max_momentums"][i]))
+                if key != _KEY.none
+                else (0.0, 0.0)
+            )
+            scheds.append(
+                _core.cyclic(
+                    base_lr=base,
+                    max_lr=top,
+                    total_size=float(state["total_size"]),
+                    step_ratio=float(state["step_ratio"]),
+                    scale=kind,
+                    gamma=gamma,
+                    scale_mode=_SCALE_MODES[state["scale_mode"]],
+                    window=_core.Window.triangular,
+                    cycle_momentum=key != _KEY.none,
+                    base_momentum=bm,
+                    max_momentum=mm,
+                )
+            )
         return _core.GroupWriter(schedules=scheds, momentum_key=key)
 
     def _write(self, t, groups) -> list:
@@ -474,8 +485,10 @@ class OneCycleLR(_CoreScheduler):
             label = "max_lr" if len(max_lrs) == 1 else f"max_lr[{i}]"
             initial = m / float(div_factor)
             if not (math.isfinite(initial) and math.isfinite(initial / float(final_div_factor))):
-                raise OverflowError(f"{label}/div_factor/final_div_factor overflows a double: {label}={m!r}, "
-                                    f"div_factor={div_factor!r}, final_div_factor={final_div_factor!r}")
+                raise OverflowError(
+                    f"{label}/div_factor/final_div_factor overflows a double: {label}={m!r}, "
+                    f"div_factor={div_factor!r}, final_div_factor={final_div_factor!r}"
+                )
         if cycle_momentum:
             _check_momentum_support(optimizer)
             max_momentums = _format_param("max_momentum", optimizer, max_momentum)
@@ -510,12 +523,18 @@ class OneCycleLR(_CoreScheduler):
         for g in self.optimizer.param_groups:
             rows = []
             for ph in phases:
-                moms = (float(g[ph["start_momentum"]]), float(g[ph["end_momentum"]])) if key != _KEY.none \
-                    else (0.0, 0.0)
+                moms = (
+                    (float(g[ph["start_momentum"]]), float(g[ph["end_momentum"]])) if key != _KEY.none else (0.0, 0.0)
+                )
                 rows.append((float(ph["end_step"]), float(g[ph["start_lr"]]), float(g[ph["end_lr"]]), *moms))
-            scheds.append(_core.onecycle_phases(phases=rows, total_steps=float(state["total_steps"]),
-                                                anneal=_core.Anneal.__members__[anneal],
-                                                cycle_momentum=key != _KEY.none))
+            scheds.append(
+                _core.onecycle_phases(
+                    phases=rows,
+                    total_steps=float(state["total_steps"]),
+                    anneal=_core.Anneal.__members__[anneal],
+                    cycle_momentum=key != _KEY.none,
+                )
+            )
         return _core.GroupWriter(schedules=scheds, momentum_key=key)
 
     def _write(self, t, groups) -> list:
@@ -537,18 +556,43 @@ def _phase_table(total_steps: int, pct_start: float, three_phase: bool) -> list[
     ends = _core.onecycle_phase_ends(float(total_steps), float(pct_start), three_phase)
     if three_phase:
         return [
-            {"end_step": ends[0], "start_lr": "initial_lr", "end_lr": "max_lr",
-             "start_momentum": "max_momentum", "end_momentum": "base_momentum"},
-            {"end_step": ends[1], "start_lr": "max_lr", "end_lr": "initial_lr",
-             "start_momentum": "base_momentum", "end_momentum": "max_momentum"},
-            {"end_step": total_steps - 1, "start_lr": "initial_lr", "end_lr": "min_lr",
-             "start_momentum": "max_momentum", "end_momentum": "max_momentum"},
+            {
+                "end_step": ends[0],
+                "start_lr": "initial_lr",
+                "end_lr": "max_lr",
+                "start_momentum": "max_momentum",
+                "end_momentum": "base_momentum",
+            },
+            {
+                "end_step": ends[1],
+                "start_lr": "max_lr",
+                "end_lr": "initial_lr",
+                "start_momentum": "base_momentum",
+                "end_momentum": "max_momentum",
+            },
+            {
+                "end_step": total_steps - 1,
+                "start_lr": "initial_lr",
+                "end_lr": "min_lr",
+                "start_momentum": "max_momentum",
+                "end_momentum": "max_momentum",
+            },
         ]
     return [
-        {"end_step": ends[0], "start_lr": "initial_lr", "end_lr": "max_lr",
-         "start_momentum": "max_momentum", "end_momentum": "base_momentum"},
-        {"end_step": total_steps - 1, "start_lr": "max_lr", "end_lr": "min_lr",
-         "start_momentum": "base_momentum", "end_momentum": "max_momentum"},
+        {
+            "end_step": ends[0],
+            "start_lr": "initial_lr",
+            "end_lr": "max_lr",
+            "start_momentum": "max_momentum",
+            "end_momentum": "base_momentum",
+        },
+        {
+            "end_step": total_steps - 1,
+            "start_lr": "max_lr",
+            "end_lr": "min_lr",
+            "start_momentum": "base_momentum",
+            "end_momentum": "max_momentum",
+        },
     ]
 
 
@@ -593,8 +637,14 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
 
     def _make_writer(self, state: dict):
         scheds = [
-            _core.cosine_restarts(base_lr=b, eta_min=float(state["eta_min"]), T_0=float(state["T_0"]),
-                                  T_mult=float(state["T_mult"]), peak_decay=1.0, warmup_steps=0.0)
+            _core.cosine_restarts(
+                base_lr=b,
+                eta_min=float(state["eta_min"]),
+                T_0=float(state["T_0"]),
+                T_mult=float(state["T_mult"]),
+                peak_decay=1.0,
+                warmup_steps=0.0,
+            )
             for b in _finite("base_lrs", state["base_lrs"])
         ]
         return _core.GroupWriter(schedules=scheds, momentum_key=_KEY.none)
@@ -649,8 +699,9 @@ def _group_schedules(optimizer: Optimizer, schedule) -> list:
         return [schedule] * n
     if isinstance(schedule, (list, tuple)):
         if len(schedule) != n:
-            raise ValueError(f"schedule must be one clrfast schedule or one per param group ({n}), "
-                             f"got a list of {len(schedule)}")
+            raise ValueError(
+                f"schedule must be one clrfast schedule or one per param group ({n}), got a list of {len(schedule)}"
+            )
         for i, s in enumerate(schedule):
             if not isinstance(s, Schedule):
                 raise TypeError(f"schedule[{i}] must be a clrfast schedule, got {s!r}")
@@ -697,23 +748,31 @@ class ScheduleLR(_CoreScheduler):
             elif "momentum" in optimizer.defaults:
                 key = "momentum"
             else:
-                raise ValueError(f"the schedule defines a momentum but {type(optimizer).__name__} has neither "
-                                 "'momentum' nor 'betas'; use a schedule without momentum")
+                raise ValueError(
+                    f"the schedule defines a momentum but {type(optimizer).__name__} has neither "
+                    "'momentum' nor 'betas'; use a schedule without momentum"
+                )
         self.optimizer = optimizer
         self.schedules = schedules
         self.momentum_key = key
         self.base_momentums = None
         if key is not None:
-            self.base_momentums = _finite(f"param_groups' {key}", [
-                g["betas"][0] if key == "betas" else g["momentum"] for g in optimizer.param_groups])
+            self.base_momentums = _finite(
+                f"param_groups' {key}",
+                [g["betas"][0] if key == "betas" else g["momentum"] for g in optimizer.param_groups],
+            )
         self._build_writer()
         super().__init__(optimizer, last_epoch)
 
     def _make_writer(self, state: dict):
         key = _MOMENTUM_KEYS[state["momentum_key"]]
         fallback = [float(m) for m in state["base_momentums"]] if key != _KEY.none else []
-        return _core.GroupWriter(schedules=[s._core for s in state["schedules"]], momentum_key=key,
-                                 fallback_momentum=fallback, as_torch=False)
+        return _core.GroupWriter(
+            schedules=[s._core for s in state["schedules"]],
+            momentum_key=key,
+            fallback_momentum=fallback,
+            as_torch=False,
+        )
 
     def _build_writer(self) -> None:
         super()._build_writer()
@@ -734,8 +793,9 @@ class ScheduleLR(_CoreScheduler):
         """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
         self._warn_get_lr()
         if self.last_epoch > self._max_step:
-            raise ValueError(f"Tried to step {self.last_epoch} times. The specified number of total steps is "
-                             f"{self._max_step}")
+            raise ValueError(
+                f"Tried to step {self.last_epoch} times. The specified number of total steps is {self._max_step}"
+            )
         return self._writer.values(self.last_epoch)
 
     def state_dict(self) -> dict[str, Any]:
@@ -755,10 +815,13 @@ class ScheduleLR(_CoreScheduler):
                 raise TypeError(f"state_dict['schedules'] must be a list, got {saved!r}")
             state["schedules"] = [s if isinstance(s, Schedule) else from_dict(s) for s in saved]
             if len(state["schedules"]) != len(self.optimizer.param_groups):
-                raise ValueError(f"state_dict['schedules'] has {len(state['schedules'])} schedules, the optimizer "
-                                 f"{len(self.optimizer.param_groups)} param groups")
+                raise ValueError(
+                    f"state_dict['schedules'] has {len(state['schedules'])} schedules, the optimizer "
+                    f"{len(self.optimizer.param_groups)} param groups"
+                )
         if state.get("momentum_key", self.momentum_key) not in _MOMENTUM_KEYS:
-            raise ValueError(f"state_dict['momentum_key'] must be None, 'momentum' or 'betas', got "
-                             f"{state['momentum_key']!r}")
+            raise ValueError(
+                f"state_dict['momentum_key'] must be None, 'momentum' or 'betas', got {state['momentum_key']!r}"
+            )
         self._load(state)
         self._max_step = _last_step(self.schedules)
