@@ -26,7 +26,8 @@ torch = pytest.importorskip("torch")
 dynamo_testing = pytest.importorskip("torch._dynamo.testing")
 
 import clrfast as clr  # noqa: E402
-from clrfast.torch import CLRSGD, CLRAdam, CLRAdamW  # noqa: E402
+import lion_pytorch  # noqa: E402
+from clrfast.torch import CLRSGD, CLRAdam, CLRAdamW, CLRLion, CLRRMSprop  # noqa: E402
 
 pytestmark = [
     # Dynamo reads .grad of every tensor it wraps when it resumes after backward().
@@ -50,6 +51,16 @@ RULES = {
     "CLRAdam": (
         lambda ps, s, lr, flat: CLRAdam(ps, s, weight_decay=1e-2, lr=lr, flat=flat),
         lambda ps, lr: torch.optim.Adam(ps, lr=lr, weight_decay=1e-2, foreach=False),
+    ),
+    "CLRRMSprop": (
+        lambda ps, s, lr, flat: CLRRMSprop(ps, s, momentum=0.9, centered=True, weight_decay=1e-3, lr=lr, flat=flat),
+        lambda ps, lr: torch.optim.RMSprop(ps, lr=lr, momentum=0.9, centered=True, weight_decay=1e-3, foreach=False),
+    ),
+    # lion-pytorch computes 1 - lr*wd and -lr as tensor ops for a tensor lr; CLRLion applies its
+    # value, as for a float: the package is the oracle for float lrs
+    "CLRLion": (
+        lambda ps, s, lr, flat: CLRLion(ps, s, weight_decay=1e-2, lr=lr, flat=flat),
+        lambda ps, lr: None if isinstance(lr, torch.Tensor) else lion_pytorch.Lion(ps, lr=lr, weight_decay=1e-2),
     ),
 }
 BACKENDS = ("eager", "aot_eager", "inductor")
@@ -139,6 +150,8 @@ def test_compiled_step_is_the_eager_step(rule, flat, backend, frozen, lr_kind):
     if schedule is None:
         oracle = Net(frozen)
         ref_opt = make_torch(oracle.parameters(), lr.clone() if isinstance(lr, torch.Tensor) else lr)
+        if ref_opt is None:  # no reference for this lr source
+            oracle = None
     counter = dynamo_testing.CompileCounterWithBackend(backend)
     step = torch.compile(_train, backend=counter)
     fwd_bwd = torch.compile(_forward_backward, backend=backend)

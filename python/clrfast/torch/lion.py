@@ -22,7 +22,8 @@ class CLRLion(RuleOptimizer):
     (schedule.momentum(k), beta2)`` when the schedule defines a momentum. float32 and
     float64 trajectories are bit-identical to ``lion_pytorch.Lion``; bfloat16/float16
     parameters are updated in float32 and rounded once on store (the package rounds after
-    each op). The state is the package's (``exp_avg``, no step count). Lion's updates are
+    each op). The state is the package's (``exp_avg``, no step count). A tensor lr is applied
+    as its value in double; the package would compute ``1 - lr*wd`` and ``-lr`` as tensor ops. Lion's updates are
     ``lr`` in size in every coordinate: its lr is typically 3-10x smaller than AdamW's and its
     weight decay 3-10x larger. ``flat``, ``threads``, GradScaler, written values and the
     all-or-nothing checks are those of :class:`~clrfast.torch.CLRSGD`.
