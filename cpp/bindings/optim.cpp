@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -70,6 +71,15 @@ void bind_optim(py::module_& m) {
   m.def("sgd_cpu_isa", &sgd_cpu_isa, "Instruction set the CPU kernels dispatch to.");
   m.def("hardware_threads", &ThreadPool::hardware_threads);
   m.attr("sgd_segment_cols") = kSegCols;
+  // The columns of a Segment row, the one source of the front end's (python/clrfast/torch/optim.py).
+  py::dict cols;
+  cols["p"] = static_cast<int>(offsetof(Segment, p) / sizeof(int64_t));
+  cols["g"] = static_cast<int>(offsetof(Segment, g) / sizeof(int64_t));
+  cols["momentum_buffer"] = static_cast<int>(offsetof(Segment, buf) / sizeof(int64_t));
+  cols["n"] = static_cast<int>(offsetof(Segment, n) / sizeof(int64_t));
+  cols["dtype"] = static_cast<int>(offsetof(Segment, dtype) / sizeof(int64_t));
+  cols["first"] = static_cast<int>(offsetof(Segment, first) / sizeof(int64_t));
+  m.attr("sgd_segment_layout") = cols;
   m.def("schedule_bytes", [](const Schedule& s) {
     return py::bytes(reinterpret_cast<const char*>(&s), sizeof(Schedule));
   }, "The compiled schedule's raw bytes (copied to device memory for the CUDA kernel).");

@@ -49,6 +49,7 @@ __all__: list[str] = [
     "sgd_cpu_isa",
     "sgd_hyper",
     "sgd_segment_cols",
+    "sgd_segment_layout",
     "sgd_step",
     "sgd_step_cuda",
     "step_check_spec",
@@ -891,6 +892,7 @@ rules: dict = {
     },
 }
 sgd_segment_cols: int = 6
+sgd_segment_layout: dict = {"p": 0, "g": 1, "momentum_buffer": 2, "n": 3, "dtype": 4, "first": 5}
 step_check_spec: dict = {
     "bufs": 6,
     "no_grad": -1,

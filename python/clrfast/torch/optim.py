@@ -12,6 +12,8 @@ from ._fused import DTYPE_CODES, FusedOptimizer, non_negative, step_clock, step_
 
 __all__ = ["CLRSGD"]
 
+_COL = _core.sgd_segment_layout
+
 
 class CLRSGD(FusedOptimizer):
     r"""SGD whose learning rate (and momentum) follow a clrfast schedule, fused into one step.
@@ -66,11 +68,12 @@ class CLRSGD(FusedOptimizer):
 
     _rule = "CLRSGD"
     _state_keys = ("momentum_buffer",)
-    _cols = _core.sgd_segment_cols  # p, g, buf, n, dtype, first
-    _first_col = 5  # torch's first update copies the gradient into the buffer
+    _cols = _core.sgd_segment_cols  # the columns: _core.sgd_segment_layout
+    _first_col = _COL["first"]  # torch's first update copies the gradient into the buffer
     _merge_runs = True
-    _ptr_cols = (0, 1, 2)
-    _n_col = 3
+    _ptr_cols = (_COL["p"], _COL["g"], _COL["momentum_buffer"])
+    _n_col = _COL["n"]
+    _grad_col = _COL["g"]
     _published_keys = ("lr", "momentum")
     _later_flags = ("nesterov", "maximize")
 
@@ -154,17 +157,13 @@ class CLRSGD(FusedOptimizer):
         # zeros, not empty: a step the device skips (GradScaler) leaves no garbage in the state
         return {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k in keys}
 
-    @staticmethod
-    def _row(p, lp, lg, locs, first) -> list:
+    def _row(self, p, lp, lg, locs, first) -> list:
         buf = locs.get("momentum_buffer")
-        return [
-            lp.data_ptr(),
-            lg.data_ptr(),
-            buf.data_ptr() if buf is not None else 0,
-            lp.numel(),
-            DTYPE_CODES[lp.dtype],
-            first,
-        ]
+        row = [0] * self._cols
+        row[_COL["p"]], row[_COL["g"]], row[_COL["n"]] = lp.data_ptr(), lg.data_ptr(), lp.numel()
+        row[_COL["momentum_buffer"]] = buf.data_ptr() if buf is not None else 0
+        row[_COL["dtype"]], row[_COL["first"]] = DTYPE_CODES[lp.dtype], first
+        return row
 
     # ------------------------------------------------------------------ CPU
     def _kernel(self, table, h, inv_scale) -> None:
@@ -238,7 +237,7 @@ class CLRSGD(FusedOptimizer):
             st["step"].data_ptr(),
             plan.cuda.data_ptr(),
             plan.table.shape[0],
-            int(plan.table[:, 3].max()),
+            int(plan.table[:, _COL["n"]].max()),
             group["momentum"] if not group["schedule"].has_momentum else 0.0,
             group["dampening"],
             group["weight_decay"],
