@@ -1,9 +1,11 @@
-"""The LR range test (Smith 2017, section 3.3): choose ``base_lr`` and ``max_lr`` from one short run.
+"""The LR range test (Smith 2017, section 3.3) for PyTorch: choose ``base_lr`` and ``max_lr`` from one short run.
 
 Train for a few hundred steps while the learning rate rises from ``start_lr`` to
 ``end_lr`` (the sweep is :class:`clrfast.RangeSweep`, computed by the C++ core),
 record the loss, stop when it diverges, put everything back as it was, and read
-the bounds off the curve.
+the bounds off the curve. The sweep, smoothing, divergence rule, suggestion and plot are
+:mod:`clrfast._range_test`'s, shared with the Keras and optax front ends; this module
+trains the steps and restores torch's state.
 """
 
 from __future__ import annotations
@@ -12,213 +14,17 @@ import copy
 import math
 import random
 from collections.abc import Iterable, Iterator, Sequence, Sized
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .. import _range_test as rt
 from .. import _validate as check
-from ..schedules import CosineRestarts, Cyclic, OneCycle, RangeSweep
-
-MIN_STEPS = 10
-"""The fewest optimizer steps a range test can read a suggestion from."""
-
-_AUTO_PROGRESS_STEPS = 200
+from .._range_test import MIN_STEPS, LRFindResult, suggest
 
 # The seeds torch.manual_seed accepts; outside them it raises an overflow error that names nothing.
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
-
-
-# ----------------------------------------------------------------------------- suggestion rule
-def _check_divs(min_div, base_div) -> tuple[float, float]:
-    # Below 1 the names would lie: max_lr would pass lr_min, base_lr would pass max_lr.
-    return check.real("min_div", min_div, min=1.0), check.real("base_div", base_div, min=1.0)
-
-
-def _diverged(s: float, best: float, factor: float) -> bool:
-    # A ratio to the best is meaningless once the best is negative (s > 4*best would hold at once);
-    # measuring the rise in units of |best| keeps the usual s > factor*best for positive losses.
-    return s - best > (factor - 1.0) * abs(best)
-
-
-def suggest(lrs: Sequence[float], smoothed: Sequence[float], *, min_div: float = 4.0, base_div: float = 4.0) -> dict:
-    r"""The bounds read off a range-test curve; the rule used by :func:`lr_find`.
-
-    With ``x = log(lr)`` and ``L`` the smoothed loss:
-
-    * ``lr_min``: the lr where ``L`` is smallest, i.e. where the loss stops falling;
-    * ``lr_steep``: the lr of the steepest descent, ``argmin dL/dx`` over the points up to
-      ``lr_min``; the slope at ``i`` is the difference quotient over ``i-k .. min(i+k, i_min)``
-      with ``k = max(1, n // 40)``, which a single noisy point cannot dominate;
-    * both are searched after the first 10 % of the ``n`` points, where the average has seen
-      too few batches to be trusted;
-    * ``max_lr = max(lr_steep, lr_min / min_div)``: a step back from the minimum, which the
-      lagging average reaches late and where training is already at its edge, but never
-      below the steepest descent;
-    * ``base_lr = max_lr / base_div`` (Smith: 3 to 4).
-
-    ``min_div`` and ``base_div`` must be finite and >= 1. Returns a dict with those four
-    values and the indices ``i_min`` and ``i_steep``.
-    """
-    min_div, base_div = _check_divs(min_div, base_div)
-    lr = np.asarray(lrs, dtype=np.float64)
-    loss = np.asarray(smoothed, dtype=np.float64)
-    if lr.shape != loss.shape or lr.ndim != 1:
-        raise ValueError(f"lrs and smoothed must be 1-D of the same length, got {lr.shape} and {loss.shape}")
-    if not np.isfinite(loss).all() or len(loss) < 3:
-        raise ValueError(f"smoothed must hold at least 3 losses, all finite, got {loss!r}")
-    if (lr <= 0).any() or (np.diff(lr) <= 0).any():
-        raise ValueError("lrs must be positive and increasing")
-    n = len(loss)
-    skip = n // 10
-    i_min = skip + int(np.argmin(loss[skip:]))
-    x = np.log(lr)
-    k = max(1, n // 40)
-    lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, max(i_min, 1))
-    dx = x[hi] - x[lo]
-    slope = np.divide(loss[hi] - loss[lo], dx, out=np.full(n, np.inf), where=dx > 0)
-    i_steep = skip + int(np.argmin(slope[skip : i_min + 1]))
-    lr_min, lr_steep = float(lr[i_min]), float(lr[i_steep])
-    max_lr = max(lr_steep, lr_min / min_div)
-    return {
-        "max_lr": max_lr,
-        "base_lr": max_lr / base_div,
-        "lr_min": lr_min,
-        "lr_steep": lr_steep,
-        "i_min": i_min,
-        "i_steep": i_steep,
-    }
-
-
-# ----------------------------------------------------------------------------- result
-@dataclass
-class LRFindResult:
-    """Curves and suggestions of one LR range test (several seeds: mean curve plus band).
-
-    ``lrs``, ``losses`` (raw, mean over seeds), ``smoothed`` and ``val`` (None unless a
-    validation loader/function was given) share one index, the optimizer step. With
-    several seeds ``band`` is ``(low, high)``, the smallest and largest smoothed loss at
-    each step, and ``runs`` holds every seed's own curves and suggestion. ``stop_reason``
-    is ``"diverged"`` (see :func:`lr_find` for the rule), ``"nan"``
-    (a NaN/inf loss), ``"end"`` (reached ``end_lr``) or ``"data"`` (the loader ran out).
-    """
-
-    lrs: np.ndarray
-    losses: np.ndarray
-    smoothed: np.ndarray
-    val: np.ndarray | None
-    max_lr: float
-    base_lr: float
-    lr_min: float
-    lr_steep: float
-    stop_reason: str
-    diverged_lr: float | None
-    start_lr: float
-    end_lr: float
-    mode: str
-    seeds: list[int] | None = None
-    band: tuple | None = None
-    runs: list[dict] = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        spread = ""
-        if len(self.runs) > 1:
-            m = np.array([r["max_lr"] for r in self.runs])
-            spread = f", max_lr over {len(m)} seeds {m.min():.3g}..{m.max():.3g}"
-        return (
-            f"LRFindResult(max_lr={self.max_lr:.4g}, base_lr={self.base_lr:.4g}, lr_min={self.lr_min:.4g}, "
-            f"lr_steep={self.lr_steep:.4g}, steps={len(self.lrs)}, stop={self.stop_reason!r}{spread})"
-        )
-
-    def to_schedule(self, policy: str = "triangular", step_size_up=None, total_steps=None, **kwargs):
-        """A clrfast schedule built from the suggested bounds.
-
-        * ``triangular`` / ``triangular2`` / ``exp_range``: ``Cyclic(base_lr, max_lr, step_size_up,
-          mode=policy)``; exp_range's ``gamma`` defaults to ``0.1**(1/total_steps)`` (the
-          amplitude falls tenfold over the run) when ``total_steps`` is given;
-        * ``onecycle``: ``OneCycle(max_lr, total_steps, div_factor=max_lr/base_lr)``, so it
-          starts at ``base_lr``;
-        * ``cosine``: ``CosineRestarts(max_lr, T_0=step_size_up or total_steps, eta_min=base_lr)``.
-
-        Extra keyword arguments go to the schedule's constructor and win over these defaults.
-        """
-        policies = ("triangular", "triangular2", "exp_range", "onecycle", "cosine")
-        check.choice("policy", policy, policies)
-        if policy in ("triangular", "triangular2", "exp_range"):
-            if step_size_up is None:
-                raise ValueError(f"policy={policy!r} needs step_size_up (e.g. 2-10 epochs of iterations)")
-            args = {"base_lr": self.base_lr, "max_lr": self.max_lr, "step_size_up": step_size_up, "mode": policy}
-            if policy == "exp_range" and total_steps is not None:
-                args["gamma"] = 0.1 ** (1.0 / check.integer("total_steps", total_steps, min=1))
-            args.update(kwargs)
-            return Cyclic(**args)
-        if policy == "onecycle":
-            if total_steps is None:
-                raise ValueError("policy='onecycle' needs total_steps")
-            args = {"max_lr": self.max_lr, "total_steps": total_steps, "div_factor": self.max_lr / self.base_lr}
-            args.update(kwargs)
-            return OneCycle(**args)
-        period = step_size_up if step_size_up is not None else total_steps
-        if period is None:
-            raise ValueError("policy='cosine' needs step_size_up (the first period T_0) or total_steps")
-        args = {"base_lr": self.max_lr, "T_0": int(period), "eta_min": self.base_lr}
-        args.update(kwargs)
-        return CosineRestarts(**args)
-
-    def plot(self, path=None, *, ax=None, title=None, figsize=(6.4, 4.0), dpi=100):
-        """Draw the smoothed loss against lr (log axis) with the suggestions marked; return the Figure.
-
-        Raw losses are drawn faintly, the seed spread as a band, ``max_lr``/``base_lr`` as
-        vertical lines, ``lr_min`` and ``lr_steep`` as dots, and the validation curve (if
-        recorded) on a second axis. With ``path`` the PNG is written there.
-        """
-        from ..plotting import new_figure, save
-
-        if ax is None:
-            fig = new_figure(figsize=figsize, dpi=dpi)
-            ax = fig.add_subplot(1, 1, 1)
-        else:
-            fig = ax.figure
-        lrs = self.lrs
-        if self.mode == "exp":
-            ax.set_xscale("log")
-        ax.plot(lrs, self.losses, color="0.75", lw=0.8, label="loss (raw)")
-        if self.band is not None:
-            ax.fill_between(
-                lrs,
-                self.band[0],
-                self.band[1],
-                color="tab:blue",
-                alpha=0.2,
-                label=f"spread over {len(self.runs)} seeds",
-            )
-        ax.plot(lrs, self.smoothed, color="tab:blue", lw=1.8, label="loss (smoothed)")
-        ax.axvline(self.max_lr, color="tab:red", ls="--", lw=1.2, label=f"max_lr = {self.max_lr:.3g}")
-        ax.axvline(self.base_lr, color="tab:green", ls="--", lw=1.2, label=f"base_lr = {self.base_lr:.3g}")
-        for lr, name, color in ((self.lr_min, "min", "k"), (self.lr_steep, "steepest", "tab:purple")):
-            i = int(np.argmin(np.abs(lrs - lr)))
-            ax.plot([lr], [self.smoothed[i]], "o", color=color, ms=5, label=f"{name} at {lr:.3g}")
-        # Frame the descent; the divergence may leave through the top.
-        i_min = int(np.argmin(self.smoothed))
-        curves = [self.smoothed[: i_min + 1], self.losses[: i_min + 1]]
-        curves += [b[: i_min + 1] for b in self.band] if self.band else []
-        lo = min(float(c.min()) for c in curves)
-        hi = max(float(c.max()) for c in curves)
-        pad = 0.08 * (hi - lo) + 1e-12
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("training loss")
-        ax.grid(alpha=0.3, which="both")
-        if self.val is not None and np.isfinite(self.val).any():
-            ax2 = ax.twinx()
-            ax2.plot(lrs, self.val, color="tab:orange", lw=1.0, label="validation")
-            ax2.set_ylabel("validation", color="tab:orange")
-        ax.legend(fontsize=7, loc="upper left")
-        ax.set_title(title or f"LR range test ({self.stop_reason})", fontsize=10)
-        if path is not None:
-            save(fig, path)
-        return fig
 
 
 # ----------------------------------------------------------------------------- state
@@ -315,31 +121,6 @@ def _set_lr(optimizer, lr: float) -> None:
 
 
 # ----------------------------------------------------------------------------- data
-class _Batches:
-    """Yields batches, starting a new pass over a re-iterable loader when one runs out."""
-
-    def __init__(self, loader):
-        self.loader = loader
-        # Not iter(loader) is loader: that would start (and drop) a DataLoader's workers.
-        self.one_shot = isinstance(loader, Iterator)
-        self.it = iter(loader)
-        self.count = 0
-
-    def next(self):
-        try:
-            batch = next(self.it)
-        except StopIteration:
-            if self.one_shot or self.count == 0:
-                return None
-            self.it = iter(self.loader)
-            try:
-                batch = next(self.it)
-            except StopIteration:
-                return None
-        self.count += 1
-        return batch
-
-
 def _to(obj, device):
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
@@ -348,18 +129,6 @@ def _to(obj, device):
     if isinstance(obj, dict):
         return {k: _to(v, device) for k, v in obj.items()}
     return obj
-
-
-def _progress(total: int, progress, desc: str):
-    if progress is None:
-        progress = total >= _AUTO_PROGRESS_STEPS
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, leave=False, unit="step")
 
 
 # ----------------------------------------------------------------------------- the test
@@ -441,15 +210,8 @@ def lr_find(
     for name, fn in (("loss_fn", loss_fn), ("closure", closure), ("val_fn", val_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable, got {fn!r}")
-    check.choice("mode", mode, ("exp", "linear"))
-    sweep = RangeSweep(start_lr, end_lr, check.integer("num_steps", num_steps, min=MIN_STEPS), mode)
-    if not end_lr > start_lr:
-        raise ValueError(f"end_lr must be > start_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}")
+    cfg = rt.settings(start_lr, end_lr, num_steps, mode, smooth, diverge, val_every, min_div, base_div)
     accum = check.integer("accumulation_steps", accumulation_steps, min=1)
-    beta = check.real("smooth", smooth, min=0.0, max=0.999)
-    diverge = check.real("diverge", diverge, min=1.0, min_open=True)
-    val_every = check.integer("val_every", val_every, min=1)
-    min_div, base_div = _check_divs(min_div, base_div)
     if val_loader is not None and val_fn is not None:
         raise TypeError("give at most one of val_loader and val_fn")
     for name, data in (("loader", loader), ("val_loader", val_loader)):
@@ -467,29 +229,17 @@ def lr_find(
                 f"loader has {n_batches} batches; with accumulation_steps={accum} that is "
                 f"{n_batches // accum} optimizer steps per pass, the range test needs at least {MIN_STEPS}"
             )
-    if seeds is not None:
-        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
-            raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
-        seeds = [_check_seed(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
-        if not seeds:
-            raise ValueError("seeds must not be empty")
-        if len(seeds) > 1 and isinstance(loader, Iterator):
-            raise ValueError(
-                f"seeds={seeds} repeats the test, but loader is a one-shot iterator "
-                f"({type(loader).__name__}) that the second seed would find empty: pass a "
-                "re-iterable loader (a list, a DataLoader) or a single seed"
-            )
+    seeds = rt.check_seeds(seeds, loader, _check_seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
     if optimizer is None:
         from .optim import CLRSGD
 
-        optimizer = CLRSGD(params, sweep, momentum=0.9)
+        optimizer = CLRSGD(params, cfg.sweep, momentum=0.9)
     elif not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if progress is not None and not isinstance(progress, bool):
-        raise TypeError(f"progress must be True, False or None, got {progress!r}")
+    rt.check_progress(progress)
     if device is None:
         device = params[0].device
     else:
@@ -497,118 +247,61 @@ def lr_find(
             device = torch.device(device)
         except (RuntimeError, TypeError):
             raise ValueError(f"device must name a torch device, got {device!r}") from None
-    lrs_all = sweep.lr_table(num_steps)
+    lrs_all = cfg.lrs()
 
     snap = _Snapshot(model, optimizer)
-    runs = []
-    total = num_steps * (len(seeds) if seeds else 1)
-    bar = _progress(total, progress, "lr_find")
+    bar = rt.progress_bar(cfg.num_steps * (len(seeds) if seeds else 1), progress)
+
+    def one_run(seed) -> dict:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        batches = rt.Batches(loader)
+
+        def step(lr: float) -> float | None:
+            _set_lr(optimizer, lr)
+            total = 0.0
+            for _ in range(accum):
+                batch = batches.next()
+                if batch is None:
+                    return None
+                loss = _loss(model, loss_fn, closure, _to(batch, device))
+                value = float(loss.detach())
+                total += value
+                if not math.isfinite(value):
+                    return total  # not stepped: the run stops at a NaN or infinite loss
+                (loss / accum).backward()
+            step_loss = total / accum
+            if math.isfinite(step_loss):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            return step_loss
+
+        def describe_data() -> str:
+            length = f"{len(loader)} batches" if isinstance(loader, Sized) else f"{batches.count} batches"
+            return f"loader gave {length}, accumulation_steps={accum}"
+
+        validate = None
+        if val_loader is not None or val_fn is not None:
+
+            def validate() -> float:
+                return _validate(model, loss_fn, closure, val_loader, val_fn, device)
+
+        return rt.run_sweep(
+            step,
+            lrs_all,
+            smooth=cfg.smooth,
+            diverge=cfg.diverge,
+            validate=validate,
+            val_every=cfg.val_every,
+            bar=bar,
+            describe_data=describe_data,
+        )
+
     try:
-        for seed in [*seeds] if seeds else [None]:
-            if seed is not None:
-                _seed_all(seed)
-            run = _one_run(
-                model,
-                optimizer,
-                loss_fn,
-                closure,
-                loader,
-                lrs_all,
-                accum,
-                beta,
-                diverge,
-                val_loader,
-                val_fn,
-                val_every,
-                device,
-                bar,
-            )
-            run["seed"] = seed
-            run.update(suggest(run["lrs"], run["smoothed"], min_div=min_div, base_div=base_div))
-            runs.append(run)
-            snap.restore(model, optimizer)
+        return rt.run_seeds(one_run, cfg, seeds, restore=lambda: snap.restore(model, optimizer), before_seed=_seed_all)
     finally:
         if bar is not None:
             bar.close()
-        snap.restore(model, optimizer)
-    return _aggregate(runs, sweep, seeds, min_div, base_div)
-
-
-def _one_run(
-    model,
-    optimizer,
-    loss_fn,
-    closure,
-    loader,
-    lrs_all,
-    accum,
-    beta,
-    diverge,
-    val_loader,
-    val_fn,
-    val_every,
-    device,
-    bar,
-) -> dict:
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    batches = _Batches(loader)
-    losses, smoothed, val = [], [], []
-    avg, best = 0.0, math.inf
-    stop, diverged_lr = "end", None
-    for t, lr in enumerate(lrs_all):
-        _set_lr(optimizer, float(lr))
-        total = 0.0
-        for _ in range(accum):
-            batch = batches.next()
-            if batch is None:
-                stop = "data"
-                break
-            loss = _loss(model, loss_fn, closure, _to(batch, device))
-            value = float(loss.detach())
-            total += value
-            if not math.isfinite(value):
-                break
-            (loss / accum).backward()
-        if stop == "data":
-            break
-        step_loss = total / accum
-        if not math.isfinite(step_loss):
-            stop, diverged_lr = "nan", float(lr)
-            break
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        avg = beta * avg + (1.0 - beta) * step_loss
-        s = avg / (1.0 - beta ** (t + 1))
-        losses.append(step_loss)
-        smoothed.append(s)
-        if val_loader is not None or val_fn is not None:
-            val.append(
-                _validate(model, loss_fn, closure, val_loader, val_fn, device) if t % val_every == 0 else math.nan
-            )
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(lr=f"{lr:.2e}", loss=f"{s:.4f}", refresh=False)
-        best = min(best, s)
-        if _diverged(s, best, diverge):
-            stop, diverged_lr = "diverged", float(lr)
-            break
-    n = len(losses)
-    if n < MIN_STEPS:
-        where = f"diverged at lr={diverged_lr:.3g} " if diverged_lr is not None else ""
-        length = f"{len(loader)} batches" if hasattr(loader, "__len__") else f"{batches.count} batches"
-        raise ValueError(
-            f"the range test {where}recorded only {n} steps (loader gave {length}, "
-            f"accumulation_steps={accum}); it needs at least {MIN_STEPS}: use more data or a lower start_lr"
-        )
-    return {
-        "lrs": np.asarray(lrs_all[:n], dtype=np.float64),
-        "losses": np.asarray(losses),
-        "smoothed": np.asarray(smoothed),
-        "val": np.asarray(val) if val else None,
-        "stop_reason": stop,
-        "diverged_lr": diverged_lr,
-    }
 
 
 def _loss(model, loss_fn, closure, batch):
@@ -638,32 +331,4 @@ def _validate(model, loss_fn, closure, val_loader, val_fn, device) -> float:
         model.train()
 
 
-def _aggregate(runs, sweep, seeds, min_div, base_div) -> LRFindResult:
-    n = min(len(r["lrs"]) for r in runs)
-    lrs = runs[0]["lrs"][:n]
-    losses = np.mean([r["losses"][:n] for r in runs], axis=0)
-    curves = np.array([r["smoothed"][:n] for r in runs])
-    smoothed = curves.mean(axis=0)
-    vals = [r["val"][:n] for r in runs if r["val"] is not None]
-    val = np.mean(vals, axis=0) if vals else None
-    band = (curves.min(axis=0), curves.max(axis=0)) if len(runs) > 1 else None
-    s = suggest(lrs, smoothed, min_div=min_div, base_div=base_div)
-    first_stop = min(runs, key=lambda r: len(r["lrs"]))
-    return LRFindResult(
-        lrs=lrs,
-        losses=losses,
-        smoothed=smoothed,
-        val=val,
-        max_lr=s["max_lr"],
-        base_lr=s["base_lr"],
-        lr_min=s["lr_min"],
-        lr_steep=s["lr_steep"],
-        stop_reason=first_stop["stop_reason"],
-        diverged_lr=first_stop["diverged_lr"],
-        start_lr=sweep.start_lr,
-        end_lr=sweep.end_lr,
-        mode=sweep.mode,
-        seeds=list(seeds) if seeds else None,
-        band=band,
-        runs=runs,
-    )
+__all__ = ["lr_find", "LRFindResult", "suggest", "MIN_STEPS"]
