@@ -68,6 +68,7 @@ void bind_rule(py::module_& m, py::dict& layouts) {
   layout["width"] = C::count;
   layout["step"] = R::kStep;
   layout["root"] = R::kRoot;
+  layout["grad_out"] = rule_detail::writes_any_grad<R>();
   layouts[R::kName] = layout;
 
   const std::string name = std::string(R::kName) + "_step";

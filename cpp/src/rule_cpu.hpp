@@ -19,7 +19,10 @@
 //   pre<V>(p, g, s, c)      the update up to the square root: may change p, g (to the
 //                           gradient the rest of the update reads) and the slots s;
 //                           returns the value to take the root of (anything when !kRoot)
-//   post<V>(p, g, s, root, c)  the rest of the update
+//   post<V>(p, g, s, root, c)  the rest of the update (may change g too)
+//   writes_grad(V)          optional (default: never): the gradient the update ends with is
+//                           stored back into the gradient (schedulefree normalises p.grad
+//                           in place)
 // Everything a rule does not declare is the engine's, so a rule's CPU
 // kernel is one line (CLRFAST_DEFINE_RULE_CPU in its .cpp file).
 #pragma once
@@ -90,6 +93,24 @@ void rule_step_cpu(const RuleRowOf<R>* rows, int64_t nseg, const double* scalars
 
 namespace rule_detail {
 
+// R::writes_grad(V) where the rule declares it, else false.
+template <class R, class = void>
+struct GradOut {
+  static constexpr bool at(int) { return false; }
+};
+template <class R>
+struct GradOut<R, std::void_t<decltype(R::writes_grad(0))>> {
+  static constexpr bool at(int v) { return R::writes_grad(v); }
+};
+
+// Whether some variant of R writes its gradient (the front end then treats gradients as written memory).
+template <class R>
+constexpr bool writes_any_grad() {
+  for (int v = 0; v < R::kVariants; ++v)
+    if (GradOut<R>::at(v)) return true;
+  return false;
+}
+
 constexpr int64_t kBlock = 512;  // elements per external-root block: they stay in L1
 
 template <class R, int V, DType D, bool STORE, int K = static_cast<int>(R::kSlots.size())>
@@ -110,6 +131,7 @@ CLRFAST_CPU_INLINE void loop(typename Storage<D>::type* __restrict p, typename S
     if (K > 2 && R::uses(V, 2)) sv[2] = S::load(s2[i]);
     const Acc x = R::template pre<V>(pv, gv, sv, c);
     R::template post<V>(pv, gv, sv, R::kRoot ? ieee_sqrt(x) : x, c);
+    if (GradOut<R>::at(V)) g[i] = S::store(gv);
     if (R::uses(V, 0)) s0[i] = S::store(sv[0]);
     if (K > 1 && R::uses(V, 1)) s1[i] = S::store(sv[1]);
     if (K > 2 && R::uses(V, 2)) s2[i] = S::store(sv[2]);
@@ -158,6 +180,7 @@ CLRFAST_CPU_INLINE void loop_ext(T* __restrict p, T* __restrict g, T* __restrict
       if (K > 1 && R::uses(V, 1)) sv[1] = sb1[j];
       if (K > 2 && R::uses(V, 2)) sv[2] = sb2[j];
       R::template post<V>(pv, gs[j], sv, out[j], c);
+      if (GradOut<R>::at(V)) gb[j] = gs[j];
       if (R::uses(V, 0)) sb0[j] = sv[0];
       if (K > 1 && R::uses(V, 1)) sb1[j] = sv[1];
       if (K > 2 && R::uses(V, 2)) sb2[j] = sv[2];

@@ -147,6 +147,7 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         cls._ptr_cols = (cols["p"], cols["g"], *(cols[k] for k in cls._state_keys))
         cls._n_col, cls._grad_col = cols["n"], cols["g"]
         cls._merge_runs = not layout["step"]  # a row per counter
+        cls._writes_grads = layout["grad_out"]
         cls._published_keys = ("lr", cls._momentum_key[0])
 
     def _setup(self, params, schedule, lr, hyper: dict, *, flat: bool, threads, match_torch: bool = True) -> None:
