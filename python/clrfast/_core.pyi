@@ -45,6 +45,8 @@ __all__: list[str] = [
     "rmsprop_step",
     "rules",
     "schedule_bytes",
+    "schedulefree_adamw_step",
+    "schedulefree_sgd_step",
     "set_tensor_api",
     "sgd_cpu_isa",
     "sgd_hyper",
@@ -761,6 +763,34 @@ def schedule_bytes(arg0: Schedule) -> bytes:
     The compiled schedule's raw bytes (copied to device memory for the CUDA kernel).
     """
 
+def schedulefree_adamw_step(
+    segments: numpy.ndarray,
+    scalars: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex],
+    inv_scale: typing.SupportsFloat | typing.SupportsIndex = 1.0,
+    store_grad: bool = False,
+    threads: typing.SupportsInt | typing.SupportsIndex = 1,
+    sqrt_f32: typing.SupportsInt | typing.SupportsIndex = 0,
+    sqrt_f64: typing.SupportsInt | typing.SupportsIndex = 0,
+    sqrt_threads_local: typing.SupportsInt | typing.SupportsIndex = 0,
+) -> None:
+    """
+    The schedulefree_adamw step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_adamw']['cols']). scalars: the values of _core.rules['schedulefree_adamw']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: as adam_step's (0: IEEE sqrt).
+    """
+
+def schedulefree_sgd_step(
+    segments: numpy.ndarray,
+    scalars: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex],
+    inv_scale: typing.SupportsFloat | typing.SupportsIndex = 1.0,
+    store_grad: bool = False,
+    threads: typing.SupportsInt | typing.SupportsIndex = 1,
+    sqrt_f32: typing.SupportsInt | typing.SupportsIndex = 0,
+    sqrt_f64: typing.SupportsInt | typing.SupportsIndex = 0,
+    sqrt_threads_local: typing.SupportsInt | typing.SupportsIndex = 0,
+) -> None:
+    """
+    The schedulefree_sgd step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_sgd']['cols']). scalars: the values of _core.rules['schedulefree_sgd']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: as adam_step's (0: IEEE sqrt).
+    """
+
 def set_tensor_api(tensor_type: typing.Any, data_ptr_fn: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     torch.Tensor and torch's C function returning a tensor's data address (0: call data_ptr).
@@ -863,6 +893,7 @@ rules: dict = {
         "width": 9,
         "step": True,
         "root": True,
+        "grad_out": False,
     },
     "rmsprop": {
         "slots": ("square_avg", "momentum_buffer", "grad_avg"),
@@ -881,6 +912,7 @@ rules: dict = {
         "width": 9,
         "step": True,
         "root": True,
+        "grad_out": False,
     },
     "lion": {
         "slots": ("exp_avg"),
@@ -889,6 +921,25 @@ rules: dict = {
         "width": 7,
         "step": False,
         "root": False,
+        "grad_out": False,
+    },
+    "schedulefree_adamw": {
+        "slots": ("z", "exp_avg_sq"),
+        "scalars": ("lr", "beta1", "beta2", "eps", "weight_decay", "ckp1", "bias_correction2"),
+        "cols": {"p": 0, "g": 1, "z": 2, "exp_avg_sq": 3, "n": 4, "dtype": 5, "step": 6, "step_dtype": 7},
+        "width": 8,
+        "step": False,
+        "root": True,
+        "grad_out": True,
+    },
+    "schedulefree_sgd": {
+        "slots": ("z"),
+        "scalars": ("lr", "momentum", "weight_decay", "ckp1"),
+        "cols": {"p": 0, "g": 1, "z": 2, "n": 3, "dtype": 4, "step": 5, "step_dtype": 6},
+        "width": 7,
+        "step": False,
+        "root": False,
+        "grad_out": True,
     },
 }
 sgd_segment_cols: int = 6
