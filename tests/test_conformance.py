@@ -26,8 +26,7 @@ torch = pytest.importorskip("torch")
 dynamo_testing = pytest.importorskip("torch._dynamo.testing")
 
 import clrfast as clr  # noqa: E402
-import lion_pytorch  # noqa: E402
-from clrfast.torch import CLRSGD, CLRAdam, CLRAdamW, CLRLion, CLRRMSprop  # noqa: E402
+from optim_registry import params  # noqa: E402
 
 pytestmark = [
     # Dynamo reads .grad of every tensor it wraps when it resumes after backward().
@@ -37,32 +36,6 @@ pytestmark = [
 
 SCHED = clr.Cyclic(0.01, 0.05, step_size_up=2, step_size_down=3, base_momentum=0.8, max_momentum=0.9)
 LR = 0.01
-
-# name -> (clrfast optimizer from (params, schedule, lr, flat), torch's from (params, lr))
-RULES = {
-    "CLRSGD": (
-        lambda ps, s, lr, flat: CLRSGD(ps, s, momentum=0.9, weight_decay=1e-3, nesterov=True, lr=lr, flat=flat),
-        lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=1e-3, nesterov=True, foreach=False),
-    ),
-    "CLRAdamW": (
-        lambda ps, s, lr, flat: CLRAdamW(ps, s, weight_decay=1e-2, amsgrad=True, lr=lr, flat=flat),
-        lambda ps, lr: torch.optim.AdamW(ps, lr=lr, weight_decay=1e-2, amsgrad=True, foreach=False),
-    ),
-    "CLRAdam": (
-        lambda ps, s, lr, flat: CLRAdam(ps, s, weight_decay=1e-2, lr=lr, flat=flat),
-        lambda ps, lr: torch.optim.Adam(ps, lr=lr, weight_decay=1e-2, foreach=False),
-    ),
-    "CLRRMSprop": (
-        lambda ps, s, lr, flat: CLRRMSprop(ps, s, momentum=0.9, centered=True, weight_decay=1e-3, lr=lr, flat=flat),
-        lambda ps, lr: torch.optim.RMSprop(ps, lr=lr, momentum=0.9, centered=True, weight_decay=1e-3, foreach=False),
-    ),
-    # lion-pytorch computes 1 - lr*wd and -lr as tensor ops for a tensor lr; CLRLion applies its
-    # value, as for a float: the package is the oracle for float lrs
-    "CLRLion": (
-        lambda ps, s, lr, flat: CLRLion(ps, s, weight_decay=1e-2, lr=lr, flat=flat),
-        lambda ps, lr: None if isinstance(lr, torch.Tensor) else lion_pytorch.Lion(ps, lr=lr, weight_decay=1e-2),
-    ),
-}
 BACKENDS = ("eager", "aot_eager", "inductor")
 STEPS = 6
 WARM = 2
@@ -138,20 +111,17 @@ def _params_equal(a, b):
 @pytest.mark.parametrize("frozen", [False, True], ids=["all-trained", "frozen"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("flat", [False, True], ids=["list", "flat"])
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", params())
 def test_compiled_step_is_the_eager_step(rule, flat, backend, frozen, lr_kind):
-    make, make_torch = RULES[rule]
     schedule, lr = _lr_source(lr_kind)
     model, twin = Net(frozen), Net(frozen)
     start = [p.detach().clone() for p in model.parameters()]
-    opt = make(model.parameters(), schedule, lr, flat)
-    twin_opt = make(twin.parameters(), schedule, lr.clone() if isinstance(lr, torch.Tensor) else lr, flat)
+    opt = rule.make(model.parameters(), schedule, lr, flat)
+    twin_opt = rule.make(twin.parameters(), schedule, lr.clone() if isinstance(lr, torch.Tensor) else lr, flat)
     oracle = ref_opt = None
-    if schedule is None:
+    if schedule is None and (rule.tensor_lr or lr_kind == "float"):  # else no reference for this lr source
         oracle = Net(frozen)
-        ref_opt = make_torch(oracle.parameters(), lr.clone() if isinstance(lr, torch.Tensor) else lr)
-        if ref_opt is None:  # no reference for this lr source
-            oracle = None
+        ref_opt = rule.make_reference(oracle.parameters(), lr.clone() if isinstance(lr, torch.Tensor) else lr)
     counter = dynamo_testing.CompileCounterWithBackend(backend)
     step = torch.compile(_train, backend=counter)
     fwd_bwd = torch.compile(_forward_backward, backend=backend)
@@ -190,13 +160,12 @@ def test_compiled_step_is_the_eager_step(rule, flat, backend, frozen, lr_kind):
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("flat", [False, True], ids=["list", "flat"])
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", params())
 def test_compiled_step_after_add_param_group_and_load_state_dict(rule, flat, backend):
-    make, _ = RULES[rule]
     model, twin = Net(False), Net(False)
     extra, twin_extra = (torch.nn.Parameter(torch.linspace(-1, 1, 5)) for _ in range(2))
-    opt = make(list(model.body.parameters()), SCHED, None, flat)
-    twin_opt = make(list(twin.body.parameters()), SCHED, None, flat)
+    opt = rule.make(list(model.body.parameters()), SCHED, None, flat)
+    twin_opt = rule.make(list(twin.body.parameters()), SCHED, None, flat)
     step = torch.compile(_train, backend=backend)
     fwd_bwd = torch.compile(_forward_backward, backend=backend)
 
