@@ -13,12 +13,15 @@ scheduler gives step ``k``. Values come from a table the core computes once and 
 gathered on the device under ``jax.jit``; counts past it are computed exactly by the core on the
 host. See :mod:`clrfast._device_table` for why, and for the memory it takes.
 
+The LR range test runs around a user's jitted step: :func:`lr_find`.
+
 Importing this module imports JAX; ``import clrfast`` alone does not.
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -28,8 +31,10 @@ try:
 except ImportError as e:  # pragma: no cover - exercised in a subprocess without jax
     raise ImportError(f"clrfast.optax needs JAX and optax: pip install 'clrfast[jax]' ({e})") from e
 
+from . import _range_test as rt
 from . import _validate as check
 from ._device_table import ValueTable, jax_lookup
+from ._range_test import LRFindResult
 
 
 class _Table(ValueTable):
@@ -114,4 +119,106 @@ def momentum_schedule(s, *, num_steps=None, dtype=None) -> TableSchedule:
     return TableSchedule(s, "momentum", num_steps, dtype)
 
 
-__all__ = ["schedule", "momentum_schedule", "TableSchedule"]
+def _copy(tree):
+    # Fresh buffers, so a step that donates its inputs cannot delete the caller's state.
+    return jax.tree.map(lambda a: jnp.array(a, copy=True) if isinstance(a, jax.Array) else a, tree)
+
+
+def lr_find(
+    step: Callable,
+    state,
+    batches: Iterable,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_steps: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.95,
+    diverge: float = 4.0,
+    val_fn: Callable | None = None,
+    val_every: int = 1,
+    progress: bool | None = None,
+    min_div: float = 4.0,
+    base_div: float = 4.0,
+) -> LRFindResult:
+    r"""LR range test around a jitted training step: ``step(state, batch, lr) -> (state, loss)``.
+
+    ``state`` is whatever the step carries (params and optax state, a key, ...); ``lr`` arrives
+    as a float32 scalar array, ``clrfast.RangeSweep(start_lr, end_lr, num_steps, mode).lr(t)``
+    at step ``t``, so a jitted step compiles once. With ``optax.inject_hyperparams`` the step
+    writes it into the optimizer's state::
+
+        tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.0, momentum=0.9)
+
+        @jax.jit
+        def step(state, batch, lr):
+            params, opt_state = state
+            opt_state.hyperparams["learning_rate"] = lr
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        result = clrfast.optax.lr_find(step, (params, tx.init(params)), batches)
+
+    ``batches`` is iterated for one batch per step; a re-iterable one (a list) starts a new
+    pass when it runs out, a one-shot iterator ends the test (``stop_reason="data"``).
+    ``val_fn(state)``, when given, is recorded every ``val_every`` steps.
+
+    The sweep, smoothing, divergence rule, suggestion and the :class:`LRFindResult` are those
+    of :func:`clrfast.torch.lr_find` and :func:`clrfast.keras.lr_find` (one implementation,
+    :mod:`clrfast._range_test`). ``state`` is left as it was: JAX arrays are immutable, and the
+    sweep starts from a copy, so a step that donates its inputs does not delete it. There are
+    no global RNGs to restore; the key of a stochastic step travels in ``state``.
+    """
+    if not callable(step):
+        raise TypeError(f"step must be callable as step(state, batch, lr) -> (state, loss), got {step!r}")
+    if val_fn is not None and not callable(val_fn):
+        raise TypeError(f"val_fn must be callable, got {val_fn!r}")
+    if not isinstance(batches, Iterable):
+        raise TypeError(f"batches must be iterable, got {batches!r} of type {type(batches).__name__}")
+    cfg = rt.settings(start_lr, end_lr, num_steps, mode, smooth, diverge, val_every, min_div, base_div)
+    rt.check_progress(progress)
+    lrs_all = cfg.lrs()
+    bar = rt.progress_bar(cfg.num_steps, progress)
+
+    def one_run(seed) -> dict:
+        data = rt.Batches(batches)
+        current = [_copy(state)]
+
+        def one_step(lr: float) -> float | None:
+            batch = data.next()
+            if batch is None:
+                return None
+            out = step(current[0], batch, jnp.float32(lr))
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(f"step must return (state, loss), got {type(out).__name__}")
+            current[0], loss = out
+            if np.size(loss) != 1:
+                raise TypeError(f"the loss step returns must be a scalar, got shape {np.shape(loss)}")
+            return float(np.asarray(loss).reshape(()))
+
+        validate = None
+        if val_fn is not None:
+
+            def validate() -> float:
+                return float(val_fn(current[0]))
+
+        return rt.run_sweep(
+            one_step,
+            lrs_all,
+            smooth=cfg.smooth,
+            diverge=cfg.diverge,
+            validate=validate,
+            val_every=cfg.val_every,
+            bar=bar,
+            describe_data=lambda: f"batches gave {data.count}",
+        )
+
+    try:
+        return rt.run_seeds(one_run, cfg, None, restore=lambda: None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+__all__ = ["schedule", "momentum_schedule", "TableSchedule", "lr_find", "LRFindResult"]
