@@ -156,9 +156,13 @@ RULES: dict[str, Rule] = {
 }
 
 NAMES = list(RULES)
-# fused optimizers in clrfast.torch without a record: their reference (the schedulefree package) is not a
-# test dependency; a new fused optimizer goes into RULES or, with the reason, here
-UNLISTED = {"CLRScheduleFreeSGD": "no schedulefree package", "CLRScheduleFreeAdamW": "no schedulefree package"}
+# fused optimizers in clrfast.torch without a record, and why; a new fused optimizer goes into RULES or here.
+# The schedule-free rules step only in train() mode, keep their parameters at y (x after eval()), and no
+# schedule moves their beta1 (the averaging weight): tests/test_schedulefree.py compares them with the package.
+UNLISTED = {
+    "CLRScheduleFreeSGD": "train()/eval() protocol, no scheduled momentum",
+    "CLRScheduleFreeAdamW": "train()/eval() protocol, no scheduled momentum",
+}
 NEW = ("CLRRMSprop", "CLRLion")  # the rules on the generic rule engine
 
 

@@ -238,37 +238,6 @@ def test_torch_sgd_state_dict_round_trip():
     )
 
 
-@pytest.mark.parametrize("fused_unscale", [False, True], ids=["torch-unscale", "fused-unscale"])
-def test_gradscaler_skip_keeps_schedule_in_phase(fused_unscale):
-    s = clr.Cyclic(0.01, 0.1, step_size_up=5)
-    a, b = _params(), _params()
-    oa = CLRSGD(a, s, momentum=0.9)
-    oa.fused_unscale = fused_unscale  # GradScaler unscales, or hands the scale to the step
-    ob, sb = torch.optim.SGD(b, lr=0.01, momentum=0.9), None
-    sb = torch.optim.lr_scheduler.CyclicLR(ob, 0.01, 0.1, step_size_up=5, cycle_momentum=False)
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    scaler.scale(torch.ones(()))  # initialises the scale, as scaling the first loss does
-    applied = 0
-    for t in range(12):
-        gs = _grads(a, t)
-        bad = t in (3, 8)
-        for p, g in zip(a, gs):
-            p.grad = g * scaler.get_scale()
-        if bad:
-            a[0].grad[0] = float("inf")
-        scaler.step(oa)
-        scaler.update()
-        if not bad:
-            for q, g in zip(b, gs):
-                q.grad = g.clone()
-            ob.step()
-            sb.step()
-            applied += 1
-        assert oa.param_groups[0]["step"] == applied
-    for x, y in zip(a, b):
-        assert torch.equal(x, y)
-
-
 def test_onecycle_past_total_steps_raises_and_changes_nothing():
     a = _params()
     opt = CLRSGD(a, clr.OneCycle(0.1, total_steps=3))

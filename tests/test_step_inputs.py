@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 import clrfast as clr  # noqa: E402
 from clrfast.torch import CLRSGD, CLRAdam, CLRAdamW  # noqa: E402
 from clrfast.torch._sqrt import torch_sqrt_routines  # noqa: E402
+from optim_registry import RULES, params, where  # noqa: E402
 
 SHAPES = [(37,), (64, 3), (1000,), (5, 1, 3, 3)]
 CYCLIC = clr.Cyclic(0.01, 0.1, step_size_up=5, step_size_down=3, base_momentum=0.8, max_momentum=0.9)
@@ -89,15 +90,16 @@ def _assert_unchanged(opt, snap):
             assert _same_value(x[k], y[k]), k
 
 
-def _two_groups(cls, **kw):
+def _two_groups(rule):
     """An optimizer of two groups on a schedule with momentum (group 0 is valid in every test)."""
     a = _params(shapes=[(4, 3), (7,)])
     b = _params(shapes=[(5,), (2, 2)], seed=2)
-    opt = cls([{"params": a}, {"params": b}], CYCLIC, **kw)
+    opt = rule.make([{"params": a}, {"params": b}], CYCLIC)
     return a + b, opt
 
 
 # --------------------------------------------------------------------------- every value, checked first
+# every rule's group values (step, schedule, lr), then each hyperparameter by its kind (optim_registry.Rule.hypers)
 COMMON = [
     ("step", None, TypeError, r"\['step'\] must be an integer, got None"),
     ("step", "3", TypeError, r"\['step'\] must be an integer, got '3'"),
@@ -117,36 +119,47 @@ COMMON = [
     ("lr", torch.tensor(float("inf")), ValueError, r"Invalid learning rate: inf"),
     ("lr", torch.tensor(1), TypeError, r"\['lr'\] must be a real number or a one-element float32"),
     ("lr", torch.tensor([0.1, 0.1]), TypeError, r"\['lr'\] must be a real number or a one-element"),
-    ("weight_decay", -0.1, ValueError, r"\['weight_decay'\] must be finite and >= 0.0, got -0.1"),
-    ("weight_decay", float("nan"), ValueError, r"\['weight_decay'\] must be finite"),
-    ("weight_decay", None, TypeError, r"\['weight_decay'\] must be a real number, got None"),
-    ("maximize", "yes", TypeError, r"\['maximize'\] must be a bool, got 'yes'"),
-    ("maximize", None, TypeError, r"\['maximize'\] must be a bool, got None"),
 ]
-SGD_ONLY = [
-    ("momentum", -0.5, ValueError, r"\['momentum'\] must be finite and >= 0.0, got -0.5"),
-    ("momentum", float("inf"), ValueError, r"\['momentum'\] must be finite"),
-    ("dampening", float("nan"), ValueError, r"\['dampening'\] must be finite, got nan"),
-    ("nesterov", 2, TypeError, r"\['nesterov'\] must be a bool, got 2"),
+BY_KIND = {
+    "nonneg": [
+        (-0.5, ValueError, "must be finite and >= 0.0, got -0.5"),
+        (float("nan"), ValueError, "must be finite"),
+        (float("inf"), ValueError, "must be finite"),
+        (None, TypeError, "must be a real number, got None"),
+    ],
+    "real": [(float("nan"), ValueError, "must be finite, got nan"), ("0.1", TypeError, "must be a real number")],
+    "flag": [
+        ("yes", TypeError, "must be a bool, got 'yes'"),
+        (None, TypeError, "must be a bool, got None"),
+        (2, TypeError, "must be a bool, got 2"),
+    ],
+    "betas": [
+        ((0.9, 1.5), ValueError, r"must lie in \[0, 1"),
+        ((0.9, float("nan")), ValueError, "must be finite"),
+        (0.9, TypeError, "must be a pair"),
+    ],
+}
+EXTRA = {  # a rule's own bounds
+    "CLRAdamW": [("betas", (1.0, 0.999), ValueError, r"\['betas'\] must lie in \[0, 1\)")],
+    "CLRAdam": [("betas", (0.9, 1.0), ValueError, r"\['betas'\] must lie in \[0, 1\)")],
+}
+CASES = [
+    pytest.param(RULES[name], key, value, exc, match, id=f"{name}-{key}-{value!r}", marks=RULES[name].marks)
+    for name in RULES
+    for key, value, exc, match in COMMON
+    + [
+        (key, value, exc, rf"\['{key}'\] {match}")
+        for key, kind in RULES[name].hypers.items()
+        for value, exc, match in BY_KIND[kind]
+    ]
+    + EXTRA.get(name, [])
 ]
-ADAM_ONLY = [
-    ("betas", (1.0, 0.999), ValueError, r"\['betas'\] must lie in \[0, 1\)"),
-    ("betas", (0.9, float("nan")), ValueError, r"\['betas'\] must be finite"),
-    ("betas", 0.9, TypeError, r"\['betas'\] must be a pair"),
-    ("eps", -1e-8, ValueError, r"\['eps'\] must be finite and >= 0.0"),
-    ("eps", float("inf"), ValueError, r"\['eps'\] must be finite"),
-    ("amsgrad", "no", TypeError, r"\['amsgrad'\] must be a bool"),
-    ("match_torch", None, TypeError, r"\['match_torch'\] must be a bool"),
-]
-CASES = [(CLRSGD, dict(momentum=0.9), *c) for c in COMMON + SGD_ONLY] + [(CLRAdamW, {}, *c) for c in COMMON + ADAM_ONLY]
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["first-step", "cached-plan"])
-@pytest.mark.parametrize(
-    "cls, kw, key, value, exc, match", CASES, ids=[f"{c[0].__name__}-{c[2]}-{c[3]!r}" for c in CASES]
-)
-def test_a_bad_group_value_fails_the_step_before_anything_changes(cls, kw, key, value, exc, match, warm):
-    params, opt = _two_groups(cls, **kw)
+@pytest.mark.parametrize("rule, key, value, exc, match", CASES)
+def test_a_bad_group_value_fails_the_step_before_anything_changes(rule, key, value, exc, match, warm):
+    params, opt = _two_groups(rule)
     steps = 2 if warm else 0
     for t in range(steps):
         _set_grads(t, params)
@@ -173,8 +186,9 @@ def test_a_bad_group_value_fails_the_step_before_anything_changes(cls, kw, key, 
         (torch.tensor(float("inf")), r"state\['step'\] must hold a whole number >= 0, got tensor\(inf\)"),
     ],
 )
-def test_a_bad_adam_step_state_is_refused_before_anything_changes(value, match, warm):
-    params, opt = _two_groups(CLRAdamW)
+@pytest.mark.parametrize("rule", where(lambda r: r.step_state))
+def test_a_bad_step_state_is_refused_before_anything_changes(rule, value, match, warm):
+    params, opt = _two_groups(rule)
     _set_grads(0, params)
     opt.step()
     if warm:
@@ -195,12 +209,12 @@ def test_a_bad_adam_step_state_is_refused_before_anything_changes(value, match, 
 
 
 # --------------------------------------------------------------------------- an integral float clock
-@pytest.mark.parametrize("cls, kw", [(CLRSGD, dict(momentum=0.9)), (CLRAdamW, {})])
+@pytest.mark.parametrize("rule", params())
 @pytest.mark.parametrize("clock", [np.float64(3), 3.0, np.int64(3)], ids=["np.float64", "float", "np.int64"])
-def test_an_integral_float_clock_counts_as_that_integer(cls, kw, clock):
+def test_an_integral_float_clock_counts_as_that_integer(rule, clock):
     # What a resume through NumPy or JSON hands back: the same updates as the int clock, and an int clock after.
     a, b = _params(), _params()
-    oa, ob = cls(a, CYCLIC, **kw), cls(b, CYCLIC, **kw)
+    oa, ob = rule.make(a, CYCLIC), rule.make(b, CYCLIC)
     for t in range(3):
         _set_grads(t, a, b)
         oa.step()
@@ -216,10 +230,10 @@ def test_an_integral_float_clock_counts_as_that_integer(cls, kw, clock):
     assert all(torch.equal(p, q) for p, q in zip(a, b))
 
 
-@pytest.mark.parametrize("cls, kw", [(CLRSGD, dict(momentum=0.9)), (CLRAdamW, {})])
-def test_a_json_resumed_clock_loads_as_an_integer(cls, kw):
+@pytest.mark.parametrize("rule", params())
+def test_a_json_resumed_clock_loads_as_an_integer(rule):
     a, b = _params(), _params()
-    oa, ob = cls(a, CYCLIC, **kw), cls(b, CYCLIC, **kw)
+    oa, ob = rule.make(a, CYCLIC), rule.make(b, CYCLIC)
     for t in range(3):
         _set_grads(t, a, b)
         oa.step()
@@ -308,13 +322,13 @@ def test_torchs_foreach_adam_refuses_a_tensor_lr_so_the_for_loop_is_the_referenc
         torch.optim.AdamW(p, lr=torch.tensor(1e-3), foreach=True)
 
 
-@needs_torch_sqrt
 @pytest.mark.parametrize("flat", [False, True])
-def test_a_tensor_lr_written_to_the_group_is_applied_as_torch_applies_it(flat):
+@pytest.mark.parametrize("rule", where(lambda r: r.tensor_lr))
+def test_a_tensor_lr_written_to_the_group_is_applied_as_torch_applies_it(rule, flat):
     # a float lr at construction, then torch-style tensors written to the group (as a tensor-lr scheduler does)
     a, b = _params(torch.float64), _params(torch.float64)
-    oa = CLRAdamW(a, None, lr=1e-3, weight_decay=0.3, flat=flat)
-    ob = torch.optim.AdamW(b, lr=1e-3, weight_decay=0.3, foreach=False)
+    oa = rule.make(a, None, lr=1e-3, flat=flat)
+    ob = rule.make_reference(b, 1e-3)
     for t in range(12):
         lr = torch.tensor(1e-3 * (1 + t % 4), dtype=torch.float32)
         oa.param_groups[0]["lr"] = lr
@@ -359,17 +373,17 @@ def _torch_message(lr) -> str:
 BAD_TENSOR_LRS = [torch.tensor(-1.0), torch.tensor(float("nan")), torch.tensor(-1e-3, dtype=torch.float64)]
 
 
-@pytest.mark.parametrize("cls", [CLRSGD, CLRAdamW, CLRAdam])
+@pytest.mark.parametrize("rule", params())
 @pytest.mark.parametrize("lr", BAD_TENSOR_LRS, ids=["-1", "nan", "-1e-3-f64"])
-def test_a_bad_tensor_lr_is_torchs_error_at_construction_load_and_step(cls, lr):
+def test_a_bad_tensor_lr_is_torchs_error_at_construction_load_and_step(rule, lr):
     message = re.escape(_torch_message(lr))
     with pytest.raises(ValueError, match=message):
-        cls(_params(), None, lr=lr)
+        rule.make(_params(), None, lr=lr)
     with pytest.raises(ValueError, match=message):
-        cls([{"params": _params(), "lr": lr}], None, lr=0.1)
+        rule.make([{"params": _params(), "lr": lr}], None, lr=0.1)
 
     a = _params()
-    opt = cls(a, None, lr=torch.tensor(0.01))
+    opt = rule.make(a, None, lr=torch.tensor(0.01))
     _set_grads(0, a)
     opt.step()
     sd = copy.deepcopy(opt.state_dict())
@@ -391,10 +405,10 @@ def test_a_bad_tensor_lr_is_torchs_error_at_construction_load_and_step(cls, lr):
 SHARED_SHAPES = [(4,), (3, 2), (5,)]
 
 
-def _shared_step_state(torch_cls=torch.optim.AdamW):
-    """A torch optimizer's state after one step, its parameters' state then made to share one step tensor."""
+def _shared_step_state(rule=RULES["CLRAdamW"]):
+    """The reference's state after one step, its parameters' state then made to share one step tensor."""
     ps = _params(shapes=SHARED_SHAPES)
-    opt = torch_cls(ps, lr=1e-3, foreach=False)
+    opt = rule.make_reference(ps, 1e-3)
     _set_grads(0, ps)
     opt.step()
     sd = copy.deepcopy(opt.state_dict())
@@ -416,13 +430,11 @@ def test_torch_counts_a_shared_step_once_per_parameter():
     assert all(float(opt.state[p]["step"]) == 10.0 for p in ps)
 
 
-@needs_torch_sqrt
-@pytest.mark.parametrize("pair", ADAM_PAIRS)
-def test_a_state_dict_sharing_one_step_tensor_is_refused(pair):
-    ours, theirs = ADAM_PAIRS[pair]
-    sd = _shared_step_state(theirs)
+@pytest.mark.parametrize("rule", where(lambda r: r.step_state))
+def test_a_state_dict_sharing_one_step_tensor_is_refused(rule):
+    sd = _shared_step_state(rule)
     ps = _params(shapes=SHARED_SHAPES)
-    opt = ours(ps, None, lr=1e-3)
+    opt = rule.make(ps, None, lr=1e-3)
     _set_grads(0, ps)
     opt.step()
     snap = _snapshot(opt)
@@ -438,7 +450,7 @@ def test_a_state_dict_sharing_one_step_tensor_is_refused(pair):
         st["step"] = st["step"].clone()
     opt.load_state_dict(copy.deepcopy(sd))  # torch's load keeps the step tensors it is given
     ref = _params(shapes=SHARED_SHAPES)
-    ropt = theirs(ref, lr=1e-3, foreach=False)
+    ropt = rule.make_reference(ref, 1e-3)
     ropt.load_state_dict(copy.deepcopy(sd))
     with torch.no_grad():
         for p, q in zip(ps, ref):
@@ -452,10 +464,11 @@ def test_a_state_dict_sharing_one_step_tensor_is_refused(pair):
 
 
 @pytest.mark.parametrize("how", ["same-object", "view", "across-groups"])
-def test_a_step_counter_shared_by_a_direct_write_fails_the_step(how):
+@pytest.mark.parametrize("rule", where(lambda r: r.step_state))
+def test_a_step_counter_shared_by_a_direct_write_fails_the_step(rule, how):
     a = _params(shapes=[(4,), (3, 2)])
     b = _params(shapes=[(5,)], seed=3)
-    opt = CLRAdamW([{"params": a}, {"params": b}], clr.Constant(1e-3))
+    opt = rule.make([{"params": a}, {"params": b}], clr.Constant(1e-3))
     for t in range(2):
         _set_grads(t, a + b)
         opt.step()
