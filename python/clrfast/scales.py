@@ -12,7 +12,8 @@ like torch's own scales it raises ``OverflowError`` where its power overflows.
 from __future__ import annotations
 
 import reprlib
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import Field, dataclass, fields, is_dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _core
 from . import _validate as check
@@ -78,6 +79,8 @@ class Scale:
     """Base class of the amplitude scales."""
 
     _kind = _KIND.triangular
+    if TYPE_CHECKING:  # every concrete scale is a dataclass
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def __new__(cls, *args, **kwargs):
         return _build(cls, args, kwargs)
@@ -100,8 +103,7 @@ class Scale:
 
     def to_dict(self) -> dict:
         """A JSON-safe description, restored by :meth:`from_dict`."""
-        # every concrete scale is a dataclass
-        return {"type": type(self).__name__, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
+        return {"type": type(self).__name__, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @staticmethod
     def from_dict(d: dict) -> Scale:

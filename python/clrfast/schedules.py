@@ -14,8 +14,8 @@ instead of returning inf or NaN.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, fields
-from typing import Any, Union
+from dataclasses import MISSING, Field, dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import numpy as np
 
@@ -56,6 +56,8 @@ class Schedule:
     # Set by subclasses whose values can grow without bound with the step
     # (a cyclic scale, a growing restart peak): their steps are checked.
     _can_overflow: Any = False  # a class constant, or a property where it depends on the values
+    if TYPE_CHECKING:  # every concrete schedule is a dataclass
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def __new__(cls, *args, **kwargs):
         return _build(cls, args, kwargs)
@@ -200,7 +202,7 @@ class Schedule:
     def to_dict(self) -> dict:
         """A JSON-safe description, restored by :func:`from_dict`."""
         params = {}
-        for f in fields(self):  # type: ignore[arg-type]  # every concrete schedule is a dataclass
+        for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, Scale):
                 v = v.to_dict()

@@ -44,6 +44,7 @@ import types
 import warnings
 import weakref
 from collections import OrderedDict
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -52,6 +53,9 @@ from torch.optim.optimizer import _get_scalar_dtype
 from .. import _core
 from .. import _validate as check
 from ..schedules import Schedule, from_dict
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 # The storage dtype codes of every kernel table (DType in cpp/include/clrfast/sgd_update.hpp).
 DTYPE_CODES = {getattr(torch, name): code for name, code in _core.dtype_codes.items()}
@@ -95,7 +99,7 @@ def is_dtensor(t) -> bool:
 
 def local(t: torch.Tensor) -> torch.Tensor:
     """The tensor whose memory the kernel touches: a DTensor's local shard, else ``t``."""
-    return t._local_tensor if is_dtensor(t) else t  # type: ignore[attr-defined]  # DTensor's shard
+    return cast("DTensor", t)._local_tensor if is_dtensor(t) else t
 
 
 def dense_like(a: torch.Tensor, b: torch.Tensor) -> bool:
