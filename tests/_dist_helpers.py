@@ -2,9 +2,11 @@
 
 The test launches this file once per rank (``python _dist_helpers.py RANK WORLD PORT OUT``);
 the ranks join one gloo process group on 127.0.0.1 and run every scenario in turn (one
-launch pays torch's import time once). A scenario trains a CLRSGD copy and a
-``torch.optim.SGD`` + ``CyclicLR`` copy of one model on rank-dependent data and returns
-what the test compares (weights, momentum buffers, the hyperparameters the groups show).
+launch pays torch's import time once). A scenario trains, for each fused optimizer of
+``optim_registry`` (or each variant of its options), a clrfast copy and a copy under the
+rule's reference + ``CyclicLR(cycle_momentum=True)`` of one model on rank-dependent data,
+and returns what the test compares (weights, every state tensor, the lr and momentum or
+beta1 the groups show).
 
 Each rank saves ``OUT/rank{RANK}.pt``, ``{scenario: {"ok": result, "seconds": s} or {"error": traceback}}``,
 after every scenario. Ranks meet in the TCP store after each one: when they all raised (the
@@ -29,15 +31,20 @@ import clrfast as clr
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from clrfast.torch import CLRSGD
+from optim_registry import RULES
 from torch import nn
 
 HERE = Path(__file__).resolve()
 
 STEPS = 20
-# One cycle shape for both sides: clr.Cyclic(**CYCLIC) and CyclicLR(opt, **CYCLIC, cycle_momentum=True).
-CYCLIC = dict(base_lr=0.01, max_lr=0.1, step_size_up=5, step_size_down=3, base_momentum=0.8, max_momentum=0.9)
-WEIGHT_DECAY = 1e-2
+# One cycle for both sides: clr.Cyclic(**CYCLIC) and CyclicLR(opt, **CYCLIC, cycle_momentum=True), which
+# cycles momentum, or betas[0] where the optimizer has betas.
+CYCLIC = dict(base_lr=1e-3, max_lr=1e-2, step_size_up=5, step_size_down=3, base_momentum=0.8, max_momentum=0.95)
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.5 keeps it private
+    from torch.distributed._tensor import DTensor
 
 
 # --------------------------------------------------------------------------- launcher (test process)
@@ -149,6 +156,16 @@ def _model():
     return nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3), nn.Tanh(), nn.Linear(3, 1))
 
 
+def _other_init():
+    """The same architecture as ``_model()`` with other weights."""
+    m = _model()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    return m
+
+
 def _batch(rank: int, t: int):
     g = torch.Generator().manual_seed(1000 * rank + t)
     return torch.randn(8, 6, generator=g), torch.randn(8, 1, generator=g)
@@ -161,18 +178,62 @@ def _train_step(model, opt, rank: int, t: int, set_to_none: bool = True) -> None
     opt.step()
 
 
-def _torch_ref(params, **kw):
-    opt = torch.optim.SGD(params, lr=CYCLIC["base_lr"], momentum=CYCLIC["max_momentum"], **kw)
+def _clr(rule: str, params, flat: bool = False, base=None):
+    return RULES[rule].make(params, clr.Cyclic(**CYCLIC), flat=flat, base=base)
+
+
+def _ref(rule: str, params, base=None):
+    """The rule's reference driven by CyclicLR(cycle_momentum=True): the same lr and momentum (beta1) each step."""
+    opt = RULES[rule].make_reference(params, CYCLIC["base_lr"], base=base)
     return opt, torch.optim.lr_scheduler.CyclicLR(opt, cycle_momentum=True, **CYCLIC)
 
 
-def _shown(opt) -> tuple:
-    g = opt.param_groups[0]
-    return (float(g["lr"]), float(g["momentum"]))
+def _shown(rule: str, opt) -> tuple:
+    """The lr and momentum (beta1) a group shows: the values of its next update."""
+    return RULES[rule].shown(opt.param_groups[0])
 
 
 def _clone(ts) -> list:
     return [t.detach().clone() for t in ts]
+
+
+def _full(ts) -> list:
+    """Whole tensors: DTensors gathered, plain ones (a per-parameter step) cloned."""
+    return [t.full_tensor() if isinstance(t, DTensor) else t.detach().clone() for t in ts]
+
+
+def _local(ts) -> list:
+    return [t.to_local().clone() if isinstance(t, DTensor) else t.detach().clone() for t in ts]
+
+
+def _state(opt, params, gather=_clone) -> dict:
+    """Per state key, the tensors of ``params`` that hold it."""
+    keys = sorted({k for p in params for k in opt.state.get(p, {})})
+    return {k: gather([opt.state[p][k] for p in params if k in opt.state.get(p, {})]) for k in keys}
+
+
+def _types(opt, params) -> list:
+    """Per parameter, whether it is a DTensor and the type of each state entry."""
+    return [[isinstance(p, DTensor)] + [type(opt.state[p][k]).__name__ for k in sorted(opt.state[p])] for p in params]
+
+
+def _local_state(opt, params) -> dict:
+    """A local optimizer's state (ZeRO's shard), by index of the parameter in the model."""
+    index = {id(p): i for i, p in enumerate(params)}
+    return {
+        index[id(p)]: {k: v.clone() for k, v in opt.state[p].items()} for g in opt.param_groups for p in g["params"]
+    }
+
+
+def _side_by_side(rule, a, opt, b, ref, sch, rank, set_to_none=True) -> list:
+    """STEPS steps of both; the (lr, momentum) both show before the first and after each."""
+    shown = [(_shown(rule, opt), _shown(rule, ref))]
+    for t in range(STEPS):
+        _train_step(a, opt, rank, t, set_to_none)
+        _train_step(b, ref, rank, t, set_to_none)
+        sch.step()
+        shown.append((_shown(rule, opt), _shown(rule, ref)))
+    return shown
 
 
 # --------------------------------------------------------------------------- scenarios (ranks)
@@ -188,192 +249,172 @@ def _fsdp2(base, mesh):
     return m
 
 
-def _other_init():
-    """The same architecture as ``_model()`` with other weights."""
-
-    m = _model()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_()
-    return m
-
-
-def _full(ts) -> list:
-    return [t.full_tensor() for t in ts]
-
-
+# Variants: the rule, then its options (None: the registry's first option set), from CLRSGD's and the
+# Adam family's own distributed tests; the rules on the generic engine take one or two each.
 FSDP2_VARIANTS = {
-    # name: (zero_grad(set_to_none=...), optimizer keywords)
-    "weight-decay": (True, dict(weight_decay=WEIGHT_DECAY)),
-    "nesterov-kept-grads": (False, dict(weight_decay=WEIGHT_DECAY, nesterov=True)),
-    "dampening-maximize": (True, dict(dampening=0.25, maximize=True)),
+    # name: (rule, zero_grad(set_to_none=...), options)
+    "CLRSGD-weight-decay": ("CLRSGD", True, dict(momentum=0.9, weight_decay=1e-2)),
+    "CLRSGD-nesterov-kept-grads": ("CLRSGD", False, dict(momentum=0.9, weight_decay=1e-2, nesterov=True)),
+    "CLRSGD-dampening-maximize": ("CLRSGD", True, dict(momentum=0.9, dampening=0.25, maximize=True)),
+    "CLRAdamW": ("CLRAdamW", True, {}),
+    "CLRAdamW-amsgrad-kept-grads": ("CLRAdamW", False, dict(amsgrad=True, weight_decay=0.05)),
+    "CLRAdamW-maximize-eps-beta2": ("CLRAdamW", True, dict(maximize=True, eps=1e-6, betas=(0.9, 0.99))),
+    "CLRAdam-l2-amsgrad": ("CLRAdam", True, dict(weight_decay=1e-2, amsgrad=True)),
+    "CLRRMSprop-kept-grads": ("CLRRMSprop", False, None),
+    "CLRLion": ("CLRLion", True, None),
 }
 
 
 def scenario_fsdp2(rank: int, world: int, out: Path) -> dict:
-    """FSDP2 (fully_shard, CPU mesh): CLRSGD vs SGD + CyclicLR(cycle_momentum=True)."""
+    """FSDP2 (fully_shard, CPU mesh): each rule vs its reference + CyclicLR(cycle_momentum=True)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import DTensor
 
     mesh = init_device_mesh("cpu", (world,))
     base = _model()
     results = {}
-    for name, (set_to_none, kw) in FSDP2_VARIANTS.items():
+    for name, (rule, set_to_none, options) in FSDP2_VARIANTS.items():
         a, b = _fsdp2(base, mesh), _fsdp2(base, mesh)
-        opt = CLRSGD(a.parameters(), clr.Cyclic(**CYCLIC), **kw)
-        ref, sch = _torch_ref(b.parameters(), **kw)
-        shown = [(_shown(opt), _shown(ref))]
-        for t in range(STEPS):
-            _train_step(a, opt, rank, t, set_to_none)
-            _train_step(b, ref, rank, t, set_to_none)
-            sch.step()
-            shown.append((_shown(opt), _shown(ref)))
+        opt = _clr(rule, a.parameters(), base=options)
+        ref, sch = _ref(rule, b.parameters(), options)
+        shown = _side_by_side(rule, a, opt, b, ref, sch, rank, set_to_none)
         pa, pb = list(a.parameters()), list(b.parameters())
         results[name] = dict(
             init=_clone(base.parameters()),
-            dtensor=[isinstance(p, DTensor) and isinstance(opt.state[p]["momentum_buffer"], DTensor) for p in pa],
             local_numel=[p.to_local().numel() for p in pa],
+            # torch keeps per-element state as DTensors and a step as a plain 0-d tensor: so must clrfast
+            types=(_types(opt, pa), _types(ref, pb)),
             clr=_full(pa),
             ref=_full(pb),
-            clr_local=_clone(p.to_local() for p in pa),
-            ref_local=_clone(p.to_local() for p in pb),
-            clr_buf=_full(opt.state[p]["momentum_buffer"] for p in pa),
-            ref_buf=_full(ref.state[p]["momentum_buffer"] for p in pb),
+            clr_local=_local(pa),
+            ref_local=_local(pb),
+            clr_state=_state(opt, pa, _full),
+            ref_state=_state(ref, pb, _full),
+            clr_state_local=_state(opt, pa, _local),
+            ref_state_local=_state(ref, pb, _local),
             shown=shown,
             step=opt.param_groups[0]["step"],
         )
-    try:  # flat=True cannot hold DTensor shards: a clear error, not a wrong model
-        CLRSGD(_fsdp2(base, mesh).parameters(), clr.Cyclic(**CYCLIC), flat=True)
-        results["flat_error"] = None
-    except Exception as e:
-        results["flat_error"] = f"{type(e).__name__}: {e}"
+    for rule in RULES:  # flat=True cannot hold DTensor shards: a clear error, not a wrong model
+        try:
+            _clr(rule, _fsdp2(base, mesh).parameters(), flat=True)
+            results[f"flat_error/{rule}"] = None
+        except Exception as e:
+            results[f"flat_error/{rule}"] = f"{type(e).__name__}: {e}"
     return results
 
 
-def _dcp_api():
+# The options of the checkpoint scenarios (default: the registry's first set). SGD's dampening: a zero
+# buffer taken for history would give another first update than torch's.
+CHECKPOINT_OPTIONS = {"CLRSGD": dict(momentum=0.9, weight_decay=1e-2, dampening=0.25)}
+
+
+def scenario_fsdp2_dcp(rank: int, world: int, out: Path) -> dict:
+    """FSDP2 + torch.distributed.checkpoint on 2 ranks, for every rule.
+
+    A is first asked for its state dict before any step (DCP's initialising step) and trains
+    K steps beside a twin that never met DCP; A is saved with dcp.save; B (other weights)
+    loads it through the templates of get_model_state_dict / get_optimizer_state_dict; A, B
+    and the twin train N more.
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import state_dict as api
-
-    return dcp, api
-
-
-def _fsdp2_clrsgd(init, mesh):
-    m = _fsdp2(init, mesh)
-    return m, CLRSGD(m.parameters(), clr.Cyclic(**CYCLIC), weight_decay=WEIGHT_DECAY, dampening=0.25)
-
-
-def scenario_fsdp2_dcp_fresh(rank: int, world: int, out: Path) -> dict:
-    """FSDP2: get_optimizer_state_dict on a never-stepped CLRSGD (DCP's initialising step), then training."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    _, api = _dcp_api()
-    mesh = init_device_mesh("cpu", (world,))
-    base = _model()
-    a, opt_a = _fsdp2_clrsgd(base, mesh)
-    tw, opt_t = _fsdp2_clrsgd(base, mesh)  # a twin that never meets DCP
-    before = _full(a.parameters())
-    api.get_optimizer_state_dict(a, opt_a)
-    fresh = dict(
-        weights=_full(a.parameters()),
-        before=before,
-        step=opt_a.param_groups[0]["step"],
-        shown=_shown(opt_a),
-        expected_shown=_shown(opt_t),
-        grads=[p.grad is None for p in a.parameters()],
-    )
-    for t in range(STEPS):
-        _train_step(a, opt_a, rank, t)
-        _train_step(tw, opt_t, rank, t)
-    return dict(
-        fresh=fresh,
-        weights=[_full(m.parameters()) for m in (a, tw)],
-        bufs=[_full(o.state[p]["momentum_buffer"] for p in m.parameters()) for m, o in ((a, opt_a), (tw, opt_t))],
-        steps=[o.param_groups[0]["step"] for o in (opt_a, opt_t)],
-        shown=[_shown(o) for o in (opt_a, opt_t)],
-    )
-
-
-def scenario_fsdp2_dcp_resume(rank: int, world: int, out: Path) -> dict:
-    """FSDP2 + torch.distributed.checkpoint on 2 ranks.
-
-    A trains K steps and is saved with dcp.save; B (other weights) loads it through the
-    template state dicts of get_model_state_dict / get_optimizer_state_dict; both train N more.
-    """
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dcp, api = _dcp_api()
     k, n = 6, 8
     mesh = init_device_mesh("cpu", (world,))
-    a, opt_a = _fsdp2_clrsgd(_model(), mesh)
-    for t in range(k):
-        _train_step(a, opt_a, rank, t)
-    path = out / "fsdp2-dcp"
-    dcp.save(
-        {"model": api.get_model_state_dict(a), "optim": api.get_optimizer_state_dict(a, opt_a)}, checkpoint_id=path
-    )
-    b, opt_b = _fsdp2_clrsgd(_other_init(), mesh)
-    state = {"model": api.get_model_state_dict(b), "optim": api.get_optimizer_state_dict(b, opt_b)}
-    template = sorted(fqn for fqn, v in state["optim"]["state"].items() if "momentum_buffer" in v)
-    dcp.load(state, checkpoint_id=path)
-    api.set_model_state_dict(b, state["model"])
-    api.set_optimizer_state_dict(b, opt_b, state["optim"])
-
-    def snapshot():
-        return dict(
-            weights=[_full(m.parameters()) for m in (a, b)],
-            bufs=[_full(o.state[p]["momentum_buffer"] for p in m.parameters()) for m, o in ((a, opt_a), (b, opt_b))],
-            steps=[o.param_groups[0]["step"] for o in (opt_a, opt_b)],
-            shown=[_shown(o) for o in (opt_a, opt_b)],
+    results = {}
+    for rule in RULES:
+        options = CHECKPOINT_OPTIONS.get(rule)
+        a, tw = _fsdp2(_model(), mesh), _fsdp2(_model(), mesh)
+        opt_a, opt_tw = _clr(rule, a.parameters(), base=options), _clr(rule, tw.parameters(), base=options)
+        before = _full(a.parameters())
+        api.get_optimizer_state_dict(a, opt_a)
+        fresh = dict(
+            weights=_full(a.parameters()),
+            before=before,
+            shown=_shown(rule, opt_a),
+            expected=_shown(rule, opt_tw),
+            group_step=opt_a.param_groups[0]["step"],
+            steps=[float(opt_a.state[p]["step"]) for p in a.parameters() if "step" in opt_a.state[p]],
+            grads=[p.grad is None for p in a.parameters()],
         )
+        for t in range(k):
+            for m, o in ((a, opt_a), (tw, opt_tw)):
+                _train_step(m, o, rank, t)
+        path = out / f"fsdp2-dcp-{rule}"
+        dcp.save(
+            {"model": api.get_model_state_dict(a), "optim": api.get_optimizer_state_dict(a, opt_a)}, checkpoint_id=path
+        )
+        b = _fsdp2(_other_init(), mesh)
+        opt_b = _clr(rule, b.parameters(), base=options)
+        state = {"model": api.get_model_state_dict(b), "optim": api.get_optimizer_state_dict(b, opt_b)}
+        template = {fqn: sorted(v) for fqn, v in state["optim"]["state"].items()}
+        dcp.load(state, checkpoint_id=path)
+        api.set_model_state_dict(b, state["model"])
+        api.set_optimizer_state_dict(b, opt_b, state["optim"])
+        runs = ((a, opt_a), (b, opt_b), (tw, opt_tw))
 
-    loaded = snapshot()
-    for t in range(k, k + n):
-        _train_step(a, opt_a, rank, t)
-        _train_step(b, opt_b, rank, t)
-    return dict(
-        template=template,
-        names=sorted(name for name, _ in a.named_parameters()),
-        loaded=loaded,
-        end=snapshot(),
-        k=k,
-        n=n,
-    )
+        def snapshot(runs=runs, rule=rule):
+            return dict(
+                weights=[_full(m.parameters()) for m, _ in runs],
+                state=[_state(o, list(m.parameters()), _full) for m, o in runs],
+                steps=[o.param_groups[0]["step"] for _, o in runs],
+                shown=[_shown(rule, o) for _, o in runs],
+            )
+
+        loaded = snapshot()
+        for t in range(k, k + n):
+            for m, o in runs:
+                _train_step(m, o, rank, t)
+        results[rule] = dict(
+            fresh=fresh,
+            template=template,
+            names=sorted(name for name, _ in a.named_parameters()),
+            loaded=loaded,
+            end=snapshot(),
+            k=k,
+            n=n,
+        )
+    return results
 
 
 DDP_VARIANTS = {
-    # name: (flat, gradient_as_bucket_view, zero_grad(set_to_none=...), optimizer keywords)
-    "list": (False, False, True, dict(weight_decay=WEIGHT_DECAY)),
-    "list-bucket-view": (False, True, False, dict(weight_decay=WEIGHT_DECAY, nesterov=True)),
-    "flat": (True, False, False, dict(weight_decay=WEIGHT_DECAY, dampening=0.25)),
-    "flat-bucket-view": (True, True, True, dict(weight_decay=WEIGHT_DECAY)),
+    # name: (rule, flat, gradient_as_bucket_view, zero_grad(set_to_none=...), options)
+    "CLRSGD-list": ("CLRSGD", False, False, True, dict(momentum=0.9, weight_decay=1e-2)),
+    "CLRSGD-list-bucket-view": ("CLRSGD", False, True, False, dict(momentum=0.9, weight_decay=1e-2, nesterov=True)),
+    "CLRSGD-flat": ("CLRSGD", True, False, False, dict(momentum=0.9, weight_decay=1e-2, dampening=0.25)),
+    "CLRSGD-flat-bucket-view": ("CLRSGD", True, True, True, dict(momentum=0.9, weight_decay=1e-2)),
+    "CLRAdamW-list": ("CLRAdamW", False, False, True, {}),
+    "CLRAdamW-list-bucket-view-amsgrad": ("CLRAdamW", False, True, False, dict(amsgrad=True, weight_decay=0.05)),
+    "CLRAdamW-flat-maximize": ("CLRAdamW", True, False, False, dict(maximize=True, eps=1e-6)),
+    "CLRAdamW-flat-bucket-view-amsgrad": ("CLRAdamW", True, True, True, dict(amsgrad=True)),
+    "CLRAdam-list-bucket-view": ("CLRAdam", False, True, True, None),
+    "CLRRMSprop-list-bucket-view": ("CLRRMSprop", False, True, False, None),
+    "CLRRMSprop-flat": ("CLRRMSprop", True, False, True, None),
+    "CLRLion-list": ("CLRLion", False, False, True, None),
+    "CLRLion-flat-bucket-view": ("CLRLion", True, True, False, None),
 }
 
 
 def scenario_ddp(rank: int, world: int, out: Path) -> dict:
-    """DDP: CLRSGD (list and flat, with and without gradient bucket views) vs SGD + CyclicLR."""
+    """DDP: each rule (list and flat, with and without gradient bucket views) vs its reference + CyclicLR."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     base = _model()
     results = {}
-    for name, (flat, bucket_view, set_to_none, kw) in DDP_VARIANTS.items():
+    for name, (rule, flat, bucket_view, set_to_none, options) in DDP_VARIANTS.items():
         a = DDP(copy.deepcopy(base), gradient_as_bucket_view=bucket_view)
         b = DDP(copy.deepcopy(base), gradient_as_bucket_view=bucket_view)
-        opt = CLRSGD(a.parameters(), clr.Cyclic(**CYCLIC), flat=flat, **kw)
-        ref, sch = _torch_ref(b.parameters(), **kw)
-        shown = [(_shown(opt), _shown(ref))]
-        for t in range(STEPS):
-            _train_step(a, opt, rank, t, set_to_none)
-            _train_step(b, ref, rank, t, set_to_none)
-            sch.step()
-            shown.append((_shown(opt), _shown(ref)))
+        opt = _clr(rule, a.parameters(), flat=flat, base=options)
+        ref, sch = _ref(rule, b.parameters(), options)
+        shown = _side_by_side(rule, a, opt, b, ref, sch, rank, set_to_none)
         pa, pb = list(a.parameters()), list(b.parameters())
         results[name] = dict(
             init=_clone(base.parameters()),
             clr=_clone(pa),
             ref=_clone(pb),
-            clr_buf=_clone(opt.state[p]["momentum_buffer"] for p in pa),
-            ref_buf=_clone(ref.state[p]["momentum_buffer"] for p in pb),
+            clr_state=_state(opt, pa),
+            ref_state=_state(ref, pb),
             shown=shown,
             step=opt.param_groups[0]["step"],
         )
@@ -381,45 +422,61 @@ def scenario_ddp(rank: int, world: int, out: Path) -> dict:
 
 
 ZERO_VARIANTS = {
-    # name: (flat, parameters_as_bucket_view)
-    "list": (False, False),
-    "list-bucket-view": (False, True),
-    "flat": (True, False),
+    # name: (rule, flat, parameters_as_bucket_view, options)
+    "CLRSGD-list": ("CLRSGD", False, False, dict(momentum=0.9, weight_decay=1e-2, dampening=0.25)),
+    "CLRSGD-list-bucket-view": ("CLRSGD", False, True, dict(momentum=0.9, weight_decay=1e-2, dampening=0.25)),
+    "CLRSGD-flat": ("CLRSGD", True, False, dict(momentum=0.9, weight_decay=1e-2, dampening=0.25)),
+    "CLRAdamW-list": ("CLRAdamW", False, False, {}),
+    "CLRAdamW-list-bucket-view-amsgrad": ("CLRAdamW", False, True, dict(amsgrad=True, weight_decay=0.05)),
+    "CLRAdamW-flat": ("CLRAdamW", True, False, dict(eps=1e-6)),
+    "CLRAdam-list": ("CLRAdam", False, False, None),
+    "CLRRMSprop-list-bucket-view": ("CLRRMSprop", False, True, None),
+    "CLRRMSprop-flat": ("CLRRMSprop", True, False, None),
+    "CLRLion-list": ("CLRLion", False, False, None),
+    "CLRLion-flat": ("CLRLion", True, False, None),
 }
 
 
-def scenario_zero(rank: int, world: int, out: Path) -> dict:
-    """ZeroRedundancyOptimizer(optimizer_class=CLRSGD) over DDP vs DDP + SGD + CyclicLR."""
+def _zero(rule: str, params, flat: bool = False, bucket_view: bool = False, options=None):
     from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    return ZeroRedundancyOptimizer(
+        params,
+        optimizer_class=RULES[rule].cls,
+        parameters_as_bucket_view=bucket_view,
+        schedule=clr.Cyclic(**CYCLIC),
+        flat=flat,
+        **RULES[rule].kwargs(base=options),
+    )
+
+
+def scenario_zero(rank: int, world: int, out: Path) -> dict:
+    """ZeroRedundancyOptimizer(optimizer_class=each rule) over DDP vs DDP + its reference + CyclicLR."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     base = _model()
     results = {}
-    for name, (flat, bucket_view) in ZERO_VARIANTS.items():
+    for name, (rule, flat, bucket_view, options) in ZERO_VARIANTS.items():
         a = DDP(copy.deepcopy(base))
         b = DDP(copy.deepcopy(base))
-        opt = ZeroRedundancyOptimizer(
-            a.parameters(),
-            optimizer_class=CLRSGD,
-            parameters_as_bucket_view=bucket_view,
-            schedule=clr.Cyclic(**CYCLIC),
-            weight_decay=WEIGHT_DECAY,
-            dampening=0.25,
-            flat=flat,
-        )
-        ref, sch = _torch_ref(b.parameters(), weight_decay=WEIGHT_DECAY, dampening=0.25)
-        shown = [(_shown(opt), _shown(ref))]
-        local_shown = [_shown(opt.optim)]
+        opt = _zero(rule, a.parameters(), flat, bucket_view, options)
+        ref, sch = _ref(rule, b.parameters(), options)
+        shown = [(_shown(rule, opt), _shown(rule, ref))]
+        local_shown = [_shown(rule, opt.optim)]
         for t in range(STEPS):
             _train_step(a, opt, rank, t)
             _train_step(b, ref, rank, t)
             sch.step()
-            shown.append((_shown(opt), _shown(ref)))
-            local_shown.append(_shown(opt.optim))
+            shown.append((_shown(rule, opt), _shown(rule, ref)))
+            local_shown.append(_shown(rule, opt.optim))
+        pb = list(b.parameters())
+        local = _local_state(opt.optim, list(a.parameters()))
         results[name] = dict(
             init=_clone(base.parameters()),
             clr=_clone(a.parameters()),
-            ref=_clone(b.parameters()),
+            ref=_clone(pb),
+            local=local,
+            ref_state={i: {k: v.clone() for k, v in ref.state[pb[i]].items()} for i in local},
             shown=shown,
             local_shown=local_shown,
             steps=(opt.param_groups[0]["step"], opt.optim.param_groups[0]["step"]),
@@ -429,63 +486,57 @@ def scenario_zero(rank: int, world: int, out: Path) -> dict:
 
 
 def scenario_zero_resume(rank: int, world: int, out: Path) -> dict:
-    """ZeRO + CLRSGD: consolidate_state_dict, torch.save, torch.load, load into a fresh ZeRO, continue."""
-    from torch.distributed.optim import ZeroRedundancyOptimizer
+    """ZeRO + each rule: consolidate_state_dict, torch.save, torch.load, load into a fresh ZeRO, continue."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    def build(model):
-        m = DDP(model)
-        return m, ZeroRedundancyOptimizer(
-            m.parameters(),
-            optimizer_class=CLRSGD,
-            schedule=clr.Cyclic(**CYCLIC),
-            weight_decay=WEIGHT_DECAY,
-            dampening=0.25,
-        )
-
     k, n = 7, 9
-    a, opt_a = build(_model())
-    for t in range(k):
-        _train_step(a, opt_a, rank, t)
-    opt_a.consolidate_state_dict(to=0)
-    path = out / "zero-checkpoint.pt"
-    if rank == 0:
-        torch.save({"model": a.module.state_dict(), "optim": opt_a.state_dict()}, path)
-    dist.barrier()
-    try:
-        torch.load(path)  # torch's default, weights_only=True
-        weights_only_error = None
-    except Exception as e:
-        weights_only_error = f"{type(e).__name__}: {e}"[:1500]
-    ckpt = torch.load(path, weights_only=False)
-    b, opt_b = build(_other_init())
-    b.module.load_state_dict(ckpt["model"])
-    opt_b.load_state_dict(ckpt["optim"])
+    results = {}
+    for rule in RULES:
+        options = CHECKPOINT_OPTIONS.get(rule)
+        a = DDP(_model())
+        opt_a = _zero(rule, a.parameters(), options=options)
+        for t in range(k):
+            _train_step(a, opt_a, rank, t)
+        opt_a.consolidate_state_dict(to=0)
+        path = out / f"zero-checkpoint-{rule}.pt"
+        if rank == 0:
+            torch.save({"model": a.module.state_dict(), "optim": opt_a.state_dict()}, path)
+        dist.barrier()
+        try:
+            ckpt = torch.load(path)  # torch's default, weights_only=True
+            weights_only_error = None
+        except Exception as e:
+            weights_only_error = f"{type(e).__name__}: {e}"[:1500]
+            ckpt = torch.load(path, weights_only=False)
+        b = DDP(_other_init())
+        opt_b = _zero(rule, b.parameters(), options=options)
+        b.module.load_state_dict(ckpt["model"])
+        opt_b.load_state_dict(ckpt["optim"])
+        runs = ((a, opt_a), (b, opt_b))
 
-    def bufs(o):
-        return _clone(o.optim.state[p]["momentum_buffer"] for g in o.optim.param_groups for p in g["params"])
+        def snapshot(runs=runs, rule=rule):
+            return dict(
+                weights=[_clone(m.parameters()) for m, _ in runs],
+                local=[_local_state(o.optim, list(m.parameters())) for m, o in runs],
+                shown=[(_shown(rule, o), _shown(rule, o.optim)) for _, o in runs],
+                steps=[(o.param_groups[0]["step"], o.optim.param_groups[0]["step"]) for _, o in runs],
+            )
 
-    loaded = dict(bufs=(bufs(opt_a), bufs(opt_b)), shown=(_shown(opt_a), _shown(opt_b)))
-    shown = []
-    for t in range(k, k + n):
-        _train_step(a, opt_a, rank, t)
-        _train_step(b, opt_b, rank, t)
-        shown.append((_shown(opt_a), _shown(opt_b)))
-    return dict(
-        a=_clone(a.parameters()),
-        b=_clone(b.parameters()),
-        shown=shown,
-        loaded=loaded,
-        steps=[(o.param_groups[0]["step"], o.optim.param_groups[0]["step"]) for o in (opt_a, opt_b)],
-        bufs=(bufs(opt_a), bufs(opt_b)),
-        weights_only_error=weights_only_error,
-    )
+        loaded = snapshot()
+        shown = []
+        for t in range(k, k + n):
+            for m, o in runs:
+                _train_step(m, o, rank, t)
+            shown.append(tuple(_shown(rule, o) for _, o in runs))
+        results[rule] = dict(
+            loaded=loaded, end=snapshot(), shown=shown, k=k, n=n, weights_only_error=weights_only_error
+        )
+    return results
 
 
 SCENARIOS = {
     "fsdp2": scenario_fsdp2,
-    "fsdp2_dcp_fresh": scenario_fsdp2_dcp_fresh,
-    "fsdp2_dcp_resume": scenario_fsdp2_dcp_resume,
+    "fsdp2_dcp": scenario_fsdp2_dcp,
     "ddp": scenario_ddp,
     "zero": scenario_zero,
     "zero_resume": scenario_zero_resume,

@@ -1,7 +1,10 @@
-"""CLRSGD under torch.distributed: FSDP2, DDP, ZeroRedundancyOptimizer and distributed checkpoints.
+"""Every fused optimizer under torch.distributed: FSDP2, DDP, ZeroRedundancyOptimizer and distributed checkpoints.
 
-Every comparison is bit for bit (``torch.equal``) against ``torch.optim.SGD`` driven by
-``torch.optim.lr_scheduler.CyclicLR`` (``cycle_momentum=True``), or against a twin run.
+Every comparison is bit for bit (``torch.equal``) against the rule's reference (``optim_registry``:
+torch's for-loop optimizer or ``lion_pytorch.Lion``) driven by ``torch.optim.lr_scheduler.CyclicLR``
+with ``cycle_momentum=True`` (which cycles ``momentum``, or ``betas[0]``), or against a twin run:
+weights, local shards, every state tensor (per-parameter ``step`` counters included) and the
+lr and momentum the groups show after every step.
 
 The multi-rank tests share one launch of 2 gloo ranks on 127.0.0.1 (see ``_dist_helpers``):
 it is bounded in time, a failing rank's traceback becomes the assertion message, and the
@@ -20,7 +23,7 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
 import _dist_helpers as helpers  # noqa: E402
 import clrfast as clr  # noqa: E402
 import torch.distributed.checkpoint as dcp  # noqa: E402
-from clrfast.torch import CLRSGD  # noqa: E402
+from optim_registry import RULES, params  # noqa: E402
 from torch.distributed.checkpoint.state_dict import (  # noqa: E402
     StateDictOptions,
     get_model_state_dict,
@@ -29,7 +32,10 @@ from torch.distributed.checkpoint.state_dict import (  # noqa: E402
     set_optimizer_state_dict,
 )
 
+# dcp.save/dcp.load without a process group warn that they assume a single process, which is
+# the case the checkpoint tests set up on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+STEPS = helpers.STEPS
 
 
 def assert_same(xs, ys, what: str) -> None:
@@ -46,9 +52,35 @@ def assert_same(xs, ys, what: str) -> None:
             )
 
 
+def assert_same_state(mine: dict, theirs: dict, what: str) -> None:
+    assert sorted(mine) == sorted(theirs), f"{what}: state keys {sorted(mine)} vs {sorted(theirs)}"
+    for k in mine:
+        assert_same(mine[k], theirs[k], f"{what}: {k}")
+
+
 def assert_trained(weights, init, what: str) -> None:
     for i, (w, w0) in enumerate(zip(weights, init)):
         assert not torch.equal(w, w0), f"{what}[{i}] never moved: the comparison would prove nothing"
+
+
+def assert_shown(shown, what: str) -> None:
+    for t, (mine, theirs) in enumerate(shown):
+        assert mine == theirs, f"{what}, after {t} steps: (lr, momentum) shown {mine}, reference {theirs}"
+    momenta = {m for (_, m), _ in shown}
+    assert len(momenta) > 2, f"{what}: the momentum never cycled ({momenta})"
+
+
+def full_state_keys(rule) -> list:
+    """The state keys of a parameter after an update with the rule's first option set."""
+    return sorted(rule.state_keys + (("step",) if rule.step_state else ()))
+
+
+def rule_of(variant: str):
+    return RULES[variant.split("-")[0]]
+
+
+def variants(table) -> list:
+    return [pytest.param(name, id=name, marks=rule_of(name).marks) for name in table]
 
 
 # =========================================================================== 2 gloo ranks
@@ -58,186 +90,200 @@ def dist_run(tmp_path_factory):
     return helpers.launch(tmp_path_factory.mktemp("dist"), world=2)
 
 
-@pytest.mark.parametrize("variant", list(helpers.FSDP2_VARIANTS))
-def test_fsdp2_clrsgd_matches_torch_sgd_cycliclr_bit_for_bit(dist_run, variant):
+@pytest.mark.parametrize("variant", variants(helpers.FSDP2_VARIANTS))
+def test_fsdp2_matches_the_reference_bit_for_bit(dist_run, variant):
     ranks = [r[variant] for r in helpers.outcome(dist_run, "fsdp2")]
     # The model's shapes give even shards, uneven shards and an empty local shard (rank 1).
     assert [0 in r["local_numel"] for r in ranks] == [False, True], [r["local_numel"] for r in ranks]
     for rank, r in enumerate(ranks):
         where = f"rank {rank}, {variant}"
-        assert all(r["dtensor"]), f"{where}: parameters and momentum buffers must stay DTensors"
-        assert_same(r["clr"], r["ref"], f"{where}: gathered weights (CLRSGD vs SGD + CyclicLR)")
+        mine, theirs = r["types"]
+        assert mine == theirs, f"{where}: parameter and state types {mine} vs the reference's {theirs}"
+        assert all(t[0] for t in mine), f"{where}: parameters must stay DTensors"
+        assert_same(r["clr"], r["ref"], f"{where}: gathered weights (clrfast vs reference + CyclicLR)")
         assert_same(r["clr_local"], r["ref_local"], f"{where}: local shards")
-        assert_same(r["clr_buf"], r["ref_buf"], f"{where}: gathered momentum buffers")
+        assert_same_state(r["clr_state"], r["ref_state"], f"{where}: gathered state")
+        assert_same_state(r["clr_state_local"], r["ref_state_local"], f"{where}: local state shards")
+        assert all(float(s) == STEPS for s in r["clr_state"].get("step", [])), r["clr_state"].get("step")
         assert_trained(r["clr"], r["init"], f"{where}: weights")
-        for t, (mine, theirs) in enumerate(r["shown"]):
-            assert mine == theirs, f"{where}, after {t} steps: (lr, momentum) shown {mine}, torch {theirs}"
-        assert r["step"] == helpers.STEPS
+        assert_shown(r["shown"], where)
+        assert r["step"] == STEPS
     assert_same(ranks[0]["clr"], ranks[1]["clr"], f"{variant}: gathered weights, rank 0 vs rank 1")
 
 
 def test_fsdp2_flat_mode_is_a_clear_error(dist_run):
     for r in helpers.outcome(dist_run, "fsdp2"):
-        assert r["flat_error"] is not None and r["flat_error"].startswith("ValueError"), r["flat_error"]
-        assert "DTensor" in r["flat_error"] and "flat=False" in r["flat_error"], r["flat_error"]
+        for rule in RULES:
+            error = r[f"flat_error/{rule}"]
+            assert error is not None and error.startswith("ValueError"), (rule, error)
+            assert "DTensor" in error and "flat=False" in error, (rule, error)
 
 
-def test_fsdp2_get_optimizer_state_dict_on_fresh_clrsgd_changes_nothing(dist_run):
-    for rank, r in enumerate(helpers.outcome(dist_run, "fsdp2_dcp_fresh")):
+@pytest.mark.parametrize("rule", params())
+def test_fsdp2_distributed_checkpoint_fresh_and_resume_are_bit_identical(dist_run, rule):
+    for rank, r in enumerate(helpers.outcome(dist_run, "fsdp2_dcp")):
+        r = r[rule.name]
         fresh = r["fresh"]
         # get_optimizer_state_dict before the first step runs DCP's zero-lr initialising step:
         assert_same(fresh["weights"], fresh["before"], f"rank {rank}: weights after DCP's initialising step")
-        assert fresh["step"] == 0 and fresh["shown"] == fresh["expected_shown"], fresh
+        assert fresh["group_step"] == 0 and fresh["shown"] == fresh["expected"], fresh
+        assert fresh["steps"] == [0.0] * len(fresh["steps"]), f"rank {rank}: per-parameter steps {fresh['steps']}"
         assert all(fresh["grads"]), f"rank {rank}: DCP's zero gradients must be cleared again"
-        a, twin = r["weights"]
-        assert_same(a, twin, f"rank {rank}: weights, after the call vs a twin that never made it")
-        assert_same(r["bufs"][0], r["bufs"][1], f"rank {rank}: momentum buffers vs the twin")
-        assert r["steps"] == [helpers.STEPS, helpers.STEPS]
-        assert r["shown"][0] == r["shown"][1]
-
-
-def test_fsdp2_distributed_checkpoint_resume_is_bit_identical(dist_run):
-    for rank, r in enumerate(helpers.outcome(dist_run, "fsdp2_dcp_resume")):
-        # The template of the fresh optimizer B holds a momentum buffer for every parameter.
-        assert r["template"] == r["names"], (r["template"], r["names"])
+        # B's template holds every state entry of every parameter: dcp.load fills only what it holds.
+        assert r["template"] == {name: full_state_keys(rule) for name in r["names"]}, r["template"]
         for when in ("loaded", "end"):
             snap = r[when]
-            a, b = snap["weights"]
+            a, b, twin = snap["weights"]
             assert_same(b, a, f"rank {rank}, {when}: weights, resumed B vs A")
-            ba, bb = snap["bufs"]
-            assert all(x.any() for x in ba)
-            assert_same(bb, ba, f"rank {rank}, {when}: momentum buffers, B vs A")
-            assert snap["shown"][0] == snap["shown"][1], snap["shown"]
-        assert r["loaded"]["steps"] == [r["k"], r["k"]]
-        assert r["end"]["steps"] == [r["k"] + r["n"]] * 2
+            assert_same(a, twin, f"rank {rank}, {when}: weights, A vs the twin that never met DCP")
+            sa, sb, st = snap["state"]
+            assert_same_state(sb, sa, f"rank {rank}, {when}: state, B vs A")
+            assert_same_state(sa, st, f"rank {rank}, {when}: state, A vs twin")
+            assert all(x.any() for x in sa[rule.state_keys[0]]), "the state must be A's, not the template's zeros"
+            assert len(set(snap["shown"])) == 1, snap["shown"]
+        assert r["loaded"]["steps"] == [r["k"]] * 3
+        assert r["end"]["steps"] == [r["k"] + r["n"]] * 3
+        assert all(float(s) == r["k"] + r["n"] for s in r["end"]["state"][1].get("step", []))
 
 
-@pytest.mark.parametrize("variant", list(helpers.DDP_VARIANTS))
-def test_ddp_clrsgd_matches_torch_sgd_cycliclr_bit_for_bit(dist_run, variant):
+@pytest.mark.parametrize("variant", variants(helpers.DDP_VARIANTS))
+def test_ddp_matches_the_reference_bit_for_bit(dist_run, variant):
     ranks = [r[variant] for r in helpers.outcome(dist_run, "ddp")]
     for rank, r in enumerate(ranks):
-        assert_same(r["clr"], r["ref"], f"rank {rank}, {variant}: weights (CLRSGD vs SGD + CyclicLR)")
-        assert_same(r["clr_buf"], r["ref_buf"], f"rank {rank}, {variant}: momentum buffers")
-        assert_trained(r["clr"], r["init"], f"rank {rank}, {variant}: weights")
-        for t, (mine, theirs) in enumerate(r["shown"]):
-            assert mine == theirs, f"rank {rank}, {variant}, after {t} steps: shown {mine}, torch {theirs}"
-        assert r["step"] == helpers.STEPS
+        where = f"rank {rank}, {variant}"
+        assert_same(r["clr"], r["ref"], f"{where}: weights (clrfast vs reference + CyclicLR)")
+        assert_same_state(r["clr_state"], r["ref_state"], f"{where}: state")
+        assert_trained(r["clr"], r["init"], f"{where}: weights")
+        assert_shown(r["shown"], where)
+        assert r["step"] == STEPS
     assert_same(ranks[0]["clr"], ranks[1]["clr"], f"{variant}: weights, rank 0 vs rank 1")
 
 
-@pytest.mark.parametrize("variant", list(helpers.ZERO_VARIANTS))
-def test_zero_redundancy_optimizer_with_clrsgd_matches_ddp_torch_sgd(dist_run, variant):
+@pytest.mark.parametrize("variant", variants(helpers.ZERO_VARIANTS))
+def test_zero_redundancy_optimizer_matches_ddp_and_the_reference(dist_run, variant):
     ranks = [r[variant] for r in helpers.outcome(dist_run, "zero")]
     total = sum(p.numel() for p in ranks[0]["init"])
     numels = [r["local_numel"] for r in ranks]
     assert sum(numels) == total and 0 not in numels, f"ZeRO partitions {total} elements as {numels}"
     for rank, r in enumerate(ranks):
-        assert_same(r["clr"], r["ref"], f"rank {rank}, {variant}: weights (ZeRO + CLRSGD vs DDP + SGD + CyclicLR)")
-        assert_trained(r["clr"], r["init"], f"rank {rank}, {variant}: weights")
+        where = f"rank {rank}, {variant}"
+        assert_same(r["clr"], r["ref"], f"{where}: weights (ZeRO + clrfast vs DDP + reference + CyclicLR)")
+        assert_trained(r["clr"], r["init"], f"{where}: weights")
+        assert r["local"], f"{where}: the local optimizer holds no state"
+        for i, st in r["local"].items():
+            assert sorted(st) == sorted(r["ref_state"][i]), (i, sorted(st), sorted(r["ref_state"][i]))
+            for k in st:
+                assert_same([st[k]], [r["ref_state"][i][k]], f"{where}: parameter {i} state[{k!r}]")
         # The wrapper's param_groups show torch's convention: after k steps, the values of step k.
-        for t, (mine, theirs) in enumerate(r["shown"]):
-            assert mine == theirs, f"rank {rank}, {variant}, after {t} steps: wrapper shows {mine}, torch {theirs}"
+        assert_shown(r["shown"], where)
         assert r["local_shown"] == [mine for mine, _ in r["shown"]]
-        assert r["steps"] == (helpers.STEPS, helpers.STEPS)
+        assert r["steps"] == (STEPS, STEPS)
+    assert sorted([*ranks[0]["local"], *ranks[1]["local"]]) == list(range(len(ranks[0]["init"])))
     assert_same(ranks[0]["clr"], ranks[1]["clr"], f"{variant}: weights, rank 0 vs rank 1")
 
 
-def test_zero_redundancy_optimizer_resume_is_bit_identical(dist_run):
+@pytest.mark.parametrize("rule", params())
+def test_zero_redundancy_optimizer_resume_is_bit_identical(dist_run, rule):
     for rank, r in enumerate(helpers.outcome(dist_run, "zero_resume")):
-        ba, bb = r["loaded"]["bufs"]
-        assert ba and any(b.any() for b in ba)
-        assert_same(bb, ba, f"rank {rank}: local momentum buffers after load_state_dict")
-        assert r["loaded"]["shown"][0] == r["loaded"]["shown"][1]
-        assert_same(r["b"], r["a"], f"rank {rank}: resumed weights")
-        assert_same(r["bufs"][1], r["bufs"][0], f"rank {rank}: momentum buffers")
+        r = r[rule.name]
+        # ZeRO's consolidated state dict is built from its own param_groups, which mirror the local
+        # optimizer's groups (schedules included); torch.load's default (weights_only=True) must read it.
+        assert r["weights_only_error"] is None, f"rank {rank}: {r['weights_only_error']}"
+        for when in ("loaded", "end"):
+            snap = r[when]
+            a, b = snap["weights"]
+            assert_same(b, a, f"rank {rank}, {when}: weights, resumed B vs A")
+            la, lb = snap["local"]
+            assert la and sorted(la) == sorted(lb), (sorted(la), sorted(lb))
+            for i in la:
+                assert sorted(la[i]) == sorted(lb[i]) == full_state_keys(rule), (la[i].keys(), lb[i].keys())
+                for k in la[i]:
+                    assert_same([lb[i][k]], [la[i][k]], f"rank {rank}, {when}: parameter {i} state[{k!r}]")
+            assert snap["shown"][0] == snap["shown"][1], snap["shown"]
         for t, (a, b) in enumerate(r["shown"]):
             assert a == b, f"rank {rank}, step {t}: A shows {a}, resumed B {b}"
-        assert r["steps"] == [(16, 16), (16, 16)]
-
-
-def test_zero_redundancy_optimizer_checkpoint_loads_with_torch_load_defaults(dist_run):
-    # ZeRO's consolidated state dict is built from its own param_groups, which mirror the
-    # local CLRSGD's groups; torch.load's default (weights_only=True) must be able to read it.
-    for rank, r in enumerate(helpers.outcome(dist_run, "zero_resume")):
-        assert r["weights_only_error"] is None, f"rank {rank}: {r['weights_only_error']}"
+        assert r["loaded"]["steps"] == [(r["k"], r["k"])] * 2
+        assert r["end"]["steps"] == [(r["k"] + r["n"], r["k"] + r["n"])] * 2
 
 
 # =========================================================================== checkpoints, one process
 CYCLE = dict(base_lr=0.01, max_lr=0.1, step_size_up=4, step_size_down=3, base_momentum=0.8, max_momentum=0.9)
-HYPER = dict(weight_decay=1e-2, dampening=0.25)
+OPTIONS = helpers.CHECKPOINT_OPTIONS
 MODES = pytest.mark.parametrize("flat", [False, True], ids=["list", "flat"])
-
+EVERY_RULE = pytest.mark.parametrize("rule", params())
 
 _net = helpers.small_net
-
-
-def _clrsgd(model, flat: bool) -> CLRSGD:
-    return CLRSGD(model.parameters(), clr.Cyclic(**CYCLE), flat=flat, **HYPER)
-
-
 _step = helpers.train_step
-
-
 _weights = helpers.weights
 
 
-def _bufs(model, opt) -> list:
-    return [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+def _opt(rule, model, flat: bool):
+    return rule.make(model.parameters(), clr.Cyclic(**CYCLE), flat=flat, base=OPTIONS.get(rule.name))
 
 
-def _shown(opt) -> tuple:
-    g = opt.param_groups[0]
-    return (g["lr"], g["momentum"], g["step"])
+def _state(model, opt) -> dict:
+    return helpers._state(opt, list(model.parameters()))
+
+
+def _clock(rule, opt) -> tuple:
+    return (*rule.shown(opt.param_groups[0]), opt.param_groups[0]["step"])
 
 
 def _names(model) -> list:
     return sorted(name for name, _ in model.named_parameters())
 
 
-def _buffers_in(osd) -> list:
-    """The parameter names an optimizer state dict holds a momentum buffer for (nested or flattened layout)."""
+def _entries(osd) -> dict:
+    """Per parameter name, the state keys an optimizer state dict holds (nested or flattened layout)."""
     if "state" in osd:
-        return sorted(name for name, v in osd["state"].items() if "momentum_buffer" in v)
-    suffix = ".momentum_buffer"
-    return sorted(k[len("state.") : -len(suffix)] for k in osd if k.startswith("state.") and k.endswith(suffix))
+        return {name: sorted(v) for name, v in osd["state"].items()}
+    out: dict = {}
+    for key in osd:
+        if key.startswith("state."):
+            name, k = key[len("state.") :].rsplit(".", 1)
+            out.setdefault(name, []).append(k)
+    return {name: sorted(ks) for name, ks in out.items()}
 
 
 @MODES
-def test_dcp_get_optimizer_state_dict_on_fresh_clrsgd_changes_nothing(flat):
+@EVERY_RULE
+def test_dcp_get_optimizer_state_dict_on_a_fresh_optimizer_changes_nothing(rule, flat):
     a, twin, ref_model = _net(0), _net(0), _net(0)
-    opt, opt_twin = _clrsgd(a, flat), _clrsgd(twin, flat)
-    ref = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9, **HYPER)
+    opt, opt_twin = _opt(rule, a, flat), _opt(rule, twin, flat)
+    ref = rule.make_reference(ref_model.parameters(), CYCLE["base_lr"], base=OPTIONS.get(rule.name))
     sched = torch.optim.lr_scheduler.CyclicLR(ref, cycle_momentum=True, **CYCLE)
-    before, shown = _weights(a), _shown(opt)
+    before, shown = _weights(a), _clock(rule, opt)
 
     osd = get_optimizer_state_dict(a, opt)  # runs torch's zero-lr initialising step on a stateless optimizer
 
     assert_same(_weights(a), before, "weights after get_optimizer_state_dict")
-    assert _shown(opt) == shown == (0.01, 0.9, 0)
+    assert _clock(rule, opt) == shown == (CYCLE["base_lr"], CYCLE["max_momentum"], 0)
     assert all(p.grad is None for p in a.parameters())
-    assert _buffers_in(osd) == _names(a)
+    assert _entries(osd) == {name: full_state_keys(rule) for name in _names(a)}
+    if rule.step_state:
+        assert [float(v["step"]) for v in osd["state"].values()] == [0.0] * len(_names(a))
     assert osd["param_groups"][0]["step"] == 0
     for t in range(12):
         _step(a, opt, t)
         _step(twin, opt_twin, t)
         _step(ref_model, ref, t)
         sched.step()
-        assert _shown(opt) == _shown(opt_twin), t
-        assert _shown(opt)[:2] == (ref.param_groups[0]["lr"], ref.param_groups[0]["momentum"]), t
+        assert _clock(rule, opt) == _clock(rule, opt_twin), t
+        assert _clock(rule, opt)[:2] == rule.shown(ref.param_groups[0]), t
     assert_same(_weights(a), _weights(twin), "weights vs the twin that never called it")
-    assert_same(_bufs(a, opt), _bufs(twin, opt_twin), "momentum buffers vs the twin")
-    assert_same(_weights(a), _weights(ref_model), "weights vs SGD + CyclicLR")
-    assert_same(_bufs(a, opt), _bufs(ref_model, ref), "momentum buffers vs SGD + CyclicLR")
+    assert_same_state(_state(a, opt), _state(twin, opt_twin), "state vs the twin")
+    assert_same(_weights(a), _weights(ref_model), "weights vs the reference + CyclicLR")
+    assert_same_state(_state(a, opt), _state(ref_model, ref), "state vs the reference + CyclicLR")
 
 
-def _dcp_resume(tmp_path, flat: bool, k: int, n: int = 8, options=None) -> None:
+def _dcp_resume(rule, tmp_path, flat: bool, k: int, n: int = 8, options=None) -> None:
     """A trains k steps and is saved with dcp.save; a fresh B (other weights) loads it and goes on.
 
-    B must then follow A's trajectory, which is (test above) the one of a twin that never met
-    DCP. B is compared with that twin; A goes on too when it has stepped (k > 0).
+    B must then follow the trajectory of a twin that never met DCP (which, by the test above,
+    is the reference's), and A's when A stepped (k > 0).
     """
     a, twin = _net(0), _net(0)
-    opt_a, opt_twin = _clrsgd(a, flat), _clrsgd(twin, flat)
+    opt_a, opt_twin = _opt(rule, a, flat), _opt(rule, twin, flat)
     for t in range(k):
         _step(a, opt_a, t)
         _step(twin, opt_twin, t)
@@ -246,52 +292,59 @@ def _dcp_resume(tmp_path, flat: bool, k: int, n: int = 8, options=None) -> None:
     dcp.save(saved, checkpoint_id=ckpt)
 
     b = _net(1)
-    opt_b = _clrsgd(b, flat)
+    opt_b = _opt(rule, b, flat)
     state = {"model": get_model_state_dict(b), "optim": get_optimizer_state_dict(b, opt_b, options=options)}
-    # dcp.load fills only what the template holds: it must hold every momentum buffer.
-    assert _buffers_in(state["optim"]) == _names(b)
+    # dcp.load fills only what the template holds: it must hold every state entry of every parameter.
+    assert _entries(state["optim"]) == {name: full_state_keys(rule) for name in _names(b)}
     dcp.load(state, checkpoint_id=ckpt)
     set_model_state_dict(b, state["model"])
     set_optimizer_state_dict(b, opt_b, state["optim"], options=options)
 
     assert_same(_weights(b), _weights(a), "weights after loading")
-    assert_same(_bufs(b, opt_b), _bufs(a, opt_a), "momentum buffers after loading")
-    if k:
-        assert all(buf.any() for buf in _bufs(b, opt_b)), "the buffers must be A's, not the template's zeros"
-    assert _shown(opt_b) == _shown(opt_a) == _shown(opt_twin)
+    assert_same_state(_state(b, opt_b), _state(a, opt_a), "state after loading")
+    assert _clock(rule, opt_b) == _clock(rule, opt_a) == _clock(rule, opt_twin)
     assert opt_b.param_groups[0]["step"] == k
+    assert all(float(s) == k for s in _state(b, opt_b).get("step", []))
+    if k:
+        first = rule.state_keys[0]
+        assert all(m.any() for m in _state(b, opt_b)[first]), "the state must be A's, not the template's zeros"
     going_on = [(b, opt_b), (twin, opt_twin)] + ([(a, opt_a)] if k else [])
     for t in range(k, k + n):
         for model, opt in going_on:
             _step(model, opt, t)
-        assert _shown(opt_b) == _shown(opt_twin), t
+        assert _clock(rule, opt_b) == _clock(rule, opt_twin), t
     for model, opt in going_on[1:]:
         assert_same(_weights(b), _weights(model), "weights after resuming")
-        assert_same(_bufs(b, opt_b), _bufs(model, opt), "momentum buffers after resuming")
-        assert opt_b.param_groups[0]["step"] == opt.param_groups[0]["step"] == k + n
+        assert_same_state(_state(b, opt_b), _state(model, opt), "state after resuming")
+        assert _clock(rule, opt_b) == _clock(rule, opt)
+    assert opt_b.param_groups[0]["step"] == k + n
+    assert all(float(s) == k + n for s in _state(b, opt_b).get("step", []))
 
 
 @MODES
 @pytest.mark.parametrize("flatten", [False, True], ids=["nested", "flattened"])
-def test_dcp_save_load_resume_is_bit_identical(tmp_path, flat, flatten):
-    # flattened: StateDictOptions(flatten_optimizer_state_dict=True), one key per parameter and hyperparameter
-    _dcp_resume(tmp_path, flat, k=6, options=StateDictOptions(flatten_optimizer_state_dict=flatten))
+@EVERY_RULE
+def test_dcp_save_load_resume_is_bit_identical(rule, tmp_path, flat, flatten):
+    # flattened: StateDictOptions(flatten_optimizer_state_dict=True), one key per parameter and state entry
+    _dcp_resume(rule, tmp_path, flat, k=6, options=StateDictOptions(flatten_optimizer_state_dict=flatten))
 
 
 @MODES
-def test_dcp_resume_from_checkpoint_taken_before_the_first_step(tmp_path, flat):
-    # A checkpoint of a never-stepped optimizer (saved before training starts): its momentum
-    # buffers come from DCP's initialising step and hold no history, so B's first update must
-    # start them from the gradient (buf = grad), as A's and torch's first update do; with
-    # dampening != 0 a zero buffer taken for history gives another number.
-    _dcp_resume(tmp_path, flat, k=0)
+@EVERY_RULE
+def test_dcp_resume_from_checkpoint_taken_before_the_first_step(rule, tmp_path, flat):
+    # A checkpoint of a never-stepped optimizer (saved before training starts): its state comes
+    # from DCP's initialising step and holds no history, so B's first update must be the
+    # reference's first update (SGD's buffer starts from the gradient, Adam's bias correction
+    # uses step 1), as A's is.
+    _dcp_resume(rule, tmp_path, flat, k=0)
 
 
 @MODES
-def test_torch_save_load_resume_is_bit_identical(tmp_path, flat):
+@EVERY_RULE
+def test_torch_save_load_resume_is_bit_identical(rule, tmp_path, flat):
     k, n = 6, 8
     a = _net(0)
-    opt_a = _clrsgd(a, flat)
+    opt_a = _opt(rule, a, flat)
     for t in range(k):
         _step(a, opt_a, t)
     path = tmp_path / "ckpt.pt"
@@ -299,16 +352,16 @@ def test_torch_save_load_resume_is_bit_identical(tmp_path, flat):
     ckpt = torch.load(path)  # torch's default: weights_only=True
 
     b = _net(1)
-    opt_b = _clrsgd(b, flat)
+    opt_b = _opt(rule, b, flat)
     b.load_state_dict(ckpt["model"])
     opt_b.load_state_dict(ckpt["optim"])
     assert_same(_weights(b), _weights(a), "weights after loading")
-    assert_same(_bufs(b, opt_b), _bufs(a, opt_a), "momentum buffers after loading")
-    assert _shown(opt_b) == _shown(opt_a)
+    assert_same_state(_state(b, opt_b), _state(a, opt_a), "state after loading")
+    assert _clock(rule, opt_b) == _clock(rule, opt_a)
     for t in range(k, k + n):
         _step(a, opt_a, t)
         _step(b, opt_b, t)
-        assert _shown(opt_b) == _shown(opt_a), t
+        assert _clock(rule, opt_b) == _clock(rule, opt_a), t
     assert_same(_weights(b), _weights(a), "weights after resuming")
-    assert_same(_bufs(b, opt_b), _bufs(a, opt_a), "momentum buffers after resuming")
+    assert_same_state(_state(b, opt_b), _state(a, opt_a), "state after resuming")
     assert opt_b.param_groups[0]["step"] == k + n
