@@ -1,10 +1,12 @@
-"""The per-step check of a cached plan (``_core.StepCheck``), against torch's SGD and AdamW.
+"""The per-step check of a cached plan (``_core.StepCheck``), against each rule's reference (optim_registry).
 
 Each test first runs a few steps, so the plan is cached and later steps go through the C++
-check, then changes something between steps the way user code can.
+check, then changes something between steps the way user code can. The check is the engine's,
+shared by every rule: what depends on a rule's state runs on every rule, the rest on CLRSGD.
 """
 
 import gc
+import re
 import weakref
 
 import pytest
@@ -12,7 +14,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import clrfast as clr  # noqa: E402
-from clrfast.torch import CLRSGD, CLRAdamW  # noqa: E402
+from clrfast.torch import CLRSGD  # noqa: E402
+from optim_registry import RULES, params  # noqa: E402
+
+SGD = RULES["CLRSGD"]
+LR = 0.05
 
 
 def bits(t):
@@ -24,18 +30,11 @@ def same(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(bits(a), bits(b))
 
 
-def _pair(rule, shapes, flat=False, seed=0, **kw):
+def _pair(rule, shapes, flat=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     a = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    if rule == "sgd":
-        kw.setdefault("momentum", 0.9)
-        oa = CLRSGD(a, clr.Constant(0.1), flat=flat, **kw)
-        ob = torch.optim.SGD(b, lr=0.1, foreach=False, **kw)
-    else:
-        oa = CLRAdamW(a, clr.Constant(0.01), flat=flat, **kw)
-        ob = torch.optim.AdamW(b, lr=0.01, foreach=False, **kw)
-    return a, oa, b, ob
+    return a, rule.make(a, clr.Constant(LR), flat=flat), b, rule.make_reference(b, LR)
 
 
 def _grads(ps, t):
@@ -64,10 +63,7 @@ def _assert_same(a, oa, b, ob):
                 assert same(oa.state[p][k], v), k
 
 
-RULES = ["sgd", "adamw"]
-
-
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", params())
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_a_training_loop_stays_on_torchs_numbers(rule, flat, set_to_none):
@@ -78,7 +74,7 @@ def test_a_training_loop_stays_on_torchs_numbers(rule, flat, set_to_none):
     assert oa._plans[0].check is not None  # the cached plan's check ran
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", params())
 def test_the_plan_keeps_no_gradient_alive(rule):
     # the check remembers gradients weakly: last step's gradients are freed by zero_grad, not
     # kept through the next forward and backward
@@ -95,7 +91,7 @@ def test_the_plan_keeps_no_gradient_alive(rule):
 @pytest.mark.parametrize("flat", [False, True])
 def test_a_new_gradient_with_another_layout_takes_torchs_code(flat):
     # legal in torch: a transposed gradient for a contiguous parameter
-    a, oa, b, ob = _pair("sgd", [(4, 4), (3,)], flat=flat)
+    a, oa, b, ob = _pair(SGD, [(4, 4), (3,)], flat=flat)
     for t in range(3):
         _step(a, oa, b, ob, t)
     g = torch.randn(4, 4).t()
@@ -111,7 +107,7 @@ def test_a_new_gradient_with_another_layout_takes_torchs_code(flat):
 
 @pytest.mark.parametrize("flat", [False, True])
 def test_a_new_gradient_over_memory_the_step_writes_is_refused(flat):
-    a, oa, b, ob = _pair("sgd", [(6,), (6,)], flat=flat)
+    a, oa, b, ob = _pair(SGD, [(6,), (6,)], flat=flat)
     for t in range(3):
         _step(a, oa, b, ob, t)
     before = [p.detach().clone() for p in a]
@@ -126,7 +122,7 @@ def test_a_new_gradient_over_memory_the_step_writes_is_refused(flat):
 
 def test_gradients_shared_by_two_parameters_are_read_like_torch():
     # reading one gradient tensor for two parameters is harmless; only memory the step writes must be apart
-    a, oa, b, ob = _pair("sgd", [(6,), (6,)])
+    a, oa, b, ob = _pair(SGD, [(6,), (6,)])
     for _ in range(2):
         g = torch.randn(6)
         a[0].grad = a[1].grad = g.clone()
@@ -140,7 +136,7 @@ def test_gradients_shared_by_two_parameters_are_read_like_torch():
 @pytest.mark.parametrize("how", ["replace entry", "new dict", "delete"])
 @pytest.mark.parametrize("flat", [False, True])
 def test_state_changed_between_steps_is_followed(how, flat):
-    a, oa, b, ob = _pair("sgd", [(5,), (2, 2)], flat=flat)
+    a, oa, b, ob = _pair(SGD, [(5,), (2, 2)], flat=flat)
     for t in range(3):
         _step(a, oa, b, ob, t)
     for opt, p in ((oa, a[0]), (ob, b[0])):
@@ -156,7 +152,7 @@ def test_state_changed_between_steps_is_followed(how, flat):
 
 
 def test_a_parameter_swapped_into_the_group_list_is_updated():
-    a, oa, b, ob = _pair("sgd", [(5,), (3,)])
+    a, oa, b, ob = _pair(SGD, [(5,), (3,)])
     for t in range(2):
         _step(a, oa, b, ob, t)
     new_a, new_b = torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(5))
@@ -170,7 +166,7 @@ def test_a_parameter_swapped_into_the_group_list_is_updated():
 
 @pytest.mark.parametrize("what", ["resize_", "set_", "t_", "data = view"])
 def test_in_place_metadata_changes_of_a_gradient_are_seen(what):
-    a, oa, b, ob = _pair("sgd", [(3, 3)])
+    a, oa, b, ob = _pair(SGD, [(3, 3)])
     for t in range(2):
         _step(a, oa, b, ob, t)
     for p in (a[0], b[0]):
@@ -211,7 +207,7 @@ def test_a_step_with_a_changed_group_after_a_passing_one_changes_nothing():
     assert [g["step"] for g in opt.param_groups] == [2, 2]
 
 
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule", params())
 @pytest.mark.parametrize("flat", [False, True])
 def test_model_conversion_by_swapping_tensors_after_steps_works(rule, flat):
     # under swap_module_params_on_conversion, model.to() swaps parameters and gradients with
@@ -220,12 +216,8 @@ def test_model_conversion_by_swapping_tensors_after_steps_works(rule, flat):
     net_a = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
     net_b = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
     net_b.load_state_dict(net_a.state_dict())
-    if rule == "sgd":
-        oa = CLRSGD(net_a.parameters(), clr.Constant(0.1), momentum=0.9, flat=flat)
-        ob = torch.optim.SGD(net_b.parameters(), lr=0.1, momentum=0.9, foreach=False)
-    else:
-        oa = CLRAdamW(net_a.parameters(), clr.Constant(0.01), flat=flat)
-        ob = torch.optim.AdamW(net_b.parameters(), lr=0.01, foreach=False)
+    oa = rule.make(net_a.parameters(), clr.Constant(LR), flat=flat)
+    ob = rule.make_reference(net_b.parameters(), LR)
     x = torch.randn(8, 4)
     before = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
@@ -235,11 +227,16 @@ def test_model_conversion_by_swapping_tensors_after_steps_works(rule, flat):
                 net_a.double()  # the swap must not be refused
                 net_b.double()
                 x = x.double()
-                if rule == "adamw":
-                    return  # torch's AdamW itself refuses float32 moments with float64 gradients
-            for net, opt in ((net_a, oa), (net_b, ob)):
-                net(x).sum().backward()
-                opt.step()
+            net_a(x).sum().backward()
+            net_b(x).sum().backward()
+            try:
+                ob.step()
+            except RuntimeError as e:  # torch's Adam and RMSprop refuse float32 state with float64 gradients
+                assert t == 3
+                with pytest.raises(RuntimeError, match=re.escape(str(e))):
+                    oa.step()
+                return
+            oa.step()
             for p, q in zip(net_a.parameters(), net_b.parameters()):
                 assert same(p, q), t
     finally:
