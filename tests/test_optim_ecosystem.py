@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 import clrfast as clr  # noqa: E402
 from clrfast.torch import CLRSGD, CLRAdamW  # noqa: E402
+from optim_registry import params  # noqa: E402
 from torch import nn  # noqa: E402
 
 # A cycle of 5 steps (3 up, 2 down) whose height halves each cycle; momentum mirrors the lr.
@@ -489,9 +490,9 @@ def test_transformers_trainer_trains_clradamw_at_its_warmup_cosine(tmp_path):
     _assert_bits(_flat(model.parameters()), _flat(ref.parameters()), "trained weights vs torch's AdamW")
 
 
-@pytest.mark.parametrize("rule", ["CLRSGD", "CLRAdamW"])
+@pytest.mark.parametrize("rule", params())
 def test_torch_schedulers_over_a_schedule_are_refused_and_change_nothing(rule):
-    cls = {"CLRSGD": CLRSGD, "CLRAdamW": CLRAdamW}[rule]
+    cls = rule.cls
     attach = {
         "LambdaLR": lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda k: 0.5),
         "LinearLR": lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=3),
@@ -640,16 +641,6 @@ def test_lightning_16_mixed_skipped_steps_leave_the_clock_alone(tmp_path, rule):
 # refused like the other torch schedulers; with schedule=None it drives the lr as torch's.
 # Metrics with several plateaus: patience=1 reduces at the second epoch without improvement.
 PLATEAU_METRICS = [1.0, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.6, 0.6, 0.6, 0.6, 0.6]
-PLATEAU_PAIRS = {
-    "CLRSGD": (
-        lambda ps: CLRSGD(ps, 0.1, momentum=0.9, weight_decay=1e-3),
-        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3, foreach=False),
-    ),
-    "CLRAdamW": (
-        lambda ps: CLRAdamW(ps, 1e-2, weight_decay=1e-2),
-        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-2, foreach=False),
-    ),
-}
 
 
 def _plateau(opt):
@@ -657,12 +648,14 @@ def _plateau(opt):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("rule", PLATEAU_PAIRS)
+@pytest.mark.parametrize("rule", params())
 def test_reduce_lr_on_plateau_without_a_schedule_matches_torch(rule, dtype):
-    make, make_torch = PLATEAU_PAIRS[rule]
     x, y = _data(8 * len(PLATEAU_METRICS), dtype)
     nets = {"clrfast": _mlp(dtype), "torch": _mlp(dtype)}
-    opts = {"clrfast": make(nets["clrfast"].parameters()), "torch": make_torch(nets["torch"].parameters())}
+    opts = {
+        "clrfast": rule.make(nets["clrfast"].parameters(), 1e-2),
+        "torch": rule.make_reference(nets["torch"].parameters(), 1e-2),
+    }
     plateaus = {name: _plateau(opt) for name, opt in opts.items()}
     lrs = {name: [] for name in nets}
     for epoch, metric in enumerate(PLATEAU_METRICS):
@@ -676,13 +669,13 @@ def test_reduce_lr_on_plateau_without_a_schedule_matches_torch(rule, dtype):
             lrs[name].append(opts[name].param_groups[0]["lr"])
         _assert_bits(_flat(nets["clrfast"].parameters()), _flat(nets["torch"].parameters()), f"epoch {epoch}")
     assert lrs["clrfast"] == lrs["torch"]
-    assert len(set(lrs["torch"])) == 5  # four reductions (CLRAdamW's last one clamped at min_lr)
+    assert len(set(lrs["torch"])) == 5  # four reductions (the last one clamped at min_lr)
     assert plateaus["clrfast"].get_last_lr() == plateaus["torch"].get_last_lr()
 
 
-@pytest.mark.parametrize("rule", ["CLRSGD", "CLRAdamW"])
+@pytest.mark.parametrize("rule", params())
 def test_reduce_lr_on_plateau_over_a_schedule_is_refused_and_changes_nothing(rule):
-    cls = {"CLRSGD": CLRSGD, "CLRAdamW": CLRAdamW}[rule]
+    cls = rule.cls
     refusal = r"ReduceLROnPlateau holds this CLR\w+;.*opt\.scheduler\(\).*schedule=None"
     # attached before the first step: the first step refuses
     p = nn.Parameter(torch.ones(4))
