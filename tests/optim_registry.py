@@ -36,6 +36,7 @@ class Rule:
     state_keys: tuple[str, ...]  # every per-element state tensor options[0] creates, in torch's names
     momentum: str | tuple[str, int]  # where a schedule's momentum shows in a group
     hypers: dict[str, str]
+    torch_name: str | None = None  # the reference's class in torch.optim (and its OptimizerInfo), if any
     tensor_lr: bool = True  # the reference applies a tensor lr bit for bit as clrfast does
     step_state: bool = False  # a per-parameter 0-d state['step'], as torch keeps it
     marks: tuple = field(default=(), compare=False)  # e.g. a skip where parity needs torch's MKL sqrt
@@ -94,6 +95,7 @@ RULES: dict[str, Rule] = {
             ("momentum_buffer",),
             "momentum",
             dict(momentum="nonneg", dampening="real", weight_decay="nonneg", nesterov="flag", maximize="flag"),
+            torch_name="SGD",
         ),
         Rule(
             "CLRAdamW",
@@ -105,6 +107,7 @@ RULES: dict[str, Rule] = {
             _ADAM_HYPERS,
             step_state=True,
             marks=(_NO_MKL,),
+            torch_name="AdamW",
         ),
         Rule(
             "CLRAdam",
@@ -116,6 +119,7 @@ RULES: dict[str, Rule] = {
             _ADAM_HYPERS,
             step_state=True,
             marks=(_NO_MKL,),
+            torch_name="Adam",
         ),
         Rule(
             "CLRRMSprop",
@@ -139,6 +143,7 @@ RULES: dict[str, Rule] = {
             ),
             step_state=True,
             marks=(_NO_MKL,),
+            torch_name="RMSprop",
         ),
         # lion-pytorch computes 1 - lr*wd and -lr as tensor ops for a tensor lr; CLRLion applies
         # its value, as for a float: the package is the oracle for float lrs only

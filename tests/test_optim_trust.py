@@ -609,6 +609,30 @@ def test_a_reference_state_dict_loads_into_a_scheduled_optimizer(rule):
     assert g["lr"] == SCHED.lr(1)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="load_state_dict reads torch CyclicLR's group key 'base_momentum' as clrfast 0.1's constant momentum",
+)
+@EVERY_RULE
+def test_a_reference_state_dict_saved_under_cycliclr_keeps_its_momentum(rule):
+    # torch's CyclicLR(cycle_momentum=True) writes base_momentum and max_momentum into every group; the
+    # saved momentum (beta1) is what the next update applies, as when torch loads it
+    a, b = _twins()
+    ob, sb = _reference(rule, b, cycle_momentum=True)
+    for t in range(2):
+        for q, g in zip(b, _grads(b, t)):
+            q.grad = g
+        ob.step()
+        sb.step()
+    saved = rule.momentum_of(ob.param_groups[0])
+    assert saved not in (0.8, 0.9)  # mid-cycle
+    oa = rule.make(a, SCHED)  # a schedule without momentum: the loaded value stays
+    oa.load_state_dict(copy.deepcopy(ob.state_dict()))
+    g = oa.param_groups[0]
+    assert rule.momentum_of(g) == saved
+    assert "momentum" in rule.hypers or "momentum" not in g  # no key the rule does not have
+
+
 @EVERY_RULE
 def test_onecycle_groups_past_the_end_keep_showing_the_last_values(rule):
     a, _ = _twins(((3,),))

@@ -1,8 +1,9 @@
 """torch's generic optimizer tests (``TestOptimRenewed`` of pytorch's test/test_optim.py), run on clrfast.
 
-The inputs are torch's own: the ``OptimizerInfo`` entries of SGD, AdamW and Adam in
+The inputs are torch's own: the ``OptimizerInfo`` entries of SGD, AdamW, Adam and RMSprop in
 ``torch.testing._internal.common_optimizers``, with their constructor inputs and error inputs,
-mapped to CLRSGD, CLRAdamW and CLRAdam with ``schedule=None``. torch is the oracle in every
+mapped to the fused rule whose reference each is (``optim_registry``: CLRSGD, CLRAdamW, CLRAdam,
+CLRRMSprop) with ``schedule=None``. torch is the oracle in every
 test: its optimizer runs on the same input, and clrfast must give the same values bit for bit,
 or raise torch's exception type with torch's message in it.
 """
@@ -23,7 +24,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import clrfast as clr  # noqa: E402
-from clrfast.torch import CLRSGD, CLRAdam, CLRAdamW  # noqa: E402
+from clrfast.torch import CLRSGD  # noqa: E402
+from optim_registry import RULES  # noqa: E402
 from torch.nn import Parameter  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook  # noqa: E402
 
@@ -51,8 +53,10 @@ def _common_optimizers():
 
 
 _DB = _common_optimizers()
-INFOS = {i.optim_cls.__name__: i for i in _DB.optim_db if i.optim_cls.__name__ in ("SGD", "AdamW", "Adam")}
-CLR = {"SGD": CLRSGD, "AdamW": CLRAdamW, "Adam": CLRAdam}
+# torch's optimizer name -> the fused rule whose reference it is (optim_registry)
+BY_TORCH_NAME = {r.torch_name: r for r in RULES.values() if r.torch_name}
+INFOS = {i.optim_cls.__name__: i for i in _DB.optim_db if i.optim_cls.__name__ in BY_TORCH_NAME}
+CLR = {name: BY_TORCH_NAME[name].cls for name in INFOS}
 TORCH_IMPLS = ("foreach", "fused", "capturable", "differentiable")
 
 
@@ -924,7 +928,7 @@ def test_a_refused_load_changes_nothing(name):
         with pytest.raises(kind, match=re.escape(message)):
             opt.load_state_dict(bad)
         _assert_unchanged(opt, [a0, a1, a2], snap)
-    key = "momentum_buffer" if name == "SGD" else "exp_avg"
+    key = BY_TORCH_NAME[name].state_keys[0]
 
     def shape_and_old_step(sd):
         for st in sd["state"].values():
