@@ -20,6 +20,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import clrfast as clr
@@ -109,12 +110,25 @@ def f32(v):
     return float(np.float32(v))
 
 
+def read(keras, v):
+    """A variable or tensor as a NumPy array, for this test's own checks.
+
+    Keras' convert_to_numpy warns on NumPy 2 for torch tensors and tensorflow variables; the
+    test's reads are not what is under test (clrfast's own reads run with warnings as errors).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return np.asarray(keras.ops.convert_to_numpy(getattr(v, "value", v)))
+
+
 # ------------------------------------------------------------------ child
 def run_scenarios(backend: str) -> dict:
     import clrfast.keras as ck
     import keras
 
     assert keras.backend.backend() == backend
+    # Every warning is an error, as in the parent's pytest run: the callbacks and lr_find must train without one.
+    warnings.simplefilter("error")
     res: dict = {"errors": {}}
     eager = {"jit_compile": False} if backend == "jax" else {"run_eagerly": True} if backend == "tensorflow" else {}
 
@@ -141,7 +155,7 @@ def run_scenarios(backend: str) -> dict:
         return model
 
     def weights(model):
-        return [float(w) for w in np.asarray(keras.ops.convert_to_numpy(model.weights[0].value)).ravel()]
+        return [float(w) for w in read(keras, model.weights[0]).ravel()]
 
     class Probe(keras.callbacks.Callback):
         """Reads the optimizer's lr before each batch: the value that batch trains with."""
@@ -151,7 +165,7 @@ def run_scenarios(backend: str) -> dict:
             self.seen = []
 
         def on_train_batch_begin(self, batch, logs=None):
-            self.seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+            self.seen.append(float(read(keras, self.model.optimizer.learning_rate)))
 
     onehot, target = np.eye(K, dtype=np.float32), np.full((K, 1), TARGET, np.float32)
     fit = {"batch_size": 1, "shuffle": False, "verbose": 0}
@@ -168,7 +182,7 @@ def run_scenarios(backend: str) -> dict:
             "probe": extra[0].seen if extra else None,
             "history": {k: [float(v) for v in vs] for k, vs in cb.history.items()},
             "epoch_logs": [h.history.get("learning_rate") for h in (h1, h2, h3)],
-            "epoch_loss": [h.history["loss"] for h in (h1, h2, h3)],
+            "epoch_loss": [[float(read(keras, v)) for v in h.history["loss"]] for h in (h1, h2, h3)],
         }
 
     # The seed's values, and a callable scale, over many iterations (no training needed).
@@ -226,7 +240,7 @@ def run_lr_find(keras, ck, error_of) -> dict:
     def variables(model):
         opt = model.optimizer
         vs = [*model.variables, *opt.variables, *model.metrics_variables]
-        return [np.asarray(keras.ops.convert_to_numpy(v.value)).tolist() for v in vs]
+        return [read(keras, v).tolist() for v in vs]
 
     # The sweep on a known curve.
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])
@@ -242,7 +256,7 @@ def run_lr_find(keras, ck, error_of) -> dict:
         "diverged_lr": r.diverged_lr,
         "suggestion": [r.max_lr, r.base_lr, r.lr_min, r.lr_steep],
         "restored": variables(model) == before,
-        "weight_after": float(np.asarray(keras.ops.convert_to_numpy(model.weights[0].value)).ravel()[0]),
+        "weight_after": float(read(keras, model.weights[0]).ravel()[0]),
     }
 
     # Restoring a trained model with BatchNorm, Dropout, Adam's slots and a metric; two seeds.
@@ -297,10 +311,8 @@ def run_lr_find(keras, ck, error_of) -> dict:
     opt = fresh.optimizer
     out["fresh"] = {
         "weights_same": variables(fresh)[: len(fresh.variables)] == w0,
-        "iterations": int(keras.ops.convert_to_numpy(opt.iterations.value)),
-        "slots_zero": all(
-            not np.any(keras.ops.convert_to_numpy(v.value)) for v in opt.variables if "momentum" in v.path
-        ),
+        "iterations": int(read(keras, opt.iterations)),
+        "slots_zero": all(not np.any(read(keras, v)) for v in opt.variables if "momentum" in v.path),
         "n_slots": sum("momentum" in v.path for v in opt.variables),
     }
 

@@ -57,15 +57,19 @@ def _host_steps(step) -> np.ndarray:
     """A step (tensor, Keras variable or array) as a NumPy array, without a warning on any backend.
 
     ``keras.ops.convert_to_numpy`` on torch goes through ``np.array(tensor)``, which NumPy 2 answers
-    with a DeprecationWarning (torch's ``__array__`` takes no ``copy``): two per training step.
+    with a DeprecationWarning (torch's ``__array__`` takes no ``copy``): two per training step. A
+    tensorflow variable's ``__array__`` takes none either, so there the value is read with ``.numpy()``.
     """
     if isinstance(step, keras.Variable):
         step = step.value
-    if keras.backend.backend() == "torch":
+    backend = keras.backend.backend()
+    if backend == "torch":
         import torch
 
         if isinstance(step, torch.Tensor):
             return step.numpy(force=True)
+    if backend == "tensorflow" and callable(getattr(step, "numpy", None)):
+        return np.asarray(step.numpy())
     return keras.ops.convert_to_numpy(step)
 
 
