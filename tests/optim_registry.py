@@ -168,7 +168,7 @@ UNLISTED = {
     "CLRScheduleFreeSGD": "train()/eval() protocol, no scheduled momentum",
     "CLRScheduleFreeAdamW": "train()/eval() protocol, no scheduled momentum",
 }
-NEW = ("CLRRMSprop", "CLRLion")  # the rules on the generic rule engine
+NEW = ("CLRRMSprop", "CLRLion")  # the registry's rules on the generic rule engine (clrfast/torch/rule.py)
 
 
 def params(names=NAMES):
