@@ -1,4 +1,4 @@
-"""clrfast.keras on Keras 3's jax and torch backends.
+"""clrfast.keras on Keras 3's jax, torch and tensorflow backends.
 
 Keras fixes its backend when first imported, so each backend trains in its own subprocess (this
 file run as a script, with KERAS_BACKEND set) and reports the weights it reached. This process
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("jax", "torch")
+BACKENDS = ("jax", "torch", "tensorflow")
 K = 12  # one-hot batches per epoch
 TARGET = -1000.0  # far below every prediction: the MAE gradient is exactly +x
 LR_SCHEDULES = {  # name -> (schedule, num_steps): the cyclic table ends at 5, so later steps come from the host
@@ -37,7 +37,11 @@ X_MOM = [1.0, -2.0, 0.5, 3.0, -1.0, 0.25, 2.0, -0.5, 1.5, -3.0]
 EPOCHS_MOM = 2
 INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 # Tensors each backend holds as they are (jax without x64 has 32 bits at most).
-TENSOR_DTYPES = {"jax": ("int8", "int16", "int32", "uint8", "uint16", "uint32"), "torch": INT_DTYPES}
+TENSOR_DTYPES = {
+    "jax": ("int8", "int16", "int32", "uint8", "uint16", "uint32"),
+    "torch": INT_DTYPES,
+    "tensorflow": INT_DTYPES,
+}
 DTYPE_STEPS = (2, 100)  # inside MOM's 3-step table, and past it (the host path); both fit int8
 
 needs_keras = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras is not installed")
@@ -61,7 +65,8 @@ def run_scenarios(backend: str, out: Path, load_path: str | None) -> dict:
 
     assert keras.backend.backend() == backend
     res: dict = {"errors": {}}
-    eager = {"jit_compile": False} if backend == "jax" else {}
+    # Where Keras reads a Python-float momentum at every step: jax unjitted, tensorflow eagerly.
+    eager = {"jit_compile": False} if backend == "jax" else {"run_eagerly": True} if backend == "tensorflow" else {}
 
     def dense(n_in):
         layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")
@@ -118,6 +123,10 @@ def run_scenarios(backend: str, out: Path, load_path: str | None) -> dict:
         import torch
 
         as_tensor = torch.as_tensor
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        as_tensor = tf.constant
     else:
         import jax.numpy as jnp
 
@@ -130,7 +139,7 @@ def run_scenarios(backend: str, out: Path, load_path: str | None) -> dict:
             steps[f"{dt}/array"] = np.array(k, dt)
             if dt in TENSOR_DTYPES[backend]:
                 tensor = as_tensor(np.array(k, dt))
-                assert str(tensor.dtype).split(".")[-1] == dt, (dt, tensor.dtype)
+                assert getattr(tensor.dtype, "name", str(tensor.dtype).split(".")[-1]) == dt, (dt, tensor.dtype)
                 steps[f"{dt}/tensor"] = tensor
         for key, step in steps.items():
             try:
