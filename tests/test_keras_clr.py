@@ -336,6 +336,7 @@ def run_lr_find(keras, ck, error_of) -> dict:
     sched.compile(optimizer=keras.optimizers.SGD(ck.Schedule(clr.Constant(0.1))), loss="mse")
     out["schedule_lr"] = error_of(lambda: ck.lr_find(sched, xs, ys))
     out["bad_num_steps"] = error_of(lambda: ck.lr_find(net, xs, ys, num_steps=3))
+    out["not_arrays"] = error_of(lambda: ck.lr_find(net, (b for b in [xs]), ys))
     return out
 
 
@@ -532,6 +533,7 @@ def test_lr_find_refuses_what_it_cannot_run(run):
     assert out["uncompiled"][0] == "ValueError" and "must be compiled" in out["uncompiled"][1]
     assert out["schedule_lr"][0] == "TypeError" and "float learning_rate" in out["schedule_lr"][1]
     assert out["bad_num_steps"] == ["ValueError", "num_steps must be >= 10, got 3"]
+    assert out["not_arrays"][0] == "TypeError" and "got generator (a dataset or generator" in out["not_arrays"][1]
 
 
 if __name__ == "__main__":

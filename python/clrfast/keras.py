@@ -442,6 +442,12 @@ def _num_samples(x) -> int:
     leaves = keras.tree.flatten(x)
     if not leaves:
         raise ValueError("x holds no arrays")
+    for a in leaves:
+        if not (hasattr(a, "__len__") and hasattr(a, "__getitem__") and hasattr(a, "shape")):
+            raise TypeError(
+                "lr_find takes x and y as arrays (or nested lists/dicts of arrays), as fit does; got "
+                f"{type(a).__name__} (a dataset or generator: take the arrays out of it first)"
+            )
     sizes = {len(a) for a in leaves}
     if len(sizes) != 1:
         raise ValueError(f"the arrays of x and y must have the same number of samples, got {sorted(sizes)}")
