@@ -181,6 +181,82 @@ def test_transposed_parameter_takes_torchs_path_and_matches(kw, flat):
     _same(a, oa, b, ob)
 
 
+KW_ALL = dict(momentum=0.9, centered=True, weight_decay=1e-2)
+
+
+@needs_torch_sqrt
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+def test_channels_last_and_mixed_dtypes_in_one_group_match_torch(foreach):
+    # a channels-last weight is one dense run (the kernel's), its state keeps the layout as torch's
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(4, 3, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    values = [w, torch.randn(11, generator=g, dtype=torch.float64), torch.randn(3, 2, generator=g)]
+    a = [torch.nn.Parameter(v.clone(memory_format=torch.preserve_format)) for v in values]
+    b = [torch.nn.Parameter(v.clone(memory_format=torch.preserve_format)) for v in values]
+    assert not a[0].is_contiguous() and a[0].is_contiguous(memory_format=torch.channels_last)
+    oa = CLRRMSprop(a, lr=LR, **KW_ALL)
+    ob = torch.optim.RMSprop(b, lr=LR, foreach=foreach, **KW_ALL)
+    for t in range(10):
+        _set(a, b, t)
+        for p, q in zip(a[:1], b[:1]):
+            p.grad = p.grad.contiguous(memory_format=torch.channels_last)
+            q.grad = q.grad.contiguous(memory_format=torch.channels_last)
+        oa.step()
+        ob.step()
+    _same(a, oa, b, ob)
+    assert oa.state[a[0]]["square_avg"].stride() == ob.state[b[0]]["square_avg"].stride()
+
+
+@needs_torch_sqrt
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_parameters_split_across_threads_match_torch(threads):
+    a = _params(shapes=[(300_001,), (70_003,)])
+    b = _params(shapes=[(300_001,), (70_003,)])
+    oa = CLRRMSprop(a, lr=LR, threads=threads, **KW_ALL)
+    ob = torch.optim.RMSprop(b, lr=LR, foreach=False, **KW_ALL)
+    for t in range(3):
+        _step(a, oa, b, ob, None, t)
+    _same(a, oa, b, ob)
+
+
+@needs_torch_sqrt
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("centered", [False, True])
+def test_model_conversion_after_the_first_steps_follows_torch(flat, centered):
+    # model.double() after two steps: float64 parameters and gradients, float32 state. torch computes
+    # each update in the wider type; with centered=True its lerp_ refuses the mixed dtypes, and so
+    # does CLRRMSprop, which hands such parameters to torch's code
+    torch.manual_seed(0)
+    net_a = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    net_b = copy.deepcopy(net_a)
+    kw = dict(momentum=0.9, centered=centered, weight_decay=1e-2)
+    opt_a = CLRRMSprop(net_a.parameters(), clr.Cyclic(BASE, TOP, step_size_up=3, **MOMENTA), flat=flat, **kw)
+    opt_b = torch.optim.RMSprop(net_b.parameters(), lr=BASE, foreach=False, **kw)
+    sch_b = torch.optim.lr_scheduler.CyclicLR(opt_b, BASE, TOP, step_size_up=3, cycle_momentum=True, **MOMENTA)
+    x = torch.randn(8, 4)
+    for t in range(6):
+        if t == 2:
+            net_a.double()
+            net_b.double()
+            x = x.double()
+        errors = []
+        for net, opt in ((net_a, opt_a), (net_b, opt_b)):
+            opt.zero_grad()
+            net(x).pow(2).sum().backward()
+            try:
+                opt.step()
+            except RuntimeError as e:
+                errors.append(str(e))
+        if centered and t >= 2:
+            assert len(errors) == 2 and errors[0] == errors[1]
+            _same(list(net_a.parameters()), opt_a, list(net_b.parameters()), opt_b)  # torch's own partial step
+            return
+        assert not errors
+        sch_b.step()
+        _same(list(net_a.parameters()), opt_a, list(net_b.parameters()), opt_b)
+    assert not centered
+
+
 # ----------------------------------------------------------------------------- driven by a schedule
 SCHEDULES = {
     "cyclic": (

@@ -6,12 +6,13 @@
 #include "clrfast/adam_update.hpp"
 #include "clrfast/lion_update.hpp"
 #include "clrfast/rmsprop_update.hpp"
+#include "clrfast/schedulefree_update.hpp"
 
 namespace clrfast {
 
 template <class... R>
 struct RuleList {};
 
-using Rules = RuleList<Adam, Rmsprop, Lion>;
+using Rules = RuleList<Adam, Rmsprop, Lion, ScheduleFreeAdamW, ScheduleFreeSgd>;
 
 }  // namespace clrfast

@@ -7,5 +7,7 @@ namespace clrfast {
 CLRFAST_DEFINE_RULE_CPU(Adam)
 CLRFAST_DEFINE_RULE_CPU(Rmsprop)
 CLRFAST_DEFINE_RULE_CPU(Lion)
+CLRFAST_DEFINE_RULE_CPU(ScheduleFreeAdamW)
+CLRFAST_DEFINE_RULE_CPU(ScheduleFreeSgd)
 
 }  // namespace clrfast

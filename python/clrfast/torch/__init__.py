@@ -36,6 +36,8 @@ _LAZY = {
     "CLRAdam": "adam",
     "CLRRMSprop": "rmsprop",
     "CLRLion": "lion",
+    "CLRScheduleFreeAdamW": "schedulefree",
+    "CLRScheduleFreeSGD": "schedulefree",
     "lr_find": "lr_find",
     "LRFindResult": "lr_find",
 }

@@ -545,6 +545,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     _ptr_cols: tuple = ()  # columns holding addresses (for merging flat runs)
     _n_col = 0  # the column of the element count
     _grad_col = 1  # the column of the gradient's address
+    _writes_grads = False  # the kernel stores into the gradients (not only GradScaler's unscaling)
     # With fused_unscale, torch.amp.GradScaler hands the step its scale and inf flag and the kernel
     # unscales as it reads (one pass less over the gradients). Off by default: trainers refuse
     # gradient clipping with an optimizer that unscales internally (Lightning's precision
@@ -933,8 +934,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             for gi, g in enumerate(self.param_groups):
                 self._check_followed(gi, g)
             hypers = [self._step_hyper(gi, g) for gi, g in enumerate(self.param_groups)]
-            # GradScaler's fused path writes the unscaled gradients back: then they are written memory
-            written = grad_scale is not None
+            # GradScaler's fused path writes the unscaled gradients back, and so do rules that leave
+            # their final gradient in p.grad: then they are written memory
+            written = grad_scale is not None or self._writes_grads
             plans = [self._plan(gi, g, h, written) for gi, (g, h) in enumerate(zip(self.param_groups, hypers))]
             for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
                 if plan is not None and plan.device.type == "cuda":
@@ -1066,7 +1068,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if views is not None:
             for k in self._state_keys:
                 if k in new:
-                    views[k].zero_()
+                    views[k].copy_(new[k])  # the rule's initial values (zeros, or a copy of p)
                     new[k] = views[k]
         self.state[p].update(new)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..schedules import Schedule
 from .rule import Hyper, RuleOptimizer
 
 __all__ = ["CLRLion"]
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class CLRLion(RuleOptimizer):
@@ -48,11 +52,21 @@ class CLRLion(RuleOptimizer):
         self._setup(params, schedule, lr, dict(betas=betas, weight_decay=weight_decay), flat=flat, threads=threads)
 
     def _torch_update(self, params, grads, states, h) -> None:
-        # lion-pytorch's update_fn, op for op
+        # lion-pytorch's update_fn, op for op. A bfloat16/float16 parameter (and its state) is
+        # updated in float32 and rounded once on store, as the kernel does for a dense one: a
+        # transposed parameter follows the same precision rule as a contiguous one.
         lr, wd, beta1, beta2 = h["lr"], h["weight_decay"], h["beta1"], h["beta2"]
         for p, grad, st in zip(params, grads, states):
             exp_avg = st["exp_avg"]
-            p.mul_(1.0 - lr * wd)
-            update = exp_avg.clone().mul_(beta1).add(grad, alpha=1.0 - beta1).sgn_()
-            p.add_(update, alpha=-lr)
-            exp_avg.mul_(beta2).add_(grad, alpha=1.0 - beta2)
+            low = p.dtype in _LOW_PRECISION
+            w = p.float() if low else p
+            m = exp_avg.float() if low and exp_avg.dtype in _LOW_PRECISION else exp_avg
+            g = grad.float() if low else grad
+            w.mul_(1.0 - lr * wd)
+            update = m.clone().mul_(beta1).add(g, alpha=1.0 - beta1).sgn_()
+            w.add_(update, alpha=-lr)
+            m.mul_(beta2).add_(g, alpha=1.0 - beta2)
+            if w is not p:
+                p.copy_(w)
+            if m is not exp_avg:
+                exp_avg.copy_(m)
