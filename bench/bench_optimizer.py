@@ -243,7 +243,7 @@ def main():
     ap.add_argument("--gpt2", action="store_true", help="add GPT-2 small's 124 M parameters (AdamW; ~8 GB RAM)")
     args = ap.parse_args()
     sets = {"ResNet-18 (62 tensors, 11.7 M)": resnet18_shapes(), "2,000 x 256": [(256,)] * 2000}
-    print(f"Machine: {machine()}; clrfast kernels: {_core.sgd_cpu_isa()}, threads {torch.get_num_threads()}")
+    print(f"Machine: {machine()}; clrfast kernels: {_core.cpu_isa()}, threads {torch.get_num_threads()}")
     for rule in list(RULES) if args.rule == "all" else [args.rule]:
         nbytes, base, fused, runners = RULES[rule]
         rule_sets = dict(sets)

@@ -105,6 +105,7 @@ class Kernel:
                     CODES[p.dtype],
                     self.step[i].data_ptr(),
                     sd,
+                    0,  # fresh: Adam's new state is zeros, no flag
                 ]
             )
         self.table = np.array(rows, dtype=np.int64).reshape(-1, _core.rules["adam"]["width"])
@@ -388,13 +389,13 @@ def test_step_scalars_float64_and_shared_rows():
 
 def test_empty_parameter_still_counts_a_step():
     s = torch.zeros(())
-    table = np.array([[0, 0, 0, 0, 0, 0, 0, s.data_ptr(), 0]], dtype=np.int64)
+    table = np.array([[0, 0, 0, 0, 0, 0, 0, s.data_ptr(), 0, 0]], dtype=np.int64)
     adam_step(table, 1e-3, 0.9, 0.999, 1e-8, 0.0, True, False, False, 1.0, False, 1)
     assert float(s) == 1.0
 
 
 def _row(**kw):
-    base = dict(p=8, g=8, m=8, v=8, vmax=0, n=4, dtype=0, step=8, step_dtype=0)
+    base = dict(p=8, g=8, m=8, v=8, vmax=0, n=4, dtype=0, step=8, step_dtype=0, fresh=0)
     base.update(kw)
     return np.array([list(base.values())], dtype=np.int64)
 
@@ -403,15 +404,16 @@ def _row(**kw):
     "table,amsgrad,exc,match",
     [
         (np.zeros((1, 8), dtype=np.int64), False, ValueError, "shape"),
-        (np.zeros((1, 9), dtype=np.float64), False, TypeError, "int64"),
+        (np.zeros((1, 10), dtype=np.float64), False, TypeError, "int64"),
         (_row(dtype=4), False, ValueError, "dtype code"),
         (_row(step_dtype=2), False, ValueError, "step dtype"),
         (_row(n=-1), False, ValueError, "negative"),
         (_row(step=0), False, ValueError, "null step"),
         (_row(m=0), False, ValueError, "null exp_avg pointer"),
         (_row(p=0), False, ValueError, "null pointer"),
-        (_row(), True, ValueError, "null max_exp_avg_sq pointer"),  # amsgrad without a max buffer
-        (np.asfortranarray(np.zeros((2, 9), dtype=np.int64)), False, ValueError, "contiguous"),
+        (_row(), True, ValueError, "null max_exp_avg_sq pointer"),
+        (_row(fresh=2), False, ValueError, "fresh"),  # amsgrad without a max buffer
+        (np.asfortranarray(np.zeros((2, 10), dtype=np.int64)), False, ValueError, "contiguous"),
     ],
 )
 def test_bad_tables_are_refused(table, amsgrad, exc, match):
@@ -421,8 +423,8 @@ def test_bad_tables_are_refused(table, amsgrad, exc, match):
 
 def test_segment_layout_is_the_rules():
     layout = _core.rules["adam"]
-    assert layout["width"] == 9 and layout["slots"] == ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    assert [layout["cols"][k] for k in ("p", "g", "exp_avg", "n", "step")] == [0, 1, 2, 5, 7]
+    assert layout["width"] == 10 and layout["slots"] == ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    assert [layout["cols"][k] for k in ("p", "g", "exp_avg", "n", "step", "fresh")] == [0, 1, 2, 5, 7, 9]
 
 
 @needs_torch_sqrt

@@ -1,21 +1,18 @@
-// Bindings of the fused SGD step (CPU, and CUDA when built with it).
+// Bindings shared by the fused optimizers (schedule values, threads, ISA) and the CUDA SGD step.
+// The CPU steps of every rule, SGD included, are cpp/bindings/rules.cpp's.
 //
-// The torch front end passes raw data pointers as integers in an int64 table,
-// one row per (param, grad, buffer) segment, so this module never links
-// libtorch. Kernels run with the GIL released.
+// The torch front end passes raw data pointers as integers in an int64 table, so this
+// module never links libtorch. Kernels run with the GIL released.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <cmath>
-#include <cstddef>
-#include <cstring>
+#include <cstdint>
 #include <string>
-#include <utility>
 
 #include "bindings.hpp"
 #include "clrfast/schedule.hpp"
 #include "clrfast/sgd_update.hpp"
-#include "sgd_cpu.hpp"
+#include "cpu_dispatch.hpp"
 #include "thread_pool.hpp"
 #ifdef CLRFAST_WITH_CUDA
 #include "sgd_cuda.hpp"
@@ -24,62 +21,15 @@
 namespace py = pybind11;
 
 namespace clrfast {
-namespace {
-
-constexpr int kSegCols = static_cast<int>(sizeof(Segment) / sizeof(int64_t));
-
-const Segment* segments_of(const py::array& table, int64_t* count, bool need_buf) {
-  const Segment* segs = segment_rows<Segment>(table, count);
-  for (int64_t i = 0; i < *count; ++i) {
-    const Segment& s = segs[i];
-    if (s.dtype < 0 || s.dtype > 3) throw py::value_error("segments: unknown dtype code");
-    if (s.n < 0) throw py::value_error("segments: negative length");
-    if (s.n > 0 && (s.p == 0 || s.g == 0 || (need_buf && s.buf == 0)))
-      throw py::value_error("segments: null pointer in row " + std::to_string(i));
-  }
-  return segs;
-}
-
-// lr and momentum of step t; the schedule's momentum wins over the constant.
-std::pair<double, double> hyper_at(const Schedule& s, double t, double momentum) {
-  const LrMom v = schedule_at(s, t);
-  return {v.lr, std::isnan(v.momentum) ? momentum : v.momentum};
-}
-
-void sgd_step(const py::array& table, double lr, double momentum, double dampening, double weight_decay,
-              bool nesterov, bool maximize, double inv_scale, bool store_grad, int threads) {
-  int64_t n = 0;
-  const Segment* segs = segments_of(table, &n, momentum != 0.0);
-  StepConfig cfg{lr, momentum, dampening, weight_decay, inv_scale, store_grad, nesterov, maximize};
-  if (threads < 1) threads = 1;
-  py::gil_scoped_release release;
-  sgd_step_cpu(segs, n, cfg, threads);
-}
-
-}  // namespace
 
 void bind_optim(py::module_& m) {
-  m.def("sgd_step", &sgd_step, py::arg("segments"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
-        py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("inv_scale"),
-        py::arg("store_grad"), py::arg("threads"),
-        "Fused SGD step over an int64 segment table (rows p, g, buf, n, dtype, first) on the CPU.");
   m.def("sgd_hyper", [](const Schedule& s, int64_t step, double momentum) {
-    const auto hm = hyper_at(s, static_cast<double>(step), momentum);
-    return py::make_tuple(hm.first, hm.second);
+    const LrMom v = group_values_at(s, static_cast<double>(step), momentum);
+    return py::make_tuple(v.lr, v.momentum);
   }, py::arg("schedule"), py::arg("step"), py::arg("momentum"),
      "(lr, momentum) of `step`; the schedule's momentum, else `momentum`.");
-  m.def("sgd_cpu_isa", &sgd_cpu_isa, "Instruction set the CPU kernels dispatch to.");
+  m.def("cpu_isa", &cpu_isa, "Instruction set the CPU kernels dispatch to.");
   m.def("hardware_threads", &ThreadPool::hardware_threads);
-  m.attr("sgd_segment_cols") = kSegCols;
-  // The columns of a Segment row, the one source of the front end's (python/clrfast/torch/optim.py).
-  py::dict cols;
-  cols["p"] = static_cast<int>(offsetof(Segment, p) / sizeof(int64_t));
-  cols["g"] = static_cast<int>(offsetof(Segment, g) / sizeof(int64_t));
-  cols["momentum_buffer"] = static_cast<int>(offsetof(Segment, buf) / sizeof(int64_t));
-  cols["n"] = static_cast<int>(offsetof(Segment, n) / sizeof(int64_t));
-  cols["dtype"] = static_cast<int>(offsetof(Segment, dtype) / sizeof(int64_t));
-  cols["first"] = static_cast<int>(offsetof(Segment, first) / sizeof(int64_t));
-  m.attr("sgd_segment_layout") = cols;
   m.def("schedule_bytes", [](const Schedule& s) {
     return py::bytes(reinterpret_cast<const char*>(&s), sizeof(Schedule));
   }, "The compiled schedule's raw bytes (copied to device memory for the CUDA kernel).");

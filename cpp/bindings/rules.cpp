@@ -10,10 +10,12 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "bindings.hpp"
+#include "clrfast/schedule.hpp"
 #include "rule_cpu.hpp"
 #include "rules.hpp"
 
@@ -32,6 +34,7 @@ const RuleRowOf<R>* rule_rows(const py::array& table, const std::vector<double>&
     const std::string row = " in row " + std::to_string(i);
     if (r.dtype < 0 || r.dtype > 3) throw py::value_error("segments: unknown dtype code" + row);
     if (r.n < 0) throw py::value_error("segments: negative length" + row);
+    if (r.fresh != 0 && r.fresh != 1) throw py::value_error("segments: fresh must be 0 or 1" + row);
     if (R::kStep) {
       // The counter advances even for an empty parameter, as torch's does.
       if (r.step == 0) throw py::value_error("segments: null step pointer" + row);
@@ -40,7 +43,7 @@ const RuleRowOf<R>* rule_rows(const py::array& table, const std::vector<double>&
     if (r.n == 0) continue;
     if (r.p == 0 || r.g == 0) throw py::value_error("segments: null pointer" + row);
     for (int k = 0; k < K; ++k)
-      if (R::uses(v, k) && r.s[k] == 0)
+      if (R::uses(rule_detail::row_variant<R>(v, r), k) && r.s[k] == 0)
         throw py::value_error(std::string("segments: null ") + R::kSlots[k] + " pointer" + row);
   }
   return rows;
@@ -61,6 +64,7 @@ void bind_rule(py::module_& m, py::dict& layouts) {
   cols["dtype"] = C::dtype;
   cols["step"] = C::step;
   cols["step_dtype"] = C::step_dtype;
+  cols["fresh"] = C::fresh;
   py::dict layout;
   layout["slots"] = slots;
   layout["scalars"] = scalars;
@@ -69,6 +73,7 @@ void bind_rule(py::module_& m, py::dict& layouts) {
   layout["step"] = R::kStep;
   layout["root"] = R::kRoot;
   layout["grad_out"] = rule_detail::writes_any_grad<R>();
+  layout["fresh"] = rule_detail::FreshBit<R>::bit != 0;
   layouts[R::kName] = layout;
 
   const std::string name = std::string(R::kName) + "_step";
@@ -76,11 +81,14 @@ void bind_rule(py::module_& m, py::dict& layouts) {
                           " step on the CPU over an int64 segment table (columns: _core.rules['" + R::kName +
                           "']['cols']). scalars: the values of _core.rules['" + R::kName +
                           "']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, "
-                          "sqrt_f64, sqrt_threads_local: as adam_step's (0: IEEE sqrt).";
+                          "sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns "
+                          "(lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the "
+                          "schedule has none); else None.";
   m.def(
       name.c_str(),
       [](const py::array& table, const std::vector<double>& scalars, double inv_scale, bool store_grad, int threads,
-         uintptr_t sqrt_f32, uintptr_t sqrt_f64, uintptr_t sqrt_threads_local) {
+         uintptr_t sqrt_f32, uintptr_t sqrt_f64, uintptr_t sqrt_threads_local, const std::optional<Schedule>& schedule,
+         int64_t next_step, double momentum) -> py::object {
         if (scalars.size() != R::kScalars.size())
           throw py::value_error("scalars: expected " + std::to_string(R::kScalars.size()) + " values (" +
                                 std::string(R::kName) + "), got " + std::to_string(scalars.size()));
@@ -95,12 +103,19 @@ void bind_rule(py::module_& m, py::dict& layouts) {
         run.sqrt_f32 = reinterpret_cast<VecSqrtF32>(sqrt_f32);
         run.sqrt_f64 = reinterpret_cast<VecSqrtF64>(sqrt_f64);
         run.sqrt_threads_local = reinterpret_cast<int (*)(int)>(sqrt_threads_local);
-        py::gil_scoped_release release;
-        rule_step_cpu<R>(rows, n, scalars.data(), run);
+        // The values the group shows after this step, computed with it: one call per step.
+        LrMom next{};
+        if (schedule) next = group_values_at(*schedule, static_cast<double>(next_step), momentum);
+        {
+          py::gil_scoped_release release;
+          rule_step_cpu<R>(rows, n, scalars.data(), run);
+        }
+        if (!schedule) return py::none();
+        return py::make_tuple(next.lr, next.momentum);
       },
       py::arg("segments"), py::arg("scalars"), py::arg("inv_scale") = 1.0, py::arg("store_grad") = false,
       py::arg("threads") = 1, py::arg("sqrt_f32") = 0, py::arg("sqrt_f64") = 0, py::arg("sqrt_threads_local") = 0,
-      doc.c_str());
+      py::arg("schedule") = py::none(), py::arg("next_step") = 0, py::arg("momentum") = 0.0, doc.c_str());
 }
 
 template <class... R>

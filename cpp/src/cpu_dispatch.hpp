@@ -60,4 +60,16 @@ void for_each_segment_range(int64_t nseg, Len len, int threads, Fn fn) {
   });
 }
 
+// Name of the instruction set the cloned entry points dispatch to on this machine.
+inline const char* cpu_isa() {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
+  if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
+  return "baseline";
+#else
+  return "baseline";
+#endif
+}
+
 }  // namespace clrfast

@@ -23,6 +23,8 @@
 //   writes_grad(V)          optional (default: never): the gradient the update ends with is
 //                           stored back into the gradient (schedulefree normalises p.grad
 //                           in place)
+//   kFreshBit               optional (default: none): the variant bit the engine adds for
+//                           the rows whose state holds no history yet (RuleRow::fresh)
 // Everything a rule does not declare is the engine's, so a rule's CPU
 // kernel is one line (CLRFAST_DEFINE_RULE_CPU in its .cpp file).
 #pragma once
@@ -36,6 +38,7 @@
 
 #include "clrfast/adam_update.hpp"
 #include "cpu_dispatch.hpp"
+#include "rule_row.hpp"
 
 namespace clrfast {
 
@@ -44,29 +47,6 @@ namespace clrfast {
 // and bit parity with torch needs the same routine (see clrfast/adam_update.hpp).
 using VecSqrtF32 = void (*)(const int* n, const float* in, float* out);
 using VecSqrtF64 = void (*)(const int* n, const double* in, double* out);
-
-// One row of a rule's int64 segment table (a parameter or a contiguous piece
-// of one; every tensor of the row dense, of the row's dtype, n elements):
-//   p, g        addresses of the parameter and its gradient
-//   s[K]        addresses of the state slots in R::kSlots order; 0 for a slot the
-//               step's variant does not use
-//   n, dtype    element count; DType code
-//   step        address of the 0-d step counter (R::kStep; else 0)
-//   step_dtype  0 float32, 1 float64
-// Consecutive rows with one step address (a parameter cut into pieces) share
-// one increment.
-template <int K>
-struct RuleRow {
-  int64_t p, g, s[K], n, dtype, step, step_dtype;
-};
-
-// Column indices of a RuleRow, the one source of the Python front end's.
-template <int K>
-struct RuleCols {
-  static constexpr int p = 0, g = 1, s = 2, n = 2 + K, dtype = 3 + K, step = 4 + K, step_dtype = 5 + K,
-                       count = 6 + K;
-  static_assert(sizeof(RuleRow<K>) == count * sizeof(int64_t), "RuleRow must be a plain int64 row");
-};
 
 // How one call runs, besides the rule's scalars.
 struct RuleRun {
@@ -102,6 +82,22 @@ template <class R>
 struct GradOut<R, std::void_t<decltype(R::writes_grad(0))>> {
   static constexpr bool at(int v) { return R::writes_grad(v); }
 };
+
+// R::kFreshBit where the rule declares it, else 0.
+template <class R, class = void>
+struct FreshBit {
+  static constexpr int bit = 0;
+};
+template <class R>
+struct FreshBit<R, std::void_t<decltype(R::kFreshBit)>> {
+  static constexpr int bit = R::kFreshBit;
+};
+
+// The variant row r runs: the step's, plus the fresh bit for a row whose state is new.
+template <class R, class Row>
+int row_variant(int v, const Row& r) {
+  return r.fresh != 0 ? v | FreshBit<R>::bit : v;
+}
 
 // Whether some variant of R writes its gradient (the front end then treats gradients as written memory).
 template <class R>
@@ -288,15 +284,16 @@ void step(const RuleRowOf<R>* rows, int64_t nseg, const double* sc, const RuleRu
         void* a[5] = {at(r.p), at(r.g), at(r.s[0]), K > 1 ? at(r.s[K > 1 ? 1 : 0]) : nullptr,
                       K > 2 ? at(r.s[K > 2 ? 2 : 0]) : nullptr};
         const int64_t n = end - begin;
+        const int vr = row_variant<R>(v, r);
         switch (dt) {
           case DType::F32:
-            return fn.f32(v, run.store_grad, a, n, coef[i].f, run.sqrt_f32);
+            return fn.f32(vr, run.store_grad, a, n, coef[i].f, run.sqrt_f32);
           case DType::F64:
-            return fn.f64(v, run.store_grad, a, n, coef[i].d, run.sqrt_f64);
+            return fn.f64(vr, run.store_grad, a, n, coef[i].d, run.sqrt_f64);
           case DType::BF16:
-            return fn.bf16(v, run.store_grad, a, n, coef[i].f, nullptr);
+            return fn.bf16(vr, run.store_grad, a, n, coef[i].f, nullptr);
           case DType::F16:
-            return fn.f16(v, run.store_grad, a, n, coef[i].f, nullptr);
+            return fn.f16(vr, run.store_grad, a, n, coef[i].f, nullptr);
         }
       });
 }

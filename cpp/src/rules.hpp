@@ -7,12 +7,13 @@
 #include "clrfast/lion_update.hpp"
 #include "clrfast/rmsprop_update.hpp"
 #include "clrfast/schedulefree_update.hpp"
+#include "clrfast/sgd_update.hpp"
 
 namespace clrfast {
 
 template <class... R>
 struct RuleList {};
 
-using Rules = RuleList<Adam, Rmsprop, Lion, ScheduleFreeAdamW, ScheduleFreeSgd>;
+using Rules = RuleList<Sgd, Adam, Rmsprop, Lion, ScheduleFreeAdamW, ScheduleFreeSgd>;
 
 }  // namespace clrfast

@@ -23,7 +23,7 @@ __device__ void update_range(const Segment& s, int64_t begin, int64_t stride, co
   using T = typename Storage<D>::type;
   T* p = reinterpret_cast<T*>(s.p);
   T* g = reinterpret_cast<T*>(s.g);
-  T* b = reinterpret_cast<T*>(s.buf);
+  T* b = reinterpret_cast<T*>(s.s[0]);
   SgdCoef<typename Storage<D>::acc> cc = c;
   cc.inv_scale = inv_scale;  // read from the device-side grad_scale by the caller
   for (int64_t i = begin; i < s.n; i += stride) sgd_update_at<D, WD, M>(p, g, b, i, cc, store);
@@ -77,7 +77,7 @@ __global__ void sgd_kernel(KernelArgs a) {
     const Segment& s = a.segs[si];
     MomMode m = MomMode::None;
     if (mom != 0.0) {
-      if (s.first) m = a.nesterov ? MomMode::FirstNesterov : MomMode::First;
+      if (s.fresh) m = a.nesterov ? MomMode::FirstNesterov : MomMode::First;
       else m = a.nesterov ? MomMode::Nesterov : MomMode::Normal;
     }
     switch (static_cast<DType>(s.dtype)) {
@@ -104,7 +104,7 @@ __global__ void finish_kernel(const Schedule* schedule, int64_t* step, Segment* 
                               const float* found_inf, double* lrmom_out) {
   if (found_inf != nullptr && *found_inf != 0.0f) return;
   const int64_t t = *step + 1;
-  for (int64_t i = threadIdx.x; i < nseg; i += blockDim.x) segs[i].first = 0;
+  for (int64_t i = threadIdx.x; i < nseg; i += blockDim.x) segs[i].fresh = 0;
   __syncthreads();
   if (threadIdx.x == 0) {
     if (lrmom_out != nullptr) {

@@ -6,15 +6,18 @@
 #include <string>
 
 #include "clrfast/schedule.hpp"
-#include "sgd_cpu.hpp"
+#include "rule_row.hpp"
 
 namespace clrfast {
+
+// The SGD rule's table row (momentum_buffer is s[0]).
+using Segment = RuleRow<1>;
 
 // All pointers are device pointers except `stream` (a cudaStream_t).
 struct CudaStepArgs {
   const Schedule* schedule;  // the compiled schedule, copied to device memory
   int64_t* step;             // device step counter, advanced by the step itself
-  Segment* segs;             // nseg rows; `first` is cleared on the device after a step
+  Segment* segs;             // nseg rows; `fresh` is cleared on the device after a step
   int64_t nseg, max_n;       // max_n: the longest segment
   double momentum, dampening, weight_decay;
   bool nesterov, maximize;

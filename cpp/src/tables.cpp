@@ -2,18 +2,11 @@
 
 #include <cmath>
 
+#include "cpu_dispatch.hpp"
 #include "thread_pool.hpp"
 
-// Each kernel is compiled for AVX-512, AVX2 and baseline x86-64, and the
-// loader picks one from the CPU's features. target_clones is an x86 feature of
-// GCC on glibc; elsewhere (aarch64, clang) the kernels are compiled once.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define CLRFAST_TABLE_CLONES __attribute__((flatten, target_clones("avx512f", "avx2", "default")))
-#elif defined(__GNUC__)
-#define CLRFAST_TABLE_CLONES __attribute__((flatten))
-#else
-#define CLRFAST_TABLE_CLONES
-#endif
+// Each kernel is an ISA-cloned entry point (cpu_dispatch.hpp).
+#define CLRFAST_TABLE_CLONES CLRFAST_CPU_CLONES
 
 namespace clrfast {
 namespace {

@@ -29,6 +29,7 @@ __all__: list[str] = [
     "adam_step_cuda",
     "constant",
     "cosine_restarts",
+    "cpu_isa",
     "cuda_built",
     "cyclic",
     "cyclic_geometry",
@@ -48,10 +49,7 @@ __all__: list[str] = [
     "schedulefree_adamw_step",
     "schedulefree_sgd_step",
     "set_tensor_api",
-    "sgd_cpu_isa",
     "sgd_hyper",
-    "sgd_segment_cols",
-    "sgd_segment_layout",
     "sgd_step",
     "sgd_step_cuda",
     "step_check_spec",
@@ -598,9 +596,12 @@ def adam_step(
     sqrt_f32: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_f64: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_threads_local: typing.SupportsInt | typing.SupportsIndex = 0,
-) -> None:
+    schedule: Schedule | None = None,
+    next_step: typing.SupportsInt | typing.SupportsIndex = 0,
+    momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+) -> typing.Any:
     """
-    The adam step on the CPU over an int64 segment table (columns: _core.rules['adam']['cols']). scalars: the values of _core.rules['adam']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: as adam_step's (0: IEEE sqrt).
+    The adam step on the CPU over an int64 segment table (columns: _core.rules['adam']['cols']). scalars: the values of _core.rules['adam']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
     """
 
 def adam_step_cuda(
@@ -635,6 +636,11 @@ def cosine_restarts(
     peak_decay: typing.SupportsFloat | typing.SupportsIndex,
     warmup_steps: typing.SupportsFloat | typing.SupportsIndex,
 ) -> Schedule: ...
+def cpu_isa() -> str:
+    """
+    Instruction set the CPU kernels dispatch to.
+    """
+
 def cyclic(
     *,
     base_lr: typing.SupportsFloat | typing.SupportsIndex,
@@ -689,9 +695,12 @@ def lion_step(
     sqrt_f32: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_f64: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_threads_local: typing.SupportsInt | typing.SupportsIndex = 0,
-) -> None:
+    schedule: Schedule | None = None,
+    next_step: typing.SupportsInt | typing.SupportsIndex = 0,
+    momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+) -> typing.Any:
     """
-    The lion step on the CPU over an int64 segment table (columns: _core.rules['lion']['cols']). scalars: the values of _core.rules['lion']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: as adam_step's (0: IEEE sqrt).
+    The lion step on the CPU over an int64 segment table (columns: _core.rules['lion']['cols']). scalars: the values of _core.rules['lion']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
     """
 
 def onecycle(
@@ -753,9 +762,12 @@ def rmsprop_step(
     sqrt_f32: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_f64: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_threads_local: typing.SupportsInt | typing.SupportsIndex = 0,
-) -> None:
+    schedule: Schedule | None = None,
+    next_step: typing.SupportsInt | typing.SupportsIndex = 0,
+    momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+) -> typing.Any:
     """
-    The rmsprop step on the CPU over an int64 segment table (columns: _core.rules['rmsprop']['cols']). scalars: the values of _core.rules['rmsprop']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: as adam_step's (0: IEEE sqrt).
+    The rmsprop step on the CPU over an int64 segment table (columns: _core.rules['rmsprop']['cols']). scalars: the values of _core.rules['rmsprop']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
     """
 
 def schedule_bytes(arg0: Schedule) -> bytes:
@@ -772,9 +784,12 @@ def schedulefree_adamw_step(
     sqrt_f32: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_f64: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_threads_local: typing.SupportsInt | typing.SupportsIndex = 0,
-) -> None:
+    schedule: Schedule | None = None,
+    next_step: typing.SupportsInt | typing.SupportsIndex = 0,
+    momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+) -> typing.Any:
     """
-    The schedulefree_adamw step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_adamw']['cols']). scalars: the values of _core.rules['schedulefree_adamw']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: as adam_step's (0: IEEE sqrt).
+    The schedulefree_adamw step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_adamw']['cols']). scalars: the values of _core.rules['schedulefree_adamw']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
     """
 
 def schedulefree_sgd_step(
@@ -786,19 +801,17 @@ def schedulefree_sgd_step(
     sqrt_f32: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_f64: typing.SupportsInt | typing.SupportsIndex = 0,
     sqrt_threads_local: typing.SupportsInt | typing.SupportsIndex = 0,
-) -> None:
+    schedule: Schedule | None = None,
+    next_step: typing.SupportsInt | typing.SupportsIndex = 0,
+    momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+) -> typing.Any:
     """
-    The schedulefree_sgd step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_sgd']['cols']). scalars: the values of _core.rules['schedulefree_sgd']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: as adam_step's (0: IEEE sqrt).
+    The schedulefree_sgd step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_sgd']['cols']). scalars: the values of _core.rules['schedulefree_sgd']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
     """
 
 def set_tensor_api(tensor_type: typing.Any, data_ptr_fn: typing.SupportsInt | typing.SupportsIndex) -> None:
     """
     torch.Tensor and torch's C function returning a tensor's data address (0: call data_ptr).
-    """
-
-def sgd_cpu_isa() -> str:
-    """
-    Instruction set the CPU kernels dispatch to.
     """
 
 def sgd_hyper(
@@ -812,18 +825,19 @@ def sgd_hyper(
 
 def sgd_step(
     segments: numpy.ndarray,
-    lr: typing.SupportsFloat | typing.SupportsIndex,
-    momentum: typing.SupportsFloat | typing.SupportsIndex,
-    dampening: typing.SupportsFloat | typing.SupportsIndex,
-    weight_decay: typing.SupportsFloat | typing.SupportsIndex,
-    nesterov: bool,
-    maximize: bool,
-    inv_scale: typing.SupportsFloat | typing.SupportsIndex,
-    store_grad: bool,
-    threads: typing.SupportsInt | typing.SupportsIndex,
-) -> None:
+    scalars: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex],
+    inv_scale: typing.SupportsFloat | typing.SupportsIndex = 1.0,
+    store_grad: bool = False,
+    threads: typing.SupportsInt | typing.SupportsIndex = 1,
+    sqrt_f32: typing.SupportsInt | typing.SupportsIndex = 0,
+    sqrt_f64: typing.SupportsInt | typing.SupportsIndex = 0,
+    sqrt_threads_local: typing.SupportsInt | typing.SupportsIndex = 0,
+    schedule: Schedule | None = None,
+    next_step: typing.SupportsInt | typing.SupportsIndex = 0,
+    momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+) -> typing.Any:
     """
-    Fused SGD step over an int64 segment table (rows p, g, buf, n, dtype, first) on the CPU.
+    The sgd step on the CPU over an int64 segment table (columns: _core.rules['sgd']['cols']). scalars: the values of _core.rules['sgd']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
     """
 
 def sgd_step_cuda(
@@ -876,6 +890,16 @@ def warmup_decay(
 cuda_built: bool = True
 dtype_codes: dict = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 rules: dict = {
+    "sgd": {
+        "slots": ("momentum_buffer"),
+        "scalars": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
+        "cols": {"p": 0, "g": 1, "momentum_buffer": 2, "n": 3, "dtype": 4, "step": 5, "step_dtype": 6, "fresh": 7},
+        "width": 8,
+        "step": False,
+        "root": False,
+        "grad_out": False,
+        "fresh": True,
+    },
     "adam": {
         "slots": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         "scalars": ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled", "amsgrad", "maximize", "lr_dtype"),
@@ -889,11 +913,13 @@ rules: dict = {
             "dtype": 6,
             "step": 7,
             "step_dtype": 8,
+            "fresh": 9,
         },
-        "width": 9,
+        "width": 10,
         "step": True,
         "root": True,
         "grad_out": False,
+        "fresh": False,
     },
     "rmsprop": {
         "slots": ("square_avg", "momentum_buffer", "grad_avg"),
@@ -908,42 +934,45 @@ rules: dict = {
             "dtype": 6,
             "step": 7,
             "step_dtype": 8,
+            "fresh": 9,
         },
-        "width": 9,
+        "width": 10,
         "step": True,
         "root": True,
         "grad_out": False,
+        "fresh": False,
     },
     "lion": {
         "slots": ("exp_avg"),
         "scalars": ("lr", "beta1", "beta2", "weight_decay"),
-        "cols": {"p": 0, "g": 1, "exp_avg": 2, "n": 3, "dtype": 4, "step": 5, "step_dtype": 6},
-        "width": 7,
+        "cols": {"p": 0, "g": 1, "exp_avg": 2, "n": 3, "dtype": 4, "step": 5, "step_dtype": 6, "fresh": 7},
+        "width": 8,
         "step": False,
         "root": False,
         "grad_out": False,
+        "fresh": False,
     },
     "schedulefree_adamw": {
         "slots": ("z", "exp_avg_sq"),
         "scalars": ("lr", "beta1", "beta2", "eps", "weight_decay", "ckp1", "bias_correction2"),
-        "cols": {"p": 0, "g": 1, "z": 2, "exp_avg_sq": 3, "n": 4, "dtype": 5, "step": 6, "step_dtype": 7},
-        "width": 8,
+        "cols": {"p": 0, "g": 1, "z": 2, "exp_avg_sq": 3, "n": 4, "dtype": 5, "step": 6, "step_dtype": 7, "fresh": 8},
+        "width": 9,
         "step": False,
         "root": True,
         "grad_out": True,
+        "fresh": False,
     },
     "schedulefree_sgd": {
         "slots": ("z"),
         "scalars": ("lr", "momentum", "weight_decay", "ckp1"),
-        "cols": {"p": 0, "g": 1, "z": 2, "n": 3, "dtype": 4, "step": 5, "step_dtype": 6},
-        "width": 7,
+        "cols": {"p": 0, "g": 1, "z": 2, "n": 3, "dtype": 4, "step": 5, "step_dtype": 6, "fresh": 7},
+        "width": 8,
         "step": False,
         "root": False,
         "grad_out": True,
+        "fresh": False,
     },
 }
-sgd_segment_cols: int = 6
-sgd_segment_layout: dict = {"p": 0, "g": 1, "momentum_buffer": 2, "n": 3, "dtype": 4, "first": 5}
 step_check_spec: dict = {
     "bufs": 6,
     "no_grad": -1,

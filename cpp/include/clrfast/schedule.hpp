@@ -582,6 +582,14 @@ CLRFAST_HD LrMom schedule_at(const Schedule& s, double t) {
 CLRFAST_HD double lr_at(const Schedule& s, double t) { return schedule_at(s, t).lr; }
 CLRFAST_HD double momentum_at(const Schedule& s, double t) { return schedule_at(s, t).momentum; }
 
+// What an optimizer group applies at step t: the schedule's lr, and its momentum where it
+// defines one, else the group's constant `momentum`.
+CLRFAST_HD LrMom group_values_at(const Schedule& s, double t, double momentum) {
+  LrMom v = schedule_at(s, t);
+  if (v.momentum != v.momentum) v.momentum = momentum;
+  return v;
+}
+
 // ---------------------------------------------------------------- defined steps
 
 // Whether a schedule has a finite value at a step, and if not why. The values

@@ -17,9 +17,11 @@
 // compiled without FP contraction.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "clrfast/macros.hpp"
 
@@ -195,5 +197,58 @@ CLRFAST_HD void sgd_update_at(typename Storage<D>::type* p, typename Storage<D>:
   if (M != MomMode::None) buf[i] = S::store(bv);
   p[i] = S::store(pv);
 }
+
+// The SGD rule for the engine (cpp/src/rule_cpu.hpp) and the CUDA kernel: torch.optim.SGD,
+// per element as sgd_element above. Flags travel as scalars (0 or 1) and select the loop.
+struct Sgd {
+  static constexpr const char* kName = "sgd";
+  static constexpr std::array<const char*, 1> kSlots = {"momentum_buffer"};
+  enum Scalar { kLr, kMomentum, kDampening, kWeightDecay, kNesterov, kMaximize, kScalarCount };
+  static constexpr std::array<const char*, kScalarCount> kScalars = {"lr",           "momentum", "dampening",
+                                                                     "weight_decay", "nesterov", "maximize"};
+  static constexpr bool kStep = false;  // torch's SGD keeps no step count
+  static constexpr bool kRoot = false;
+
+  // A row whose buffer holds no history copies the gradient into it (torch clones the first
+  // gradient): the engine adds kFreshBit for such rows.
+  static constexpr int kMomentumBit = 1, kNesterovBit = 2, kDecayBit = 4, kFreshBit = 8, kVariants = 16;
+  static int variant(const double* sc) {
+    // Nesterov at momentum 0 is plain SGD, as in torch (its check is the constructor's).
+    const bool mom = sc[kMomentum] != 0.0;
+    return (mom ? kMomentumBit : 0) | (mom && sc[kNesterov] != 0.0 ? kNesterovBit : 0) |
+           (sc[kWeightDecay] != 0.0 ? kDecayBit : 0);
+  }
+  static std::string invalid(const double* sc) {
+    if (sc[kNesterov] != 0.0 && sc[kMomentum] != 0.0 && sc[kDampening] != 0.0)
+      return "Nesterov momentum requires zero dampening";
+    return {};
+  }
+  CLRFAST_HD static constexpr bool uses(int v, int slot) { return slot == 0 && (v & kMomentumBit); }
+
+  template <int V>
+  static constexpr MomMode mode() {
+    if (!(V & kMomentumBit)) return MomMode::None;
+    if (V & kFreshBit) return (V & kNesterovBit) ? MomMode::FirstNesterov : MomMode::First;
+    return (V & kNesterovBit) ? MomMode::Nesterov : MomMode::Normal;
+  }
+
+  template <typename Acc>
+  using Coef = SgdCoef<Acc>;
+
+  template <typename Acc>
+  CLRFAST_HD static Coef<Acc> coef(const double* sc, double /*step*/, double inv_scale) {
+    return make_coef<Acc>(sc[kLr], sc[kMomentum], sc[kDampening], sc[kWeightDecay], inv_scale,
+                          sc[kMaximize] != 0.0);
+  }
+
+  template <int V, typename Acc>
+  CLRFAST_HD static Acc pre(Acc& p, Acc& g, Acc* s, const Coef<Acc>& c) {
+    sgd_element<(V & kDecayBit) != 0, mode<V>()>(p, g, s[0], c);
+    return Acc(0);
+  }
+
+  template <int V, typename Acc>
+  CLRFAST_HD static void post(Acc&, Acc, Acc*, Acc, const Coef<Acc>&) {}
+};
 
 }  // namespace clrfast

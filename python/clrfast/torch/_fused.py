@@ -783,13 +783,30 @@ class FusedOptimizer(torch.optim.Optimizer):
         """True when other code wrote a published hyperparameter since this optimizer did."""
         return any(a is not b for a, b in zip(self._current(group), self._published[gi]))
 
-    def _advance(self, gi: int, group) -> None:
-        """After an applied update: the clock moves and the group shows the next update's values."""
+    def _advance(self, gi: int, group, values: tuple | None = None) -> None:
+        """After an applied update: the clock moves and the group shows the next update's values.
+
+        ``values``: the next update's (lr, momentum), when the kernel call computed them.
+        """
         group["step"] += 1
-        sched = group["schedule"]
-        if sched is not None and (sched.max_step is None or group["step"] <= sched.max_step):
+        if values is not None:
+            self._publish_values(group, *values)
+        elif self._next_values(group, group["step"]) is not None:
             self._publish_schedule(group)
         self._published[gi] = self._current(group)
+
+    def _next_values(self, group, step: int) -> tuple | None:
+        """What a kernel call needs to compute the values a scheduled group shows at ``step``, or None."""
+        sched = group["schedule"]
+        if sched is None or (sched.max_step is not None and step > sched.max_step):
+            return None
+        return (sched._core, step, self._held_momentum(group))
+
+    def _publish_schedule(self, group) -> None:
+        """Writes the scheduled values (lr, momentum or betas) of the group's next update into it."""
+        self._publish_values(
+            group, *_core.sgd_hyper(group["schedule"]._core, group["step"], self._held_momentum(group))
+        )
 
     def _check_followed(self, gi: int, group) -> None:
         """Refuses a step of a scheduled group whose values other code took over.
@@ -976,15 +993,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             if plan.check is None and plan.cacheable:
                 self._arm(plan)
             return
+        values = None
         if len(plan.table):
-            self._kernel(plan.table, hyper, inv_scale)
+            values = self._kernel(plan.table, hyper, inv_scale, self._next_values(group, hyper["step"] + 1))
         if plan.slow:
             self._reference(group, plan.slow, hyper, inv_scale)
         if self._required(hyper):
             self._initialised(plan)
         if plan.check is None and plan.cacheable:
             self._arm(plan)
-        self._advance(gi, group)
+        self._advance(gi, group, values)
 
     def _initialised(self, plan: Plan) -> None:
         """The kernel wrote the state of the rows that had none: they hold history from now on."""
@@ -1012,8 +1030,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Checks (and normalises in place) a group's hyperparameters; ``label`` names the group in errors."""
         raise NotImplementedError
 
-    def _publish_schedule(self, group) -> None:
-        """Writes the scheduled values (lr, momentum or betas) of the group's next update into it."""
+    def _held_momentum(self, group) -> float:
+        """The group's constant momentum (or beta1), which it keeps where its schedule defines none."""
+        raise NotImplementedError
+
+    def _publish_values(self, group, lr: float, momentum: float) -> None:
+        """Writes the values of the group's next update (lr, momentum or beta1) into it."""
         raise NotImplementedError
 
     def _step_hyper(self, gi: int, group) -> dict:
@@ -1032,8 +1054,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         """The kernel row of a parameter (local tensors ``lp``, ``lg``, state ``locs``); None: torch's code."""
         raise NotImplementedError
 
-    def _kernel(self, table, hyper: dict, inv_scale) -> None:
-        """Runs the CPU kernel over ``table`` (``inv_scale``: GradScaler's, None without it)."""
+    def _kernel(self, table, hyper: dict, inv_scale, publish: tuple | None) -> tuple | None:
+        """Runs the CPU kernel over ``table`` (``inv_scale``: GradScaler's, None without it).
+
+        ``publish`` (from ``_next_values``): the same call returns the values of the next update.
+        """
         raise NotImplementedError
 
     def _reference(self, group, slow: list, hyper: dict, inv_scale) -> None:

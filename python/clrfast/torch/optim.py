@@ -6,16 +6,13 @@ import torch
 from torch.optim.sgd import sgd as _torch_sgd
 
 from .. import _core
-from .. import _validate as check
 from ..schedules import Schedule
-from ._fused import DTYPE_CODES, FusedOptimizer, non_negative, step_clock, step_flag, step_lr, step_real
+from .rule import Hyper, RuleOptimizer
 
 __all__ = ["CLRSGD"]
 
-_COL = _core.sgd_segment_layout
 
-
-class CLRSGD(FusedOptimizer):
+class CLRSGD(RuleOptimizer):
     r"""SGD whose learning rate (and momentum) follow a clrfast schedule, fused into one step.
 
     Replaces ``torch.optim.SGD`` + a scheduler. After k applied updates a group shows
@@ -67,14 +64,14 @@ class CLRSGD(FusedOptimizer):
     """
 
     _rule = "CLRSGD"
-    _state_keys = ("momentum_buffer",)
-    _cols = _core.sgd_segment_cols  # the columns: _core.sgd_segment_layout
-    _first_col = _COL["first"]  # torch's first update copies the gradient into the buffer
-    _merge_runs = True
-    _ptr_cols = (_COL["p"], _COL["g"], _COL["momentum_buffer"])
-    _n_col = _COL["n"]
-    _grad_col = _COL["g"]
-    _published_keys = ("lr", "momentum")
+    _core_rule = "sgd"
+    _hypers = (
+        Hyper("momentum", invalid="Invalid momentum value"),
+        Hyper("dampening", min=None),
+        Hyper("weight_decay", invalid="Invalid weight_decay value"),
+        Hyper("nesterov", "flag"),
+        Hyper("maximize", "flag"),
+    )
     _later_flags = ("nesterov", "maximize")
 
     def __init__(
@@ -91,105 +88,49 @@ class CLRSGD(FusedOptimizer):
         flat: bool = False,
         threads: int | None = None,
     ):
-        schedule, lr = self._lr_source(schedule, lr)
-        defaults = dict(
-            schedule=schedule,
-            lr=lr if lr is not None else 0.0,
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            maximize=maximize,
-            step=0,
+        self._setup(
+            params,
+            schedule,
+            lr,
+            dict(
+                momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize
+            ),
             flat=flat,
+            threads=threads,
         )
-        self._check_hyper("CLRSGD", defaults)
-        super().__init__(params, defaults, threads=threads)
 
     # ------------------------------------------------------------------ hyperparameters
     def _check_hyper(self, label: str, group: dict) -> None:
-        """Checks (and normalises in place) a group's hyperparameters."""
-        sched = group["schedule"]
-        self._check_lr(label, group)
-        group["momentum"] = non_negative(f"{label}['momentum']", group["momentum"], "Invalid momentum value")
-        group["dampening"] = check.real(f"{label}['dampening']", group["dampening"])
-        group["weight_decay"] = non_negative(
-            f"{label}['weight_decay']", group["weight_decay"], "Invalid weight_decay value"
-        )
-        self._check_flags_and_clock(label, group, ("nesterov", "maximize", "flat"))
+        super()._check_hyper(label, group)
         # A saved group may hold momentum 0 from a scheduler's trough: torch loads it (its momentum
         # requirement is a constructor check) and steps it as plain SGD, and so does the step here.
+        sched = group["schedule"]
         loading = label.startswith("state_dict")
         no_momentum = group["momentum"] <= 0 and not (sched is not None and sched.has_momentum) and not loading
         if group["nesterov"] and (no_momentum or group["dampening"] != 0):
             raise ValueError(f"{label}: Nesterov momentum requires a momentum and zero dampening")
 
-    def _publish_schedule(self, group) -> None:
-        lr, mom = _core.sgd_hyper(group["schedule"]._core, group["step"], group["momentum"])
-        group["lr"] = lr
-        group["momentum"] = mom
-
     def _step_hyper(self, gi: int, group) -> dict:
         """Every value the step reads, checked; raises before anything changes.
 
         Nesterov at momentum 0 (a scheduled momentum at its trough) is plain SGD, as in
-        torch, whose momentum requirement is a constructor check only.
+        torch, whose momentum requirement is a constructor check only. A tensor lr is
+        applied as torch's ``alpha=-lr``: its value, whatever its dtype.
         """
-        h = dict(
-            step=step_clock(gi, group),
-            lr=step_lr(gi, group["lr"])[0],  # the kernel takes -lr as torch's alpha=-lr does, whatever its dtype
-            momentum=step_real(gi, "momentum", group["momentum"], min=0.0),
-            dampening=step_real(gi, "dampening", group["dampening"]),
-            weight_decay=step_real(gi, "weight_decay", group["weight_decay"], min=0.0),
-            nesterov=step_flag(gi, "nesterov", group["nesterov"]),
-            maximize=step_flag(gi, "maximize", group["maximize"]),
-        )
+        h = super()._step_hyper(gi, group)
         if h["nesterov"] and h["dampening"] != 0:
             raise ValueError(f"param_groups[{gi}]: Nesterov momentum requires a momentum and zero dampening")
         return h
 
-    @staticmethod
-    def _required(hyper) -> tuple:
-        return ("momentum_buffer",) if hyper["momentum"] != 0.0 else ()
+    def _needs(self, h) -> tuple:
+        return ("momentum_buffer",) if h["momentum"] != 0.0 else ()
 
-    @staticmethod
-    def _new_state(p, keys) -> dict:
-        # zeros, not empty: a step the device skips (GradScaler) leaves no garbage in the state
-        return {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k in keys}
-
-    def _row(self, p, lp, lg, locs, first) -> list:
-        buf = locs.get("momentum_buffer")
-        row = [0] * self._cols
-        row[_COL["p"]], row[_COL["g"]], row[_COL["n"]] = lp.data_ptr(), lg.data_ptr(), lp.numel()
-        row[_COL["momentum_buffer"]] = buf.data_ptr() if buf is not None else 0
-        row[_COL["dtype"]], row[_COL["first"]] = DTYPE_CODES[lp.dtype], first
-        return row
-
-    # ------------------------------------------------------------------ CPU
-    def _kernel(self, table, h, inv_scale) -> None:
-        _core.sgd_step(
-            table,
-            h["lr"],
-            h["momentum"],
-            h["dampening"],
-            h["weight_decay"],
-            h["nesterov"],
-            h["maximize"],
-            1.0 if inv_scale is None else inv_scale,
-            inv_scale is not None,
-            self._num_threads(),
-        )
-
-    def _reference(self, group, slow, h, inv_scale) -> None:
+    def _torch_update(self, params, grads, states, h) -> None:
         """torch's single-tensor SGD, for tensors the kernel cannot walk as one dense run."""
-        params, grads, bufs = [], [], []
-        for _, p in slow:
-            g = p.grad
-            if inv_scale is not None:
-                g.mul_(inv_scale)  # GradScaler's fused contract: the optimizer unscales, in place
-            params.append(p)
-            grads.append(g)
-            buf = self._state_of(p, "momentum_buffer") if h["momentum"] != 0 else None
+        momentum = h["momentum"] != 0
+        bufs = []
+        for st in states:
+            buf = st.get("momentum_buffer") if momentum else None
             bufs.append(None if buf in self._fresh else buf)  # a fresh buffer holds no history
         _torch_sgd(
             params,
@@ -204,9 +145,9 @@ class CLRSGD(FusedOptimizer):
             foreach=False,
             has_sparse_grad=False,
         )
-        if h["momentum"] != 0:
-            for p, buf in zip(params, bufs):
-                self.state[p]["momentum_buffer"] = buf
+        if momentum:
+            for st, buf in zip(states, bufs):
+                st["momentum_buffer"] = buf
                 self._fresh.discard(buf)
 
     # ------------------------------------------------------------------ CUDA
@@ -237,7 +178,7 @@ class CLRSGD(FusedOptimizer):
             st["step"].data_ptr(),
             plan.cuda.data_ptr(),
             plan.table.shape[0],
-            int(plan.table[:, _COL["n"]].max()),
+            int(plan.table[:, self._n_col].max()),
             group["momentum"] if not group["schedule"].has_momentum else 0.0,
             group["dampening"],
             group["weight_decay"],

@@ -148,6 +148,7 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         cls._n_col, cls._grad_col = cols["n"], cols["g"]
         cls._merge_runs = not layout["step"]  # a row per counter
         cls._writes_grads = layout["grad_out"]
+        cls._first_col = cols["fresh"] if layout["fresh"] else None  # the kernel initialises a fresh row's state
         cls._published_keys = ("lr", cls._momentum_key[0])
 
     def _setup(self, params, schedule, lr, hyper: dict, *, flat: bool, threads, match_torch: bool = True) -> None:
@@ -187,10 +188,12 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
             group.setdefault("match_torch", True)  # absent from torch's groups
         self._check_flags_and_clock(label, group, self._flags())
 
-    def _publish_schedule(self, group) -> None:
+    def _held_momentum(self, group) -> float:
         key, index = self._momentum_key
-        held = group[key] if index is None else group[key][index]
-        lr, momentum = _core.sgd_hyper(group["schedule"]._core, group["step"], held)
+        return group[key] if index is None else group[key][index]
+
+    def _publish_values(self, group, lr: float, momentum: float) -> None:
+        key, index = self._momentum_key
         group["lr"] = lr
         if index is None:
             group[key] = momentum
@@ -262,14 +265,22 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
             if locs.get(k) is not None:
                 row[cols[k]] = locs[k].data_ptr()
         row[cols["n"]], row[cols["dtype"]] = lp.numel(), DTYPE_CODES[lp.dtype]
+        if self._first_col is not None:
+            row[self._first_col] = first
         return row
 
     # ------------------------------------------------------------------ the update
-    def _kernel(self, table, h, inv_scale) -> None:
+    def _kernel(self, table, h, inv_scale, publish):
         scalars = [float(h[k]) for k in self._layout["scalars"]]
         roots = torch_sqrt_routines() if self._layout["root"] and h["match_torch"] else (0, 0, 0)
-        getattr(_core, f"{self._core_rule}_step")(
-            table, scalars, 1.0 if inv_scale is None else inv_scale, inv_scale is not None, self._num_threads(), *roots
+        return getattr(_core, f"{self._core_rule}_step")(
+            table,
+            scalars,
+            1.0 if inv_scale is None else inv_scale,
+            inv_scale is not None,
+            self._num_threads(),
+            *roots,
+            *(publish or (None, 0, 0.0)),
         )
 
     def _torch_update(self, params: list, grads: list, states: list, h: dict) -> None:

@@ -9,7 +9,6 @@ from typing import ClassVar
 
 import torch
 
-from .. import _core
 from .. import _validate as check
 from ._fused import check_schedule, check_state_tensor, clock, step_flag, step_real, where
 from .rule import Hyper, RuleOptimizer
@@ -85,8 +84,11 @@ class _ScheduleFree(RuleOptimizer):
                 "base_momentum/max_momentum)"
             )
 
-    def _publish_schedule(self, group) -> None:
-        group["lr"] = _core.sgd_hyper(group["schedule"]._core, group["step"], 0.0)[0]
+    def _held_momentum(self, group) -> float:
+        return 0.0  # no schedule moves beta1 here (see _check_schedule_free)
+
+    def _publish_values(self, group, lr: float, momentum: float) -> None:
+        group["lr"] = lr
 
     def _loaded_group(self, gi: int, saved: dict, current: dict) -> dict:
         # 'k' is the clock a group resumes at: the package advances only 'k' (and carries the 'step'
