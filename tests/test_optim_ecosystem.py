@@ -715,7 +715,7 @@ def test_reduce_lr_on_plateau_over_a_schedule_is_refused_and_changes_nothing(rul
 def test_looking_for_a_plateau_scans_only_when_one_may_be_there(monkeypatch):
     """The referrer scan (a pass over the collector's objects) runs at the first step only when a
     ReduceLROnPlateau was made since the optimizer was, later only at a step whose lr other code lowered."""
-    import clrfast.torch._fused as fused
+    import clrfast.torch._follow as fused
 
     scans = []
     real = fused.gc.get_referrers

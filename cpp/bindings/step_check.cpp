@@ -181,57 +181,91 @@ constexpr int64_t kSlow = -2;    // updated by torch's code (layouts checked exa
 // updates the parameter): shapes and strides exactly as checked, so that code cannot fail halfway.
 enum Flag : int64_t { kContiguous = 1, kStrided = 2, kHasState = 4, kExact = 8 };
 
-class StepCheck {
+// What a StepCheck compares, recorded from a plan once its first step committed: the plan's
+// kernel table and its layout, then per parameter (in group order, one add_* call each) what
+// the step read, and the extents of the memory the step writes.
+class StepCheckSpec {
  public:
-  StepCheck(py::list params, py::array_t<int64_t, py::array::c_style> spec, py::list shapes,
-            py::list strides, py::list grad_strides, py::list dtypes, py::list sdicts, py::list bufs,
-            py::tuple keys, py::array_t<int64_t, py::array::c_style> written,
-            py::array_t<int64_t, py::array::c_style> table, int grad_col, int n_col, std::vector<int> ptr_cols,
-            bool merge, int device_index)
-      : params_(std::move(params)),
-        shapes_(std::move(shapes)),
-        strides_(std::move(strides)),
-        grad_strides_(std::move(grad_strides)),
-        dtypes_(std::move(dtypes)),
-        sdicts_(std::move(sdicts)),
-        bufs_(std::move(bufs)),
-        keys_(std::move(keys)),
-        grad_col_(grad_col),
-        n_col_(n_col),
-        merge_(merge),
-        device_index_(device_index) {
-    if (tensor_type_ == nullptr) throw py::value_error("StepCheck: set_tensor_api was not called");
-    n_ = static_cast<int64_t>(PyList_GET_SIZE(params_.ptr()));
-    nkeys_ = static_cast<int64_t>(PyTuple_GET_SIZE(keys_.ptr()));
-    width_ = kBufs + nkeys_;
-    if (spec.ndim() != 2 || spec.shape(0) != n_ || spec.shape(1) != width_)
-      throw py::value_error("StepCheck: spec must have shape (params, " + std::to_string(width_) + ")");
-    for (const py::list* l : {&shapes_, &strides_, &grad_strides_, &dtypes_, &sdicts_})
-      if (static_cast<int64_t>(PyList_GET_SIZE(l->ptr())) != n_)
-        throw py::value_error("StepCheck: per-parameter lists must match the parameters");
-    if (static_cast<int64_t>(PyList_GET_SIZE(bufs_.ptr())) != n_ * nkeys_)
-      throw py::value_error("StepCheck: buffers must list every state key of every parameter");
-    for (py::ssize_t k = 0; k < PyTuple_GET_SIZE(keys_.ptr()); ++k)
-      if (!PyUnicode_Check(PyTuple_GET_ITEM(keys_.ptr(), k))) throw py::type_error("StepCheck: keys must be str");
-    spec_.assign(spec.data(), spec.data() + spec.size());
-    if (table.ndim() != 2) throw py::value_error("StepCheck: table must be 2-D");
+  StepCheckSpec(py::array_t<int64_t, py::array::c_style> table, py::tuple keys, int grad_col, int n_col,
+                std::vector<int> ptr_cols, bool merge, int device_index)
+      : keys_(std::move(keys)), grad_col_(grad_col), n_col_(n_col), merge_(merge), device_index_(device_index) {
+    if (table.ndim() != 2) throw py::value_error("StepCheckSpec: table must be 2-D");
     rows_ = table.shape(0);
     cols_ = table.shape(1);
     if (grad_col_ < 0 || grad_col_ >= cols_ || n_col_ < 0 || n_col_ >= cols_)
-      throw py::value_error("StepCheck: column out of range");
+      throw py::value_error("StepCheckSpec: column out of range");
     is_ptr_.assign(static_cast<size_t>(cols_), false);
     for (int c : ptr_cols) {
-      if (c < 0 || c >= cols_) throw py::value_error("StepCheck: pointer column out of range");
+      if (c < 0 || c >= cols_) throw py::value_error("StepCheckSpec: pointer column out of range");
       is_ptr_[static_cast<size_t>(c)] = true;
     }
-    for (int64_t i = 0; i < n_; ++i) {
-      const int64_t row = spec_[i * width_ + kRow];
-      if (row >= rows_ || row < kSlow) throw py::value_error("StepCheck: row index out of range");
-    }
-    if (written.ndim() != 2 || written.shape(1) != 2) throw py::value_error("StepCheck: written must be (m, 2)");
-    for (py::ssize_t i = 0; i < written.shape(0); ++i) written_.emplace_back(written.at(i, 0), written.at(i, 1));
-    std::sort(written_.begin(), written_.end());
+    for (py::ssize_t k = 0; k < PyTuple_GET_SIZE(keys_.ptr()); ++k)
+      if (!PyUnicode_Check(PyTuple_GET_ITEM(keys_.ptr(), k))) throw py::type_error("StepCheckSpec: keys must be str");
+    nkeys_ = static_cast<int64_t>(PyTuple_GET_SIZE(keys_.ptr()));
     template_.assign(table.data(), table.data() + table.size());
+  }
+
+  void add_row(py::handle p, int64_t row, py::handle grad, py::handle state) {
+    if (row < 0 || row >= rows_) throw py::value_error("StepCheckSpec.add_row: row index out of range");
+    add(p, row, grad, state);
+  }
+  void add_slow(py::handle p, py::handle grad, py::handle state) { add(p, kSlow, grad, state); }
+  void add_without_grad(py::handle p, py::handle state) { add(p, kNoGrad, py::none(), state); }
+  void add_written(int64_t start, int64_t end) {
+    if (end < start) throw py::value_error("StepCheckSpec.add_written: end < start");
+    if (end > start) written_.emplace_back(start, end);
+  }
+
+ protected:
+  // The spec row of parameter p (state: its optimizer.state dict, or None when it has none).
+  void add(py::handle p, int64_t row, py::handle grad, py::handle state) {
+    if (tensor_type() == nullptr) throw py::value_error("StepCheckSpec: set_tensor_api was not called");
+    if (!PyObject_TypeCheck(p.ptr(), tensor_type())) throw py::type_error("StepCheckSpec: parameters must be tensors");
+    if (!state.is_none() && !PyDict_Check(state.ptr())) throw py::type_error("StepCheckSpec: state must be a dict or None");
+    int64_t flags = kExact;
+    if (row >= 0) flags = p.attr("is_contiguous")().cast<bool>() ? kContiguous : kStrided;
+    if (!state.is_none()) flags |= kHasState;
+    spec_.insert(spec_.end(), {p.attr("data_ptr")().cast<int64_t>(), p.attr("numel")().cast<int64_t>(), row, flags,
+                               static_cast<int64_t>(py::hash(p)), p.attr("element_size")().cast<int64_t>()});
+    for (int64_t k = 0; k < nkeys_; ++k) {
+      py::object v = py::none();
+      if (!state.is_none()) {
+        PyObject* have = PyDict_GetItemWithError(state.ptr(), PyTuple_GET_ITEM(keys_.ptr(), k));  // borrowed
+        if (have == nullptr && PyErr_Occurred()) throw py::error_already_set();
+        if (have != nullptr) v = py::reinterpret_borrow<py::object>(have);
+      }
+      const bool tensor = PyObject_TypeCheck(v.ptr(), tensor_type());
+      spec_.push_back(tensor ? v.attr("data_ptr")().cast<int64_t>() : 0);
+      bufs_.append(v);
+    }
+    params_.append(p);
+    shapes_.append(p.attr("shape"));
+    strides_.append(py::tuple(p.attr("stride")()));
+    grad_strides_.append(grad.is_none() ? py::object(py::none()) : py::object(py::tuple(grad.attr("stride")())));
+    dtypes_.append(p.attr("dtype"));
+    sdicts_.append(state);
+  }
+
+  py::list params_, shapes_, strides_, grad_strides_, dtypes_, sdicts_, bufs_;
+  py::tuple keys_;
+  std::vector<int64_t> spec_, template_;
+  std::vector<std::pair<int64_t, int64_t>> written_;
+  std::vector<bool> is_ptr_;
+  int64_t nkeys_ = 0, rows_ = 0, cols_ = 0;
+  int grad_col_, n_col_;
+  bool merge_;
+  int device_index_;  // -1: the CPU
+
+  static PyTypeObject* tensor_type();
+};
+
+// The check holds its own copy of the record (the template row flags change as rows gain history).
+class StepCheck : private StepCheckSpec {
+ public:
+  explicit StepCheck(const StepCheckSpec& spec) : StepCheckSpec(spec) {
+    n_ = static_cast<int64_t>(PyList_GET_SIZE(params_.ptr()));
+    width_ = kBufs + nkeys_;
+    std::sort(written_.begin(), written_.end());
     out_ = py::array_t<int64_t>({rows_, cols_});
     emitted_ = py::array_t<bool>(rows_);
   }
@@ -405,37 +439,40 @@ class StepCheck {
     return true;
   }
 
-  py::list params_, shapes_, strides_, grad_strides_, dtypes_, sdicts_, bufs_;
+  int64_t n_ = 0, width_ = 0;
   std::vector<PyObject*> held_;  // the gradients of this step's table, held until release()
-  py::tuple keys_;
-  std::vector<int64_t> spec_, template_;
-  std::vector<std::pair<int64_t, int64_t>> written_;
   std::vector<std::pair<int64_t, int64_t>> grad_spans_;  // this step's gradients, when they are written
-  std::vector<bool> is_ptr_;
   py::array_t<int64_t> out_;
   py::array_t<bool> emitted_;
-  int64_t n_ = 0, nkeys_ = 0, width_ = 0, rows_ = 0, cols_ = 0;
-  int grad_col_, n_col_;
-  bool merge_;
-  int device_index_;  // -1: the CPU
 
+  friend class StepCheckSpec;
   static inline PyTypeObject* tensor_type_ = nullptr;
   static inline Getter grad_{"grad"}, dtype_{"dtype"}, is_cpu_{"is_cpu"}, is_cuda_{"is_cuda"}, shape_{"shape"};
   static inline Method is_contiguous_{"is_contiguous"}, stride_{"stride"}, get_device_{"get_device"};
 };
 
+PyTypeObject* StepCheckSpec::tensor_type() { return StepCheck::tensor_type_; }
+
 }  // namespace
 
 void bind_step_check(py::module_& m) {
+  py::class_<StepCheckSpec>(m, "StepCheckSpec",
+                            "What a StepCheck compares: a plan's kernel table and layout, then one add_* call "
+                            "per parameter in group order, and the extents of the memory the step writes.")
+      .def(py::init<py::array_t<int64_t, py::array::c_style>, py::tuple, int, int, std::vector<int>, bool, int>(),
+           py::arg("table"), py::arg("keys"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"),
+           py::arg("merge"), py::arg("device_index"))
+      .def("add_row", &StepCheckSpec::add_row, py::arg("param"), py::arg("row"), py::arg("grad"), py::arg("state"),
+           "A parameter the kernel updates as template row `row` (state: its state dict or None).")
+      .def("add_slow", &StepCheckSpec::add_slow, py::arg("param"), py::arg("grad"), py::arg("state"),
+           "A parameter torch's code updates (its layouts are then compared exactly).")
+      .def("add_without_grad", &StepCheckSpec::add_without_grad, py::arg("param"), py::arg("state"),
+           "A parameter that had no gradient when the plan was built.")
+      .def("add_written", &StepCheckSpec::add_written, py::arg("start"), py::arg("end"),
+           "A byte range [start, end) the step writes (a parameter or a state tensor).");
   py::class_<StepCheck>(m, "StepCheck",
                         "Revalidates a cached fused-step plan each step and yields that step's kernel table.")
-      .def(py::init<py::list, py::array_t<int64_t, py::array::c_style>, py::list, py::list, py::list,
-                    py::list, py::list, py::list, py::tuple, py::array_t<int64_t, py::array::c_style>,
-                    py::array_t<int64_t, py::array::c_style>, int, int, std::vector<int>, bool, int>(),
-           py::arg("params"), py::arg("spec"), py::arg("shapes"), py::arg("strides"),
-           py::arg("grad_strides"), py::arg("dtypes"), py::arg("state_dicts"), py::arg("buffers"), py::arg("keys"),
-           py::arg("written"), py::arg("table"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"),
-           py::arg("merge"), py::arg("device_index"))
+      .def(py::init<const StepCheckSpec&>(), py::arg("spec"))
       .def("refresh", &StepCheck::refresh, py::arg("state"), py::arg("params"), py::arg("grads_written"),
            "The number of rows of this step's table (the first rows of `out`), or -1 when the plan no longer "
            "describes the group.")
@@ -444,16 +481,6 @@ void bind_step_check(py::module_& m) {
       .def("release", &StepCheck::release, "Drops the references to this step's gradients.")
       .def("set", &StepCheck::set, py::arg("row"), py::arg("col"), py::arg("value"),
            "Sets a column of a template row.");
-  // The spec's layout, the one source of the front end's (python/clrfast/torch/_fused.py).
-  py::dict spec;
-  spec["bufs"] = static_cast<int>(kBufs);  // the state tensors' addresses start here
-  spec["no_grad"] = kNoGrad;
-  spec["slow"] = kSlow;
-  spec["contiguous"] = static_cast<int64_t>(kContiguous);
-  spec["strided"] = static_cast<int64_t>(kStrided);
-  spec["has_state"] = static_cast<int64_t>(kHasState);
-  spec["exact"] = static_cast<int64_t>(kExact);
-  m.attr("step_check_spec") = spec;
   m.def("set_tensor_api", &StepCheck::set_tensor_api, py::arg("tensor_type"), py::arg("data_ptr_fn"),
         "torch.Tensor and torch's C function returning a tensor's data address (0: call data_ptr).");
 }

@@ -23,6 +23,7 @@ __all__: list[str] = [
     "Schedule",
     "Status",
     "StepCheck",
+    "StepCheckSpec",
     "SweepMode",
     "Window",
     "adam_step",
@@ -52,7 +53,6 @@ __all__: list[str] = [
     "sgd_hyper",
     "sgd_step",
     "sgd_step_cuda",
-    "step_check_spec",
     "sweep",
     "warmup_decay",
 ]
@@ -539,29 +539,46 @@ class GroupWriter:
         Cyclic values with scales from a Python scale_fn.
         """
 
-class StepCheck:
+class StepCheckSpec:
     """
-    Revalidates a cached fused-step plan each step and yields that step's kernel table.
+    What a StepCheck compares: a plan's kernel table and layout, then one add_* call per parameter in group order, and the extents of the memory the step writes.
     """
     def __init__(
         self,
-        params: list,
-        spec: typing.Annotated[numpy.typing.ArrayLike, numpy.int64],
-        shapes: list,
-        strides: list,
-        grad_strides: list,
-        dtypes: list,
-        state_dicts: list,
-        buffers: list,
-        keys: tuple,
-        written: typing.Annotated[numpy.typing.ArrayLike, numpy.int64],
         table: typing.Annotated[numpy.typing.ArrayLike, numpy.int64],
+        keys: tuple,
         grad_col: typing.SupportsInt | typing.SupportsIndex,
         n_col: typing.SupportsInt | typing.SupportsIndex,
         ptr_cols: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex],
         merge: bool,
         device_index: typing.SupportsInt | typing.SupportsIndex,
     ) -> None: ...
+    def add_row(
+        self, param: typing.Any, row: typing.SupportsInt | typing.SupportsIndex, grad: typing.Any, state: typing.Any
+    ) -> None:
+        """
+        A parameter the kernel updates as template row `row` (state: its state dict or None).
+        """
+    def add_slow(self, param: typing.Any, grad: typing.Any, state: typing.Any) -> None:
+        """
+        A parameter torch's code updates (its layouts are then compared exactly).
+        """
+    def add_without_grad(self, param: typing.Any, state: typing.Any) -> None:
+        """
+        A parameter that had no gradient when the plan was built.
+        """
+    def add_written(
+        self, start: typing.SupportsInt | typing.SupportsIndex, end: typing.SupportsInt | typing.SupportsIndex
+    ) -> None:
+        """
+        A byte range [start, end) the step writes (a parameter or a state tensor).
+        """
+
+class StepCheck:
+    """
+    Revalidates a cached fused-step plan each step and yields that step's kernel table.
+    """
+    def __init__(self, spec: StepCheckSpec) -> None: ...
     def refresh(self, state: typing.Any, params: typing.Any, grads_written: bool) -> int:
         """
         The number of rows of this step's table (the first rows of `out`), or -1 when the plan no longer describes the group.
@@ -972,13 +989,4 @@ rules: dict = {
         "grad_out": True,
         "fresh": False,
     },
-}
-step_check_spec: dict = {
-    "bufs": 6,
-    "no_grad": -1,
-    "slow": -2,
-    "contiguous": 1,
-    "strided": 2,
-    "has_state": 4,
-    "exact": 8,
 }

@@ -6,7 +6,7 @@ import torch
 from torch.optim.adam import adam as _torch_adam
 
 from .. import _validate as check
-from ._fused import DTYPE_CODES, non_negative, step_clock, step_flag, step_lr, step_real
+from ._checks import DTYPE_CODES, non_negative, step_clock, step_flag, step_lr, step_real
 from .rule import RuleOptimizer
 
 __all__ = ["CLRAdamW", "CLRAdam"]
@@ -115,14 +115,10 @@ class _CLRAdamBase(RuleOptimizer):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     # ------------------------------------------------------------------ CPU
-    def _reference(self, group, slow, h, inv_scale) -> None:
+    def _torch_update(self, params, grads, states, h) -> None:
         """torch's single-tensor Adam, for tensors the kernel cannot walk as one dense run."""
         ps, gs, ms, vs, vmaxs, steps = [], [], [], [], [], []
-        for _, p in slow:
-            g = p.grad
-            if inv_scale is not None:
-                g.mul_(inv_scale)  # GradScaler's fused contract: the optimizer unscales, in place
-            st = self.state[p]
+        for p, g, st in zip(params, grads, states):
             ps.append(p)
             gs.append(g)
             ms.append(st["exp_avg"])

@@ -21,7 +21,8 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _core
 from .. import _validate as check
-from ._fused import DTYPE_CODES, FusedOptimizer, local, non_negative, step_clock, step_flag, step_lr, step_real, where
+from ._checks import DTYPE_CODES, local, non_negative, step_clock, step_flag, step_lr, step_real, where
+from ._fused import FusedOptimizer
 from ._sqrt import torch_sqrt_routines
 
 __all__ = ["Hyper", "RuleOptimizer", "StepCounters"]
@@ -282,18 +283,6 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
             *roots,
             *(publish or (None, 0, 0.0)),
         )
-
-    def _torch_update(self, params: list, grads: list, states: list, h: dict) -> None:
-        """The reference update of parameters the kernel cannot walk as one dense run."""
-        raise NotImplementedError
-
-    def _reference(self, group, slow, h, inv_scale) -> None:
-        params = [p for _, p in slow]
-        grads = [p.grad for p in params]
-        if inv_scale is not None:
-            for g in grads:
-                g.mul_(inv_scale)  # GradScaler's fused contract: the optimizer unscales, in place
-        self._torch_update(params, grads, [self.state[p] for p in params], h)
 
     def _check_cuda_group(self, gi: int, group) -> None:
         raise ValueError(

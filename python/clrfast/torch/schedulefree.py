@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 
 from .. import _validate as check
-from ._fused import check_schedule, check_state_tensor, clock, step_flag, step_real, where
+from ._checks import check_schedule, check_state_tensor, clock, step_flag, step_real, where
 from .rule import Hyper, RuleOptimizer
 
 __all__ = ["CLRScheduleFreeAdamW", "CLRScheduleFreeSGD"]
