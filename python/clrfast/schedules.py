@@ -198,6 +198,40 @@ class Schedule:
         self._core.table_steps(quantity, flat, out.reshape(-1))
         return out
 
+    # ------------------------------------------------------------------ derived schedules
+    def cooldown(self, at: int, steps: int, shape: str = "linear", final_lr: float = 0.0) -> Schedule:
+        r"""This schedule up to step ``at``, then a decay from ``lr(at)`` to ``final_lr`` over ``steps`` steps.
+
+        The decay is transformers' WSD decay (``get_wsd_schedule`` with no warmup and no stable
+        phase): with ``L = lr(at)``, ``r = final_lr / L`` and ``p = (t - at) / steps``,
+        ``lr(t) = L * max(0, h(p) * (1 - r) + r)`` for ``at <= t < at + steps``, ``h`` per
+        ``shape``: linear ``1 - p``, cosine ``0.5 * (1 + cos(pi * p))``, 1-sqrt ``1 - sqrt(p)``;
+        then ``final_lr``. Steps past ``at`` follow the new clock, so ``at`` may lie before the
+        schedule's end (a run cut short) or at it. The cooldown defines no momentum: a fused
+        optimizer's group keeps the one it last applied (``momentum(at - 1)`` of a one-cycle) or
+        its constant one. The result is a
+        :class:`Join`, so it is ``to_dict``-able and usable wherever a schedule is.
+        """
+        at = check.integer("at", at, min=0, max=_MAX_COUNT)
+        steps = check.integer("steps", steps, min=1, max=_MAX_COUNT)
+        shape = check.choice("shape", shape, tuple(_RAMPS))
+        final_lr = check.real("final_lr", final_lr, min=0.0)
+        last = self.max_step
+        if last is not None and at > last:
+            raise ValueError(f"at={at} lies past the schedule's last step {last}")
+        start = self.lr(at)
+        if final_lr > start:
+            raise ValueError(
+                f"final_lr={final_lr!r} is above lr(at)={start!r}: a cooldown decays; use Warmup or a Join to rise"
+            )
+        decay: Schedule = (
+            Constant(0.0)
+            if start == 0.0
+            else WarmupStableDecay(start, 0, 0, steps, decay_type=shape, min_lr_ratio=final_lr / start)
+        )
+        head = [self] if at > 0 else []
+        return Join(tuple(head + [decay, Constant(final_lr)]), tuple(([at] if at > 0 else []) + [at + steps]))
+
     # ------------------------------------------------------------------ data
     def to_dict(self) -> dict:
         """A JSON-safe description, restored by :func:`from_dict`."""
