@@ -8,8 +8,12 @@ g, m, v, write p, m, v = 28) over the bandwidth of an in-place ``a.add_(b)``
 (12 bytes/element) measured in the same run. RMSprop (momentum cycling 0.85 -> 0.95, as
 ``CyclicLR`` cycles it; 28 bytes/param) is compared with torch's RMSprop, Lion (20 bytes/param)
 with the lion-pytorch package's Lion (its default for-loop and its foreach variant).
+Schedule-free AdamW and SGD (train mode, a 100-step warmup) are compared with the schedulefree
+package's ``AdamWScheduleFree`` and ``SGDScheduleFree``, foreach (its default, the baseline) and
+for-loop; each update reads p, g, z (AdamW: and v) and writes them all back, g included (the
+package leaves the normalised, decayed gradient in ``p.grad``): 32 bytes/param for AdamW, 24 for SGD.
 
-    python bench/bench_optimizer.py [--repeat N] [--rule sgd|adamw|rmsprop|lion|all] [--gpt2]
+    python bench/bench_optimizer.py [--repeat N] [--rule sgd|adamw|rmsprop|lion|sfadamw|sfsgd|all] [--gpt2]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 import clrfast as clr
 import torch
 from clrfast import _core
-from clrfast.torch import CLRSGD, CLRAdamW, CLRLion, CLRRMSprop
+from clrfast.torch import CLRSGD, CLRAdamW, CLRLion, CLRRMSprop, CLRScheduleFreeAdamW, CLRScheduleFreeSGD
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine  # noqa: E402
@@ -176,7 +180,48 @@ def clr_lion_runner(ps, flat):
     return CLRLion(ps, clr.Cyclic(1e-5, 1e-4, step_size_up=100), weight_decay=0.1, flat=flat).step
 
 
-# rule: (bytes each update moves per parameter, the baseline, the fastest reference, runners)
+# Schedule-free rule: (the clrfast optimizer, the package's class name, its hyperparameters)
+SCHEDULE_FREE = {
+    "AdamW": (CLRScheduleFreeAdamW, "AdamWScheduleFree", dict(lr=2.5e-3, weight_decay=1e-2, warmup_steps=100)),
+    "SGD": (CLRScheduleFreeSGD, "SGDScheduleFree", dict(lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_steps=100)),
+}
+
+
+def schedulefree_runner(ps, rule, foreach):
+    import schedulefree
+
+    _, cls, hyper = SCHEDULE_FREE[rule]
+    opt = getattr(schedulefree, cls)(ps, foreach=foreach, **hyper)
+    opt.train()  # the step's mode: gradients are taken at y
+    return opt.step
+
+
+def clr_schedulefree_runner(ps, rule, flat):
+    cls, _, hyper = SCHEDULE_FREE[rule]
+    opt = cls(ps, flat=flat, **hyper)
+    opt.train()
+    return opt.step
+
+
+def schedulefree_rule(rule, nbytes):
+    """A ``RULES`` entry: clrfast list and flat against the package's foreach (the baseline) and for-loop."""
+    base, loop = f"schedulefree {rule} foreach", f"schedulefree {rule} for-loop"
+    name = SCHEDULE_FREE[rule][0].__name__
+    return (
+        nbytes,
+        base,
+        loop,
+        {
+            base: lambda ps: schedulefree_runner(ps, rule, True),
+            loop: lambda ps: schedulefree_runner(ps, rule, False),
+            f"{name} list": lambda ps: clr_schedulefree_runner(ps, rule, False),
+            f"{name} flat": lambda ps: clr_schedulefree_runner(ps, rule, True),
+        },
+    )
+
+
+# rule: (bytes each update moves per parameter, the baseline, a second reference (the fastest, where
+# the baseline is not), runners)
 RULES = {
     "sgd": (
         20,
@@ -226,6 +271,8 @@ RULES = {
             "CLRLion flat": lambda ps: clr_lion_runner(ps, True),
         },
     ),
+    "sfadamw": schedulefree_rule("AdamW", 32),
+    "sfsgd": schedulefree_rule("SGD", 24),
 }
 
 
@@ -245,12 +292,12 @@ def main():
     sets = {"ResNet-18 (62 tensors, 11.7 M)": resnet18_shapes(), "2,000 x 256": [(256,)] * 2000}
     print(f"Machine: {machine()}; clrfast kernels: {_core.cpu_isa()}, threads {torch.get_num_threads()}")
     for rule in list(RULES) if args.rule == "all" else [args.rule]:
-        nbytes, base, fused, runners = RULES[rule]
+        nbytes, base, second, runners = RULES[rule]
         rule_sets = dict(sets)
         if args.gpt2 and rule == "adamw":
             rule_sets["GPT-2 small (148 tensors, 124 M)"] = gpt2_small_shapes()
         print()
-        print(f"| parameter set | optimizer | step (ms) | vs {base} | vs {fused} | vs floor ({nbytes} B/param) |")
+        print(f"| parameter set | optimizer | step (ms) | vs {base} | vs {second} | vs floor ({nbytes} B/param) |")
         print("|---|---|---:|---:|---:|---:|")
         for set_name, shapes in rule_sets.items():
             n = sum(torch.Size(s).numel() for s in shapes)
@@ -268,7 +315,7 @@ def main():
                 times = interleaved({k: runners[k](make(shapes)) for k in keys}, args.repeat)
             for k, t in times.items():
                 print(
-                    f"| {set_name} | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | {times[fused] / t:.2f}x | "
+                    f"| {set_name} | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | {times[second] / t:.2f}x | "
                     f"{t / floor:.2f} |"
                 )
             print(f"| {set_name} | bandwidth floor ({bw / 1e9:.1f} GB/s add_) | {floor * 1e3:.3f} | | | 1.00 |")
@@ -284,7 +331,7 @@ def main():
             for k, t in times.items():
                 print(
                     f"| {set_name}, new gradients each step | {k} | {t * 1e3:.3f} | {times[base] / t:.2f}x | "
-                    f"{times[fused] / t:.2f}x | {t / floor:.2f} |"
+                    f"{times[second] / t:.2f}x | {t / floor:.2f} |"
                 )
 
 

@@ -1,5 +1,6 @@
 """clrfast demo: runs end to end (--fast), trains with CLRSGD and CLRAdamW exactly as torch's SGD and AdamW + the
-schedule would, repeats."""
+schedule would, with CLRScheduleFreeAdamW exactly as the schedulefree package would (evaluated at the average),
+repeats."""
 
 import json
 
@@ -14,8 +15,8 @@ import clrfast as clr  # noqa: E402
 from clrfast import demo  # noqa: E402
 from clrfast.cli import main  # noqa: E402
 
-POLICY_NAMES = ["fixed", "triangular", "triangular2", "exp_range", "onecycle", "adamw_onecycle"]
-SGD_POLICIES = POLICY_NAMES[:-1]
+POLICY_NAMES = ["fixed", "triangular", "triangular2", "exp_range", "onecycle", "adamw_onecycle", "schedulefree"]
+SGD_POLICIES = POLICY_NAMES[:5]
 
 
 @pytest.fixture
@@ -41,14 +42,16 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
         assert f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} %" in line
         assert 0.5 < r["acc_mean"] <= 1.0  # far above chance (0.1) after 120 iterations
         assert len(r["iters_to_target"]) == 2  # --fast: two seeds, every policy
-    assert [r["optimizer"] for r in rows] == ["CLRSGD"] * len(SGD_POLICIES) + ["CLRAdamW"]
-    # The AdamW row learns as well as the SGD rows do: every run, of every policy, clears the same floor
+    assert [r["optimizer"] for r in rows] == ["CLRSGD"] * len(SGD_POLICIES) + ["CLRAdamW", "CLRScheduleFreeAdamW"]
+    # The AdamW rows learn as well as the SGD rows do: every run, of every policy, clears the same floor
     # (with two seeds mean - std is the worse run; after these 120 iterations SGD runs end at 85-96 %, AdamW ~97 %).
-    adamw = rows[-1]
+    adamw, sf = rows[-2:]
     assert adamw["schedule"] == "0.00012 -> 0.003 -> 1.2e-09"
+    assert sf["schedule"] == "0 -> 0.005 over 6, then constant"  # --fast: 5 % of 120 iterations
     assert all(r["acc_mean"] - r["acc_std"] > 0.8 for r in rows)
-    assert adamw["acc_mean"] >= min(r["acc_mean"] for r in rows[:-1])
-    assert summary["config"]["adamw_max_lr"] == 3e-3
+    for r in (adamw, sf):
+        assert r["acc_mean"] >= min(r["acc_mean"] for r in rows[: len(SGD_POLICIES)])
+    assert summary["config"]["adamw_max_lr"] == 3e-3 and summary["config"]["sf_lr"] == 5e-3
     rt = summary["range_test"]
     assert rt["base_lr"] == pytest.approx(rt["max_lr"] / 4, rel=1e-15)
     assert rt["lr_steep"] <= rt["lr_min"] and rt["max_lr"] == max(rt["lr_steep"], rt["lr_min"] / 4)
@@ -89,7 +92,8 @@ def test_policies_come_from_the_range_test_bounds():
     assert a.momentum(0) == pytest.approx(0.95) and a.momentum(peak) == pytest.approx(0.85)
     assert a.momentum(399) == pytest.approx(0.95)
     assert np.argmax(a.lr_table(np.arange(400))) == peak
-    assert demo.OPTIMIZERS == {"adamw_onecycle": "adamw"}
+    assert p["schedulefree"] == clr.Warmup(0.0, 5e-3, 20)  # 5 % of the iterations, then constant
+    assert demo.OPTIMIZERS == {"adamw_onecycle": "adamw", "schedulefree": "sf_adamw"}
 
 
 def test_training_with_clrsgd_matches_torch_sgd_with_the_same_schedule(one_thread):
@@ -160,6 +164,66 @@ def test_training_with_clradamw_matches_torch_adamw_with_the_same_schedule(one_t
     np.testing.assert_array_equal(accs, ref)
     with pytest.raises(ValueError, match="rule must be"):
         demo.make_optimizer(demo.make_model(0).parameters(), sched, cfg, "lion")
+
+
+def test_training_with_schedulefree_adamw_matches_the_package_evaluated_at_the_average(one_thread, monkeypatch):
+    """The demo measures test accuracy at x (eval mode) and trains at y (train mode), as the package's recipe says."""
+    schedulefree = pytest.importorskip("schedulefree")
+    cfg = demo.Config(iterations=30, eval_every=10, seeds=(0,), threads=1)
+    sched = clr.Warmup(0.0, cfg.sf_lr, 5)
+    data = demo.load_data()
+    made, seen = [], []
+    make_optimizer, accuracy = demo.make_optimizer, demo.accuracy
+
+    def spy_make(*a):
+        made.append(make_optimizer(*a))
+        return made[-1]
+
+    def spy_accuracy(model, x, y):
+        seen.append((made[-1].param_groups[0]["train_mode"], [p.detach().clone() for p in model.parameters()]))
+        return accuracy(model, x, y)
+
+    monkeypatch.setattr(demo, "make_optimizer", spy_make)
+    monkeypatch.setattr(demo, "accuracy", spy_accuracy)
+    steps, accs = demo.train(sched, 0, data, cfg, rule="sf_adamw")
+    (opt,) = made
+    assert isinstance(opt, clr.torch.CLRScheduleFreeAdamW)
+    assert opt.param_groups[0]["weight_decay"] == 1e-2 and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert [mode for mode, _ in seen] == [False] * 3  # measured in eval mode
+    assert opt.param_groups[0]["train_mode"] and opt.param_groups[0]["k"] == 30  # and back in train mode after
+
+    # Reference: the package's AdamWScheduleFree, its lr set from the schedule before every step, eval() around
+    # each measurement.
+    import torch.nn.functional as F
+
+    xtr, ytr, xte, yte = data
+    model = demo.make_model(0)
+    ref_opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=0.0, weight_decay=1e-2, foreach=False)
+    ref_opt.train()
+    loader = demo.Batches(xtr, ytr, cfg.batch_size, generator=torch.Generator().manual_seed(0))
+    ref, at, t = [], [], 0
+    while t < 30:
+        for xb, yb in loader:
+            for g in ref_opt.param_groups:
+                g["lr"] = sched.lr(t)
+            loss = F.cross_entropy(model(xb), yb)
+            ref_opt.zero_grad()
+            loss.backward()
+            ref_opt.step()
+            t += 1
+            if t % 10 == 0:
+                ref_opt.eval()
+                at.append([p.detach().clone() for p in model.parameters()])
+                ref.append(accuracy(model, xte, yte))
+                ref_opt.train()
+            if t == 30:
+                break
+    np.testing.assert_array_equal(steps, [10, 20, 30])
+    np.testing.assert_array_equal(accs, ref)
+    for (_, ours), theirs in zip(seen, at):
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert accs[-1] > 0.5  # far above chance after 30 steps
 
 
 def test_adamw_applies_the_schedules_beta1(one_thread):

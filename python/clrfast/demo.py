@@ -1,4 +1,4 @@
-"""``clrfast demo``: the LR range test and six LR policies on real data, in about a minute on a CPU.
+"""``clrfast demo``: the LR range test and seven LR policies on real data, in about a minute on a CPU.
 
 A small CNN learns scikit-learn's bundled handwritten digits (1797 8x8 images,
 shipped inside scikit-learn, nothing is downloaded). The demo
@@ -8,7 +8,9 @@ shipped inside scikit-learn, nothing is downloaded). The demo
 2. trains with :class:`clrfast.torch.CLRSGD` under a fixed LR, ``triangular``,
    ``triangular2``, ``exp_range`` and one-cycle, and with
    :class:`clrfast.torch.CLRAdamW` under fastai's one-cycle recipe (beta1
-   0.95 -> 0.85 -> 0.95), each for the same number of iterations and the same seeds;
+   0.95 -> 0.85 -> 0.95), and with :class:`clrfast.torch.CLRScheduleFreeAdamW`
+   (a short warmup, then a constant lr; evaluated at its average), each for the
+   same number of iterations and the same seeds;
 3. prints a table in the spirit of Smith's Table 1 (final test accuracy mean ± std,
    iterations to reach a target accuracy) and writes PNGs of the range test, the
    schedules and the accuracy curves.
@@ -20,6 +22,7 @@ thread count prints the same numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -44,6 +47,8 @@ class Config:
     weight_decay: float = 5e-4
     adamw_max_lr: float = 3e-3  # fastai v1's fit_one_cycle default; see ADAMW_RECIPE
     adamw_weight_decay: float = 1e-2  # CLRAdamW's (and torch's AdamW's) default, fastai's wd too
+    sf_lr: float = 5e-3  # schedule-free AdamW's constant lr (see the README's demo section)
+    sf_warmup: float = 0.05  # its warmup, as a fraction of the iterations
     sweep_steps: int = 200
     sweep_start: float = 1e-4
     sweep_end: float = 10.0
@@ -60,7 +65,8 @@ ADAMW_RECIPE: dict[str, Any] = dict(
     pct_start=0.25, div_factor=25.0, final_div_factor=1e5, base_momentum=0.85, max_momentum=0.95, anneal="cos"
 )
 # Which optimizer trains each policy (the rest: CLRSGD).
-OPTIMIZERS = {"adamw_onecycle": "adamw"}
+OPTIMIZERS = {"adamw_onecycle": "adamw", "schedulefree": "sf_adamw"}
+OPTIMIZER_NAMES = {"sgd": "CLRSGD", "adamw": "CLRAdamW", "sf_adamw": "CLRScheduleFreeAdamW"}
 
 
 def _require():
@@ -135,15 +141,20 @@ def make_optimizer(params, schedule, cfg: Config, rule: str = "sgd"):
     """The one place the demo builds its optimizers: lr (and momentum or beta1, where defined) from ``schedule``.
 
     ``rule="sgd"``: :class:`~clrfast.torch.CLRSGD`; ``rule="adamw"``: :class:`~clrfast.torch.CLRAdamW` with
-    torch's betas/eps defaults, beta1 replaced by the schedule's momentum.
+    torch's betas/eps defaults, beta1 replaced by the schedule's momentum; ``rule="sf_adamw"``:
+    :class:`~clrfast.torch.CLRScheduleFreeAdamW` with the package's betas/eps defaults, in train mode.
     """
-    from clrfast.torch import CLRSGD, CLRAdamW
+    from clrfast.torch import CLRSGD, CLRAdamW, CLRScheduleFreeAdamW
 
     if rule == "sgd":
         return CLRSGD(params, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if rule == "adamw":
         return CLRAdamW(params, schedule, weight_decay=cfg.adamw_weight_decay)
-    raise ValueError(f"rule must be 'sgd' or 'adamw', got {rule!r}")
+    if rule == "sf_adamw":
+        opt = CLRScheduleFreeAdamW(params, schedule=schedule, weight_decay=cfg.adamw_weight_decay)
+        opt.train()
+        return opt
+    raise ValueError(f"rule must be one of {', '.join(map(repr, OPTIMIZER_NAMES))}, got {rule!r}")
 
 
 def accuracy(model, x, y) -> float:
@@ -158,7 +169,7 @@ def accuracy(model, x, y) -> float:
 
 # ----------------------------------------------------------------------------- the demo
 def policies(result, cfg: Config) -> dict:
-    """The six schedules over ``cfg.iterations`` steps: five for SGD from the range test's bounds, one for AdamW."""
+    """The seven schedules over ``cfg.iterations`` steps: five for SGD from the range test's bounds, two for AdamW."""
     import clrfast as clr
 
     n = cfg.iterations
@@ -170,6 +181,7 @@ def policies(result, cfg: Config) -> dict:
         "exp_range": result.to_schedule("exp_range", step_size_up=step, total_steps=n),
         "onecycle": result.to_schedule("onecycle", total_steps=n),
         "adamw_onecycle": clr.OneCycle(cfg.adamw_max_lr, total_steps=n, **ADAMW_RECIPE),
+        "schedulefree": clr.Warmup(0.0, cfg.sf_lr, max(1, round(cfg.sf_warmup * n))),
     }
 
 
@@ -178,13 +190,16 @@ def describe(name: str, s) -> str:
         return f"lr={s.lr_value:.3g} (mean of the cycle)"
     if name in ("onecycle", "adamw_onecycle"):
         return f"{s.max_lr / s.div_factor:.3g} -> {s.max_lr:.3g} -> {s.max_lr / s.div_factor / s.final_div_factor:.2g}"
+    if name == "schedulefree":
+        return f"0 -> {s.end_lr:.3g} over {s.warmup_steps}, then constant"
     extra = f", gamma={s.gamma:.5f}" if s.mode == "exp_range" else ""
     return f"{s.base_lr:.3g}..{s.max_lr:.3g}, step {s.step_size_up:g}{extra}"
 
 
 def train(schedule, seed: int, data, cfg: Config, bar=None, rule: str = "sgd"):
     """Train one model (``rule``: see :func:`make_optimizer`); returns the test accuracy at every ``eval_every``
-    steps and at the end."""
+    steps and at the end. A schedule-free optimizer is evaluated at its average x (``opt.averaged()``: ``eval()``,
+    then ``train()`` again); its gradients are taken at y."""
     import torch
     import torch.nn.functional as F
 
@@ -204,7 +219,8 @@ def train(schedule, seed: int, data, cfg: Config, bar=None, rule: str = "sgd"):
             t += 1
             if t % cfg.eval_every == 0 or t == cfg.iterations:
                 steps.append(t)
-                accs.append(accuracy(model, xte, yte))
+                with opt.averaged() if hasattr(opt, "averaged") else contextlib.nullcontext():
+                    accs.append(accuracy(model, xte, yte))
             if bar is not None:
                 bar.update(1)
             if t == cfg.iterations:
@@ -290,7 +306,7 @@ def run_demo(out="clrfast-demo", cfg: Config = Config(), quiet=False, stream=Non
             rows.append(
                 {
                     "policy": name,
-                    "optimizer": {"sgd": "CLRSGD", "adamw": "CLRAdamW"}[OPTIMIZERS.get(name, "sgd")],
+                    "optimizer": OPTIMIZER_NAMES[OPTIMIZERS.get(name, "sgd")],
                     "schedule": describe(name, scheds[name]),
                     "acc_mean": float(np.mean(final)),
                     "acc_std": float(np.std(final)),
@@ -347,17 +363,18 @@ _COLORS = {
     "exp_range": "tab:purple",
     "onecycle": "tab:red",
     "adamw_onecycle": "tab:orange",
+    "schedulefree": "tab:brown",
 }
 
 
 def _plot_schedules(scheds, cfg: Config, path) -> None:
-    """SGD lrs on the left axis; AdamW's (an order of magnitude smaller) dashed on a right axis of its own."""
+    """SGD lrs on the left axis; the AdamW rules' (an order of magnitude smaller) dashed on a right axis."""
     from clrfast.plotting import new_figure, save
 
     fig = new_figure(figsize=(6.4, 3.4), dpi=90)
     ax = fig.add_subplot(1, 1, 1)
     steps = np.arange(cfg.iterations)
-    adamw = [name for name in scheds if OPTIMIZERS.get(name) == "adamw"]
+    adamw = [name for name in scheds if name in OPTIMIZERS]
     lines, top = [], 0.0
     for name, s in scheds.items():
         if name not in adamw:
@@ -378,7 +395,7 @@ def _plot_schedules(scheds, cfg: Config, path) -> None:
         ax2.tick_params(axis="y", colors=_COLORS[adamw[0]])
         ax2.set_ylim(0, 1.35 * top2)  # headroom for the legend, as on the left
     ax.set_ylim(0, 1.35 * top)
-    ax.set_title("the policies: SGD's bounds from the range test, AdamW's one-cycle at its own scale", fontsize=10)
+    ax.set_title("the policies: SGD's bounds from the range test, AdamW's at their own scale", fontsize=10)
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, ncol=3, loc="upper right")
     save(fig, path)
 
@@ -390,7 +407,7 @@ def _plot_accuracy(curves, cfg: Config, path) -> None:
     ax = fig.add_subplot(1, 1, 1)
     for name, (steps, accs) in curves.items():
         mean = accs.mean(0)
-        ls = "--" if OPTIMIZERS.get(name) == "adamw" else "-"
+        ls = "--" if name in OPTIMIZERS else "-"
         ax.plot(steps, 100 * mean, label=name, color=_COLORS[name], lw=1.3, ls=ls)
         if len(accs) > 1:
             ax.fill_between(steps, 100 * accs.min(0), 100 * accs.max(0), color=_COLORS[name], alpha=0.15)
