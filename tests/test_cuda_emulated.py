@@ -173,3 +173,35 @@ def test_bounds_are_checked():
     bad = np.array([[0, 1]], dtype=np.int32)  # a chunk past the row's end
     with pytest.raises(IndexError):
         _core.rule_step_emulated(name, tab, sc, bad)
+
+
+def test_schedule_clock_and_next_values():
+    import clrfast as clr
+
+    name = "sgd"
+    sched = clr.Cyclic(0.01, 0.1, step_size_up=4, base_momentum=0.8, max_momentum=0.9)
+    sc = scalars(name, OPTIONS[name][0])
+    clock = np.array([3], dtype=np.int64)
+    hyper = np.zeros(2, dtype=np.float64)
+    ts = make_rows(name, torch.float32, [5000])
+    tab = table(name, ts)
+    chunks = _core.cuda_chunk_table(tab[:, _core.rules[name]["cols"]["n"]].copy())
+    _core.rule_step_emulated(
+        name,
+        tab,
+        sc,
+        chunks,
+        schedule=sched._core,
+        clock=clock.ctypes.data,
+        lr_index=0,
+        momentum_index=1,
+        hyper_out=hyper.ctypes.data,
+    )
+    empty = np.zeros((0, _core.rules[name]["width"]), np.int64)
+    expect = _core.sgd_step(empty, sc, schedule=sched._core, next_step=4, momentum=sc[1])
+    assert clock[0] == 4 and tuple(hyper) == tuple(expect)
+    # the step itself used the schedule's values at t = 3
+    at3 = _core.sgd_step(empty, sc, schedule=sched._core, next_step=3, momentum=sc[1])
+    ref = [[x.clone() for x in row] for row in make_rows(name, torch.float32, [5000])]
+    _core.sgd_step(table(name, ref), [at3[0], at3[1], *sc[2:]])
+    assert bits(ref) == bits(ts)
