@@ -30,4 +30,5 @@ void bind_optim(pybind11::module_& m);
 void bind_adam(pybind11::module_& m);
 void bind_step_check(pybind11::module_& m);
 void bind_rules(pybind11::module_& m);
+void bind_rule_launch(pybind11::module_& m);
 }  // namespace clrfast

@@ -11,6 +11,7 @@ PYBIND11_MODULE(_core, m) {
   clrfast::bind_adam(m);
   clrfast::bind_step_check(m);
   clrfast::bind_rules(m);
+  clrfast::bind_rule_launch(m);
   // The storage dtype codes of every kernel table, the one source of the front end's.
   pybind11::dict codes;
   codes["float32"] = static_cast<int>(clrfast::DType::F32);

@@ -39,6 +39,7 @@
 #include "clrfast/adam_update.hpp"
 #include "cpu_dispatch.hpp"
 #include "rule_row.hpp"
+#include "rule_traits.hpp"
 
 namespace clrfast {
 
@@ -72,32 +73,6 @@ template <class R>
 void rule_step_cpu(const RuleRowOf<R>* rows, int64_t nseg, const double* scalars, const RuleRun& run);
 
 namespace rule_detail {
-
-// R::writes_grad(V) where the rule declares it, else false.
-template <class R, class = void>
-struct GradOut {
-  static constexpr bool at(int) { return false; }
-};
-template <class R>
-struct GradOut<R, std::void_t<decltype(R::writes_grad(0))>> {
-  static constexpr bool at(int v) { return R::writes_grad(v); }
-};
-
-// R::kFreshBit where the rule declares it, else 0.
-template <class R, class = void>
-struct FreshBit {
-  static constexpr int bit = 0;
-};
-template <class R>
-struct FreshBit<R, std::void_t<decltype(R::kFreshBit)>> {
-  static constexpr int bit = R::kFreshBit;
-};
-
-// The variant row r runs: the step's, plus the fresh bit for a row whose state is new.
-template <class R, class Row>
-int row_variant(int v, const Row& r) {
-  return r.fresh != 0 ? v | FreshBit<R>::bit : v;
-}
 
 // Whether some variant of R writes its gradient (the front end then treats gradients as written memory).
 template <class R>

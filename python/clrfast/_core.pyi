@@ -32,6 +32,9 @@ __all__: list[str] = [
     "cosine_restarts",
     "cpu_isa",
     "cuda_built",
+    "cuda_chunk_table",
+    "cuda_geometry",
+    "cuda_workspace_bytes",
     "cyclic",
     "cyclic_geometry",
     "cyclic_scale",
@@ -45,6 +48,8 @@ __all__: list[str] = [
     "onecycle_phases",
     "restart_pos_torch_epoch",
     "rmsprop_step",
+    "rule_step_cuda",
+    "rule_step_emulated",
     "rules",
     "schedule_bytes",
     "schedulefree_adamw_step",
@@ -658,6 +663,18 @@ def cpu_isa() -> str:
     Instruction set the CPU kernels dispatch to.
     """
 
+def cuda_chunk_table(
+    lengths: typing.Annotated[numpy.typing.ArrayLike, numpy.int64],
+) -> numpy.typing.NDArray[numpy.int32]:
+    """
+    The CUDA step's chunk table of rows of these lengths: int32 (seg, chunk) pairs, chunk c of a row covering its elements [c * chunk, (c + 1) * chunk) (cuda_geometry['chunk']).
+    """
+
+def cuda_workspace_bytes(name: str, nrows: typing.SupportsInt | typing.SupportsIndex) -> int:
+    """
+    Bytes of device workspace (64-byte aligned) a CUDA step of nrows rows needs.
+    """
+
 def cyclic(
     *,
     base_lr: typing.SupportsFloat | typing.SupportsIndex,
@@ -787,6 +804,54 @@ def rmsprop_step(
     The rmsprop step on the CPU over an int64 segment table (columns: _core.rules['rmsprop']['cols']). scalars: the values of _core.rules['rmsprop']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
     """
 
+def rule_step_cuda(
+    name: str,
+    rows: typing.SupportsInt | typing.SupportsIndex,
+    nrows: typing.SupportsInt | typing.SupportsIndex,
+    chunks: typing.SupportsInt | typing.SupportsIndex,
+    nchunks: typing.SupportsInt | typing.SupportsIndex,
+    scalars: typing.SupportsInt | typing.SupportsIndex,
+    *,
+    schedule: typing.SupportsInt | typing.SupportsIndex = 0,
+    clock: typing.SupportsInt | typing.SupportsIndex = 0,
+    lr_index: typing.SupportsInt | typing.SupportsIndex = -1,
+    momentum_index: typing.SupportsInt | typing.SupportsIndex = -1,
+    inv_scale: typing.SupportsFloat | typing.SupportsIndex = 1.0,
+    grad_scale: typing.SupportsInt | typing.SupportsIndex = 0,
+    found_inf: typing.SupportsInt | typing.SupportsIndex = 0,
+    store_grad: bool = False,
+    hyper_out: typing.SupportsInt | typing.SupportsIndex = 0,
+    workspace: typing.SupportsInt | typing.SupportsIndex = 0,
+    stream: typing.SupportsInt | typing.SupportsIndex = 0,
+) -> None:
+    """
+    Enqueues one step of rule `name` on a CUDA stream; every address is device memory (rows: the segment table, chunks: cuda_chunk_table, scalars: float64, schedule: a Schedule's bytes, workspace: cuda_workspace_bytes). Never synchronizes.
+    """
+
+def rule_step_emulated(
+    name: str,
+    segments: numpy.ndarray,
+    scalars: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex],
+    chunks: numpy.ndarray,
+    *,
+    schedule: Schedule | None = None,
+    clock: typing.SupportsInt | typing.SupportsIndex = 0,
+    lr_index: typing.SupportsInt | typing.SupportsIndex = -1,
+    momentum_index: typing.SupportsInt | typing.SupportsIndex = -1,
+    inv_scale: typing.SupportsFloat | typing.SupportsIndex = 1.0,
+    grad_scale: typing.SupportsInt | typing.SupportsIndex = 0,
+    found_inf: typing.SupportsInt | typing.SupportsIndex = 0,
+    store_grad: bool = False,
+    hyper_out: typing.SupportsInt | typing.SupportsIndex = 0,
+    seed: typing.SupportsInt | typing.SupportsIndex = 0,
+    dry: bool = False,
+    max_blocks: typing.SupportsInt | typing.SupportsIndex = 1048576,
+    only_blocks: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] = [],
+) -> dict:
+    """
+    One CUDA step of rule `name` executed on the CPU: the device kernels' code over their grid, block by block and thread by thread (seed: a permuted order), every index checked (IndexError). Addresses are host memory: clock (int64), grad_scale and found_inf (float32), hyper_out (2 float64). dry: the index arithmetic only, memory untouched. Returns the grid size, the element accesses and whether it skipped.
+    """
+
 def schedule_bytes(arg0: Schedule) -> bytes:
     """
     The compiled schedule's raw bytes (copied to device memory for the CUDA kernel).
@@ -905,6 +970,7 @@ def warmup_decay(
     """
 
 cuda_built: bool = True
+cuda_geometry: dict = {"threads": 256, "chunk": 4096, "max_blocks": 1048576, "row_threads": 256}
 dtype_codes: dict = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 rules: dict = {
     "sgd": {

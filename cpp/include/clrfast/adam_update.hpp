@@ -207,7 +207,7 @@ struct Adam {
 
   // Variant: the weight-decay mode times two, plus one with amsgrad.
   static constexpr int kVariants = 6;
-  static int variant(const double* sc) {
+  CLRFAST_HD static int variant(const double* sc) {
     const WdMode w = sc[kWeightDecay] == 0.0 ? WdMode::None : sc[kDecoupled] != 0.0 ? WdMode::Decoupled : WdMode::L2;
     return static_cast<int>(w) * 2 + (sc[kAmsgrad] != 0.0 ? 1 : 0);
   }

@@ -29,7 +29,7 @@ struct Lion {
   static constexpr bool kRoot = false;
 
   static constexpr int kDecayBit = 1, kVariants = 2;
-  static int variant(const double* sc) { return sc[kWeightDecay] != 0.0 ? kDecayBit : 0; }
+  CLRFAST_HD static int variant(const double* sc) { return sc[kWeightDecay] != 0.0 ? kDecayBit : 0; }
   static std::string invalid(const double*) { return {}; }
   CLRFAST_HD static constexpr bool uses(int, int slot) { return slot == 0; }
 

@@ -35,7 +35,7 @@ struct Rmsprop {
 
   // Variant bits: torch's branches, fixed per loop.
   static constexpr int kCenteredBit = 1, kMomentumBit = 2, kDecayBit = 4, kVariants = 8;
-  static int variant(const double* sc) {
+  CLRFAST_HD static int variant(const double* sc) {
     return (sc[kCentered] != 0.0 ? kCenteredBit : 0) | (sc[kMomentum] > 0.0 ? kMomentumBit : 0) |
            (sc[kWeightDecay] != 0.0 ? kDecayBit : 0);
   }

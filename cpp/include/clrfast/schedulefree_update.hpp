@@ -71,7 +71,7 @@ struct ScheduleFreeAdamW {
   static constexpr bool kRoot = true;
 
   static constexpr int kDecayBit = 1, kVariants = 2;
-  static int variant(const double* sc) { return sc[kWeightDecay] != 0.0 ? kDecayBit : 0; }
+  CLRFAST_HD static int variant(const double* sc) { return sc[kWeightDecay] != 0.0 ? kDecayBit : 0; }
   static std::string invalid(const double*) { return {}; }
   CLRFAST_HD static constexpr bool uses(int, int) { return true; }
   CLRFAST_HD static constexpr bool writes_grad(int) { return true; }  // the normalised gradient
@@ -112,7 +112,7 @@ struct ScheduleFreeSgd {
   static constexpr bool kRoot = false;
 
   static constexpr int kDecayBit = 1, kVariants = 2;
-  static int variant(const double* sc) { return sc[kWeightDecay] != 0.0 ? kDecayBit : 0; }
+  CLRFAST_HD static int variant(const double* sc) { return sc[kWeightDecay] != 0.0 ? kDecayBit : 0; }
   static std::string invalid(const double*) { return {}; }
   CLRFAST_HD static constexpr bool uses(int, int slot) { return slot == 0; }
   // The decayed gradient; without decay the gradient is left as it is, as the package leaves it.

@@ -212,7 +212,7 @@ struct Sgd {
   // A row whose buffer holds no history copies the gradient into it (torch clones the first
   // gradient): the engine adds kFreshBit for such rows.
   static constexpr int kMomentumBit = 1, kNesterovBit = 2, kDecayBit = 4, kFreshBit = 8, kVariants = 16;
-  static int variant(const double* sc) {
+  CLRFAST_HD static int variant(const double* sc) {
     // Nesterov at momentum 0 is plain SGD, as in torch (its check is the constructor's).
     const bool mom = sc[kMomentum] != 0.0;
     return (mom ? kMomentumBit : 0) | (mom && sc[kNesterov] != 0.0 ? kNesterovBit : 0) |
