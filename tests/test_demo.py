@@ -96,6 +96,29 @@ def test_policies_come_from_the_range_test_bounds():
     assert demo.OPTIMIZERS == {"adamw_onecycle": "adamw", "schedulefree": "sf_adamw"}
 
 
+def _train_reference(model, opt, data, cfg, before_step, measure) -> list:
+    """The demo's training loop written out for a reference optimizer: ``before_step(t)`` sets the values of
+    update t, ``measure()`` runs every ``cfg.eval_every`` updates; returns what it measured."""
+    import torch.nn.functional as F
+
+    xtr, ytr, _, _ = data
+    loader = demo.Batches(xtr, ytr, cfg.batch_size, generator=torch.Generator().manual_seed(0))
+    out, t = [], 0
+    while t < cfg.iterations:  # 21 batches a pass: the second pass draws a new order
+        for xb, yb in loader:
+            before_step(t)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t += 1
+            if t % cfg.eval_every == 0:
+                out.append(measure())
+            if t == cfg.iterations:
+                break
+    return out
+
+
 def test_training_with_clrsgd_matches_torch_sgd_with_the_same_schedule(one_thread):
     cfg = demo.Config(iterations=30, eval_every=10, seeds=(0,), threads=1)
     data = demo.load_data()
@@ -104,26 +127,15 @@ def test_training_with_clrsgd_matches_torch_sgd_with_the_same_schedule(one_threa
     assert isinstance(demo.make_optimizer(demo.make_model(0).parameters(), sched, cfg), clr.torch.CLRSGD)
 
     # Reference: torch.optim.SGD, lr and momentum set from the schedule before every step.
-    import torch.nn.functional as F
-
-    xtr, ytr, xte, yte = data
+    _, _, xte, yte = data
     model = demo.make_model(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=cfg.weight_decay, foreach=False)
-    loader = demo.Batches(xtr, ytr, cfg.batch_size, generator=torch.Generator().manual_seed(0))
-    ref, t = [], 0
-    while t < 30:  # 21 batches a pass: the second pass draws a new order
-        for xb, yb in loader:
-            for g in opt.param_groups:
-                g["lr"], g["momentum"] = sched.lr(t), sched.momentum(t)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            t += 1
-            if t % 10 == 0:
-                ref.append(demo.accuracy(model, xte, yte))
-            if t == 30:
-                break
+
+    def set_values(t):
+        for g in opt.param_groups:
+            g["lr"], g["momentum"] = sched.lr(t), sched.momentum(t)
+
+    ref = _train_reference(model, opt, data, cfg, set_values, lambda: demo.accuracy(model, xte, yte))
     np.testing.assert_array_equal(steps, [10, 20, 30])
     np.testing.assert_array_equal(accs, ref)
 
@@ -140,26 +152,15 @@ def test_training_with_clradamw_matches_torch_adamw_with_the_same_schedule(one_t
     assert opt.param_groups[0]["weight_decay"] == 1e-2 and opt.param_groups[0]["betas"] == (0.95, 0.999)
 
     # Reference: torch.optim.AdamW, lr and beta1 set from the schedule before every step.
-    import torch.nn.functional as F
-
-    xtr, ytr, xte, yte = data
+    _, _, xte, yte = data
     model = demo.make_model(0)
     opt = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=1e-2, foreach=False)
-    loader = demo.Batches(xtr, ytr, cfg.batch_size, generator=torch.Generator().manual_seed(0))
-    ref, t = [], 0
-    while t < 30:
-        for xb, yb in loader:
-            for g in opt.param_groups:
-                g["lr"], g["betas"] = sched.lr(t), (sched.momentum(t), 0.999)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            t += 1
-            if t % 10 == 0:
-                ref.append(demo.accuracy(model, xte, yte))
-            if t == 30:
-                break
+
+    def set_values(t):
+        for g in opt.param_groups:
+            g["lr"], g["betas"] = sched.lr(t), (sched.momentum(t), 0.999)
+
+    ref = _train_reference(model, opt, data, cfg, set_values, lambda: demo.accuracy(model, xte, yte))
     np.testing.assert_array_equal(steps, [10, 20, 30])
     np.testing.assert_array_equal(accs, ref)
     with pytest.raises(ValueError, match="rule must be"):
@@ -194,30 +195,24 @@ def test_training_with_schedulefree_adamw_matches_the_package_evaluated_at_the_a
 
     # Reference: the package's AdamWScheduleFree, its lr set from the schedule before every step, eval() around
     # each measurement.
-    import torch.nn.functional as F
-
-    xtr, ytr, xte, yte = data
+    _, _, xte, yte = data
     model = demo.make_model(0)
     ref_opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=0.0, weight_decay=1e-2, foreach=False)
     ref_opt.train()
-    loader = demo.Batches(xtr, ytr, cfg.batch_size, generator=torch.Generator().manual_seed(0))
-    ref, at, t = [], [], 0
-    while t < 30:
-        for xb, yb in loader:
-            for g in ref_opt.param_groups:
-                g["lr"] = sched.lr(t)
-            loss = F.cross_entropy(model(xb), yb)
-            ref_opt.zero_grad()
-            loss.backward()
-            ref_opt.step()
-            t += 1
-            if t % 10 == 0:
-                ref_opt.eval()
-                at.append([p.detach().clone() for p in model.parameters()])
-                ref.append(accuracy(model, xte, yte))
-                ref_opt.train()
-            if t == 30:
-                break
+    at = []
+
+    def set_lr(t):
+        for g in ref_opt.param_groups:
+            g["lr"] = sched.lr(t)
+
+    def measure():
+        ref_opt.eval()
+        at.append([p.detach().clone() for p in model.parameters()])
+        acc = accuracy(model, xte, yte)
+        ref_opt.train()
+        return acc
+
+    ref = _train_reference(model, ref_opt, data, cfg, set_lr, measure)
     np.testing.assert_array_equal(steps, [10, 20, 30])
     np.testing.assert_array_equal(accs, ref)
     for (_, ours), theirs in zip(seen, at):

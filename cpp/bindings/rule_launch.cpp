@@ -62,6 +62,28 @@ T* addr(uintptr_t a) {
   return reinterpret_cast<T*>(a);
 }
 
+// The per-step inputs the emulated and the CUDA step take alike (addresses: 0 for none).
+struct StepInputs {
+  uintptr_t clock, grad_scale, found_inf, hyper_out;
+  int lr_index, momentum_index;
+  double inv_scale;
+  bool store_grad;
+};
+
+template <class R>
+void set_inputs(launch::Args<R>& a, const StepInputs& in, unsigned char* workspace) {
+  a.clock = addr<int64_t>(in.clock);
+  a.lr_index = in.lr_index;
+  a.momentum_index = in.momentum_index;
+  a.inv_scale = in.inv_scale;
+  a.grad_scale = addr<const float>(in.grad_scale);
+  a.found_inf = addr<const float>(in.found_inf);
+  a.store_grad = in.store_grad;
+  a.hyper_out = addr<double>(in.hyper_out);
+  a.state = reinterpret_cast<launch::State<R>*>(workspace);
+  a.coefs = reinterpret_cast<launch::CoefPair<R>*>(workspace + launch::coefs_offset<R>());
+}
+
 py::dict emulate_py(const std::string& name, py::array segments, const std::vector<double>& scalars,
                     const py::array& chunks, const std::optional<Schedule>& schedule, uintptr_t clock,
                     int lr_index, int momentum_index, double inv_scale, uintptr_t grad_scale, uintptr_t found_inf,
@@ -85,18 +107,9 @@ py::dict emulate_py(const std::string& name, py::array segments, const std::vect
         a.chunks = chunk_rows(chunks, &a.nchunks);
         a.scalars = scalars.data();
         a.schedule = schedule ? &*schedule : nullptr;
-        a.clock = addr<int64_t>(clock);
-        a.lr_index = lr_index;
-        a.momentum_index = momentum_index;
-        a.inv_scale = inv_scale;
-        a.grad_scale = addr<const float>(grad_scale);
-        a.found_inf = addr<const float>(found_inf);
-        a.store_grad = store_grad;
-        a.hyper_out = addr<double>(hyper_out);
         std::vector<unsigned char> ws(static_cast<size_t>(launch::workspace_bytes<R>(a.nrows)) + 64);
         unsigned char* base = ws.data() + (64 - reinterpret_cast<uintptr_t>(ws.data()) % 64) % 64;
-        a.state = reinterpret_cast<launch::State<R>*>(base);
-        a.coefs = reinterpret_cast<launch::CoefPair<R>*>(base + launch::coefs_offset<R>());
+        set_inputs(a, {clock, grad_scale, found_inf, hyper_out, lr_index, momentum_index, inv_scale, store_grad}, base);
         EmulateOptions o;
         o.seed = seed;
         o.dry = dry;
@@ -136,16 +149,8 @@ void step_cuda_py(const std::string& name, uintptr_t rows, int64_t nrows, uintpt
         a.nchunks = nchunks;
         a.scalars = addr<const double>(scalars);
         a.schedule = addr<const Schedule>(schedule);
-        a.clock = addr<int64_t>(clock);
-        a.lr_index = lr_index;
-        a.momentum_index = momentum_index;
-        a.inv_scale = inv_scale;
-        a.grad_scale = addr<const float>(grad_scale);
-        a.found_inf = addr<const float>(found_inf);
-        a.store_grad = store_grad;
-        a.hyper_out = addr<double>(hyper_out);
-        a.state = addr<launch::State<R>>(workspace);
-        a.coefs = addr<launch::CoefPair<R>>(workspace + launch::coefs_offset<R>());
+        set_inputs(a, {clock, grad_scale, found_inf, hyper_out, lr_index, momentum_index, inv_scale, store_grad},
+                   addr<unsigned char>(workspace));
         const std::string err = rule_step_cuda<R>(a, reinterpret_cast<void*>(stream));
         if (!err.empty()) throw std::runtime_error("rule_step_cuda: " + err);
       },

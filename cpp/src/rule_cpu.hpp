@@ -26,7 +26,7 @@
 //   kFreshBit               optional (default: none): the variant bit the engine adds for
 //                           the rows whose state holds no history yet (RuleRow::fresh)
 // Everything a rule does not declare is the engine's, so a rule's CPU
-// kernel is one line (CLRFAST_DEFINE_RULE_CPU in its .cpp file).
+// kernel is instantiated from the rule list (CLRFAST_FOR_EACH_RULE in rules_cpu.cpp).
 #pragma once
 
 #include <algorithm>

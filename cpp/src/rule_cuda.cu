@@ -58,11 +58,8 @@ std::string rule_step_cuda(const launch::Args<R>& a, void* stream) {
 }
 
 // One instantiation per rule of rules.hpp (as rules_cpu.cpp's definitions).
-template std::string rule_step_cuda<Sgd>(const launch::Args<Sgd>&, void*);
-template std::string rule_step_cuda<Adam>(const launch::Args<Adam>&, void*);
-template std::string rule_step_cuda<Rmsprop>(const launch::Args<Rmsprop>&, void*);
-template std::string rule_step_cuda<Lion>(const launch::Args<Lion>&, void*);
-template std::string rule_step_cuda<ScheduleFreeAdamW>(const launch::Args<ScheduleFreeAdamW>&, void*);
-template std::string rule_step_cuda<ScheduleFreeSgd>(const launch::Args<ScheduleFreeSgd>&, void*);
+#define CLRFAST_STEP_CUDA(R) template std::string rule_step_cuda<R>(const launch::Args<R>&, void*);
+CLRFAST_FOR_EACH_RULE(CLRFAST_STEP_CUDA)
+#undef CLRFAST_STEP_CUDA
 
 }  // namespace clrfast

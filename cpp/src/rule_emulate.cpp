@@ -85,11 +85,8 @@ EmulateStats emulate_step(const launch::Args<R>& a, const EmulateOptions& o) {
 }
 
 // One instantiation per rule of rules.hpp (as rules_cpu.cpp's definitions).
-template EmulateStats emulate_step<Sgd>(const launch::Args<Sgd>&, const EmulateOptions&);
-template EmulateStats emulate_step<Adam>(const launch::Args<Adam>&, const EmulateOptions&);
-template EmulateStats emulate_step<Rmsprop>(const launch::Args<Rmsprop>&, const EmulateOptions&);
-template EmulateStats emulate_step<Lion>(const launch::Args<Lion>&, const EmulateOptions&);
-template EmulateStats emulate_step<ScheduleFreeAdamW>(const launch::Args<ScheduleFreeAdamW>&, const EmulateOptions&);
-template EmulateStats emulate_step<ScheduleFreeSgd>(const launch::Args<ScheduleFreeSgd>&, const EmulateOptions&);
+#define CLRFAST_EMULATE(R) template EmulateStats emulate_step<R>(const launch::Args<R>&, const EmulateOptions&);
+CLRFAST_FOR_EACH_RULE(CLRFAST_EMULATE)
+#undef CLRFAST_EMULATE
 
 }  // namespace clrfast

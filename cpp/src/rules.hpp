@@ -1,6 +1,7 @@
 // The declared update rules: adding one is its header under clrfast/ and its
-// name in this list (plus one CLRFAST_DEFINE_RULE_CPU line in rules_cpu.cpp).
-// The bindings export each rule's layout from here.
+// name in CLRFAST_FOR_EACH_RULE. The bindings export each rule's layout from
+// here, and the CPU kernels, the CUDA kernels and the emulator are
+// instantiated from the same list.
 #pragma once
 
 #include "clrfast/adam_update.hpp"
@@ -11,9 +12,18 @@
 
 namespace clrfast {
 
+#define CLRFAST_FOR_EACH_RULE(X) X(Sgd) X(Adam) X(Rmsprop) X(Lion) X(ScheduleFreeAdamW) X(ScheduleFreeSgd)
+
 template <class... R>
 struct RuleList {};
 
-using Rules = RuleList<Sgd, Adam, Rmsprop, Lion, ScheduleFreeAdamW, ScheduleFreeSgd>;
+namespace rules_detail {
+template <class First, class... R>
+using Tail = RuleList<R...>;
+}  // namespace rules_detail
+
+#define CLRFAST_RULE_ARG(R) , R
+using Rules = rules_detail::Tail<void CLRFAST_FOR_EACH_RULE(CLRFAST_RULE_ARG)>;
+#undef CLRFAST_RULE_ARG
 
 }  // namespace clrfast
