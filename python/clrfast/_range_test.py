@@ -403,6 +403,27 @@ def run_sweep(
     }
 
 
+def sweep(
+    step: Callable[[float], float | None],
+    cfg: Settings,
+    *,
+    validate: Callable[[], float] | None = None,
+    bar=None,
+    describe_data: Callable[[], str] = lambda: "",
+) -> dict:
+    """:func:`run_sweep` over ``cfg``'s lrs with its ``smooth``, ``diverge`` and ``val_every``."""
+    return run_sweep(
+        step,
+        cfg.lrs(),
+        smooth=cfg.smooth,
+        diverge=cfg.diverge,
+        validate=validate,
+        val_every=cfg.val_every,
+        bar=bar,
+        describe_data=describe_data,
+    )
+
+
 def run_seeds(
     one_run: Callable[[int | None], dict],
     cfg: Settings,
@@ -470,6 +491,7 @@ __all__ = [
     "LRFindResult",
     "suggest",
     "run_sweep",
+    "sweep",
     "run_seeds",
     "aggregate",
     "settings",

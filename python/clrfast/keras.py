@@ -573,7 +573,6 @@ def lr_find(
         if torch_rng is not None:
             _set_torch_rng_state(torch_rng)
 
-    lrs_all = cfg.lrs()
     bar = rt.progress_bar(cfg.num_steps * (len(seeds) if seeds else 1), progress)
 
     def one_run(seed) -> dict:
@@ -601,13 +600,10 @@ def lr_find(
                 logs = model.evaluate(xv, yv, batch_size=batch_size, verbose=0, return_dict=True)
                 return float(logs["loss"])
 
-        return rt.run_sweep(
+        return rt.sweep(
             step,
-            lrs_all,
-            smooth=cfg.smooth,
-            diverge=cfg.diverge,
+            cfg,
             validate=validate,
-            val_every=cfg.val_every,
             bar=bar,
             describe_data=lambda: f"x has {n} samples, batch_size={batch_size}",
         )

@@ -178,7 +178,6 @@ def lr_find(
         raise TypeError(f"batches must be iterable, got {batches!r} of type {type(batches).__name__}")
     cfg = rt.settings(start_lr, end_lr, num_steps, mode, smooth, diverge, val_every, min_div, base_div)
     rt.check_progress(progress)
-    lrs_all = cfg.lrs()
     bar = rt.progress_bar(cfg.num_steps, progress)
 
     def one_run(seed) -> dict:
@@ -203,13 +202,10 @@ def lr_find(
             def validate() -> float:
                 return float(val_fn(current[0]))
 
-        return rt.run_sweep(
+        return rt.sweep(
             one_step,
-            lrs_all,
-            smooth=cfg.smooth,
-            diverge=cfg.diverge,
+            cfg,
             validate=validate,
-            val_every=cfg.val_every,
             bar=bar,
             describe_data=lambda: f"batches gave {data.count}",
         )

@@ -247,7 +247,6 @@ def lr_find(
             device = torch.device(device)
         except (RuntimeError, TypeError):
             raise ValueError(f"device must name a torch device, got {device!r}") from None
-    lrs_all = cfg.lrs()
 
     snap = _Snapshot(model, optimizer)
     bar = rt.progress_bar(cfg.num_steps * (len(seeds) if seeds else 1), progress)
@@ -286,13 +285,10 @@ def lr_find(
             def validate() -> float:
                 return _validate(model, loss_fn, closure, val_loader, val_fn, device)
 
-        return rt.run_sweep(
+        return rt.sweep(
             step,
-            lrs_all,
-            smooth=cfg.smooth,
-            diverge=cfg.diverge,
+            cfg,
             validate=validate,
-            val_every=cfg.val_every,
             bar=bar,
             describe_data=describe_data,
         )
