@@ -534,12 +534,80 @@ def scenario_zero_resume(rank: int, world: int, out: Path) -> dict:
     return results
 
 
+# The schedule-free rules step in train() mode only and have no scheduled momentum, so they are not in
+# the registry's CyclicLR scenarios: their reference is the schedulefree package (for-loop path).
+SCHEDULEFREE_VARIANTS = {
+    # name: (rule, wrapper, flat, options)
+    "adamw-ddp": ("adamw", "ddp", False, dict(lr=1e-2, weight_decay=0.1, warmup_steps=5, r=1.0)),
+    "adamw-ddp-flat": ("adamw", "ddp", True, dict(lr=1e-2, betas=(0.6, 0.5), warmup_steps=3, weight_lr_power=1)),
+    "adamw-fsdp2": ("adamw", "fsdp2", False, dict(lr=1e-2, weight_decay=0.1, warmup_steps=5, r=1.0)),
+    "sgd-ddp": ("sgd", "ddp", False, dict(lr=0.5, weight_decay=0.1, warmup_steps=5)),
+    "sgd-ddp-flat": ("sgd", "ddp", True, dict(lr=0.2, momentum=0.6, r=2, warmup_steps=3)),
+    "sgd-fsdp2": ("sgd", "fsdp2", False, dict(lr=0.5, weight_decay=0.1, warmup_steps=5)),
+}
+
+
+def schedulefree_pair(rule: str):
+    """(the package's class, clrfast's) for ``rule``."""
+    import schedulefree
+    from clrfast.torch import CLRScheduleFreeAdamW, CLRScheduleFreeSGD
+
+    return {
+        "adamw": (schedulefree.AdamWScheduleFree, CLRScheduleFreeAdamW),
+        "sgd": (schedulefree.SGDScheduleFree, CLRScheduleFreeSGD),
+    }[rule]
+
+
+def scenario_schedulefree(rank: int, world: int, out: Path) -> dict:
+    """DDP and FSDP2: each schedule-free rule vs the schedulefree package, in train mode, after eval()
+    and after train() again."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    mesh = init_device_mesh("cpu", (world,))
+    base = _model()
+    results = {}
+    for name, (rule, wrapper, flat, options) in SCHEDULEFREE_VARIANTS.items():
+        ref_cls, cls = schedulefree_pair(rule)
+        if wrapper == "ddp":
+            a, b = DDP(copy.deepcopy(base)), DDP(copy.deepcopy(base))
+        else:
+            a, b = _fsdp2(base, mesh), _fsdp2(base, mesh)
+        opt = cls(a.parameters(), flat=flat, **options)
+        ref = ref_cls(b.parameters(), foreach=False, **options)
+        ref.train()
+        pa, pb = list(a.parameters()), list(b.parameters())
+        snaps = {}
+        for t in range(STEPS):
+            _train_step(a, opt, rank, t)
+            _train_step(b, ref, rank, t)
+        snaps["train"] = (_full(pa), _full(pb), _state(opt, pa, _full), _state(ref, pb, _full))
+        opt.eval()
+        ref.eval()
+        snaps["eval"] = (_full(pa), _full(pb), _state(opt, pa, _full), _state(ref, pb, _full))
+        opt.train()
+        ref.train()
+        for t in range(STEPS, STEPS + 3):
+            _train_step(a, opt, rank, t)
+            _train_step(b, ref, rank, t)
+        snaps["again"] = (_full(pa), _full(pb), _state(opt, pa, _full), _state(ref, pb, _full))
+        keys = ("k", "weight_sum", "lr_max", "lr")
+        results[name] = dict(
+            init=_clone(base.parameters()),
+            snaps=snaps,
+            types=(_types(opt, pa), _types(ref, pb)),
+            groups=([opt.param_groups[0][k] for k in keys], [ref.param_groups[0][k] for k in keys]),
+        )
+    return results
+
+
 SCENARIOS = {
     "fsdp2": scenario_fsdp2,
     "fsdp2_dcp": scenario_fsdp2_dcp,
     "ddp": scenario_ddp,
     "zero": scenario_zero,
     "zero_resume": scenario_zero_resume,
+    "schedulefree": scenario_schedulefree,
 }
 
 

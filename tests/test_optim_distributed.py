@@ -365,3 +365,86 @@ def test_torch_save_load_resume_is_bit_identical(rule, tmp_path, flat):
     assert_same(_weights(b), _weights(a), "weights after resuming")
     assert_same_state(_state(b, opt_b), _state(a, opt_a), "state after resuming")
     assert opt_b.param_groups[0]["step"] == k + n
+
+
+# =========================================================================== schedule-free rules
+# Outside the registry (no scheduled momentum, a train()/eval() protocol): the oracle is the
+# schedulefree package's for-loop path on a copy of the same model.
+SF_OPTIONS = {
+    "adamw": dict(lr=1e-2, weight_decay=0.1, warmup_steps=3, r=1.0),
+    "sgd": dict(lr=0.2, momentum=0.6, warmup_steps=3, weight_lr_power=1),
+}
+SF_RULES = pytest.mark.parametrize("sf", list(SF_OPTIONS))
+
+
+@pytest.mark.parametrize("variant", list(helpers.SCHEDULEFREE_VARIANTS))
+def test_schedulefree_under_ddp_and_fsdp2_matches_the_package(dist_run, variant):
+    ranks = [r[variant] for r in helpers.outcome(dist_run, "schedulefree")]
+    for rank, r in enumerate(ranks):
+        where = f"rank {rank}, {variant}"
+        mine, theirs = r["types"]
+        assert mine == theirs, f"{where}: parameter and state types {mine} vs the package's {theirs}"
+        for when, (clr_w, ref_w, clr_s, ref_s) in r["snaps"].items():
+            assert_same(clr_w, ref_w, f"{where}, {when}: weights (clrfast vs schedulefree)")
+            assert_same_state(clr_s, ref_s, f"{where}, {when}: state")
+        assert_trained(r["snaps"]["again"][0], r["init"], f"{where}: weights")
+        assert r["groups"][0] == r["groups"][1], f"{where}: k, weight_sum, lr_max, lr"
+    assert_same(ranks[0]["snaps"]["eval"][0], ranks[1]["snaps"]["eval"][0], f"{variant}: x, rank 0 vs rank 1")
+
+
+def _sf_pair(sf: str, seed: int, flat: bool):
+    ref_cls, cls = helpers.schedulefree_pair(sf)
+    model = _net(seed)
+    return model, cls(model.parameters(), flat=flat, **SF_OPTIONS[sf]), ref_cls
+
+
+@MODES
+@SF_RULES
+def test_schedulefree_dcp_initialising_step_changes_nothing(sf, flat):
+    a, opt, ref_cls = _sf_pair(sf, 0, flat)
+    ref_model = _net(0)
+    ref = ref_cls(ref_model.parameters(), foreach=False, **SF_OPTIONS[sf])
+    ref.train()
+    before = _weights(a)
+    osd = get_optimizer_state_dict(a, opt)  # torch's zero-lr initialising step on a stateless optimizer
+    assert_same(_weights(a), before, "weights after get_optimizer_state_dict")
+    assert all(p.grad is None for p in a.parameters())
+    assert osd["param_groups"][0]["k"] == 0 and osd["param_groups"][0]["weight_sum"] == 0.0, osd["param_groups"]
+    for t in range(8):
+        _step(a, opt, t)
+        _step(ref_model, ref, t)
+    opt.eval()
+    ref.eval()
+    assert_same(_weights(a), _weights(ref_model), "x vs the package")
+    assert_same_state(_state(a, opt), _state(ref_model, ref), "state vs the package")
+
+
+@MODES
+@SF_RULES
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_schedulefree_dcp_save_load_resume_in_either_mode(sf, mode, tmp_path, flat):
+    k, n = 5, 6
+    a, opt_a, _ = _sf_pair(sf, 0, flat)
+    for t in range(k):
+        _step(a, opt_a, t)
+    if mode == "eval":
+        opt_a.eval()
+    dcp.save({"model": get_model_state_dict(a), "optim": get_optimizer_state_dict(a, opt_a)}, checkpoint_id=tmp_path)
+
+    b, opt_b, _ = _sf_pair(sf, 1, not flat)
+    state = {"model": get_model_state_dict(b), "optim": get_optimizer_state_dict(b, opt_b)}
+    dcp.load(state, checkpoint_id=tmp_path)
+    set_model_state_dict(b, state["model"])
+    set_optimizer_state_dict(b, opt_b, state["optim"])
+    assert_same(_weights(b), _weights(a), "weights after loading")
+    assert_same_state(_state(b, opt_b), _state(a, opt_a), "state after loading")
+    assert opt_b.param_groups[0]["train_mode"] is (mode == "train")
+    for t in range(k, k + n):  # a step in eval mode switches back to train mode first, on both
+        _step(a, opt_a, t)
+        _step(b, opt_b, t)
+    for opt in (opt_a, opt_b):
+        opt.eval()
+    assert_same(_weights(b), _weights(a), "x after resuming")
+    assert_same_state(_state(b, opt_b), _state(a, opt_a), "state after resuming")
+    keys = ("k", "weight_sum", "lr_max", "lr", "train_mode")
+    assert [opt_b.param_groups[0][x] for x in keys] == [opt_a.param_groups[0][x] for x in keys]
