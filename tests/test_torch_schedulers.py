@@ -399,3 +399,99 @@ def test_order_warning_like_torch():
             warnings.simplefilter("always")
             sched.step()
         assert any("before `optimizer.step()`" in str(w.message) for w in caught), module
+
+
+# --------------------------------------------------------------------------- step() side by side
+# The common step() runs whole in one compiled call (GroupWriter.step); the deprecated epoch
+# argument, fractional counters, a Python scale_fn and a step past the end take the Python path.
+# Random sequences of every kind of call, side by side with torch, must leave the same group
+# values and the same counters (values and types) after each call, and raise the same errors.
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_COUNTERS = ("last_epoch", "_step_count", "T_cur", "T_i", "_last_lr")
+_CASES = {
+    "cyclic": ("CyclicLR", dict(base_lr=0.01, max_lr=0.1, step_size_up=3, step_size_down=2, mode="triangular2")),
+    "cyclic-scale-fn": (
+        "CyclicLR",
+        dict(base_lr=0.01, max_lr=0.1, step_size_up=4, scale_fn=lambda x: 0.9**x, scale_mode="iterations"),
+    ),
+    "onecycle": ("OneCycleLR", dict(max_lr=0.1, total_steps=12, three_phase=True)),
+    "restarts": ("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=2, eta_min=1e-3)),
+}
+_OPS = st.lists(
+    st.one_of(
+        st.just(("step",)),
+        st.tuples(st.just("epoch"), st.integers(0, 20)),
+        st.tuples(st.just("epoch"), st.floats(0, 20, allow_nan=False).map(lambda x: round(x, 2))),
+        st.just(("reload",)),
+    ),
+    max_size=25,
+)
+
+
+def _observed(sched, opt) -> tuple:
+    counters = tuple((k, type(sched.__dict__.get(k)).__name__, sched.__dict__.get(k)) for k in _COUNTERS)
+    return snapshot(opt), counters
+
+
+def _call(sched, op):
+    try:
+        if op[0] == "step":
+            sched.step()
+        elif op[0] == "epoch":
+            sched.step(op[1])
+        else:
+            sched.load_state_dict(sched.state_dict())
+        return None
+    except (ValueError, ZeroDivisionError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS, groups=st.integers(1, 2))
+def test_random_step_sequences_match_torch(case, ops, groups):
+    name, kwargs = _CASES[case]
+    if name == "CosineAnnealingWarmRestarts" and any(op[0] == "epoch" and op[1] < 0 for op in ops):
+        return
+    kind = "adam" if case == "onecycle" and groups == 2 else "sgd"
+    opts = [make_optimizer(kind, groups), make_optimizer(kind, groups)]
+    scheds = [getattr(L, name)(opts[0], **kwargs), getattr(ct, name)(opts[1], **kwargs)]
+    assert _observed(scheds[0], opts[0]) == _observed(scheds[1], opts[1])
+    for i, op in enumerate(ops):
+        before = _observed(scheds[1], opts[1])
+        outcomes = [_call(s, op) for s in scheds]
+        assert outcomes[0] == outcomes[1], (i, op, outcomes)
+        if outcomes[1] is not None:
+            # torch has counted the refused step (last_epoch, _step_count); clrfast changed nothing
+            assert _observed(scheds[1], opts[1]) == before, (i, op)
+            break
+        assert _observed(scheds[0], opts[0]) == _observed(scheds[1], opts[1]), (i, op)
+
+
+def test_a_subclass_write_is_not_bypassed_by_the_compiled_step():
+    class Halved(ct.CyclicLR):
+        def _write(self, t, groups):
+            super()._write(t, groups)
+            for g in groups:
+                g["lr"] = g["lr"] / 2
+            return [g["lr"] for g in groups]
+
+    opts = [make_optimizer(), make_optimizer()]
+    plain, halved = ct.CyclicLR(opts[0], 0.01, 0.1, step_size_up=3), Halved(opts[1], 0.01, 0.1, step_size_up=3)
+    for _ in range(5):
+        plain.step()
+        halved.step()
+        assert opts[1].param_groups[0]["lr"] == opts[0].param_groups[0]["lr"] / 2
+
+
+def test_a_python_scale_fn_is_called_at_every_common_step():
+    calls = []
+    opt = make_optimizer()
+    sched = ct.CyclicLR(opt, 0.01, 0.1, step_size_up=3, scale_fn=lambda x: calls.append(x) or 1.0)
+    calls.clear()
+    for _ in range(4):
+        sched.step()
+    assert calls == [x for t in range(1, 5) for x in (t // 6 + 1, t // 6 + 1)]  # cycle: lr then momentum

@@ -12,6 +12,9 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -108,6 +111,66 @@ class GroupWriter {
     return write_all(compute_restarts(T_cur, T_i), groups);
   }
 
+  // torch's common step() (no epoch, not the first) in one call: the values at t = last_epoch + 1
+  // into `sched.optimizer.param_groups`, then last_epoch, _step_count and _last_lr updated in the
+  // scheduler's __dict__, where torch keeps them. Returns false, having changed nothing, wherever
+  // the Python step must decide: the first step (a warning), counters that are not plain ints, a
+  // step past max_step (torch's error), a writer built with fast = false.
+  bool step(py::handle sched) {
+    py::dict d = instance_dict(sched);
+    const Keys& k = keys();
+    int64_t count = 0, last = 0;
+    if (!exact_int(d, k.step_count, &count) || count == 1 || !exact_int(d, k.last_epoch, &last)) return false;
+    if (last >= (int64_t{1} << 53) || last < -(int64_t{1} << 53)) return false;  // t exact as a double
+    const int64_t t = last + 1;
+    if (static_cast<double>(t) > max_step) return false;
+    const std::optional<py::list> groups = param_groups(d);
+    if (!groups) return false;
+    py::list lrs = write(static_cast<double>(t), *groups);
+    set(d, k.last_lr, lrs);
+    set(d, k.last_epoch, py::int_(t));
+    set(d, k.step_count, py::int_(count + 1));
+    return true;
+  }
+
+  // CosineAnnealingWarmRestarts' common step (no epoch, last_epoch >= 0), torch's counter update
+  // in integers: T_cur + 1, wrapped at T_i (then T_i * T_mult). Returns false, changing nothing,
+  // where the counters are not plain ints (a fractional epoch made them floats).
+  bool step_restarts(py::handle sched) {
+    py::dict d = instance_dict(sched);
+    const Keys& k = keys();
+    int64_t last = 0, cur = 0, len = 0, mult = 0;
+    constexpr int64_t kMax = int64_t{1} << 40;  // far from overflow in T_i * T_mult
+    if (!exact_int(d, k.last_epoch, &last) || last < 0 || last > kMax || !exact_int(d, k.T_cur, &cur) ||
+        !exact_int(d, k.T_i, &len) || !exact_int(d, k.T_mult, &mult) || cur < -1 || cur > kMax || len < 1 ||
+        len > kMax || mult < 1 || mult > kMax)
+      return false;
+    const std::optional<py::list> groups = param_groups(d);
+    if (!groups) return false;
+    ++cur;
+    const bool wrapped = cur >= len;
+    if (wrapped) {
+      cur %= len;
+      len *= mult;
+    }
+    py::list lrs = write_restarts(static_cast<double>(cur), static_cast<double>(len), *groups);
+    set(d, k.last_lr, lrs);
+    if (wrapped) set(d, k.T_i, py::int_(len));  // torch assigns T_i only at a restart
+    set(d, k.T_cur, py::int_(cur));
+    set(d, k.last_epoch, py::int_(last + 1));
+    return true;
+  }
+
+  // The common step of the scheduler this writer belongs to; false where Python must take it.
+  bool common_step(py::handle sched) {
+    if (!fast) return false;
+    return restarts ? step_restarts(sched) : step(sched);
+  }
+
+  double max_step = std::numeric_limits<double>::infinity();
+  bool fast = false;  // each scheduler opts in once its _write is only the write
+  bool restarts = false;  // CosineAnnealingWarmRestarts' counters
+
   py::list lrs(const std::vector<LrMom>& v) const {
     py::list out(v.size());
     for (size_t i = 0; i < v.size(); ++i) out[i] = py::float_(v[i].lr);
@@ -126,10 +189,51 @@ class GroupWriter {
       if (!PyDict_Check(g.ptr())) throw py::type_error("param_groups must hold dicts");
   }
 
+  static py::dict instance_dict(py::handle obj) {
+    PyObject* d = PyObject_GenericGetDict(obj.ptr(), nullptr);
+    if (d == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::dict>(d);
+  }
+
+  // An entry that is exactly a Python int (not a bool, not a subclass) within int64.
+  static bool exact_int(const py::dict& d, const py::str& key, int64_t* out) {
+    PyObject* v = PyDict_GetItemWithError(d.ptr(), key.ptr());  // borrowed
+    if (v == nullptr) {
+      if (PyErr_Occurred()) throw py::error_already_set();
+      return false;
+    }
+    if (!PyLong_CheckExact(v)) return false;
+    int overflow = 0;
+    const long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow != 0 || (x == -1 && PyErr_Occurred())) {
+      PyErr_Clear();
+      return false;
+    }
+    *out = x;
+    return true;
+  }
+
+  static void set(const py::dict& d, const py::str& key, const py::handle& v) {
+    if (PyDict_SetItem(d.ptr(), key.ptr(), v.ptr()) != 0) throw py::error_already_set();
+  }
+
+  // The optimizer's param_groups, or nothing where they are not a plain list on a plain attribute.
+  static std::optional<py::list> param_groups(const py::dict& d) {
+    const Keys& k = keys();
+    PyObject* opt = PyDict_GetItemWithError(d.ptr(), k.optimizer.ptr());  // borrowed
+    if (opt == nullptr) {
+      if (PyErr_Occurred()) throw py::error_already_set();
+      return std::nullopt;
+    }
+    py::object groups = py::reinterpret_borrow<py::object>(opt).attr(k.param_groups);
+    if (!PyList_CheckExact(groups.ptr())) return std::nullopt;
+    return py::reinterpret_borrow<py::list>(groups);
+  }
+
   // Writes the checked values; returns the lrs as torch's _last_lr (a clone
   // where the group's lr is a tensor).
   py::list write_all(const std::vector<LrMom>& v, const py::list& groups) const {
-    static const Keys& k = *new Keys();  // leaked: must outlive the interpreter's teardown
+    const Keys& k = keys();
     py::list lrs(v.size());
     for (size_t i = 0; i < v.size(); ++i) {
       PyObject* group = groups[i].ptr();
@@ -164,9 +268,20 @@ class GroupWriter {
     return lrs;
   }
 
+  // Interned, as Python's own attribute names and literal keys are: a dict lookup then matches
+  // the key by identity instead of comparing the characters.
+  static py::str interned(const char* s) { return py::reinterpret_steal<py::str>(PyUnicode_InternFromString(s)); }
   struct Keys {
-    py::str lr{"lr"}, momentum{"momentum"}, betas{"betas"}, fill{"fill_"}, clone{"clone"};
+    py::str lr = interned("lr"), momentum = interned("momentum"), betas = interned("betas");
+    py::str fill = interned("fill_"), clone = interned("clone");
+    py::str step_count = interned("_step_count"), last_epoch = interned("last_epoch"), last_lr = interned("_last_lr");
+    py::str optimizer = interned("optimizer"), param_groups = interned("param_groups");
+    py::str T_cur = interned("T_cur"), T_i = interned("T_i"), T_mult = interned("T_mult");
   };
+  static const Keys& keys() {
+    static const Keys& k = *new Keys();  // leaked: must outlive the interpreter's teardown
+    return k;
+  }
 
   std::vector<Schedule> schedules_;
   MomentumKey key_;
@@ -174,6 +289,50 @@ class GroupWriter {
   bool as_torch_;
   std::vector<LrMom> values_;  // reused: no allocation per step
 };
+
+// The drop-ins' step(self, epoch=None), as a C function bound like a method: the common call
+// (no argument) goes to the scheduler's writer in one step, without a Python frame or
+// pybind11's dispatch (a training loop makes it once per batch); every other call, and a
+// common one the writer declines, goes to the Python implementation, self._step(...).
+PyObject* scheduler_step(PyObject*, PyObject* const* args, Py_ssize_t nargsf, PyObject* kwnames) {
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  static PyObject* const writer_name = PyUnicode_InternFromString("_writer");
+  static PyObject* const slow_name = PyUnicode_InternFromString("_step");
+  if (nargs < 1) {
+    PyErr_SetString(PyExc_TypeError, "step() needs the scheduler");
+    return nullptr;
+  }
+  if (nargs == 1 && kwnames == nullptr) {
+    try {
+      PyObject* w = PyObject_GetAttr(args[0], writer_name);
+      if (w == nullptr) return nullptr;
+      py::object writer = py::reinterpret_steal<py::object>(w);
+      if (py::isinstance<GroupWriter>(writer)) {
+        auto& gw = writer.cast<GroupWriter&>();
+        if (gw.common_step(args[0])) Py_RETURN_NONE;
+      }
+    } catch (py::error_already_set& e) {
+      e.restore();
+      return nullptr;
+    } catch (py::builtin_exception& e) {
+      e.set_error();
+      return nullptr;
+    } catch (const std::overflow_error& e) {
+      PyErr_SetString(PyExc_OverflowError, e.what());
+      return nullptr;
+    } catch (const std::exception& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+      return nullptr;
+    }
+  }
+  return PyObject_VectorcallMethod(slow_name, args, nargsf, kwnames);
+}
+
+PyMethodDef scheduler_step_def = {
+    "step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&scheduler_step)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "step($self, /, epoch=None)\n--\n\nAdvance one step (or jump to ``epoch``, deprecated as in torch) and write "
+    "the groups' lr and momentum."};
 
 }  // namespace
 
@@ -192,9 +351,19 @@ void bind_param_groups(py::module_& m) {
       .def("write_scaled", &GroupWriter::write_scaled, "t"_a, "lr_scales"_a, "momentum_scales"_a, "groups"_a,
            "Cyclic values with scales from a Python scale_fn.")
       .def("write_restarts", &GroupWriter::write_restarts, "T_cur"_a, "T_i"_a, "groups"_a)
+      .def_readwrite("max_step", &GroupWriter::max_step, "The common step leaves a step past this to Python (its error).")
+      .def_readwrite("fast", &GroupWriter::fast, "Whether scheduler_step may take the common step here (false: always self._step).")
+      .def_readwrite("restarts", &GroupWriter::restarts, "Whether the common step is CosineAnnealingWarmRestarts' (T_cur, T_i).")
       .def("cycle", &GroupWriter::cycle, "t"_a)
       .def("values", &GroupWriter::values, "t"_a)
       .def("values_restarts", &GroupWriter::values_restarts, "T_cur"_a, "T_i"_a);
+
+  PyObject* f = PyCFunction_NewEx(&scheduler_step_def, nullptr, nullptr);
+  if (f == nullptr) throw py::error_already_set();
+  PyObject* method = PyInstanceMethod_New(f);  // binds like a function defined in the class
+  Py_DECREF(f);
+  if (method == nullptr) throw py::error_already_set();
+  m.attr("scheduler_step") = py::reinterpret_steal<py::object>(method);
 }
 
 }  // namespace clrfast

@@ -543,6 +543,27 @@ class GroupWriter:
         """
         Cyclic values with scales from a Python scale_fn.
         """
+    @property
+    def fast(self) -> bool:
+        """
+        Whether scheduler_step may take the common step here (false: always self._step).
+        """
+    @fast.setter
+    def fast(self, arg0: bool) -> None: ...
+    @property
+    def max_step(self) -> float:
+        """
+        The common step leaves a step past this to Python (its error).
+        """
+    @max_step.setter
+    def max_step(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None: ...
+    @property
+    def restarts(self) -> bool:
+        """
+        Whether the common step is CosineAnnealingWarmRestarts' (T_cur, T_i).
+        """
+    @restarts.setter
+    def restarts(self, arg0: bool) -> None: ...
 
 class StepCheckSpec:
     """

@@ -80,6 +80,8 @@ class FactoryLR(ScheduleLR):
             bases = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
         tensors = any(isinstance(b, Tensor) for b in bases)
         self._units = [_rescale(s, 1.0)._core for s in self.schedules] if tensors else None
+        # float lrs: _write is ScheduleLR's, so writer.step() may take the step whole
+        self._writer.fast = self._units is None and type(self)._write is FactoryLR._write
 
     def _load(self, state: dict) -> None:
         super()._load(state)

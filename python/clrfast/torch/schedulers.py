@@ -35,7 +35,7 @@ import math
 import types
 import warnings
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor
 from torch.optim import Optimizer
@@ -188,7 +188,12 @@ class _CoreScheduler(LRScheduler):
     def _write(self, t, groups) -> list:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def step(self, epoch=None) -> None:
+    # step(epoch=None): the common call (no argument) runs whole in the writer, in C; every
+    # other call, and one the writer declines (see GroupWriter.fast), runs _step.
+    # (an instancemethod object, which pybind11-stubgen leaves out of _core.pyi)
+    step: Callable[..., None] = _core.scheduler_step  # type: ignore[attr-defined]
+
+    def _step(self, epoch=None) -> None:
         """Advance one step (or jump to ``epoch``, deprecated as in torch) and write lr/momentum."""
         if epoch is None and self._step_count != 1:
             t = self.last_epoch + 1
@@ -378,7 +383,10 @@ class CyclicLR(_CoreScheduler):
                     max_momentum=mm,
                 )
             )
-        return _core.GroupWriter(schedules=scheds, momentum_key=key)
+        writer = _core.GroupWriter(schedules=scheds, momentum_key=key)
+        # writer.step() is this class's _write: not a Python scale_fn's (_write_scaled), nor a subclass's
+        writer.fast = kind != _core.ScaleKind.external and type(self)._write is CyclicLR._write
+        return writer
 
     def _write(self, t, groups) -> list:
         if self._scale_fn_custom is None or isinstance(self._scale_fn_custom, Scale):
@@ -535,7 +543,10 @@ class OneCycleLR(_CoreScheduler):
                     cycle_momentum=key != _KEY.none,
                 )
             )
-        return _core.GroupWriter(schedules=scheds, momentum_key=key)
+        writer = _core.GroupWriter(schedules=scheds, momentum_key=key)
+        writer.max_step = float(state["total_steps"])  # past it, _write raises torch's error
+        writer.fast = type(self)._write is OneCycleLR._write  # writer.step() is this _write, not a subclass's
+        return writer
 
     def _write(self, t, groups) -> list:
         if t > self.total_steps:
@@ -647,17 +658,19 @@ class CosineAnnealingWarmRestarts(_CoreScheduler):
             )
             for b in _finite("base_lrs", state["base_lrs"])
         ]
-        return _core.GroupWriter(schedules=scheds, momentum_key=_KEY.none)
+        writer = _core.GroupWriter(schedules=scheds, momentum_key=_KEY.none)
+        writer.fast = writer.restarts = True  # the common step: torch's integer T_cur/T_i update
+        return writer
 
     def get_lr(self) -> list:
         """Learning rates at the current ``T_cur``/``T_i``."""
         self._warn_get_lr()
         return self._writer.values_restarts(float(self.T_cur), float(self.T_i))
 
-    def step(self, epoch=None) -> None:
+    def _step(self, epoch=None) -> None:
         """Advance one step, or jump to a (possibly fractional) ``epoch`` with torch's closed form."""
         if epoch is None and self.last_epoch >= 0:
-            # The common step, kept lean: torch's counter update, then one call to write.
+            # torch's counter update in Python where T_cur or T_i became floats (a fractional epoch)
             T_cur = self.T_cur + 1
             T_i = self.T_i
             if T_cur >= T_i:
@@ -767,12 +780,15 @@ class ScheduleLR(_CoreScheduler):
     def _make_writer(self, state: dict):
         key = _MOMENTUM_KEYS[state["momentum_key"]]
         fallback = [float(m) for m in state["base_momentums"]] if key != _KEY.none else []
-        return _core.GroupWriter(
+        writer = _core.GroupWriter(
             schedules=[s._core for s in state["schedules"]],
             momentum_key=key,
             fallback_momentum=fallback,
             as_torch=False,
         )
+        writer.max_step = _last_step(state["schedules"])  # past it, _write raises torch's error
+        writer.fast = type(self)._write is ScheduleLR._write  # writer.step() is this _write, not a subclass's
+        return writer
 
     def _build_writer(self) -> None:
         super()._build_writer()
@@ -783,11 +799,11 @@ class ScheduleLR(_CoreScheduler):
             raise ValueError(f"Tried to step {t} times. The specified number of total steps is {self._max_step}")
         return self._writer.write(t, groups)
 
-    def step(self, epoch=None) -> None:
+    def _step(self, epoch=None) -> None:
         """Advance one step (or, deprecated as in torch, jump to the whole-number step ``epoch``)."""
         if epoch is not None:
             check.integer("epoch", epoch, min=0)
-        super().step(epoch)
+        super()._step(epoch)
 
     def get_lr(self) -> list:
         """Learning rates at ``last_epoch`` (use :meth:`get_last_lr` to read the current ones)."""
