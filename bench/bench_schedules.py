@@ -24,29 +24,47 @@ from _common import best_time, fmt_time, machine, table  # noqa: E402
 
 # ----------------------------------------------------------------------------- scheduler step()
 def scheduler_rows(steps: int) -> list[list[str]]:
+    """step() of torch's schedulers and transformers' factories against clrfast's drop-ins."""
     import clrfast.torch as ct
     import torch
     from torch.optim import lr_scheduler as L
 
     warnings.simplefilter("ignore")
-    configs = [
+    pairs = []  # (what, reference's name, make the reference, make clrfast's) from an optimizer
+    for name, kwargs in (
         ("CyclicLR", dict(base_lr=1e-3, max_lr=6e-3, step_size_up=2000)),
         ("OneCycleLR", dict(max_lr=0.1, total_steps=10**9)),
         ("CosineAnnealingWarmRestarts", dict(T_0=1000, T_mult=2)),
-    ]
+    ):
+        pairs.append((f"{name}.step()", "torch", getattr(L, name), getattr(ct, name), kwargs))
+    try:
+        import transformers
+    except ImportError:
+        transformers = None
+    if transformers is not None:
+        for name, kwargs in (
+            ("get_cosine_schedule_with_warmup", dict(num_warmup_steps=100, num_training_steps=10**9)),
+            ("get_linear_schedule_with_warmup", dict(num_warmup_steps=100, num_training_steps=10**9)),
+            ("get_wsd_schedule", dict(num_warmup_steps=100, num_decay_steps=1000, num_training_steps=10**9)),
+        ):
+            pairs.append((f"{name}().step()", "transformers", getattr(transformers, name), getattr(ct, name), kwargs))
     rows = []
-    for name, kwargs in configs:
+    for what, ref_name, make_ref, make_clr, kwargs in pairs:
         steppers = {}
-        for label, module in (("torch", L), ("clrfast", ct)):
+        for label, make in (("reference", make_ref), ("clrfast", make_clr)):
             opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
-            steppers[label] = getattr(module, name)(opt, **kwargs).step
+            steppers[label] = make(opt, **kwargs).step
+            opt.step()
+            steppers[label]()  # past the first step (torch's order check)
         # Interleaved best-of-N, so that drifts in the machine's speed hit both alike.
         per_step = {label: float("inf") for label in steppers}
         for _ in range(7):
             for label, step in steppers.items():
                 per_step[label] = min(per_step[label], best_time(step, number=steps, repeat=1))
-        ratio = per_step["torch"] / per_step["clrfast"]
-        rows.append([f"{name}.step()", fmt_time(per_step["torch"]), fmt_time(per_step["clrfast"]), f"{ratio:.1f}x"])
+        ratio = per_step["reference"] / per_step["clrfast"]
+        rows.append(
+            [what, f"{ref_name} {fmt_time(per_step['reference'])}", fmt_time(per_step["clrfast"]), f"{ratio:.1f}x"]
+        )
     return rows
 
 
@@ -204,7 +222,7 @@ def main(argv=None) -> int:
     print(f"Machine: {machine()}")
     print()
     print("Scheduler step() cost (per call, one param group, SGD with momentum)")
-    print(table(["scheduler", "torch", "clrfast.torch", "speed-up"], scheduler_rows(steps)))
+    print(table(["scheduler", "reference", "clrfast.torch", "speed-up"], scheduler_rows(steps)))
     print()
     print(f"Batch tables, float64, {n:,} steps ({os.cpu_count()} threads)")
     print(table(["what", "time", "vs NumPy", "vs Python", "vs writing the output"], table_rows(n, python_n)))

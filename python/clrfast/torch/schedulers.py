@@ -9,7 +9,10 @@ How it is split:
   ``_step_count``, ``_last_lr``, ``T_cur``, ``total_size``, ``_schedule_phases``, ...), so
   ``state_dict()`` is interchangeable with torch's and two schedulers in the same state
   compare equal attribute by attribute;
-- torch's step logic (counters, restarts, ``step(epoch)``) is the Python below;
+- torch's step logic (counters, restarts, ``step(epoch)``) is the Python below (``_step``),
+  except for the common call, ``step()`` without an epoch after the first: the writer
+  (``_core.scheduler_step``) does it whole in C, the same integer counter updates, on the
+  same ``__dict__`` entries;
 - the values come from the C++ core, which repeats torch's arithmetic operation for
   operation, so the learning rates and momenta are the same doubles as torch's; one
   ``_core.GroupWriter`` call per step computes them for every param group and writes the
