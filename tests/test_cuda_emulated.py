@@ -11,72 +11,7 @@ from clrfast import _core
 
 pytestmark = pytest.mark.cuda_emulated
 
-DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-
-# Option sets per rule, by scalar name: each exercises other variants.
-OPTIONS = {
-    "sgd": [
-        dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.01, nesterov=1, maximize=0),
-        dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=0, maximize=1),
-        dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.0, nesterov=0, maximize=0),
-    ],
-    "adam": [
-        dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled=1, amsgrad=1, maximize=0),
-        dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled=0, amsgrad=0, maximize=1),
-        dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=0, amsgrad=0, maximize=0),
-    ],
-    "rmsprop": [
-        dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.01, momentum=0.9, centered=1, maximize=0),
-        dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=0, maximize=1),
-    ],
-    "lion": [dict(lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.1), dict(lr=1e-4, beta1=0.9, beta2=0.99)],
-    "schedulefree_adamw": [
-        dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, ckp1=0.5, bias_correction2=0.9),
-        dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, ckp1=0.5, bias_correction2=0.9),
-    ],
-    "schedulefree_sgd": [dict(lr=0.1, momentum=0.9, weight_decay=0.01, ckp1=0.5), dict(lr=0.1, momentum=0.9, ckp1=0.5)],
-}
-
-
-def scalars(name: str, opts: dict) -> list[float]:
-    out = []
-    for s in _core.rules[name]["scalars"]:
-        out.append(float(opts.get(s, 1.0 if s == "lr_dtype" else 0.0)))
-    return out
-
-
-def make_rows(name: str, dtype: torch.dtype, lengths: list[int], seed: int = 0):
-    """Tensors and the segment table of rows of these lengths (one parameter and counter each)."""
-    lay = _core.rules[name]
-    gen = torch.Generator().manual_seed(seed)
-    tensors = []
-    for n in lengths:
-        p = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
-        g = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype)
-        slots = [torch.rand(n, generator=gen, dtype=torch.float64).to(dtype) for _ in lay["slots"]]
-        tensors.append([p, g, *slots, torch.zeros((), dtype=torch.float32)])
-    return tensors
-
-
-def table(name: str, tensors, fresh: int = 0) -> np.ndarray:
-    lay = _core.rules[name]
-    cols = lay["cols"]
-    t = np.zeros((len(tensors), lay["width"]), dtype=np.int64)
-    for i, ts in enumerate(tensors):
-        p, g, *slots, step = ts
-        t[i, cols["p"]] = p.data_ptr()
-        t[i, cols["g"]] = g.data_ptr()
-        for k, s in enumerate(lay["slots"]):
-            t[i, cols[s]] = slots[k].data_ptr()
-        t[i, cols["n"]] = p.numel()
-        t[i, cols["dtype"]] = DTYPES[p.dtype]
-        t[i, cols["step"]] = step.data_ptr()
-        t[i, cols["fresh"]] = fresh
-    return t
-
-
-def bits(ts) -> list[bytes]:
-    return [x.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() for row in ts for x in row]
+from rule_tables import DTYPES, OPTIONS, bits, make_rows, scalars, table  # noqa: E402
 
 
 def both(name, sc, lengths, dtype, fresh=0, inv_scale=1.0, store=False, seed=0, **emu):
@@ -161,8 +96,9 @@ def test_segment_over_2_31_elements_dry():
     last = len(chunks) - 1
     edge = 1 + 2**31 // chunk  # the chunk that starts at element 2^31
     st = _core.rule_step_emulated(name, tab, sc, chunks, dry=True, only_blocks=[0, edge - 1, edge, last])
-    # 4 accesses per element (p, g, the buffer's load and store): row 0, two full chunks, the tail
-    assert st["accesses"] == 4 * (3 + 2 * chunk + (n - (last - 1) * chunk))
+    # 5 accesses per element (the loads and stores of p and of the buffer, the load of g): row 0, two
+    # full chunks, the tail
+    assert st["accesses"] == 5 * (3 + 2 * chunk + (n - (last - 1) * chunk))
 
 
 def test_bounds_are_checked():
@@ -182,7 +118,10 @@ def test_schedule_clock_and_next_values():
     sched = clr.Cyclic(0.01, 0.1, step_size_up=4, base_momentum=0.8, max_momentum=0.9)
     sc = scalars(name, OPTIONS[name][0])
     clock = np.array([3], dtype=np.int64)
-    hyper = np.zeros(2, dtype=np.float64)
+    empty = np.zeros((0, _core.rules[name]["width"]), np.int64)
+    # the values the group shows before step 3, which the step applies
+    at3 = _core.sgd_step(empty, sc, schedule=sched._core, next_step=3, momentum=sc[1])
+    hyper = np.array(at3, dtype=np.float64)
     ts = make_rows(name, torch.float32, [5000])
     tab = table(name, ts)
     chunks = _core.cuda_chunk_table(tab[:, _core.rules[name]["cols"]["n"]].copy())
@@ -197,11 +136,8 @@ def test_schedule_clock_and_next_values():
         momentum_index=1,
         hyper_out=hyper.ctypes.data,
     )
-    empty = np.zeros((0, _core.rules[name]["width"]), np.int64)
     expect = _core.sgd_step(empty, sc, schedule=sched._core, next_step=4, momentum=sc[1])
     assert clock[0] == 4 and tuple(hyper) == tuple(expect)
-    # the step itself used the schedule's values at t = 3
-    at3 = _core.sgd_step(empty, sc, schedule=sched._core, next_step=3, momentum=sc[1])
     ref = [[x.clone() for x in row] for row in make_rows(name, torch.float32, [5000])]
     _core.sgd_step(table(name, ref), [at3[0], at3[1], *sc[2:]])
     assert bits(ref) == bits(ts)

@@ -27,7 +27,6 @@ const Row* segment_rows(const pybind11::array& table, int64_t* count) {
 void bind_schedules(pybind11::module_& m);
 void bind_param_groups(pybind11::module_& m);
 void bind_optim(pybind11::module_& m);
-void bind_adam(pybind11::module_& m);
 void bind_step_check(pybind11::module_& m);
 void bind_rules(pybind11::module_& m);
 void bind_rule_launch(pybind11::module_& m);

@@ -8,7 +8,6 @@ PYBIND11_MODULE(_core, m) {
   clrfast::bind_schedules(m);
   clrfast::bind_param_groups(m);
   clrfast::bind_optim(m);
-  clrfast::bind_adam(m);
   clrfast::bind_step_check(m);
   clrfast::bind_rules(m);
   clrfast::bind_rule_launch(m);

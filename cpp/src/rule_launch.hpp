@@ -5,7 +5,8 @@
 //
 // One step is five launches on one stream, each reading what the previous one wrote:
 //   prologue (1 thread)      found_inf -> skip; 1/grad_scale; the scalars with lr and momentum
-//                            from the schedule at *clock; the variant. Written to the workspace.
+//                            from hyper_out (the values the group shows), else from the schedule
+//                            at *clock; the variant. Written to the workspace.
 //   coefs (one per row)      each row's Coef from the step it is about to take (its counter + 1)
 //   update (the grid)        a block per chunk of kChunk elements (a grid-stride loop over the
 //                            chunk table), threads kThreads apart, so loads coalesce
@@ -36,6 +37,14 @@ namespace launch {
 
 constexpr int kThreads = 256;
 constexpr int kPerThread = 16;
+// Elements a thread loads before it updates them (a divisor of kPerThread). Measured on an H200
+// (bench/bench_cuda.py, GPT-2 small's 124 M parameters): SGD's step moves from 1.35x to 1.28x the
+// bandwidth floor with 4; Adam's, with its root and division per element, from 1.25x to 1.76x,
+// so the rules with a root load one element at a time.
+template <class R>
+constexpr int ilp() {
+  return R::kRoot ? 1 : 4;
+}
 constexpr int64_t kChunk = int64_t{kThreads} * kPerThread;  // elements per chunk
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;            // the update grid's cap (x is 2^31 - 1)
 constexpr int kRowThreads = 256;                            // threads per block of the per-row kernels
@@ -78,7 +87,7 @@ struct Args {
   const float* grad_scale;        // null, or GradScaler's scale: gradients are multiplied by 1 / scale
   const float* found_inf;         // null, or nonzero to skip the step
   bool store_grad;                // store the unscaled gradient back
-  double* hyper_out;              // null, or 2 doubles: the next step's lr and momentum
+  double* hyper_out;              // null, or 2 doubles: this step's lr and momentum, then the next one's
   State<R>* state;                // workspace
   CoefPair<R>* coefs;             // workspace, nrows entries
 };
@@ -131,7 +140,11 @@ CLRFAST_HD void prologue(const Args<R>& a) {
   s.inv_scale = a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : a.inv_scale;
   for (int k = 0; k < static_cast<int>(R::kScalars.size()); ++k) s.sc[k] = a.scalars[k];
   if (a.schedule != nullptr) {
-    const LrMom h = schedule_at(*a.schedule, static_cast<double>(*a.clock));
+    // With hyper_out the step applies the values it holds, the ones the group shows: written by the
+    // previous step's clock kernel (from the schedule then in place) or by the host. So a schedule
+    // swapped in between steps takes over from the next value on, as on the CPU.
+    const LrMom h = a.hyper_out != nullptr ? LrMom{a.hyper_out[0], a.hyper_out[1]}
+                                           : schedule_at(*a.schedule, static_cast<double>(*a.clock));
     if (a.lr_index >= 0) s.sc[a.lr_index] = h.lr;
     if (a.momentum_index >= 0 && h.momentum == h.momentum) s.sc[a.momentum_index] = h.momentum;
   }
@@ -151,34 +164,63 @@ CLRFAST_HD void coefs(const Args<R>& a, int64_t i) {
     a.coefs[i].f = R::template coef<float>(s.sc, t, s.inv_scale);
 }
 
-// Element i of row r, as the CPU engine's loop (rule_cpu.hpp) with the IEEE root.
+// One element's values in registers: the parameter, the (unscaled) gradient, the state slots used,
+// and the unscaled gradient as loaded where the step stores it back.
+template <class R, DType D>
+struct Lane {
+  using Acc = typename Storage<D>::acc;
+  Acc p, g, g0, s[3];
+};
+
+// Elements [base, base + ilp<R>() * kThreads) of row r, kThreads apart, below `end`: all loads first,
+// then the updates, then the stores, so the loads of a thread are in flight together (the
+// pointers of one row never alias, but the compiler cannot know it). Each element is updated as
+// the CPU engine's loop (rule_cpu.hpp) updates it, with the IEEE root.
 template <class R, int V, DType D, bool STORE, class M>
-CLRFAST_HD void element(const Row<R>& r, int64_t i, const typename R::template Coef<typename Storage<D>::acc>& c) {
+CLRFAST_HD void lanes(const Row<R>& r, int64_t base, int64_t end,
+                      const typename R::template Coef<typename Storage<D>::acc>& c) {
   using S = Storage<D>;
   using T = typename S::type;
-  using Acc = typename S::acc;
   constexpr int K = static_cast<int>(R::kSlots.size());
-  T& p = M::template elem<T>(r.p, i, r.n);
-  T& g = M::template elem<T>(r.g, i, r.n);
-  Acc pv = S::load(p);
-  Acc gv = S::load(g) * c.inv_scale;
-  if (STORE) g = S::store(gv);
-  Acc sv[3] = {Acc(0), Acc(0), Acc(0)};
-  for (int k = 0; k < K; ++k)
-    if (R::uses(V, k)) sv[k] = S::load(M::template elem<T>(r.s[k], i, r.n));
-  const Acc x = R::template pre<V>(pv, gv, sv, c);
-  R::template post<V>(pv, gv, sv, R::kRoot ? ieee_sqrt(x) : x, c);
-  if constexpr (rule_detail::GradOut<R>::at(V)) g = S::store(gv);
-  for (int k = 0; k < K; ++k)
-    if (R::uses(V, k)) M::template elem<T>(r.s[k], i, r.n) = S::store(sv[k]);
-  p = S::store(pv);
+  constexpr int kIlp = ilp<R>();
+  Lane<R, D> e[kIlp] = {};  // zeroed: lanes past `end` are never read, but the compiler cannot tell
+  CLRFAST_UNROLL
+  for (int j = 0; j < kIlp; ++j) {
+    const int64_t i = base + int64_t{j} * kThreads;
+    if (i >= end) break;
+    e[j].p = S::load(M::template elem<T>(r.p, i, r.n));
+    e[j].g0 = S::load(M::template elem<T>(r.g, i, r.n)) * c.inv_scale;
+    e[j].g = e[j].g0;
+    for (int k = 0; k < 3; ++k) e[j].s[k] = 0;
+    for (int k = 0; k < K; ++k)
+      if (R::uses(V, k)) e[j].s[k] = S::load(M::template elem<T>(r.s[k], i, r.n));
+  }
+  CLRFAST_UNROLL
+  for (int j = 0; j < kIlp; ++j) {
+    if (base + int64_t{j} * kThreads >= end) break;
+    const auto x = R::template pre<V>(e[j].p, e[j].g, e[j].s, c);
+    R::template post<V>(e[j].p, e[j].g, e[j].s, R::kRoot ? ieee_sqrt(x) : x, c);
+  }
+  CLRFAST_UNROLL
+  for (int j = 0; j < kIlp; ++j) {
+    const int64_t i = base + int64_t{j} * kThreads;
+    if (i >= end) break;
+    if constexpr (rule_detail::GradOut<R>::at(V))
+      M::template elem<T>(r.g, i, r.n) = S::store(e[j].g);
+    else if (STORE)
+      M::template elem<T>(r.g, i, r.n) = S::store(e[j].g0);
+    for (int k = 0; k < K; ++k)
+      if (R::uses(V, k)) M::template elem<T>(r.s[k], i, r.n) = S::store(e[j].s[k]);
+    M::template elem<T>(r.p, i, r.n) = S::store(e[j].p);
+  }
 }
 
 // Thread `t`'s elements of chunk [begin, end) of row r.
 template <class R, int V, DType D, bool STORE, class M>
 CLRFAST_HD void chunk_range(const Row<R>& r, int64_t begin, int64_t end, int t,
                             const typename R::template Coef<typename Storage<D>::acc>& c) {
-  for (int64_t i = begin + t; i < end; i += kThreads) element<R, V, D, STORE, M>(r, i, c);
+  for (int64_t base = begin + t; base < end; base += int64_t{ilp<R>()} * kThreads)
+    lanes<R, V, D, STORE, M>(r, base, end, c);
 }
 
 template <class R, DType D, bool STORE, class M, int... V>

@@ -27,7 +27,6 @@ __all__: list[str] = [
     "SweepMode",
     "Window",
     "adam_step",
-    "adam_step_cuda",
     "constant",
     "cosine_restarts",
     "cpu_isa",
@@ -57,7 +56,6 @@ __all__: list[str] = [
     "set_tensor_api",
     "sgd_hyper",
     "sgd_step",
-    "sgd_step_cuda",
     "sweep",
     "warmup_decay",
 ]
@@ -647,28 +645,6 @@ def adam_step(
     The adam step on the CPU over an int64 segment table (columns: _core.rules['adam']['cols']). scalars: the values of _core.rules['adam']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
     """
 
-def adam_step_cuda(
-    arg0: typing.SupportsInt | typing.SupportsIndex,
-    arg1: typing.SupportsInt | typing.SupportsIndex,
-    arg2: typing.SupportsInt | typing.SupportsIndex,
-    arg3: typing.SupportsInt | typing.SupportsIndex,
-    arg4: typing.SupportsInt | typing.SupportsIndex,
-    arg5: typing.SupportsFloat | typing.SupportsIndex,
-    arg6: typing.SupportsFloat | typing.SupportsIndex,
-    arg7: typing.SupportsFloat | typing.SupportsIndex,
-    arg8: typing.SupportsFloat | typing.SupportsIndex,
-    arg9: bool,
-    arg10: bool,
-    arg11: bool,
-    arg12: typing.SupportsInt | typing.SupportsIndex,
-    arg13: typing.SupportsInt | typing.SupportsIndex,
-    arg14: typing.SupportsInt | typing.SupportsIndex,
-    arg15: typing.SupportsInt | typing.SupportsIndex,
-) -> None:
-    """
-    Fused Adam/AdamW step on the caller's CUDA stream over a device copy of the segment table; lr and beta1 computed on the device from *clock (the schedule's momentum, else beta1). Each row's step scalar and the clock advance unless *found_inf is nonzero. No host synchronization.
-    """
-
 def constant(*, lr: typing.SupportsFloat | typing.SupportsIndex) -> Schedule: ...
 def cosine_restarts(
     *,
@@ -941,26 +917,6 @@ def sgd_step(
 ) -> typing.Any:
     """
     The sgd step on the CPU over an int64 segment table (columns: _core.rules['sgd']['cols']). scalars: the values of _core.rules['sgd']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
-    """
-
-def sgd_step_cuda(
-    arg0: typing.SupportsInt | typing.SupportsIndex,
-    arg1: typing.SupportsInt | typing.SupportsIndex,
-    arg2: typing.SupportsInt | typing.SupportsIndex,
-    arg3: typing.SupportsInt | typing.SupportsIndex,
-    arg4: typing.SupportsInt | typing.SupportsIndex,
-    arg5: typing.SupportsFloat | typing.SupportsIndex,
-    arg6: typing.SupportsFloat | typing.SupportsIndex,
-    arg7: typing.SupportsFloat | typing.SupportsIndex,
-    arg8: bool,
-    arg9: bool,
-    arg10: typing.SupportsInt | typing.SupportsIndex,
-    arg11: typing.SupportsInt | typing.SupportsIndex,
-    arg12: typing.SupportsInt | typing.SupportsIndex,
-    arg13: typing.SupportsInt | typing.SupportsIndex,
-) -> None:
-    """
-    Fused SGD step on the caller's CUDA stream; lr/momentum computed on the device from *step, which the kernel advances unless *found_inf is nonzero. No host synchronization.
     """
 
 def sweep(

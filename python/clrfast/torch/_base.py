@@ -138,8 +138,17 @@ class EngineBase(torch.optim.Optimizer):
         """Raises unless this rule can step the CUDA group ``gi``."""
         raise ValueError(f"param_groups[{gi}] is on CUDA: {self._rule} has no CUDA step")
 
-    def _cuda_step(self, gi: int, group, plan: Plan, grad_scale, found_inf) -> None:
+    def _cuda_step(self, gi: int, group, plan: Plan, hyper: dict, grad_scale, found_inf) -> None:
         raise NotImplementedError  # only rules whose _check_cuda_group lets a CUDA group through
+
+    @staticmethod
+    def _device_step(plan: Plan) -> bool:
+        """Whether the plan's step runs on the device (the CUDA kernels) rather than the CPU kernel."""
+        return plan.device.type == "cuda"
+
+    def _host_view(self, gi: int, group):
+        """The group with host values where the device holds them (the step reads no device value)."""
+        return group
 
     # ------------------------------------------------------------------ state
     def _check_state(self, gi: int, pi: int, p, st: dict) -> None:

@@ -58,7 +58,7 @@ class Checkpoints(FlatLayout):
 
     def _init_state_only(self) -> None:
         for gi, group in enumerate(self.param_groups):
-            required = self._required(self._step_hyper(gi, group))
+            required = self._required(self._step_hyper(gi, self._host_view(gi, group)))
             flat = self._flat.get(gi)
             for pi, p in enumerate(group["params"]):
                 if p.grad is None or not required:

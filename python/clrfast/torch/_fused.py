@@ -322,13 +322,13 @@ class FusedOptimizer(Following, Checkpoints, Planning):
         try:
             for gi, g in enumerate(self.param_groups):
                 self._check_followed(gi, g)
-            hypers = [self._step_hyper(gi, g) for gi, g in enumerate(self.param_groups)]
+            hypers = [self._step_hyper(gi, self._host_view(gi, g)) for gi, g in enumerate(self.param_groups)]
             # GradScaler's fused path writes the unscaled gradients back, and so do rules that leave
             # their final gradient in p.grad: then they are written memory
             written = grad_scale is not None or self._writes_grads
             plans = [self._plan(gi, g, h, written) for gi, (g, h) in enumerate(zip(self.param_groups, hypers))]
             for gi, (group, plan) in enumerate(zip(self.param_groups, plans)):
-                if plan is not None and plan.device.type == "cuda":
+                if plan is not None and self._device_step(plan):
                     self._check_cuda_group(gi, group)
                     if plan.slow:
                         pi = plan.slow[0][0]
@@ -363,8 +363,8 @@ class FusedOptimizer(Following, Checkpoints, Planning):
         for action in plan.deferred:
             action()
         plan.deferred = []
-        if plan.device.type == "cuda":
-            self._cuda_step(gi, group, plan, grad_scale, found_inf)
+        if self._device_step(plan):
+            self._cuda_step(gi, group, plan, hyper, grad_scale, found_inf)
             if plan.check is None and plan.cacheable:
                 self._arm(plan)
             return

@@ -89,12 +89,11 @@ class Planning(EngineBase):
         plan = self._plans.get(gi)
         if plan is not None and plan.check is not None and not plan.missing.intersection(required):
             n = plan.check.refresh(self.state, params, grads_written)
-            if n >= 0 and plan.device.type == "cpu":
+            if n >= 0 and not self._device_step(plan):
                 plan.table = plan.check.out[:n]
                 return plan
-            # A CUDA table lives on the device, where the kernel also clears the first-update
-            # flags: the plan is kept only while the table it uploaded is still the right one.
-            if n >= 0 and plan.cuda is not None and np.array_equal(plan.check.out[:n], plan.table):
+            if n >= 0 and plan.cuda is not None:
+                plan.table = plan.check.out[:n]  # the CUDA step uploads what changed (_cuda.DeviceTable)
                 return plan
         plan = self._build_plan(gi, group, required, grads_written)
         self._plans[gi] = plan

@@ -150,13 +150,6 @@ class _CLRAdamBase(RuleOptimizer):
             maximize=h["maximize"],
         )
 
-    # ------------------------------------------------------------------ CUDA
-    def _check_cuda_group(self, gi: int, group) -> None:
-        raise ValueError(
-            f"param_groups[{gi}] is on CUDA: {self._rule}'s CUDA kernel is not wired to the front end "
-            "yet; use torch.optim.AdamW(fused=True) with clrfast's drop-in schedulers on GPUs"
-        )
-
 
 class CLRAdamW(_CLRAdamBase):
     r"""AdamW whose lr (and beta1) follow a clrfast schedule, fused into one step.

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 from torch.optim.sgd import sgd as _torch_sgd
 
-from .. import _core
 from ..schedules import Schedule
 from .rule import Hyper, RuleOptimizer
 
@@ -149,58 +147,3 @@ class CLRSGD(RuleOptimizer):
             for st, buf in zip(states, bufs):
                 st["momentum_buffer"] = buf
                 self._fresh.discard(buf)
-
-    # ------------------------------------------------------------------ CUDA
-    def _check_cuda_group(self, gi: int, group) -> None:
-        if group["schedule"] is None or self._external(gi, group):
-            raise ValueError(
-                f"param_groups[{gi}] is on CUDA, where CLRSGD computes lr and momentum on the device from its "
-                "schedule; a value written to the group (or schedule=None) would need a host sync each step. "
-                "Give the group a schedule and leave its lr and momentum to it."
-            )
-
-    def _cuda_step(self, gi, group, plan, grad_scale, found_inf) -> None:
-        device = plan.device
-        st = group.get("_cuda")
-        if st is None or st["device"] != device:
-            sched_bytes = _core.schedule_bytes(group["schedule"]._core)
-            st = {
-                "device": device,
-                "schedule": torch.frombuffer(bytearray(sched_bytes), dtype=torch.uint8).to(device),
-                "step": torch.tensor([group["step"]], dtype=torch.int64, device=device),
-                "lrmom": torch.tensor([group["lr"], group["momentum"]], dtype=torch.float64, device=device),
-            }
-            group["_cuda"] = st
-        if plan.cuda is None:
-            plan.cuda = torch.from_numpy(plan.table).to(device)
-        _core.sgd_step_cuda(
-            st["schedule"].data_ptr(),
-            st["step"].data_ptr(),
-            plan.cuda.data_ptr(),
-            plan.table.shape[0],
-            int(plan.table[:, self._n_col].max()),
-            group["momentum"] if not group["schedule"].has_momentum else 0.0,
-            group["dampening"],
-            group["weight_decay"],
-            group["nesterov"],
-            group["maximize"],
-            grad_scale.data_ptr() if grad_scale is not None else 0,
-            found_inf.data_ptr() if found_inf is not None else 0,
-            st["lrmom"].data_ptr(),
-            torch.cuda.current_stream(device).cuda_stream,
-        )
-        # The device owns the clock (a found_inf skip is decided there) and the first-step
-        # flags; the host copies are refreshed lazily, without a synchronisation here.
-        plan.fresh = []
-        group["lr"] = st["lrmom"][0]
-        group["momentum"] = st["lrmom"][1]
-        self._published[gi] = self._current(group)
-
-    def _sync_cuda(self) -> None:
-        for gi, group in enumerate(self.param_groups):
-            st = group.get("_cuda")
-            if st is not None:
-                group["step"] = int(st["step"].item())
-                group["lr"] = float(st["lrmom"][0])
-                group["momentum"] = float(st["lrmom"][1])
-                self._published[gi] = self._current(group)

@@ -22,6 +22,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 from .. import _core
 from .. import _validate as check
 from ._checks import DTYPE_CODES, local, non_negative, step_clock, step_flag, step_lr, step_real, where
+from ._cuda import DeviceClock, DeviceTable, Launcher
 from ._fused import FusedOptimizer
 from ._sqrt import torch_sqrt_routines
 
@@ -135,6 +136,7 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
     _hypers: ClassVar[tuple] = ()
     _momentum_key: ClassVar[tuple] = ("momentum", None)
     _layout: ClassVar[dict] = {}
+    _momentum_scalar: ClassVar[str] = "momentum"  # the kernel scalar a schedule's momentum replaces
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -151,6 +153,7 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         cls._writes_grads = layout["grad_out"]
         cls._first_col = cols["fresh"] if layout["fresh"] else None  # the kernel initialises a fresh row's state
         cls._published_keys = ("lr", cls._momentum_key[0])
+        cls._momentum_scalar = "beta1" if cls._momentum_key[0] == "betas" else cls._momentum_key[0]
 
     def _setup(self, params, schedule, lr, hyper: dict, *, flat: bool, threads, match_torch: bool = True) -> None:
         schedule, lr = self._lr_source(schedule, lr)
@@ -246,6 +249,14 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         if self._scalar_keys:
             self._refuse_shared_saved_steps(state_dict)
         super().load_state_dict(state_dict)
+        # torch keeps a CUDA parameter's counter on the CPU (unless fused or capturable); the
+        # CUDA step advances it on the device, as torch's fused step does
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                step = None if st is None else st.get("step")
+                if isinstance(step, torch.Tensor) and local(p).device.type == "cuda" and step.device != local(p).device:
+                    st["step"] = step.to(local(p).device)
 
     def _build_plan(self, gi: int, group, required, grads_written: bool = False):
         if self._scalar_keys:
@@ -258,7 +269,7 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         if self._scalar_keys:
             step = self._state_of(p, "step")
             if step is not None:
-                if step.device.type != "cpu" or step.dtype not in _STEP_DTYPES:
+                if step.device != lp.device or step.dtype not in _STEP_DTYPES:
                     return None  # torch's code handles counters kept elsewhere
                 row[cols["step"]], row[cols["step_dtype"]] = step.data_ptr(), _STEP_DTYPES[step.dtype]
         row[cols["p"]], row[cols["g"]] = lp.data_ptr(), lg.data_ptr()
@@ -284,8 +295,73 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
             *(publish or (None, 0, 0.0)),
         )
 
+    # ------------------------------------------------------------------ CUDA (_cuda.py)
+    _cuda_launcher: ClassVar[Any] = Launcher()
+    _cuda_rule: ClassVar[bool] = True  # False: a rule whose scalars the host derives each step
+
+    def _host_view(self, gi: int, group):
+        """The group as the host knows it: where the device owns lr and momentum, their last host values.
+
+        Reading the device's 0-d values would synchronise every step; the kernels replace them anyway.
+        """
+        st = group.get("_cuda")
+        if st is None or self._external(gi, group):
+            return group
+        view = dict(group)
+        mom = st.host_momentum if group["schedule"].has_momentum else self._held_momentum(group)
+        self._publish_values(view, st.host_lr, mom)
+        return view
+
     def _check_cuda_group(self, gi: int, group) -> None:
-        raise ValueError(
-            f"param_groups[{gi}] is on CUDA: {self._rule}'s CUDA kernel is not wired to the front end "
-            "yet; use the torch optimizer with clrfast's drop-in schedulers on GPUs"
+        if not self._cuda_rule:
+            raise ValueError(
+                f"param_groups[{gi}] is on CUDA: {self._rule} derives its scalars on the host from each step's lr, "
+                "which would synchronise every step; use the reference implementation on GPUs"
+            )
+        if group["schedule"] is None or self._external(gi, group):
+            raise ValueError(
+                f"param_groups[{gi}] is on CUDA, where {self._rule} computes lr and momentum on the device from its "
+                "schedule; a value written to the group (or schedule=None) would need a host sync each step. "
+                "Give the group a schedule and leave its lr and momentum to it."
+            )
+
+    def _cuda_step(self, gi: int, group, plan, hyper, grad_scale, found_inf) -> None:
+        """Enqueues the group's step on the current stream: no host sync, the device owns the clock."""
+        sched = group["schedule"]
+        st = group.get("_cuda")
+        if st is None or st.device != plan.device:
+            mom = self._held_momentum(self._host_view(gi, group))
+            st = group["_cuda"] = DeviceClock(plan.device, hyper["step"], hyper["lr"], float(mom))
+        st.use(sched)
+        names = self._layout["scalars"]
+        st.set_scalars(tuple(float(hyper[k]) for k in names))
+        table = plan.cuda
+        if table is None or not table.compatible(plan.table, self._n_col, self._ptr_cols[0]):
+            table = plan.cuda = DeviceTable(self._core_rule, plan.table, self._n_col, plan.device)
+        elif not table.matches(plan.table):
+            table.refresh(plan.table, self._first_col)
+        self._cuda_launcher.step(
+            self._core_rule,
+            table,
+            st,
+            lr_index=names.index("lr"),
+            momentum_index=names.index(self._momentum_scalar),
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            store_grad=grad_scale is not None,
         )
+        # The device clears its rows' first-update flags; the host template follows, so a table
+        # uploaded again does not initialise the state twice.
+        self._initialised(plan)
+        mom = st.momentum if sched.has_momentum else self._held_momentum(group)
+        self._publish_values(group, st.lr, mom)
+        self._published[gi] = self._current(group)
+
+    def _sync_cuda(self) -> None:
+        for gi, group in enumerate(self.param_groups):
+            st = group.get("_cuda")
+            if st is None or self._external(gi, group):
+                continue
+            group["step"], lr, mom = st.read()
+            self._publish_values(group, lr, mom if group["schedule"].has_momentum else self._held_momentum(group))
+            self._published[gi] = self._current(group)

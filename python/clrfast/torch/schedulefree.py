@@ -30,6 +30,7 @@ class _ScheduleFree(RuleOptimizer):
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
+        cls._cuda_rule = False  # ckp1 and the lr's running sums are the host's, each step
         cls._published_keys = ("lr",)  # beta1 is the interpolation weight: no schedule moves it
 
     def _setup_sf(self, params, lr, schedule, hyper: dict, *, flat, threads, match_torch=True) -> None:
