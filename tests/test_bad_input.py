@@ -653,3 +653,15 @@ def test_values_just_inside_the_extremes_are_exact():
     with pytest.raises(OverflowError, match="no finite value at step 80"):  # 2*peak overflows from cycle 8
         grow.lr(80)
     assert grow.lr_table(80)[-1] == grow.lr(79)
+
+
+def test_a_table_of_finite_steps_around_an_overflowing_piece_is_given():
+    # found by the property above: the Join's first piece overflows before its boundary at 21, so
+    # the range 0..2**63-1 holds steps without a finite value, but the two steps asked for have one
+    s = clr.Join([clr.CosineRestarts(0.0, 1, T_mult=1.0, peak_decay=2.0**53), clr.Cyclic(0.0, 0.0)], boundaries=[21])
+    steps = np.array([0, 2**63 - 1], dtype=np.int64)
+    assert s.lr_table(steps).tolist() == [s.lr(0), s.lr(2**63 - 1)]
+    with pytest.raises(OverflowError, match="no finite value at step 20:"):
+        s.lr(20)
+    with pytest.raises(OverflowError, match="no finite value at step 20:"):
+        s.lr_table(np.array([0, 20, 2**63 - 1]))

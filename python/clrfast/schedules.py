@@ -193,7 +193,14 @@ class Schedule:
             lo = int(flat.min())
             if lo < 0:
                 raise ValueError(f"steps must be >= 0, got {lo}")
-            self._check_max(int(flat.max()), first=lo)
+            try:
+                self._check_max(int(flat.max()), first=lo)
+            except OverflowError:
+                # Steps between the asked ones may overflow where the asked ones do not (a Join whose
+                # growing piece ends before it does): then each asked step is checked, the first bad
+                # one named.
+                for t in np.unique(flat):
+                    self._check_max(int(t))
         out = _prepare_out(out, arr.shape, dtype)
         self._core.table_steps(quantity, flat, out.reshape(-1))
         return out
