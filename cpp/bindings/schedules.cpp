@@ -259,6 +259,31 @@ void bind_schedules(py::module_& m) {
   m.def("join", &make_join, py::kw_only(), "schedules"_a, "boundaries"_a,
         "Schedules joined at step boundaries (nested joins flattened; at most 16 pieces).");
   m.def(
+      "rehorizon",
+      [](const Schedule& s, double at, double last, double new_last) {
+        if (!(at >= 0.0 && last >= at && new_last > at))
+          throw py::value_error("rehorizon needs 0 <= at <= last and new_last > at");
+        Schedule out;
+        if (!rehorizon(s, at, last, new_last, &out))
+          throw py::value_error("a re-horizoned schedule may hold at most " + std::to_string(kMaxPieces) +
+                                " pieces, each re-horizoned at most " + std::to_string(kMaxClockMaps) + " times");
+        return out;
+      },
+      py::kw_only(), "schedule"_a, "at"_a, "last"_a, "new_last"_a,
+      "The schedule up to `at`, its steps at..last stretched onto at..new_last.");
+  m.def(
+      "scale_lr",
+      [](const Schedule& s, double factor, double floor, int32_t times) {
+        if (times < 0) throw py::value_error("times must be >= 0");
+        Schedule out;
+        if (!scale_lr(s, LrMap{factor, floor, times}, &out))
+          throw py::value_error("a schedule's lr may be scaled at most " + std::to_string(kMaxLrMaps) +
+                                " times over (a plateau's reductions count once)");
+        return out;
+      },
+      py::kw_only(), "schedule"_a, "factor"_a, "floor"_a = 0.0, "times"_a = 1,
+      "The schedule with its lr passed `times` times through max(lr * factor, floor).");
+  m.def(
       "cyclic_scale",
       [](ScaleKind kind, double gamma, double x) {
         if (cyclic_scale_overflows(kind, gamma, x))

@@ -38,7 +38,7 @@ inline void gather(F f, const int64_t* steps, int64_t n, T* out) {
 template <typename Body>
 inline void with_evaluator(const Schedule& s, Quantity q, Body body) {
   const bool lr = q == Quantity::Lr;
-  if (lr && s.n == 1 && s.piece[0].kind == Kind::Cyclic) {
+  if (lr && s.n == 1 && s.piece[0].kind == Kind::Cyclic && is_plain(s.piece[0])) {
     const CyclicParams p = s.piece[0].cyclic;
     if (p.window == Window::Triangular && p.scale == ScaleKind::Triangular) {
       // cyclic_at() with the window and scale switches resolved, so the
@@ -78,7 +78,7 @@ CLRFAST_TABLE_CLONES void cycle_scaled_kernel(const CyclicParams& p, double scal
 constexpr double kMinCycleForSegments = 64.0;
 
 bool cycle_scaled(const Schedule& s, Quantity q) {
-  if (q != Quantity::Lr || s.n != 1 || s.piece[0].kind != Kind::Cyclic) return false;
+  if (q != Quantity::Lr || s.n != 1 || s.piece[0].kind != Kind::Cyclic || !is_plain(s.piece[0])) return false;
   const CyclicParams& p = s.piece[0].cyclic;
   return p.window == Window::Triangular && p.scale_mode == ScaleMode::Cycle && p.scale != ScaleKind::External &&
          p.scale != ScaleKind::Triangular && p.total_size >= kMinCycleForSegments;

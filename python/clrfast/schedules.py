@@ -94,6 +94,17 @@ class Schedule:
         return None
 
     @property
+    def horizon(self) -> int | None:
+        """The last step of the schedule's shape, what :meth:`with_total_steps` moves; None if it has none.
+
+        ``max_step`` for a finite schedule; ``total_steps - 1`` for one-cycle and the warmup-decay
+        families that have a ``total_steps`` (the steps after it hold or extrapolate); the last
+        decay step of a WSD; ``num_steps - 1`` for a range sweep; for a join, its last piece's,
+        or where that is a hold (a cooldown's final lr), the step before it.
+        """
+        return self.max_step
+
+    @property
     def has_momentum(self) -> bool:
         """True when the schedule defines a momentum for at least some steps."""
         return self._core.has_momentum
@@ -239,13 +250,30 @@ class Schedule:
         head = [self] if at > 0 else []
         return Join(tuple(head + [decay, Constant(final_lr)]), tuple(([at] if at > 0 else []) + [at + steps]))
 
+    def with_total_steps(self, total_steps: int, at: int) -> Schedule:
+        r"""This schedule with its remaining part, from step ``at`` on, fitted to ``total_steps`` steps.
+
+        With ``H = horizon``, step ``t >= at`` takes this schedule's value at time
+        ``T = at + (t - at) * (H - at) / (total_steps - 1 - at)``: equal to it up to ``at``,
+        continuous there, and step ``total_steps - 1`` has the value of step ``H`` (a cosine's
+        last step, a WSD's last decay step); what follows ``H`` (a hold) follows, stretched the
+        same way. Use it when a run is made longer or shorter mid-way
+        (``group["schedule"] = s.with_total_steps(n, step)`` in a running fused optimizer takes
+        over without a jump). Returns a :class:`Rehorizon`.
+        """
+        return Rehorizon(self, total_steps, at)
+
+    def scaled(self, factor: float) -> Schedule:
+        """This schedule with its lr times ``factor`` (momentum unchanged): a :class:`Scaled`."""
+        return Scaled(self, factor)
+
     # ------------------------------------------------------------------ data
     def to_dict(self) -> dict:
         """A JSON-safe description, restored by :func:`from_dict`."""
         params = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, Scale):
+            if isinstance(v, (Scale, Schedule)):
                 v = v.to_dict()
             elif isinstance(v, tuple) and v and isinstance(v[0], Schedule):
                 v = [s.to_dict() for s in v]
@@ -492,6 +520,10 @@ class OneCycle(Schedule):
     def max_step(self) -> int:
         return int(self.total_steps)
 
+    @property
+    def horizon(self) -> int:
+        return int(self.total_steps) - 1
+
     def _compile(self):
         return _core.onecycle(
             max_lr=float(self.max_lr),
@@ -623,6 +655,10 @@ class RangeSweep(Schedule):
             # start_lr * ratio**f may round a few ulps past end_lr just before the last step.
             _finite_product("2*max(start_lr, end_lr)", 2.0 * max(float(self.start_lr), float(self.end_lr)), lrs)
 
+    @property
+    def horizon(self) -> int:
+        return self.num_steps - 1
+
     def _compile(self):
         return _core.sweep(
             start_lr=float(self.start_lr),
@@ -683,6 +719,11 @@ class _WarmupDecay(Schedule):
     def _compile(self):
         return _core.warmup_decay(kind=self._kind, peak=float(self.peak_lr), **self._core_args())
 
+    @property
+    def horizon(self) -> int | None:
+        total = getattr(self, "total_steps", None)  # the families with a num_training_steps
+        return None if total is None else total - 1
+
 
 @dataclass(frozen=True)
 class WarmupStableDecay(_WarmupDecay):
@@ -725,6 +766,11 @@ class WarmupStableDecay(_WarmupDecay):
         self._set("decay_type", check.choice("decay_type", self.decay_type, tuple(_RAMPS)))
         self._set("min_lr_ratio", _ratio("min_lr_ratio", self.min_lr_ratio))
         self._set("num_cycles", _cycles(self.num_cycles))
+
+    @property
+    def horizon(self) -> int | None:
+        total = self.warmup_steps + self.stable_steps + self.decay_steps
+        return total - 1 if total > 0 else None
 
     def _core_args(self) -> dict:
         return dict(
@@ -983,6 +1029,16 @@ class Join(Schedule):
         return any(s._can_overflow for s in self.schedules)
 
     @property
+    def horizon(self) -> int | None:
+        start = self.boundaries[-1] if self.boundaries else 0
+        last = self.schedules[-1].horizon
+        if last is not None:
+            return start + last
+        if len(self.schedules) > 1 and self.schedules[-2].horizon is not None:
+            return start - 1  # a hold after a shape: the shape's end
+        return None
+
+    @property
     def max_step(self) -> int | None:
         last = self.schedules[-1].max_step
         if last is None:
@@ -1015,6 +1071,126 @@ class Join(Schedule):
         return cls(tuple(pieces), p["boundaries"])
 
 
+def _inner_schedule(name: str, value) -> Schedule:
+    if not isinstance(value, Schedule):
+        raise TypeError(f"{name} must be a clrfast schedule, got {value!r}")
+    return value
+
+
+def _inner_from_params(cls, p: dict, depth: int):
+    if depth >= _MAX_NESTING:
+        raise ValueError(f"schedule dicts are nested more than {_MAX_NESTING} deep")
+    try:
+        inner = _from_dict(p["schedule"], depth + 1)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise type(e)(f"schedule: {e}") from None
+    return cls(inner, **{k: v for k, v in p.items() if k != "schedule"})
+
+
+@dataclass(frozen=True)
+class Rehorizon(Schedule):
+    """``schedule`` up to step ``at``, its steps ``at..max_step`` stretched onto ``at..total_steps - 1``.
+
+    Step ``t >= at`` is ``schedule`` at time ``T = at + (t - at) * (L - at) / (total_steps - 1 - at)``
+    (``L = schedule.max_step``); in a :class:`Join`, the piece that ``T`` falls in (the one that
+    starts at ``b <= T``) runs on the clock ``(at - b) + (t - at) * (L - at) / (total_steps - 1 - at)``.
+    Both ends are exact: ``T(at) = at`` and ``T(total_steps - 1) = H``. Built by
+    :meth:`Schedule.with_total_steps`.
+    """
+
+    schedule: Schedule
+    total_steps: int
+    at: int
+
+    def _validate(self):
+        inner = _inner_schedule("schedule", self.schedule)
+        shape = inner.horizon
+        if shape is None:
+            raise ValueError(
+                f"with_total_steps needs a schedule with a horizon (a last step of its shape); {inner!r} has "
+                "none (cooldown() ends an endless one)"
+            )
+        # An endless schedule's tail follows its shape's end stretched; at the end itself nothing is left to stretch.
+        at = check.integer("at", self.at, min=0, max=shape if inner.max_step is not None else shape - 1)
+        total = check.integer("total_steps", self.total_steps, min=at + 2, max=_MAX_COUNT)
+        self._set("at", at)
+        self._set("total_steps", total)
+
+    @property
+    def _can_overflow(self) -> bool:
+        return self.schedule._can_overflow
+
+    @property
+    def max_step(self) -> int | None:
+        last, shape = self.schedule.max_step, self.schedule.horizon
+        return None if last is None else self.total_steps - 1 + (last - shape)
+
+    @property
+    def horizon(self) -> int:
+        return self.total_steps - 1
+
+    def _compile(self):
+        return _core.rehorizon(
+            schedule=self.schedule._core,
+            at=float(self.at),
+            last=float(self.schedule.horizon),
+            new_last=float(self.total_steps - 1),
+        )
+
+    @classmethod
+    def _from_params(cls, p: dict, depth: int) -> Rehorizon:
+        return _inner_from_params(cls, p, depth)
+
+
+# A plateau's reductions are evaluated one by one at every step (torch's rounding); this bounds the loop.
+_MAX_TIMES = 100_000
+
+
+@dataclass(frozen=True)
+class Scaled(Schedule):
+    """``schedule`` with its lr passed ``times`` times through ``lr -> max(lr * factor, floor)``.
+
+    ``times=1, floor=0``: the lr times ``factor`` (a group's ``lr_scale``). ``factor < 1`` with
+    ``floor = min_lr``: the lr after ``times`` reductions of torch's ``ReduceLROnPlateau``, each
+    rounded as torch rounds the lr it reduces. The momentum is the schedule's.
+    """
+
+    schedule: Schedule
+    factor: float
+    floor: float = 0.0
+    times: int = 1
+
+    def _validate(self):
+        _inner_schedule("schedule", self.schedule)
+        self._set("factor", check.real("factor", self.factor, min=0.0, keep_int=True))
+        self._set("floor", check.real("floor", self.floor, min=0.0, keep_int=True))
+        self._set("times", check.integer("times", self.times, min=0, max=_MAX_TIMES))
+
+    @property
+    def _can_overflow(self) -> bool:
+        return self.schedule._can_overflow or self.factor > 1
+
+    @property
+    def max_step(self) -> int | None:
+        return self.schedule.max_step
+
+    @property
+    def horizon(self) -> int | None:
+        return self.schedule.horizon
+
+    def _compile(self):
+        try:
+            return _core.scale_lr(
+                schedule=self.schedule._core, factor=float(self.factor), floor=float(self.floor), times=self.times
+            )
+        except ValueError as e:
+            raise ValueError(f"{e}; got {self.schedule!r}") from None
+
+    @classmethod
+    def _from_params(cls, p: dict, depth: int) -> Scaled:
+        return _inner_from_params(cls, p, depth)
+
+
 _TYPES = {
     c.__name__: c
     for c in (
@@ -1025,6 +1201,8 @@ _TYPES = {
         Constant,
         RangeSweep,
         Join,
+        Rehorizon,
+        Scaled,
         WarmupStableDecay,
         WarmupLinear,
         WarmupCosine,
@@ -1072,8 +1250,8 @@ def _from_dict(d, depth: int) -> Schedule:
     missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in params]
     if missing:
         raise TypeError(f"{kind} params need {', '.join(map(repr, missing))}; got keys {sorted(params)}")
-    if cls is Join:
-        return Join._from_params(params, depth)
+    if cls in (Join, Rehorizon, Scaled):
+        return cls._from_params(params, depth)
     if cls is Cyclic:
         return Cyclic._from_params(params)
     return cls(**params)
@@ -1088,6 +1266,8 @@ __all__ = [
     "Constant",
     "RangeSweep",
     "Join",
+    "Rehorizon",
+    "Scaled",
     "WarmupStableDecay",
     "WarmupLinear",
     "WarmupCosine",

@@ -125,6 +125,29 @@ struct WarmupParams {
   Ramp decay_shape;   // WSD
 };
 
+// An affine map of a piece's clock, u -> origin + (u - from) * num / den: how a re-horizoned
+// schedule stretches its remaining part in time (num and den are whole step counts, so the
+// map's ends, u = from and u = from + den, land on origin and origin + num exactly).
+struct ClockMap {
+  double from, origin, num, den;
+};
+
+// lr -> max(lr * factor, floor), applied `times` times in a row: a group's lr scale
+// (times 1, floor 0) or torch ReduceLROnPlateau's reductions (its factor and min_lr), each
+// rounded as torch rounds the lr it reduces.
+struct LrMap {
+  double factor, floor;
+  int32_t times;
+};
+
+// How many maps a piece carries: each re-horizon adds a clock map, each scale or plateau an lr
+// map. A fixed count keeps the piece a trivially copyable value.
+constexpr int kMaxClockMaps = 4;
+constexpr int kMaxLrMaps = 4;
+
+// One piece of a schedule: a leaf kind and its parameters, evaluated on the piece's clock
+// after its clock maps, its lr then passed through its lr maps. A zero-initialised piece has
+// no maps.
 struct Leaf {
   Kind kind;
   union {
@@ -136,6 +159,10 @@ struct Leaf {
     CosineRestartsParams restarts;
     WarmupParams warmup;
   };
+  int32_t n_clock;
+  int32_t n_lr;
+  ClockMap clock[kMaxClockMaps];
+  LrMap lr_map[kMaxLrMaps];
 };
 
 // A sequence of leaf schedules joined at step boundaries; piece i runs on its
@@ -574,9 +601,39 @@ CLRFAST_HD int locate(const Schedule& s, double* t) {
   return i;
 }
 
+// The leaf's time at step u of the piece's clock: the clock maps in order. Each map is monotone
+// in u, so a range of u maps onto the range between its ends' images.
+CLRFAST_HD double piece_time(const Leaf& l, double u) {
+  for (int k = 0; k < l.n_clock; ++k) {
+    const ClockMap& m = l.clock[k];
+    u = m.origin + (u - m.from) * m.num / m.den;
+  }
+  return u;
+}
+
+// The lr maps in order; max is Python's: the product unless the floor is greater.
+CLRFAST_HD double piece_lr(const Leaf& l, double lr) {
+  for (int k = 0; k < l.n_lr; ++k) {
+    const LrMap& m = l.lr_map[k];
+    for (int32_t j = 0; j < m.times; ++j) {
+      const double x = lr * m.factor;
+      lr = m.floor > x ? m.floor : x;
+    }
+  }
+  return lr;
+}
+
+CLRFAST_HD bool is_plain(const Leaf& l) { return l.n_clock == 0 && l.n_lr == 0; }
+
+CLRFAST_HD LrMom piece_at(const Leaf& l, double u) {
+  LrMom v = leaf_at(l, piece_time(l, u));
+  v.lr = piece_lr(l, v.lr);
+  return v;
+}
+
 CLRFAST_HD LrMom schedule_at(const Schedule& s, double t) {
   const int i = locate(s, &t);
-  return leaf_at(s.piece[i], t);
+  return piece_at(s.piece[i], t);
 }
 
 CLRFAST_HD double lr_at(const Schedule& s, double t) { return schedule_at(s, t).lr; }
@@ -671,6 +728,14 @@ CLRFAST_HD Status leaf_status(const Leaf& leaf, double t, bool as_torch) {
   }
 }
 
+// A piece's status at step u of its clock. An lr map with a factor above 1 (a group's lr scale)
+// can overflow a finite lr; the reductions of a plateau cannot.
+CLRFAST_HD Status piece_status(const Leaf& l, double u) {
+  const Status st = leaf_status(l, piece_time(l, u), false);
+  if (st != Status::Ok || l.n_lr == 0) return st;
+  return std::isfinite(piece_at(l, u).lr) ? Status::Ok : Status::Overflow;
+}
+
 // Status of the steps first..last (first <= last): the worst over the pieces
 // the range touches, each checked at both ends of its part of the range.
 CLRFAST_HD Status status_between(const Schedule& s, double first, double last) {
@@ -681,8 +746,8 @@ CLRFAST_HD Status status_between(const Schedule& s, double first, double last) {
     if (last < begin || first >= end) continue;
     const double lo = (first > begin ? first : begin) - begin;
     const double hi = (last < end - 1.0 ? last : end - 1.0) - begin;
-    const Status a = leaf_status(s.piece[i], lo, false);
-    const Status b = leaf_status(s.piece[i], hi, false);
+    const Status a = piece_status(s.piece[i], lo);
+    const Status b = piece_status(s.piece[i], hi);
     if (static_cast<int32_t>(a) > static_cast<int32_t>(worst)) worst = a;
     if (static_cast<int32_t>(b) > static_cast<int32_t>(worst)) worst = b;
   }
@@ -697,6 +762,86 @@ CLRFAST_HD bool has_momentum(const Schedule& s) {
     if (l.kind == Kind::OneCycle && l.onecycle.cycle_momentum) return true;
   }
   return false;
+}
+
+// ---------------------------------------------------------------- derived schedules
+
+// Appends a piece that starts at step `begin` of the result (a piece starting where the last one
+// did replaces it: the last one would run for no step). False when the schedule is full.
+CLRFAST_HD bool push_piece(Schedule* out, const Leaf& piece, double begin) {
+  if (out->n > 0) {
+    const double last_begin = out->n == 1 ? 0.0 : out->boundary[out->n - 2];
+    if (begin <= last_begin) {
+      out->piece[out->n - 1] = piece;
+      return true;
+    }
+    if (out->n >= kMaxPieces) return false;
+    out->boundary[out->n - 1] = begin;
+  }
+  out->piece[out->n++] = piece;
+  return true;
+}
+
+// `piece` with the map u -> origin + (u - from) * num / den applied before its own maps.
+CLRFAST_HD bool prepend_clock(Leaf* piece, ClockMap m) {
+  if (piece->n_clock >= kMaxClockMaps) return false;
+  for (int k = piece->n_clock; k > 0; --k) piece->clock[k] = piece->clock[k - 1];
+  piece->clock[0] = m;
+  ++piece->n_clock;
+  return true;
+}
+
+// s up to step `at`; from there on s's steps at..last stretched (or compressed) onto at..new_last,
+// and the steps after `last` (a hold, or an endless tail) on the same clock:
+// step t >= at is s at time T = at + (t - at) * num / den, with num = last - at and
+// den = new_last - at (whole numbers, den >= 1), so T(at) = at and T(new_last) = last exactly.
+// T falls in the piece of s that starts at b_j <= T: that piece runs on the clock
+// (at - b_j) + (t - at) * num / den, the expression that decides which piece T falls in, so a
+// piece never starts before its own time 0. Returns false when the result would hold more
+// pieces or clock maps than a schedule can.
+CLRFAST_HD bool rehorizon(const Schedule& s, double at, double last, double new_last, Schedule* out) {
+  const double num = last - at, den = new_last - at;
+  *out = Schedule{};
+  for (int j = 0; j < s.n; ++j) {
+    const double b = j == 0 ? 0.0 : s.boundary[j - 1];
+    const double e = j == s.n - 1 ? INFINITY : s.boundary[j];
+    if (e <= at) {  // wholly before the re-horizon: kept as it is
+      if (!push_piece(out, s.piece[j], b)) return false;
+      continue;
+    }
+    double begin = at;
+    if (b < at) {
+      if (!push_piece(out, s.piece[j], b)) return false;  // its part before `at`
+    } else if (b > at) {
+      if (num == 0.0) break;  // the remaining part is step `last` alone: no later piece is reached
+      // The first whole step whose time reaches b: estimated, then moved to the exact one.
+      const auto reaches = [&](double t) { return (at - b) + (t - at) * num / den >= 0.0; };
+      begin = at + ceil((b - at) * den / num);
+      for (int i = 0; i < 4 && begin - 1.0 > at && reaches(begin - 1.0); ++i) begin -= 1.0;
+      for (int i = 0; i < 4 && !reaches(begin); ++i) begin += 1.0;
+    }
+    Leaf piece = s.piece[j];
+    if (!prepend_clock(&piece, ClockMap{at - begin, at - b, num, den})) return false;
+    if (!push_piece(out, piece, begin)) return false;
+  }
+  return true;
+}
+
+// s with every lr passed through max(lr * factor, floor), `times` times. Consecutive maps with
+// the same factor and floor merge (a plateau's reductions add up in one). False when a piece
+// holds as many lr maps as it can.
+CLRFAST_HD bool scale_lr(const Schedule& s, LrMap m, Schedule* out) {
+  *out = s;
+  for (int j = 0; j < out->n; ++j) {
+    Leaf& l = out->piece[j];
+    if (l.n_lr > 0 && l.lr_map[l.n_lr - 1].factor == m.factor && l.lr_map[l.n_lr - 1].floor == m.floor) {
+      l.lr_map[l.n_lr - 1].times += m.times;
+      continue;
+    }
+    if (l.n_lr >= kMaxLrMaps) return false;
+    l.lr_map[l.n_lr++] = m;
+  }
+  return true;
 }
 
 CLRFAST_HD Schedule single(const Leaf& leaf) {
