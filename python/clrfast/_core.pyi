@@ -45,11 +45,13 @@ __all__: list[str] = [
     "onecycle",
     "onecycle_phase_ends",
     "onecycle_phases",
+    "rehorizon",
     "restart_pos_torch_epoch",
     "rmsprop_step",
     "rule_step_cuda",
     "rule_step_emulated",
     "rules",
+    "scale_lr",
     "schedule_bytes",
     "schedulefree_adamw_step",
     "schedulefree_sgd_step",
@@ -775,6 +777,17 @@ def onecycle_phases(
     One-cycle from explicit phases (end_step, start_lr, end_lr, start_momentum, end_momentum).
     """
 
+def rehorizon(
+    *,
+    schedule: Schedule,
+    at: typing.SupportsFloat | typing.SupportsIndex,
+    last: typing.SupportsFloat | typing.SupportsIndex,
+    new_last: typing.SupportsFloat | typing.SupportsIndex,
+) -> Schedule:
+    """
+    The schedule up to `at`, its steps at..last stretched onto at..new_last.
+    """
+
 def restart_pos_torch_epoch(
     T_0: typing.SupportsFloat | typing.SupportsIndex,
     T_mult: typing.SupportsFloat | typing.SupportsIndex,
@@ -847,6 +860,17 @@ def rule_step_emulated(
 ) -> dict:
     """
     One CUDA step of rule `name` executed on the CPU: the device kernels' code over their grid, block by block and thread by thread (seed: a permuted order), every index checked (IndexError). Addresses are host memory: clock (int64), grad_scale and found_inf (float32), hyper_out (2 float64). dry: the index arithmetic only, memory untouched. Returns the grid size, the element accesses and whether it skipped.
+    """
+
+def scale_lr(
+    *,
+    schedule: Schedule,
+    factor: typing.SupportsFloat | typing.SupportsIndex,
+    floor: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+    times: typing.SupportsInt | typing.SupportsIndex = 1,
+) -> Schedule:
+    """
+    The schedule with its lr passed `times` times through max(lr * factor, floor).
     """
 
 def schedule_bytes(arg0: Schedule) -> bytes:

@@ -1111,7 +1111,14 @@ class Rehorizon(Schedule):
                 "none (cooldown() ends an endless one)"
             )
         # An endless schedule's tail follows its shape's end stretched; at the end itself nothing is left to stretch.
-        at = check.integer("at", self.at, min=0, max=shape if inner.max_step is not None else shape - 1)
+        at = check.integer("at", self.at, min=0, max=_MAX_COUNT)
+        limit = shape if inner.max_step is not None else shape - 1
+        if at > limit:
+            raise ValueError(
+                f"at must be <= {limit} (the horizon of {inner!r} is step {shape}"
+                + (")" if limit == shape else "; at it, nothing would be left to stretch)")
+                + f", got {at}"
+            )
         total = check.integer("total_steps", self.total_steps, min=at + 2, max=_MAX_COUNT)
         self._set("at", at)
         self._set("total_steps", total)
