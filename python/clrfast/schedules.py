@@ -1130,7 +1130,9 @@ class Rehorizon(Schedule):
     @property
     def max_step(self) -> int | None:
         last, shape = self.schedule.max_step, self.schedule.horizon
-        return None if last is None else self.total_steps - 1 + (last - shape)
+        if last is None or shape is None:
+            return None
+        return self.total_steps - 1 + (last - shape)  # a one-cycle's step past its horizon stays one step
 
     @property
     def horizon(self) -> int:
