@@ -447,7 +447,6 @@ EXTREME = {
         clr.InverseSqrt, {"peak_lr": reals(), "warmup_steps": COUNTS}, {"timescale": reals(0.0, 2.0**53, open_lo=True)}
     ),
 }
-assert set(EXTREME) | {"Join"} == set(clr.schedules._TYPES)  # every schedule type is drawn
 
 
 def accepted(strategy):
@@ -475,6 +474,27 @@ def joins(draw):
 
 
 EXTREME["Join"] = joins()
+
+
+@st.composite
+def rehorizons(draw):
+    s = draw(st.one_of(*map(accepted, EXTREME.values())))
+    if s is None or s.horizon is None:
+        s = clr.WarmupCosine(0.1, 3, 50)
+    at = draw(st.one_of(st.integers(0, 3), st.integers(0, 2**53)))
+    total = draw(st.one_of(st.integers(at + 2, at + 10), st.integers(0, 2**53)))
+    return s.with_total_steps(total, at)
+
+
+@st.composite
+def scaled(draw):
+    s = draw(st.one_of(*map(accepted, EXTREME.values()))) or clr.Constant(0.1)
+    return clr.Scaled(s, draw(reals()), draw(reals()), draw(st.integers(0, 100)))
+
+
+EXTREME["Rehorizon"] = rehorizons()
+EXTREME["Scaled"] = scaled()
+assert set(EXTREME) == set(clr.schedules._TYPES)  # every schedule type is drawn
 
 
 def steps_to_check(s, extra):
@@ -522,7 +542,7 @@ def assert_finite_or_refused(s, steps):
         assert m is None or not np.isinf(m).any(), s
 
 
-@pytest.mark.parametrize("name", sorted(set(EXTREME) | {"Join"}))
+@pytest.mark.parametrize("name", sorted(EXTREME))
 @settings(max_examples=120, deadline=None)
 @given(data=st.data())
 def test_extreme_arguments_give_finite_values_or_a_refusal(name, data):
