@@ -1034,6 +1034,12 @@ _TYPES = {
     )
 }
 
+# timm's families live in their own module, which builds on Schedule above.
+from . import timm_schedules as _timm  # noqa: E402
+from .timm_schedules import TimmCosine, TimmMultiStep, TimmPoly, TimmStep, TimmTanh, TimmWSD  # noqa: E402
+
+_TYPES.update({c.__name__: c for c in _timm.TYPES})
+
 
 def from_dict(d: dict) -> Schedule:
     """Rebuild a schedule from :meth:`Schedule.to_dict` output.
@@ -1094,6 +1100,12 @@ __all__ = [
     "CosineHardRestarts",
     "PolynomialDecay",
     "InverseSqrt",
+    "TimmCosine",
+    "TimmTanh",
+    "TimmPoly",
+    "TimmStep",
+    "TimmMultiStep",
+    "TimmWSD",
     "from_dict",
     "FORMAT_VERSION",
     "Geometric",
