@@ -1015,7 +1015,7 @@ class Join(Schedule):
         return cls(tuple(pieces), p["boundaries"])
 
 
-_TYPES = {
+_TYPES: dict[str, type[Schedule]] = {
     c.__name__: c
     for c in (
         Cyclic,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,6 +56,18 @@ def _refuse_noise(kwargs: dict) -> None:
 
 class _Timm(Schedule):
     """Shared checks and messages of the timm schedule values (one single-leaf core schedule each)."""
+
+    if TYPE_CHECKING:  # fields of the concrete dataclasses
+        base_lr: Any
+        warmup_t: Any
+        warmup_lr_init: Any
+        warmup_prefix: bool
+        t_initial: Any
+        lr_min: Any
+        cycle_mul: Any
+        cycle_decay: Any
+        cycle_limit: int
+        decay_rate: Any
 
     def __new__(cls, *args, **kwargs):
         _refuse_noise(kwargs)
@@ -128,7 +140,7 @@ class _TimmCycle(_Timm):
 
     @property
     def _can_overflow(self) -> bool:
-        return self.cycle_decay > 1
+        return self.cycle_decay > 1 or self._isolated_gaps
 
     @property
     def _isolated_gaps(self) -> bool:  # type: ignore[override]
