@@ -68,6 +68,7 @@ class _Timm(Schedule):
         cycle_decay: Any
         cycle_limit: int
         decay_rate: Any
+        k_decay: Any
 
     def __new__(cls, *args, **kwargs):
         _refuse_noise(kwargs)
@@ -76,13 +77,18 @@ class _Timm(Schedule):
     def _warmup(self, prefix_default: bool) -> None:
         self._set("base_lr", _lr("base_lr", self.base_lr))
         self._set("warmup_t", _count("warmup_t", self.warmup_t))
+        if 0 < self.warmup_t < 1:
+            # the warmup's slope (base_lr - warmup_lr_init) / warmup_t would overflow for a tiny one
+            raise ValueError(f"warmup_t must be 0 or >= 1 (a count of steps), got {self.warmup_t!r}")
         self._set("warmup_lr_init", _lr("warmup_lr_init", self.warmup_lr_init))
         if hasattr(self, "warmup_prefix"):
             self._set("warmup_prefix", check.boolean("warmup_prefix", self.warmup_prefix))
 
     # Steps where timm has no float value can lie between two that it has (a cycle start
-    # rounded a hair past the step makes t_curr negative), so a table is checked whole.
-    _isolated_gaps: Any = False
+    # rounded a hair past the step makes t_curr negative, and t_curr ** k_decay complex), so
+    # every step asked for is checked and a table is checked whole.
+    _can_overflow = True
+    _isolated_gaps = True
 
     def _table(self, quantity, steps, dtype, out):
         if not self._isolated_gaps:
@@ -120,6 +126,8 @@ class _TimmCycle(_Timm):
     def _cycle(self) -> None:
         self._warmup(False)
         self._set("t_initial", _count("t_initial", self.t_initial, positive=True))
+        if self.t_initial < 1:
+            raise ValueError(f"t_initial must be >= 1 (a count of steps), got {self.t_initial!r}")
         self._set("lr_min", _lr("lr_min", self.lr_min))
         cm = check.real("cycle_mul", self.cycle_mul, min=0.0, min_open=True, max=float(_MAX_COUNT), keep_int=True)
         if cm < 1:
@@ -138,15 +146,16 @@ class _TimmCycle(_Timm):
             f"base_lr={self.base_lr!r}, lr_min={self.lr_min!r}",
         )
 
-    @property
-    def _can_overflow(self) -> bool:
-        return self.cycle_decay > 1 or self._isolated_gaps
-
-    @property
-    def _isolated_gaps(self) -> bool:  # type: ignore[override]
-        k = float(getattr(self, "k_decay", 1.0))
-        power = float(getattr(self, "power", 1.0))
-        return self.cycle_mul != 1 and not (k.is_integer() and power.is_integer())
+    def _check_k(self) -> None:
+        k = check.real("k_decay", self.k_decay, min=0.0, min_open=True, keep_int=True)
+        self._set("k_decay", k)
+        # t_curr ** k / t_i ** k: the first cycle's t_i ** k must be a double for any value to exist
+        try:
+            ok = math.isfinite(float(self.t_initial) ** float(k))
+        except OverflowError:
+            ok = False
+        if not ok:
+            raise OverflowError(f"t_initial ** k_decay overflows a double: t_initial={self.t_initial!r}, k_decay={k!r}")
 
     def _compile(self):
         return _core.timm_cycle(
@@ -197,7 +206,7 @@ class TimmCosine(_TimmCycle):
 
     def _validate(self):
         self._cycle()
-        self._set("k_decay", check.real("k_decay", self.k_decay, min=0.0, min_open=True, keep_int=True))
+        self._check_k()
 
 
 @dataclass(frozen=True)
@@ -258,7 +267,7 @@ class TimmPoly(_TimmCycle):
     def _validate(self):
         self._cycle()
         self._set("power", check.real("power", self.power, min=0.0, keep_int=True))
-        self._set("k_decay", check.real("k_decay", self.k_decay, min=0.0, min_open=True, keep_int=True))
+        self._check_k()
 
 
 class _TimmSteps(_Timm):
@@ -267,8 +276,12 @@ class _TimmSteps(_Timm):
         self._set("decay_rate", check.real("decay_rate", self.decay_rate, min=0.0, keep_int=True))
 
     @property
-    def _can_overflow(self) -> bool:
+    def _can_overflow(self) -> bool:  # type: ignore[override]
         return self.decay_rate > 1
+
+    @property
+    def _isolated_gaps(self) -> bool:  # type: ignore[override]
+        return False
 
     def _compile_steps(self, decay_t: float, milestones: list, multi: bool):
         return _core.timm_step(
