@@ -622,3 +622,43 @@ def test_drop_in_names_are_exported():
     for name in [*NAMES, "PlateauLRScheduler", "create_scheduler_v2"]:
         assert getattr(ct, name) is getattr(cts, name)
         assert name in ct.__all__
+
+
+def test_keras_reads_a_timm_value(tmp_path):
+    # Keras fixes its backend on first import, so it runs in its own process.
+    pytest.importorskip("keras")
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = tmp_path / "k.py"
+    script.write_text(
+        "import json, sys\n"
+        "import numpy as np, clrfast as clr, clrfast.keras as ck\n"
+        "s = clr.from_dict(json.loads(sys.argv[1]))\n"
+        "f = ck.Schedule(s)\n"
+        "print(json.dumps([float(np.asarray(f(k))) for k in range(0, 300, 7)]))\n"
+    )
+    s = clr.TimmWSD(0.1, 200, 50, warmup_t=10, stable_fn="rsqrt", decay_fn="cosine", lr_min=1e-4)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(root / "python"))
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(s.to_dict())], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.array(json.loads(proc.stdout.strip().splitlines()[-1]), np.float32)
+    assert np.array_equal(got, np.array([s.lr(k) for k in range(0, 300, 7)], np.float32))
+
+
+def test_initialize_false_reads_the_groups_initial_lr_as_timm():
+    oa, ob = optimizer(), optimizer()
+    for o in (oa, ob):
+        for i, g in enumerate(o.param_groups):
+            g["initial_lr"] = 0.2 / (i + 1)
+    a = ts.CosineLRScheduler(oa, t_initial=10, warmup_t=2, initialize=False)
+    b = ct.CosineLRScheduler(ob, t_initial=10, warmup_t=2, initialize=False)
+    drive((a, oa), (b, ob), epochs=15)
+    fresh = optimizer()
+    with pytest.raises(KeyError, match="initial_lr"):
+        ct.CosineLRScheduler(fresh, t_initial=10, initialize=False)
