@@ -662,3 +662,20 @@ def test_initialize_false_reads_the_groups_initial_lr_as_timm():
     fresh = optimizer()
     with pytest.raises(KeyError, match="initial_lr"):
         ct.CosineLRScheduler(fresh, t_initial=10, initialize=False)
+
+
+def test_drop_ins_pickle_and_deepcopy_as_timms():
+    for name, kw in [
+        ("CosineLRScheduler", dict(t_initial=10, warmup_t=2)),
+        ("WSDLRScheduler", dict(t_initial=20, decay_t=5)),
+    ]:
+        (a, oa), (b, ob) = build(name, **kw)
+        a.step(3)
+        b.step(3)
+        b2 = pickle.loads(pickle.dumps(b))
+        a2 = pickle.loads(pickle.dumps(a))
+        b3 = copy.deepcopy(b)
+        for t in range(4, 30):
+            for s in (a2, b2, b3):
+                s.step(t)
+            assert lrs_of(a2.optimizer) == lrs_of(b2.optimizer) == lrs_of(b3.optimizer)

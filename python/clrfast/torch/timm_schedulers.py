@@ -122,6 +122,16 @@ class Scheduler:
         self.noise_seed = noise_seed if noise_seed is not None else 42
         self.update_groups(self.base_values)
 
+    # Pickled (and deep-copied) as timm's are, by the instance __dict__: the compiled schedules
+    # are rebuilt from it on the first step.
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._compiled = []
+        self._compiled_key = None
+        self.__dict__.update(state)
+
     def state_dict(self) -> dict[str, Any]:
         """The instance ``__dict__`` less the optimizer, as timm's (plain values, timm's keys)."""
         return {key: value for key, value in self.__dict__.items() if key != "optimizer"}
