@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
+import operator
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -76,6 +77,12 @@ class Scheduler:
 
     __slots__ = ("__dict__", "_compiled", "_compiled_key")
     _keys: tuple = ()
+    _getter: Callable = operator.itemgetter("base_values", "warmup_steps")
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._getter = operator.itemgetter(*cls._keys, "base_values", "warmup_steps")
+
     if TYPE_CHECKING:  # set by the subclasses, as timm's
         warmup_t: Any
         warmup_lr_init: Any
@@ -145,20 +152,21 @@ class Scheduler:
         raise NotImplementedError
 
     def _schedules(self) -> list:
-        d = self.__dict__
-        key = tuple(_frozen(d.get(k)) for k in self._keys) + (
-            tuple(d["base_values"]),
-            tuple(d.get("warmup_steps", ())),
-        )
+        # The attributes the schedules are built from, read in one C call and compared by value
+        # (lists element by element) with a copy taken at the last build: an assignment, a
+        # loaded state or an in-place change of base_values takes effect at the next step.
+        key = self._getter(self.__dict__)
         if key != self._compiled_key:
-            steps = d.get("warmup_steps") or [1] * len(d["base_values"])
+            d = self.__dict__
+            steps = d["warmup_steps"] or [1] * len(d["base_values"])
             self._compiled = [self._build(float(v), float(s)) for v, s in zip(d["base_values"], steps)]
-            self._compiled_key = key
+            self._compiled_key = tuple(list(v) if isinstance(v, list) else v for v in key)
         return self._compiled
 
     def _get_lr(self, t) -> list[float]:
         """Each group's lr at ``t``, timm's ``_get_lr(t)``, computed by the core."""
-        _real("t", t)
+        if type(t) is not int:
+            _real("t", t)
         if not 0 <= t <= _MAX_T:
             raise ValueError(f"t must be in 0..2**53 (a count of epochs or updates), got {t!r}")
         return _core.timm_values(self._schedules(), float(t))
@@ -240,17 +248,13 @@ class Scheduler:
         return t + self.warmup_t if self.warmup_prefix else t
 
 
-def _frozen(v):
-    return tuple(v) if isinstance(v, list) else v
-
-
 def _noise_args(noise_range_t, noise_pct, noise_std, noise_seed) -> dict:
     return dict(noise_range_t=noise_range_t, noise_pct=noise_pct, noise_std=noise_std, noise_seed=noise_seed)
 
 
 class _CycleScheduler(Scheduler):
     _curve: Any = None
-    _keys = (
+    _keys: tuple = (
         "t_initial",
         "lr_min",
         "cycle_mul",
@@ -259,10 +263,6 @@ class _CycleScheduler(Scheduler):
         "warmup_t",
         "warmup_lr_init",
         "warmup_prefix",
-        "k_decay",
-        "power",
-        "lb",
-        "ub",
     )
 
     def _check_cycle(self, t_initial, lr_min, cycle_mul, cycle_decay, cycle_limit, warmup_t, warmup_lr_init) -> None:
@@ -313,6 +313,7 @@ class CosineLRScheduler(_CycleScheduler):
     """
 
     _curve = _core.TimmCurve.cosine
+    _keys = (*_CycleScheduler._keys, "k_decay")
 
     def __init__(
         self,
@@ -362,6 +363,7 @@ class PolyLRScheduler(_CycleScheduler):
     """
 
     _curve = _core.TimmCurve.poly
+    _keys = (*_CycleScheduler._keys, "power", "k_decay")
 
     def __init__(
         self,
@@ -415,6 +417,7 @@ class TanhLRScheduler(_CycleScheduler):
     """
 
     _curve = _core.TimmCurve.tanh
+    _keys = (*_CycleScheduler._keys, "lb", "ub")
 
     def __init__(
         self,
