@@ -335,6 +335,27 @@ def test_state_dict_from_timm_with_changed_values_is_followed():
     a.step(12)
     b.step(12)
     assert lrs_of(oa) == lrs_of(ob)
+    a.base_values[1] = b.base_values[1] = 0.9  # and so does one made in place
+    a.step(13)
+    b.step(13)
+    assert lrs_of(oa) == lrs_of(ob) and lrs_of(ob)[1] != state["base_values"][1]
+
+
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("CosineLRScheduler", dict(t_initial=10, cycle_limit=3, warmup_t=2)),
+        ("CosineLRScheduler", dict(t_initial=10, cycle_mul=1.5, cycle_limit=3, k_decay=1.5)),
+        ("TanhLRScheduler", dict(t_initial=7.5, cycle_limit=2, warmup_t=3)),
+        ("StepLRScheduler", dict(decay_t=2.5, decay_rate=0.5, warmup_t=1)),
+        ("MultiStepLRScheduler", dict(decay_t=[2.5, 6], decay_rate=0.5)),
+        ("WSDLRScheduler", dict(t_initial=20.5, decay_t=6.25, stable_fn="power", warmup_t=2)),
+    ],
+)
+def test_float_steps_and_float_lengths_match_timm(name, kw):
+    a, b = build(name, **kw)
+    for t in np.arange(0.0, 40.0, 0.375):
+        assert call_both(*a, *b, "step", float(t)), t
 
 
 # ------------------------------------------------------------------ create_scheduler_v2
