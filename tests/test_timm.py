@@ -12,7 +12,6 @@ import json
 import math
 import pickle
 import sys
-import types
 import warnings
 
 import clrfast as clr
@@ -24,19 +23,25 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 # timm's package __init__ imports torchvision, whose PyPI build does not load beside a CPU-only
-# torch; timm.scheduler needs neither, so a bare `timm` package with the real path is registered
-# first and only the scheduler subpackage is imported.
+# torch; timm.scheduler needs neither. So a bare `timm` package (its real spec and path, its
+# __init__ not run) is registered just for importing the scheduler subpackage, and the modules
+# are taken out of sys.modules again so that other tests see the import state they expect.
 _spec = importlib.util.find_spec("timm")
 if _spec is None:
     pytest.skip("timm is not installed", allow_module_level=True)
+_saved = {k: v for k, v in sys.modules.items() if k == "timm" or k.startswith("timm.")}
 if "timm" not in sys.modules:
-    _bare = types.ModuleType("timm")
-    _bare.__path__ = list(_spec.submodule_search_locations or [])
-    sys.modules["timm"] = _bare
+    sys.modules["timm"] = importlib.util.module_from_spec(_spec)
+try:
+    import timm.scheduler as ts
+    from timm.scheduler.scheduler_factory import create_scheduler_v2 as timm_create
+finally:
+    for _k in [k for k in sys.modules if k == "timm" or k.startswith("timm.")]:
+        del sys.modules[_k]
+    sys.modules.update(_saved)
+
 import clrfast.torch as ct  # noqa: E402
-import timm.scheduler as ts  # noqa: E402
 from clrfast.torch import timm_schedulers as cts  # noqa: E402
-from timm.scheduler.scheduler_factory import create_scheduler_v2 as timm_create  # noqa: E402
 
 NAMES = [
     "CosineLRScheduler",
@@ -694,7 +699,7 @@ def test_drop_ins_pickle_and_deepcopy_as_timms():
         a.step(3)
         b.step(3)
         b2 = pickle.loads(pickle.dumps(b))
-        a2 = pickle.loads(pickle.dumps(a))
+        a2 = copy.deepcopy(a)  # pickling timm's would import its package (and torchvision)
         b3 = copy.deepcopy(b)
         for t in range(4, 30):
             for s in (a2, b2, b3):
