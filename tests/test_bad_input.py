@@ -446,6 +446,75 @@ EXTREME = {
     "InverseSqrt": schedules_of(
         clr.InverseSqrt, {"peak_lr": reals(), "warmup_steps": COUNTS}, {"timescale": reals(0.0, 2.0**53, open_lo=True)}
     ),
+    "TimmCosine": schedules_of(
+        clr.TimmCosine,
+        {"base_lr": reals(), "t_initial": COUNTS},
+        {
+            "lr_min": reals(),
+            "cycle_mul": reals(1.0, 2.0**53),
+            "cycle_decay": reals(),
+            "cycle_limit": ints(0, 2**53),
+            "warmup_t": COUNTS,
+            "warmup_lr_init": reals(),
+            "warmup_prefix": st.booleans(),
+            "k_decay": POSITIVE,
+        },
+    ),
+    "TimmTanh": schedules_of(
+        clr.TimmTanh,
+        {"base_lr": reals(), "t_initial": COUNTS},
+        {
+            "lb": st.builds(lambda x: -x, reals()),
+            "ub": reals(),
+            "lr_min": reals(),
+            "cycle_mul": reals(1.0, 2.0**53),
+            "cycle_decay": reals(),
+            "cycle_limit": ints(0, 2**53),
+            "warmup_t": COUNTS,
+            "warmup_lr_init": reals(),
+            "warmup_prefix": st.booleans(),
+        },
+    ),
+    "TimmPoly": schedules_of(
+        clr.TimmPoly,
+        {"base_lr": reals(), "t_initial": COUNTS},
+        {
+            "power": reals(),
+            "lr_min": reals(),
+            "cycle_mul": reals(1.0, 2.0**53),
+            "cycle_decay": reals(),
+            "cycle_limit": ints(0, 2**53),
+            "warmup_t": COUNTS,
+            "warmup_lr_init": reals(),
+            "warmup_prefix": st.booleans(),
+            "k_decay": POSITIVE,
+        },
+    ),
+    "TimmStep": schedules_of(
+        clr.TimmStep,
+        {"base_lr": reals(), "decay_t": reals(0.0, 2.0**53, open_lo=True)},
+        {"decay_rate": reals(), "warmup_t": COUNTS, "warmup_lr_init": reals(), "warmup_prefix": st.booleans()},
+    ),
+    "TimmMultiStep": schedules_of(
+        clr.TimmMultiStep,
+        {"base_lr": reals(), "decay_t": st.lists(COUNTS, max_size=16).map(sorted)},
+        {"decay_rate": reals(), "warmup_t": COUNTS, "warmup_lr_init": reals(), "warmup_prefix": st.booleans()},
+    ),
+    "TimmWSD": schedules_of(
+        clr.TimmWSD,
+        {"base_lr": reals(), "t_initial": COUNTS, "decay_t": COUNTS},
+        {
+            "lr_min": reals(),
+            "stable_fn": st.sampled_from(["constant", "rsqrt", "power"]),
+            "stable_timescale": reals(),
+            "stable_power": POSITIVE,
+            "decay_fn": st.sampled_from(["linear", "1-sqrt", "cosine", "power", "exp"]),
+            "decay_power": POSITIVE,
+            "decay_ratio": reals(0.0, 1.0, open_lo=True),
+            "warmup_t": COUNTS,
+            "warmup_lr_init": reals(),
+        },
+    ),
 }
 
 

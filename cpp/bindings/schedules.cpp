@@ -93,6 +93,55 @@ void table_steps_py(const Schedule& s, Quantity q, py::array_t<int64_t, py::arra
   with_out(out, n, [&](auto* p) { table_steps(s, q, st, n, p, threads); });
 }
 
+// The value of a timm leaf and what timm's Python does at t.
+TimmValue timm_leaf_eval(const Leaf& leaf, double t) {
+  switch (leaf.kind) {
+    case Kind::TimmCosine:
+    case Kind::TimmTanh:
+    case Kind::TimmPoly:
+      return timm_cycle_eval(leaf.timm_cycle, t);
+    case Kind::TimmStep:
+    case Kind::TimmMultiStep:
+      return timm_step_eval(leaf.timm_step, t, leaf.kind == Kind::TimmMultiStep);
+    case Kind::TimmWsd:
+      return timm_wsd_eval(leaf.timm_wsd, t);
+    default:
+      throw py::value_error("not a timm schedule");
+  }
+}
+
+// Raises the Python exception timm raises (or would have to: a complex or non-finite lr).
+void raise_timm(TimmError err, double t, const char* what) {
+  const std::string at = std::string(what) + " at t=" + py::repr(py::float_(t)).cast<std::string>();
+  switch (err) {
+    case TimmError::Ok:
+      return;
+    case TimmError::Overflow:
+      throw std::overflow_error(at + " overflows a double (timm's float arithmetic raises OverflowError there)");
+    case TimmError::ZeroDivision:
+      PyErr_SetString(PyExc_ZeroDivisionError, (at + " divides by zero (timm raises ZeroDivisionError there)").c_str());
+      throw py::error_already_set();
+    case TimmError::Domain:
+      throw py::value_error(at + ": math domain error (timm's math.log, math.cos or math.floor raises ValueError there;"
+                                 " with cycle_mul < 1 the cycles end at t_initial / (1 - cycle_mul))");
+    case TimmError::Complex:
+      throw py::value_error(at + " is a complex number in timm (a negative float to a fractional power)");
+    default:
+      throw py::value_error(at + " is not a finite number (timm gives inf or nan there)");
+  }
+}
+
+std::vector<double> timm_values(const std::vector<const Schedule*>& schedules, double t) {
+  std::vector<double> out;
+  out.reserve(schedules.size());
+  for (const Schedule* s : schedules) {
+    const TimmValue v = timm_leaf_eval(s->piece[0], t);
+    raise_timm(v.err, t, "the lr");
+    out.push_back(v.lr);
+  }
+  return out;
+}
+
 }  // namespace
 
 void bind_schedules(py::module_& m) {
@@ -129,7 +178,26 @@ void bind_schedules(py::module_& m) {
       .value("warmup_cosine", Kind::WarmupCosine)
       .value("warmup_hard_restarts", Kind::WarmupHardRestarts)
       .value("warmup_polynomial", Kind::WarmupPolynomial)
-      .value("inverse_sqrt", Kind::InverseSqrt);
+      .value("inverse_sqrt", Kind::InverseSqrt)
+      .value("timm_cosine", Kind::TimmCosine)
+      .value("timm_tanh", Kind::TimmTanh)
+      .value("timm_poly", Kind::TimmPoly)
+      .value("timm_step", Kind::TimmStep)
+      .value("timm_multistep", Kind::TimmMultiStep)
+      .value("timm_wsd", Kind::TimmWsd);
+  py::enum_<TimmCurve>(m, "TimmCurve", "Curve of a timm cycle schedule.")
+      .value("cosine", TimmCurve::Cosine)
+      .value("tanh", TimmCurve::Tanh)
+      .value("poly", TimmCurve::Poly);
+  py::enum_<TimmStable>(m, "TimmStable", "Stable function of timm's WSD schedule (rsqrt is power 0.5).")
+      .value("constant", TimmStable::Constant)
+      .value("power", TimmStable::Power);
+  py::enum_<TimmDecay>(m, "TimmDecay", "Decay function of timm's WSD schedule.")
+      .value("linear", TimmDecay::Linear)
+      .value("one_minus_sqrt", TimmDecay::OneMinusSqrt)
+      .value("cosine", TimmDecay::Cosine)
+      .value("power", TimmDecay::Power)
+      .value("exp", TimmDecay::Exp);
   py::enum_<Quantity>(m, "Quantity", "What a table holds.")
       .value("lr", Quantity::Lr)
       .value("momentum", Quantity::Momentum);
@@ -256,6 +324,66 @@ void bind_schedules(py::module_& m) {
       "min_ratio"_a = 0.0, "power"_a = 1.0, "lr_end"_a = 0.0, "lr_init"_a = 1.0, "timescale"_a = 1.0,
       "warmup_shape"_a = Ramp::Linear, "decay_shape"_a = Ramp::Linear,
       "A warmup-decay leaf: lr = peak * factor(t), factor the transformers lambda of `kind`.");
+  m.def(
+      "timm_cycle",
+      [](TimmCurve curve, double base, double lr_min, double t_initial, double cycle_mul, double cycle_decay,
+         double cycle_limit, double k_decay, double power, double lb, double ub, double warmup_t,
+         double warmup_lr_init, double warmup_step, bool warmup_prefix) {
+        TimmError err = TimmError::Ok;
+        const TimmCycleParams p = make_timm_cycle(curve, base, lr_min, t_initial, cycle_mul, cycle_decay, cycle_limit,
+                                                  k_decay, power, lb, ub, warmup_t, warmup_lr_init, warmup_step,
+                                                  warmup_prefix, &err);
+        raise_timm(err, warmup_t, "the warmup target _get_lr(warmup_t)");
+        const Kind kind = curve == TimmCurve::Cosine ? Kind::TimmCosine
+                          : curve == TimmCurve::Tanh ? Kind::TimmTanh
+                                                     : Kind::TimmPoly;
+        return leaf_schedule(kind, [&](Leaf& l) { l.timm_cycle = p; });
+      },
+      py::kw_only(), "curve"_a, "base"_a, "lr_min"_a, "t_initial"_a, "cycle_mul"_a, "cycle_decay"_a, "cycle_limit"_a,
+      "k_decay"_a, "power"_a, "lb"_a, "ub"_a, "warmup_t"_a, "warmup_lr_init"_a, "warmup_step"_a, "warmup_prefix"_a,
+      "A timm cosine, tanh or poly leaf for one group; warmup_step nan: timm's (target - warmup_lr_init) / warmup_t.");
+  m.def(
+      "timm_step",
+      [](double base, double decay_t, double decay_rate, const std::vector<double>& milestones, bool multi,
+         double warmup_t, double warmup_lr_init, double warmup_step, bool warmup_prefix) {
+        if (milestones.size() > static_cast<size_t>(kTimmMaxMilestones))
+          throw py::value_error("a timm multistep schedule holds at most " + std::to_string(kTimmMaxMilestones) +
+                                " milestones");
+        return leaf_schedule(multi ? Kind::TimmMultiStep : Kind::TimmStep, [&](Leaf& l) {
+          TimmStepParams& p = l.timm_step;
+          p.base = base;
+          p.decay_t = decay_t;
+          p.decay_rate = decay_rate;
+          p.warmup = make_timm_warmup(warmup_t, warmup_lr_init, warmup_step, warmup_prefix, base);
+          p.n_milestones = static_cast<int32_t>(milestones.size());
+          for (size_t i = 0; i < milestones.size(); ++i) p.milestones[i] = milestones[i];
+        });
+      },
+      py::kw_only(), "base"_a, "decay_t"_a, "decay_rate"_a, "milestones"_a, "multi"_a, "warmup_t"_a,
+      "warmup_lr_init"_a, "warmup_step"_a, "warmup_prefix"_a,
+      "A timm step (decay_t) or multistep (milestones) leaf for one group.");
+  m.def(
+      "timm_wsd",
+      [](double base, double t_initial, double decay_t, double lr_min, TimmStable stable_fn, double stable_timescale,
+         double stable_power, TimmDecay decay_fn, double decay_power, double decay_ratio, double warmup_t,
+         double warmup_lr_init, double warmup_step) {
+        return leaf_schedule(Kind::TimmWsd, [&](Leaf& l) {
+          l.timm_wsd = {base,        t_initial,   decay_t,
+                        lr_min,      stable_timescale,
+                        stable_power, decay_power, decay_ratio,
+                        make_timm_warmup(warmup_t, warmup_lr_init, warmup_step, true, base),
+                        stable_fn,   decay_fn};
+        });
+      },
+      py::kw_only(), "base"_a, "t_initial"_a, "decay_t"_a, "lr_min"_a, "stable_fn"_a, "stable_timescale"_a,
+      "stable_power"_a, "decay_fn"_a, "decay_power"_a, "decay_ratio"_a, "warmup_t"_a, "warmup_lr_init"_a,
+      "warmup_step"_a, "A timm warmup-stable-decay leaf for one group.");
+  m.def("timm_values", &timm_values, "schedules"_a, "t"_a,
+        "Each one-leaf timm schedule's lr at step t, or the exception timm's Python raises there.");
+  m.def(
+      "timm_error",
+      [](const Schedule& s, double t) { return static_cast<int>(timm_leaf_eval(s.piece[0], t).err); }, "schedule"_a,
+      "t"_a, "What timm's Python does at step t: 0 a float lr, else the TimmError code.");
   m.def("join", &make_join, py::kw_only(), "schedules"_a, "boundaries"_a,
         "Schedules joined at step boundaries (nested joins flattened; at most 16 pieces).");
   m.def(

@@ -25,6 +25,9 @@ __all__: list[str] = [
     "StepCheck",
     "StepCheckSpec",
     "SweepMode",
+    "TimmCurve",
+    "TimmDecay",
+    "TimmStable",
     "Window",
     "adam_step",
     "constant",
@@ -59,6 +62,11 @@ __all__: list[str] = [
     "sgd_hyper",
     "sgd_step",
     "sweep",
+    "timm_cycle",
+    "timm_error",
+    "timm_step",
+    "timm_values",
+    "timm_wsd",
     "warmup_decay",
 ]
 
@@ -316,6 +324,18 @@ class Kind:
       warmup_polynomial
 
       inverse_sqrt
+
+      timm_cosine
+
+      timm_tanh
+
+      timm_poly
+
+      timm_step
+
+      timm_multistep
+
+      timm_wsd
     """
 
     __members__: typing.ClassVar[dict[str, Kind]]
@@ -326,6 +346,12 @@ class Kind:
     linear: typing.ClassVar[Kind]
     onecycle: typing.ClassVar[Kind]
     sweep: typing.ClassVar[Kind]
+    timm_cosine: typing.ClassVar[Kind]
+    timm_multistep: typing.ClassVar[Kind]
+    timm_poly: typing.ClassVar[Kind]
+    timm_step: typing.ClassVar[Kind]
+    timm_tanh: typing.ClassVar[Kind]
+    timm_wsd: typing.ClassVar[Kind]
     warmup_cosine: typing.ClassVar[Kind]
     warmup_hard_restarts: typing.ClassVar[Kind]
     warmup_linear: typing.ClassVar[Kind]
@@ -342,6 +368,123 @@ class Kind:
     def __int__(self) -> int: ...
     @typing.overload
     def __ne__(self, other: Kind) -> bool: ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool: ...
+    def __repr__(self) -> str: ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+    def __str__(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+class TimmCurve:
+    """
+    Curve of a timm cycle schedule.
+
+    Members:
+
+      cosine
+
+      tanh
+
+      poly
+    """
+
+    __members__: typing.ClassVar[dict[str, TimmCurve]]
+    cosine: typing.ClassVar[TimmCurve]
+    poly: typing.ClassVar[TimmCurve]
+    tanh: typing.ClassVar[TimmCurve]
+    @typing.overload
+    def __eq__(self, other: TimmCurve) -> bool: ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool: ...
+    def __getstate__(self) -> int: ...
+    def __hash__(self) -> int: ...
+    def __index__(self) -> int: ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+    def __int__(self) -> int: ...
+    @typing.overload
+    def __ne__(self, other: TimmCurve) -> bool: ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool: ...
+    def __repr__(self) -> str: ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+    def __str__(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+class TimmStable:
+    """
+    Stable function of timm's WSD schedule (rsqrt is power 0.5).
+
+    Members:
+
+      constant
+
+      power
+    """
+
+    __members__: typing.ClassVar[dict[str, TimmStable]]
+    constant: typing.ClassVar[TimmStable]
+    power: typing.ClassVar[TimmStable]
+    @typing.overload
+    def __eq__(self, other: TimmStable) -> bool: ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool: ...
+    def __getstate__(self) -> int: ...
+    def __hash__(self) -> int: ...
+    def __index__(self) -> int: ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+    def __int__(self) -> int: ...
+    @typing.overload
+    def __ne__(self, other: TimmStable) -> bool: ...
+    @typing.overload
+    def __ne__(self, other: typing.Any) -> bool: ...
+    def __repr__(self) -> str: ...
+    def __setstate__(self, state: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+    def __str__(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+class TimmDecay:
+    """
+    Decay function of timm's WSD schedule.
+
+    Members:
+
+      linear
+
+      one_minus_sqrt
+
+      cosine
+
+      power
+
+      exp
+    """
+
+    __members__: typing.ClassVar[dict[str, TimmDecay]]
+    cosine: typing.ClassVar[TimmDecay]
+    exp: typing.ClassVar[TimmDecay]
+    linear: typing.ClassVar[TimmDecay]
+    one_minus_sqrt: typing.ClassVar[TimmDecay]
+    power: typing.ClassVar[TimmDecay]
+    @typing.overload
+    def __eq__(self, other: TimmDecay) -> bool: ...
+    @typing.overload
+    def __eq__(self, other: typing.Any) -> bool: ...
+    def __getstate__(self) -> int: ...
+    def __hash__(self) -> int: ...
+    def __index__(self) -> int: ...
+    def __init__(self, value: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+    def __int__(self) -> int: ...
+    @typing.overload
+    def __ne__(self, other: TimmDecay) -> bool: ...
     @typing.overload
     def __ne__(self, other: typing.Any) -> bool: ...
     def __repr__(self) -> str: ...
@@ -950,6 +1093,76 @@ def sweep(
     num_steps: typing.SupportsFloat | typing.SupportsIndex,
     mode: SweepMode,
 ) -> Schedule: ...
+def timm_cycle(
+    *,
+    curve: TimmCurve,
+    base: typing.SupportsFloat | typing.SupportsIndex,
+    lr_min: typing.SupportsFloat | typing.SupportsIndex,
+    t_initial: typing.SupportsFloat | typing.SupportsIndex,
+    cycle_mul: typing.SupportsFloat | typing.SupportsIndex,
+    cycle_decay: typing.SupportsFloat | typing.SupportsIndex,
+    cycle_limit: typing.SupportsFloat | typing.SupportsIndex,
+    k_decay: typing.SupportsFloat | typing.SupportsIndex,
+    power: typing.SupportsFloat | typing.SupportsIndex,
+    lb: typing.SupportsFloat | typing.SupportsIndex,
+    ub: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_t: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_lr_init: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_step: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_prefix: bool,
+) -> Schedule:
+    """
+    A timm cosine, tanh or poly leaf for one group; warmup_step nan: timm's (target - warmup_lr_init) / warmup_t.
+    """
+
+def timm_error(schedule: Schedule, t: typing.SupportsFloat | typing.SupportsIndex) -> int:
+    """
+    What timm's Python does at step t: 0 a float lr, else the TimmError code.
+    """
+
+def timm_step(
+    *,
+    base: typing.SupportsFloat | typing.SupportsIndex,
+    decay_t: typing.SupportsFloat | typing.SupportsIndex,
+    decay_rate: typing.SupportsFloat | typing.SupportsIndex,
+    milestones: collections.abc.Sequence[typing.SupportsFloat | typing.SupportsIndex],
+    multi: bool,
+    warmup_t: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_lr_init: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_step: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_prefix: bool,
+) -> Schedule:
+    """
+    A timm step (decay_t) or multistep (milestones) leaf for one group.
+    """
+
+def timm_values(
+    schedules: collections.abc.Sequence[Schedule], t: typing.SupportsFloat | typing.SupportsIndex
+) -> list[float]:
+    """
+    Each one-leaf timm schedule's lr at step t, or the exception timm's Python raises there.
+    """
+
+def timm_wsd(
+    *,
+    base: typing.SupportsFloat | typing.SupportsIndex,
+    t_initial: typing.SupportsFloat | typing.SupportsIndex,
+    decay_t: typing.SupportsFloat | typing.SupportsIndex,
+    lr_min: typing.SupportsFloat | typing.SupportsIndex,
+    stable_fn: TimmStable,
+    stable_timescale: typing.SupportsFloat | typing.SupportsIndex,
+    stable_power: typing.SupportsFloat | typing.SupportsIndex,
+    decay_fn: TimmDecay,
+    decay_power: typing.SupportsFloat | typing.SupportsIndex,
+    decay_ratio: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_t: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_lr_init: typing.SupportsFloat | typing.SupportsIndex,
+    warmup_step: typing.SupportsFloat | typing.SupportsIndex,
+) -> Schedule:
+    """
+    A timm warmup-stable-decay leaf for one group.
+    """
+
 def warmup_decay(
     *,
     kind: Kind,

@@ -1200,7 +1200,7 @@ class Scaled(Schedule):
         return _inner_from_params(cls, p, depth)
 
 
-_TYPES = {
+_TYPES: dict[str, type[Schedule]] = {
     c.__name__: c
     for c in (
         Cyclic,
@@ -1220,6 +1220,12 @@ _TYPES = {
         InverseSqrt,
     )
 }
+
+# timm's families live in their own module, which builds on Schedule above.
+from . import timm_schedules as _timm  # noqa: E402
+from .timm_schedules import TimmCosine, TimmMultiStep, TimmPoly, TimmStep, TimmTanh, TimmWSD  # noqa: E402
+
+_TYPES.update({c.__name__: c for c in _timm.TYPES})
 
 
 def from_dict(d: dict) -> Schedule:
@@ -1283,6 +1289,12 @@ __all__ = [
     "CosineHardRestarts",
     "PolynomialDecay",
     "InverseSqrt",
+    "TimmCosine",
+    "TimmTanh",
+    "TimmPoly",
+    "TimmStep",
+    "TimmMultiStep",
+    "TimmWSD",
     "from_dict",
     "FORMAT_VERSION",
     "Geometric",

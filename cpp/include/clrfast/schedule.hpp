@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "clrfast/macros.hpp"
+#include "clrfast/timm_schedule.hpp"
 
 namespace clrfast {
 
@@ -41,6 +42,14 @@ enum class Kind : int32_t {
   WarmupHardRestarts = 9,
   WarmupPolynomial = 10,
   InverseSqrt = 11,
+  // timm's schedulers (timm/scheduler/*.py, see timm_schedule.hpp): cosine, tanh and
+  // poly share TimmCycleParams, step and multistep TimmStepParams.
+  TimmCosine = 12,
+  TimmTanh = 13,
+  TimmPoly = 14,
+  TimmStep = 15,
+  TimmMultiStep = 16,
+  TimmWsd = 17,
 };
 
 // Amplitude scale of a cyclical schedule, a function of the cycle number or
@@ -158,6 +167,9 @@ struct Leaf {
     OneCycleParams onecycle;
     CosineRestartsParams restarts;
     WarmupParams warmup;
+    TimmCycleParams timm_cycle;
+    TimmStepParams timm_step;
+    TimmWsdParams timm_wsd;
   };
   int32_t n_clock;
   int32_t n_lr;
@@ -588,6 +600,15 @@ CLRFAST_HD LrMom leaf_at(const Leaf& leaf, double t) {
       return {sweep_at(leaf.sweep, t), nan_value()};
     case Kind::Constant:
       return {leaf.constant.lr, nan_value()};
+    case Kind::TimmCosine:
+    case Kind::TimmTanh:
+    case Kind::TimmPoly:
+      return {timm_cycle_eval(leaf.timm_cycle, t).lr, nan_value()};
+    case Kind::TimmStep:
+    case Kind::TimmMultiStep:
+      return {timm_step_eval(leaf.timm_step, t, leaf.kind == Kind::TimmMultiStep).lr, nan_value()};
+    case Kind::TimmWsd:
+      return {timm_wsd_eval(leaf.timm_wsd, t).lr, nan_value()};
     default:
       return {warmup_at(leaf.kind, leaf.warmup, t), nan_value()};
   }
@@ -723,6 +744,15 @@ CLRFAST_HD Status leaf_status(const Leaf& leaf, double t, bool as_torch) {
       return onecycle_status(leaf.onecycle, t);
     case Kind::CosineRestarts:
       return restarts_status(leaf.restarts, t);
+    case Kind::TimmCosine:
+    case Kind::TimmTanh:
+    case Kind::TimmPoly:
+      return static_cast<Status>(timm_cycle_status(leaf.timm_cycle, t, as_torch));
+    case Kind::TimmStep:
+    case Kind::TimmMultiStep:
+      return static_cast<Status>(timm_step_status(leaf.timm_step, t, leaf.kind == Kind::TimmMultiStep, as_torch));
+    case Kind::TimmWsd:
+      return static_cast<Status>(timm_wsd_status(leaf.timm_wsd, t, as_torch));
     default:  // constant, linear, sweep and warmup-decay values lie between validated finite bounds
       return Status::Ok;
   }

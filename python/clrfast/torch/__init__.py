@@ -1,4 +1,4 @@
-"""PyTorch front end: drop-in schedulers (torch's and transformers'), ScheduleLR, fused optimizers, lr_find.
+"""PyTorch front end: drop-in schedulers (torch's, transformers' and timm's), ScheduleLR, fused optimizers, lr_find.
 
 Importing this module imports torch; ``import clrfast`` alone does not.
 """
@@ -31,6 +31,14 @@ _LAZY = {
     "get_inverse_sqrt_schedule": "factories",
     "get_cosine_with_min_lr_schedule_with_warmup": "factories",
     "get_wsd_schedule": "factories",
+    "CosineLRScheduler": "timm_schedulers",
+    "StepLRScheduler": "timm_schedulers",
+    "MultiStepLRScheduler": "timm_schedulers",
+    "PlateauLRScheduler": "timm_schedulers",
+    "PolyLRScheduler": "timm_schedulers",
+    "TanhLRScheduler": "timm_schedulers",
+    "WSDLRScheduler": "timm_schedulers",
+    "create_scheduler_v2": "timm_schedulers",
     "CLRSGD": "optim",
     "CLRAdamW": "adam",
     "CLRAdam": "adam",
