@@ -71,3 +71,42 @@ def first_mismatch(got, want) -> str:
 def assert_exact(got, want, what):
     assert got.shape == want.shape, what
     assert np.array_equal(got, want), f"{what}: {first_mismatch(got, want)}"
+
+
+def import_timm(*modules: str, stubs: dict | None = None) -> list:
+    """timm's submodules ``modules`` (e.g. ``"timm.scheduler"``), imported without timm's ``__init__``.
+
+        timm's package ``__init__`` (and ``timm.models``, ``timm.layers``) import torchvision, whose
+        PyPI build does not load beside a CPU-only torch; the scheduler and param-group code needs
+        neither. So the packages on the way (``timm``, and the parents named in ``stubs``) are
+        registered bare (their real spec and path, their ``__init__`` not run), ``stubs`` gives a bare
+        package the attributes the imported code takes from it (a ``"module:attr"`` string is timm's own
+    object, imported then), and every ``timm`` module is taken
+        out of ``sys.modules`` again afterwards, so other tests (transformers' ``find_spec("timm")``)
+        see the import state they expect. Returns the modules, or raises ``pytest.skip`` without timm.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    import pytest
+
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed", allow_module_level=True)
+    saved = {k: v for k, v in sys.modules.items() if k == "timm" or k.startswith("timm.")}
+    try:
+        for name in ["timm", *(stubs or {})]:
+            if name not in sys.modules:
+                spec = importlib.util.find_spec(name)
+                sys.modules[name] = importlib.util.module_from_spec(spec)
+        for name, attrs in (stubs or {}).items():
+            for attr, value in attrs.items():
+                if isinstance(value, str):  # "module:attr", timm's own object, imported in stub order
+                    module, _, obj = value.partition(":")
+                    value = getattr(importlib.import_module(module), obj)
+                setattr(sys.modules[name], attr, value)
+        return [importlib.import_module(m) for m in modules]
+    finally:
+        for k in [k for k in sys.modules if k == "timm" or k.startswith("timm.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)

@@ -7,7 +7,6 @@ by side, and every group's lr must be the same float (==) after every call.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import pickle
@@ -19,26 +18,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles import import_timm
 
 torch = pytest.importorskip("torch")
 
 # timm's package __init__ imports torchvision, whose PyPI build does not load beside a CPU-only
-# torch; timm.scheduler needs neither. So a bare `timm` package (its real spec and path, its
-# __init__ not run) is registered just for importing the scheduler subpackage, and the modules
-# are taken out of sys.modules again so that other tests see the import state they expect.
-_spec = importlib.util.find_spec("timm")
-if _spec is None:
-    pytest.skip("timm is not installed", allow_module_level=True)
-_saved = {k: v for k, v in sys.modules.items() if k == "timm" or k.startswith("timm.")}
-if "timm" not in sys.modules:
-    sys.modules["timm"] = importlib.util.module_from_spec(_spec)
-try:
-    import timm.scheduler as ts
-    from timm.scheduler.scheduler_factory import create_scheduler_v2 as timm_create
-finally:
-    for _k in [k for k in sys.modules if k == "timm" or k.startswith("timm.")]:
-        del sys.modules[_k]
-    sys.modules.update(_saved)
+# torch; timm.scheduler needs neither (see oracles.import_timm).
+ts, _factory = import_timm("timm.scheduler", "timm.scheduler.scheduler_factory")
+timm_create = _factory.create_scheduler_v2
 
 import clrfast.torch as ct  # noqa: E402
 from clrfast.torch import timm_schedulers as cts  # noqa: E402

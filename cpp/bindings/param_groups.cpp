@@ -232,22 +232,29 @@ class GroupWriter {
 
   // Writes the checked values; returns the lrs as torch's _last_lr (a clone
   // where the group's lr is a tensor).
-  py::list write_all(const std::vector<LrMom>& v, const py::list& groups) const {
+  py::list write_all(const std::vector<LrMom>& v, const py::list& groups) {
     const Keys& k = keys();
+    if (group_scales) {
+      read_scales(groups);
+      for (size_t i = 0; i < v.size(); ++i)
+        if (!std::isfinite(v[i].lr * scales_[i]))
+          throw std::overflow_error("param_groups[" + std::to_string(i) + "]: the lr times its lr_scale overflows a double");
+    }
     py::list lrs(v.size());
     for (size_t i = 0; i < v.size(); ++i) {
       PyObject* group = groups[i].ptr();
+      const double lr_i = group_scales ? v[i].lr * scales_[i] : v[i].lr;
       // The C API directly: this runs once per group per training step and
       // pybind11's accessors would double its cost.
       PyObject* current = PyDict_GetItemWithError(group, k.lr.ptr());  // borrowed
       if (current == nullptr && PyErr_Occurred()) throw py::error_already_set();
       if (current == nullptr || PyFloat_Check(current) || PyLong_Check(current)) {
-        py::float_ lr(v[i].lr);
+        py::float_ lr(lr_i);
         if (PyDict_SetItem(group, k.lr.ptr(), lr.ptr()) != 0) throw py::error_already_set();
         lrs[i] = lr;
       } else {  // a tensor lr is updated in place, as torch does
         py::handle cur(current);
-        cur.attr(k.fill)(v[i].lr);
+        cur.attr(k.fill)(lr_i);
         lrs[i] = cur.attr(k.clone)();
       }
       if (key_ == MomentumKey::Momentum) {
@@ -268,11 +275,39 @@ class GroupWriter {
     return lrs;
   }
 
+  // Each group's 'lr_scale' (1 where it has none), all checked before a group is written: timm's
+  // per-group multiplier, applied as timm applies it (lr = value * lr_scale, one rounding).
+  void read_scales(const py::list& groups) {
+    const Keys& k = keys();
+    scales_.assign(groups.size(), 1.0);
+    for (size_t i = 0; i < scales_.size(); ++i) {
+      PyObject* v = PyDict_GetItemWithError(groups[i].ptr(), k.lr_scale.ptr());  // borrowed
+      if (v == nullptr) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        continue;
+      }
+      const bool real = (PyFloat_Check(v) || PyLong_Check(v)) && !PyBool_Check(v);
+      const double x = real ? PyFloat_AsDouble(v) : 0.0;
+      if (real && x == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();  // an int too large for a double
+        throw py::value_error("param_groups[" + std::to_string(i) + "]['lr_scale'] must be a finite number >= 0, got " +
+                              py::repr(v).cast<std::string>());
+      }
+      if (!real)
+        throw py::type_error("param_groups[" + std::to_string(i) + "]['lr_scale'] must be a number, got " +
+                             py::repr(v).cast<std::string>());
+      if (!(x >= 0.0 && std::isfinite(x)))
+        throw py::value_error("param_groups[" + std::to_string(i) + "]['lr_scale'] must be a finite number >= 0, got " +
+                              py::repr(v).cast<std::string>());
+      scales_[i] = x;
+    }
+  }
+
   // Interned, as Python's own attribute names and literal keys are: a dict lookup then matches
   // the key by identity instead of comparing the characters.
   static py::str interned(const char* s) { return py::reinterpret_steal<py::str>(PyUnicode_InternFromString(s)); }
   struct Keys {
-    py::str lr = interned("lr"), momentum = interned("momentum"), betas = interned("betas");
+    py::str lr = interned("lr"), lr_scale = interned("lr_scale"), momentum = interned("momentum"), betas = interned("betas");
     py::str fill = interned("fill_"), clone = interned("clone");
     py::str step_count = interned("_step_count"), last_epoch = interned("last_epoch"), last_lr = interned("_last_lr");
     py::str optimizer = interned("optimizer"), param_groups = interned("param_groups");
@@ -288,6 +323,10 @@ class GroupWriter {
   std::vector<double> fallback_;
   bool as_torch_;
   std::vector<LrMom> values_;  // reused: no allocation per step
+  std::vector<double> scales_;
+
+ public:
+  bool group_scales = false;  // ScheduleLR: multiply each group's lr by its 'lr_scale'
 };
 
 // The drop-ins' step(self, epoch=None), as a C function bound like a method: the common call
@@ -353,6 +392,8 @@ void bind_param_groups(py::module_& m) {
       .def("write_restarts", &GroupWriter::write_restarts, "T_cur"_a, "T_i"_a, "groups"_a)
       .def_readwrite("max_step", &GroupWriter::max_step, "The common step leaves a step past this to Python (its error).")
       .def_readwrite("fast", &GroupWriter::fast, "Whether scheduler_step may take the common step here (false: always self._step).")
+      .def_readwrite("group_scales", &GroupWriter::group_scales,
+                     "Whether each group's lr is multiplied by its 'lr_scale' (timm's key), checked before any write.")
       .def_readwrite("restarts", &GroupWriter::restarts, "Whether the common step is CosineAnnealingWarmRestarts' (T_cur, T_i).")
       .def("cycle", &GroupWriter::cycle, "t"_a)
       .def("values", &GroupWriter::values, "t"_a)

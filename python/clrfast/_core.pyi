@@ -694,6 +694,13 @@ class GroupWriter:
     @fast.setter
     def fast(self, arg0: bool) -> None: ...
     @property
+    def group_scales(self) -> bool:
+        """
+        Whether each group's lr is multiplied by its 'lr_scale' (timm's key), checked before any write.
+        """
+    @group_scales.setter
+    def group_scales(self, arg0: bool) -> None: ...
+    @property
     def max_step(self) -> float:
         """
         The common step leaves a step past this to Python (its error).

@@ -48,6 +48,7 @@ _LAZY = {
     "CLRScheduleFreeSGD": "schedulefree",
     "lr_find": "lr_find",
     "LRFindResult": "lr_find",
+    "layer_decay_groups": "layer_decay",
 }
 
 

@@ -95,8 +95,9 @@ class Checkpoints(FlatLayout):
         sd = self._torch_call(("state_dict_pre", "state_dict_post"), super().state_dict)
         for g, live in zip(sd["param_groups"], self.param_groups):
             g.pop("_cuda", None)
-            if isinstance(g.get("schedule"), Schedule):
-                g["schedule"] = g["schedule"].to_dict()
+            for key in ("schedule", "weight_decay"):
+                if isinstance(g.get(key), Schedule):
+                    g[key] = g[key].to_dict()
             if self._first_col is not None:
                 # Buffers made by a state-initialising step hold no history; saved with the state so a
                 # resume from such a checkpoint still makes the first update torch's first update.
@@ -234,11 +235,12 @@ class Checkpoints(FlatLayout):
         ):
             raise ValueError(f"state_dict['param_groups'][{gi}][{_FRESH!r}] must list parameter indices, got {fresh!r}")
         saved[_FRESH] = list(fresh)
-        if isinstance(saved["schedule"], dict):
-            try:
-                saved["schedule"] = from_dict(saved["schedule"])
-            except (TypeError, ValueError, KeyError) as e:
-                raise ValueError(f"state_dict['param_groups'][{gi}]['schedule']: {e}") from None
+        for key in ("schedule", "weight_decay"):
+            if isinstance(saved.get(key), dict):
+                try:
+                    saved[key] = from_dict(saved[key])
+                except (TypeError, ValueError, KeyError) as e:
+                    raise ValueError(f"state_dict['param_groups'][{gi}][{key!r}]: {e}") from None
         if saved["schedule"] is not None and "initial_lr" not in current:
             # a torch scheduler's bookkeeping from the saving optimizer: the schedule sets the lr here
             saved.pop("initial_lr", None)

@@ -42,7 +42,7 @@ import torch
 
 from .. import _core
 from .. import _validate as check
-from ..schedules import Schedule
+from ..schedules import Scaled, Schedule
 from ._checkpoint import Checkpoints
 from ._checks import (
     IdSet,
@@ -53,6 +53,7 @@ from ._checks import (
     local,
     non_negative,
     real_or_tensor,
+    step_real,
     where,
 )
 from ._follow import Following
@@ -112,7 +113,9 @@ class FusedOptimizer(Following, Checkpoints, Planning):
 
     @staticmethod
     def _check_lr(label: str, group: dict) -> None:
-        """A group's schedule, or (schedule=None) its lr, normalised in place."""
+        """A group's schedule, or (schedule=None) its lr, and its ``lr_scale``, normalised in place."""
+        if "lr_scale" in group:
+            group["lr_scale"] = check.real(f"{label}['lr_scale']", group["lr_scale"], min=0.0, keep_int=True)
         if group["schedule"] is not None:
             check_schedule(f"{label}['schedule']", group["schedule"])
         else:
@@ -123,6 +126,29 @@ class FusedOptimizer(Following, Checkpoints, Planning):
             if lr.numel() != 1:  # torch's constructor check, before its value is read
                 raise ValueError(f"Tensor lr must be 1-element ({label}['lr'] has {lr.numel()} elements)")
             group["lr"] = real_or_tensor(f"{label}['lr']", lr)
+
+    @staticmethod
+    def _check_weight_decay(label: str, group: dict) -> None:
+        """A group's ``weight_decay``: a real >= 0 (torch's check), or a schedule of it, normalised in place."""
+        wd = group["weight_decay"]
+        if isinstance(wd, Schedule):
+            return
+        group["weight_decay"] = non_negative(f"{label}['weight_decay']", wd, "Invalid weight_decay value")
+
+    @staticmethod
+    def _step_weight_decay(gi: int, group, step: int) -> float:
+        """The weight decay update ``step`` applies: the number, or ``wd(step)``, a schedule's lr channel.
+
+        Past a finite schedule's last step its last value holds.
+        """
+        wd = group["weight_decay"]
+        if isinstance(wd, Schedule):
+            last = wd.max_step
+            try:
+                wd = wd.lr(step if last is None else min(step, last))
+            except (OverflowError, ZeroDivisionError, ValueError) as e:
+                raise ValueError(f"param_groups[{gi}]['weight_decay'] at step {step}: {e}") from None
+        return step_real(gi, "weight_decay", wd, min=0.0)
 
     @staticmethod
     def _check_flags_and_clock(label: str, group: dict, flags) -> None:
@@ -322,6 +348,8 @@ class FusedOptimizer(Following, Checkpoints, Planning):
         try:
             for gi, g in enumerate(self.param_groups):
                 self._check_followed(gi, g)
+                if "lr_scale" in g:
+                    step_real(gi, "lr_scale", g["lr_scale"], min=0.0)
             hypers = [self._step_hyper(gi, self._host_view(gi, g)) for gi, g in enumerate(self.param_groups)]
             # GradScaler's fused path writes the unscaled gradients back, and so do rules that leave
             # their final gradient in p.grad: then they are written memory
@@ -434,10 +462,27 @@ class FusedOptimizer(Following, Checkpoints, Planning):
         sched = group["schedule"]
         if sched is None or (sched.max_step is not None and step > sched.max_step):
             return None
-        return (sched._core, step, self._held_momentum(group))
+        return (self._driving(group)._core, step, self._held_momentum(group))
 
     def _publish_schedule(self, group) -> None:
         """Writes the scheduled values (lr, momentum or betas) of the group's next update into it."""
         self._publish_values(
-            group, *_core.sgd_hyper(group["schedule"]._core, group["step"], self._held_momentum(group))
+            group, *_core.sgd_hyper(self._driving(group)._core, group["step"], self._held_momentum(group))
         )
+
+    def _driving(self, group) -> Schedule:
+        """The schedule a scheduled group's values come from: its schedule, times its ``lr_scale``.
+
+        ``lr = schedule.lr(t) * lr_scale`` (timm's per-group key, one rounding, as timm's
+        schedulers write it); the momentum is the schedule's. The scaled value is kept per group
+        while neither changes, so a CUDA group's device copy is made once.
+        """
+        sched = group["schedule"]
+        scale = group.get("lr_scale", 1.0)
+        if scale == 1.0:
+            return sched
+        cache = self.__dict__.setdefault("_scaled", {})
+        kept = cache.get(id(group))
+        if kept is None or kept[0] is not group or kept[1] is not sched or kept[2] != scale:
+            kept = cache[id(group)] = (group, sched, scale, Scaled(sched, float(scale)))
+        return kept[3]

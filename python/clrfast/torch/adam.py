@@ -72,9 +72,7 @@ class _CLRAdamBase(RuleOptimizer):
                 raise ValueError(
                     f"Invalid beta parameter at index {i}: {beta} ({label}['betas'] must lie in [0, 1), got {betas!r})"
                 )
-        group["weight_decay"] = non_negative(
-            f"{label}['weight_decay']", group["weight_decay"], "Invalid weight_decay value"
-        )
+        self._check_weight_decay(label, group)
         if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
             raise ValueError(f"betas must be either both floats or both Tensors ({label}['betas'] is {betas!r})")
         # tensor betas would round torch's bias corrections in float32, which the kernel does not
@@ -101,7 +99,7 @@ class _CLRAdamBase(RuleOptimizer):
             beta1=step_real(gi, "betas", betas[0]),
             beta2=step_real(gi, "betas", betas[1]),
             eps=step_real(gi, "eps", group["eps"], min=0.0),
-            weight_decay=step_real(gi, "weight_decay", group["weight_decay"], min=0.0),
+            weight_decay=self._step_weight_decay(gi, group, step),
             amsgrad=step_flag(gi, "amsgrad", group["amsgrad"]),
             maximize=step_flag(gi, "maximize", group["maximize"]),
             match_torch=step_flag(gi, "match_torch", group.get("match_torch", True)),

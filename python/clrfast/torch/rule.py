@@ -21,6 +21,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _core
 from .. import _validate as check
+from ..schedules import Schedule
 from ._checks import DTYPE_CODES, local, non_negative, step_clock, step_flag, step_lr, step_real, where
 from ._cuda import DeviceClock, DeviceTable, Launcher
 from ._fused import FusedOptimizer
@@ -173,7 +174,9 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         self._check_lr(label, group)
         for h in self._hypers:
             name = f"{label}['{h.name}']"
-            if h.kind == "real":
+            if h.name == "weight_decay":
+                self._check_weight_decay(label, group)
+            elif h.kind == "real":
                 group[h.name] = (
                     check.real(name, group[h.name]) if h.min is None else non_negative(name, group[h.name], h.invalid)
                 )
@@ -214,6 +217,8 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
             value = group[hp.name]
             if hp.kind == "flag":
                 h[hp.name] = step_flag(gi, hp.name, value)
+            elif hp.name == "weight_decay":
+                h[hp.name] = self._step_weight_decay(gi, group, h["step"])
             elif hp.kind == "real":
                 h[hp.name] = step_real(gi, hp.name, value, min=hp.min)
             else:
@@ -318,6 +323,11 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
                 f"param_groups[{gi}] is on CUDA: {self._rule} derives its scalars on the host from each step's lr, "
                 "which would synchronise every step; use the reference implementation on GPUs"
             )
+        if isinstance(group.get("weight_decay"), Schedule):
+            raise ValueError(
+                f"param_groups[{gi}] is on CUDA with a weight-decay schedule, which the CPU step evaluates on the "
+                "host; the CUDA step does not evaluate one on the device yet: give the group a number"
+            )
         if group["schedule"] is None or self._external(gi, group):
             raise ValueError(
                 f"param_groups[{gi}] is on CUDA, where {self._rule} computes lr and momentum on the device from its "
@@ -332,7 +342,7 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         if st is None or st.device != plan.device:
             mom = self._held_momentum(self._host_view(gi, group))
             st = group["_cuda"] = DeviceClock(plan.device, hyper["step"], hyper["lr"], float(mom))
-        st.use(sched)
+        st.use(self._driving(group))
         names = self._layout["scalars"]
         st.set_scalars(tuple(float(hyper[k]) for k in names))
         table = plan.cuda

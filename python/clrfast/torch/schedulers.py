@@ -741,7 +741,9 @@ class ScheduleLR(_CoreScheduler):
     at ``k``, ``momentum`` (SGD-like optimizers) or ``betas[0]`` (Adam-like) ``=
     schedule_i.momentum(k)``; at steps where it defines none (a piece of a ``Join`` without one)
     the group gets back the value it had when the scheduler was built. ``schedule`` is one
-    schedule for every group or a list with one per group.
+    schedule for every group or a list with one per group. A group with an ``lr_scale`` key
+    (timm's, see :func:`layer_decay_groups`) gets ``lr = schedule_i.lr(k) * lr_scale``, the key
+    read at every step.
 
     torch's conventions: the initial step at construction writes step 0, ``get_last_lr()``,
     ``last_epoch`` resume, a tensor ``lr`` updated in place with ``fill_``, ``state_dict()``
@@ -791,6 +793,7 @@ class ScheduleLR(_CoreScheduler):
         )
         writer.max_step = _last_step(state["schedules"])  # past it, _write raises torch's error
         writer.fast = type(self)._write is ScheduleLR._write  # writer.step() is this _write, not a subclass's
+        writer.group_scales = True  # timm's per-group lr_scale, read at every step
         return writer
 
     def _build_writer(self) -> None:
