@@ -524,7 +524,6 @@ class OneCycleLR(_CoreScheduler):
                 _set_initial_momentum(optimizer, self.use_beta1, max_momentums, base_momentums)
         self._build_writer()
         super().__init__(optimizer, last_epoch)
-        _drivers[optimizer] = weakref.ref(self)
 
     def _make_writer(self, state: dict):
         key = _momentum_key(state)
@@ -793,6 +792,7 @@ class ScheduleLR(_CoreScheduler):
             )
         self._build_writer()
         super().__init__(optimizer, last_epoch)
+        _drivers[optimizer] = weakref.ref(self)
 
     def _make_writer(self, state: dict):
         key = _MOMENTUM_KEYS[state["momentum_key"]]
