@@ -615,3 +615,28 @@ def test_a_bad_state_dict_is_refused_and_changes_nothing(change, error, match):
     assert _snapshot(opt, plateau) == before
     plateau.load_state_dict(sd)
     assert plateau.reductions == [3, 3] and opt.param_groups[0]["lr"] == clr.Scaled(clr.Constant(0.1), 0.1, 0, 3).lr(0)
+
+
+def test_a_tensor_lr_is_filled_in_place_as_torch_does():
+    a, b = _params(1), _params(1)
+    oa = torch.optim.SGD(a, lr=torch.tensor(0.1, dtype=torch.float64))
+    ob = torch.optim.SGD(b, lr=torch.tensor(0.1, dtype=torch.float64))
+    lr = oa.param_groups[0]["lr"]
+    pa, pb = ReduceLROnPlateau(oa, patience=0), TorchPlateau(ob, patience=0)
+    for m in (1.0, 2.0, 3.0):
+        pa.step(m)
+        pb.step(m)
+    assert oa.param_groups[0]["lr"] is lr and torch.equal(lr, ob.param_groups[0]["lr"])
+    assert [float(x) for x in pa.get_last_lr()] == [float(x) for x in pb.get_last_lr()]
+
+
+def test_torch_s_state_over_a_scheduled_group_keeps_the_reductions():
+    p = _params(1)
+    opt = CLRSGD(p, clr.Constant(0.1))
+    plateau = ReduceLROnPlateau(opt, patience=0)
+    for m in (1.0, 2.0):
+        plateau.step(m)
+    torch_state = TorchPlateau(torch.optim.SGD(_params(1), lr=0.1), patience=3).state_dict()
+    plateau.load_state_dict(torch_state)
+    assert plateau.reductions == [1] and plateau.patience == 3 and plateau.best == math.inf
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)

@@ -9,12 +9,11 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import EPOCH_DEPRECATION_WARNING, _param_groups_val_list, _update_param_group_val
 
 from .. import _validate as check
 from ..schedules import Scaled, Schedule, from_dict
 from ._fused import FusedOptimizer
-from .schedulers import ScheduleLR, driver_of
+from .schedulers import EPOCH_DEPRECATION_WARNING, ScheduleLR, driver_of
 
 __all__ = ["ReduceLROnPlateau"]
 
@@ -41,6 +40,19 @@ _TORCH_KEYS = frozenset(
     )
 )
 _KEYS = _TORCH_KEYS | {"reductions", "base_schedules"}
+
+
+def _param_groups_val_list(optimizer: Optimizer, key: str) -> list:
+    """Each group's value, a tensor cloned (torch's helper, which torch before 2.6 lacks)."""
+    return [g[key].clone() if isinstance(g[key], torch.Tensor) else g[key] for g in optimizer.param_groups]
+
+
+def _update_param_group_val(group: dict, key: str, value: float) -> None:
+    """Writes a value as torch's plateau does: a tensor is filled in place, not replaced."""
+    if isinstance(group[key], torch.Tensor):
+        group[key].fill_(value)
+    else:
+        group[key] = value
 
 
 def _reduced(base: Schedule, factor, min_lr, times: int) -> Schedule:
