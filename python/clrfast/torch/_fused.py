@@ -24,8 +24,9 @@ so every rule gets the same guarantees:
 - **torch's conventions.** After k applied updates a group shows the lr and momentum of
   update k (as after ``scheduler.step()``). A group without a schedule applies what it
   holds, as torch's optimizers do. A group with one is never silently overridden: a torch
-  ``LRScheduler`` attached to the optimizer (``ReduceLROnPlateau`` included) is refused at the
-  next step (``_check_followed``); ``scheduler()`` is the scheduler object to hand to trainers.
+  ``LRScheduler`` attached to the optimizer (torch's ``ReduceLROnPlateau`` included) is refused at
+  the next step (``_check_followed``); ``scheduler()`` is the scheduler object to hand to trainers,
+  ``clrfast.torch.ReduceLROnPlateau`` the plateau (it swaps schedules with ``_set_schedule``).
 - **torch.compile.** A compiled step is one custom op whose inputs are the parameters with
   a gradient, their gradients and a handle tensor; it honours functionalization by writing
   the updated values into the tensors it was handed (see the op below).
