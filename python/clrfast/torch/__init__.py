@@ -22,6 +22,7 @@ _LAZY = {
     "OneCycleLR": "schedulers",
     "CosineAnnealingWarmRestarts": "schedulers",
     "ScheduleLR": "schedulers",
+    "ReduceLROnPlateau": "plateau",
     "FactoryLR": "factories",
     "get_constant_schedule_with_warmup": "factories",
     "get_linear_schedule_with_warmup": "factories",

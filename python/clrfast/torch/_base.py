@@ -16,10 +16,16 @@ if TYPE_CHECKING:
 
 
 def _plateau_refs() -> int:
-    """The references to ReduceLROnPlateau and its subclasses: each live scheduler holds one to its class."""
+    """The references to ReduceLROnPlateau and its subclasses: each live scheduler holds one to its class.
+
+    clrfast's own (``clrfast.torch.ReduceLROnPlateau``) and its subclasses are not counted: their
+    reductions multiply the group's schedule, so the schedule never overrides them.
+    """
     todo, n = [torch.optim.lr_scheduler.ReduceLROnPlateau], 0
     while todo:
         cls = todo.pop()
+        if cls.__dict__.get("_multiplies_schedules"):
+            continue
         n += sys.getrefcount(cls)
         todo += cls.__subclasses__()
     return n

@@ -44,8 +44,9 @@ class Following(EngineBase):
         torch ``LRScheduler`` attached to the optimizer (it leaves ``initial_lr`` in every group:
         transformers' default ``LambdaLR``, the chainable schedulers, Lightning's lr finder)
         would override it, so the step refuses before it changes anything. So does a
-        ``ReduceLROnPlateau`` holding the optimizer (each reduction would hold for one update,
-        then the schedule would override it). It leaves no mark in the groups; ``_plateau``
+        torch ``ReduceLROnPlateau`` holding the optimizer (each reduction would hold for one update,
+        then the schedule would override it; ``clrfast.torch.ReduceLROnPlateau`` multiplies the
+        schedule instead, and is not refused). It leaves no mark in the groups; ``_plateau``
         looks for it at the first step when one was made since this optimizer was, and at
         every step whose lr other code lowered, so no reduction is ever applied. A single value
         written into the group (a hook, ZeRO's group sync, a loaded state dict) is applied to
@@ -73,7 +74,9 @@ class Following(EngineBase):
         ) and self._plateau():
             raise RuntimeError(
                 f"param_groups[{gi}] follows the schedule {sched!r}, but a torch ReduceLROnPlateau holds this "
-                f"{self._rule}; the schedule would override each lr it reduces after one update. {fix}"
+                f"{self._rule}; the schedule would override each lr it reduces after one update. Use "
+                "clrfast.torch.ReduceLROnPlateau (the same arguments), whose reductions multiply the schedule. "
+                f"{fix}"
             )
         self._plateau_looked = True
         self._published[gi] = self._current(group)
@@ -91,7 +94,8 @@ class Following(EngineBase):
 
         def holds(r) -> bool:
             if isinstance(r, plateau):
-                return getattr(r, "optimizer", None) is self
+                # clrfast's multiplies the schedule (its optimizer is a slot, not in its __dict__)
+                return not getattr(r, "_multiplies_schedules", False) and getattr(r, "optimizer", None) is self
             return type(r) is dict and r.get("optimizer") is self and "min_lrs" in r and "num_bad_epochs" in r
 
         if not any(holds(r) for r in gc.get_referrers(self)):

@@ -24,8 +24,9 @@ so every rule gets the same guarantees:
 - **torch's conventions.** After k applied updates a group shows the lr and momentum of
   update k (as after ``scheduler.step()``). A group without a schedule applies what it
   holds, as torch's optimizers do. A group with one is never silently overridden: a torch
-  ``LRScheduler`` attached to the optimizer (``ReduceLROnPlateau`` included) is refused at the
-  next step (``_check_followed``); ``scheduler()`` is the scheduler object to hand to trainers.
+  ``LRScheduler`` attached to the optimizer (torch's ``ReduceLROnPlateau`` included) is refused at
+  the next step (``_check_followed``); ``scheduler()`` is the scheduler object to hand to trainers,
+  ``clrfast.torch.ReduceLROnPlateau`` the plateau (it swaps schedules with ``_set_schedule``).
 - **torch.compile.** A compiled step is one custom op whose inputs are the parameters with
   a gradient, their gradients and a handle tensor; it honours functionalization by writing
   the updated values into the tensors it was handed (see the op below).
@@ -463,6 +464,53 @@ class FusedOptimizer(Following, Checkpoints, Planning):
         if sched is None or (sched.max_step is not None and step > sched.max_step):
             return None
         return (self._driving(group)._core, step, self._held_momentum(group))
+
+    def _clock_of(self, gi: int) -> int:
+        """The number of updates group ``gi`` applied: the step whose values it shows.
+
+        The device owns a CUDA group's clock; it is read (one sync, as ``state_dict`` reads it).
+        """
+        group = self.param_groups[gi]
+        st = group.get("_cuda")
+        if st is not None and not self._external(gi, group):
+            return st.read()[0]
+        return clock(f"param_groups[{gi}]['step']", group["step"])
+
+    def _set_schedule(self, gi: int, schedule: Schedule) -> None:
+        """Makes ``schedule`` drive group ``gi`` from its next update on, as a torch scheduler's write does.
+
+        The group shows ``schedule``'s lr and momentum at its clock at once (so the next update
+        applies them, and this optimizer's own write is no external one); later updates follow
+        ``schedule``. A plain ``group["schedule"] = s`` waits one update, applying the values the
+        group already shows. Raises, changing nothing, unless the group has a schedule and
+        ``schedule`` is valid.
+        """
+        label = f"param_groups[{gi}]"
+        check_schedule(f"{label}['schedule']", schedule)
+        group = self.param_groups[gi]
+        if group["schedule"] is None:
+            raise ValueError(f"{label} has no schedule (schedule=None): its lr is the group's own")
+        st = group.get("_cuda")
+        device = st is not None and not self._external(gi, group)
+        step = self._clock_of(gi)
+        held = self._held_momentum(self._host_view(gi, group))
+        values = None
+        if schedule.max_step is None or step <= schedule.max_step:
+            values = _core.sgd_hyper(schedule._core, step, held)  # past the end the next step raises
+        group["schedule"] = schedule
+        group["step"] = step
+        if values is None:
+            return
+        lr, momentum = values
+        if st is not None and device:
+            # The kernels take the step's values from the schedule on the device; the group shows
+            # the device's 0-d views, which are set here so that they read the new values.
+            st.values.copy_(torch.tensor([lr, momentum], dtype=torch.float64))
+            st.host_lr, st.host_momentum = lr, momentum
+            self._publish_values(group, st.lr, st.momentum if schedule.has_momentum else held)
+        else:
+            self._publish_values(group, lr, momentum)
+        self._published[gi] = self._current(group)
 
     def _publish_schedule(self, group) -> None:
         """Writes the scheduled values (lr, momentum or betas) of the group's next update into it."""

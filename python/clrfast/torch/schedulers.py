@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import types
 import warnings
+import weakref
 from functools import partial
 from typing import Any, Callable
 
@@ -733,6 +734,18 @@ def _last_step(schedules) -> float:
 _MOMENTUM_KEYS = {None: _KEY.none, "momentum": _KEY.momentum, "betas": _KEY.betas}
 
 
+# The ScheduleLR last built on each optimizer, for clrfast.torch.ReduceLROnPlateau (given the optimizer, as
+# torch's is) to find the schedules it reduces. Weak both ways: it keeps neither alive.
+_drivers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def driver_of(optimizer) -> ScheduleLR | None:
+    """The live ``ScheduleLR`` last built on ``optimizer``, or None."""
+    ref = _drivers.get(optimizer)
+    sched = None if ref is None else ref()
+    return sched if sched is not None and sched.optimizer is optimizer else None
+
+
 class ScheduleLR(_CoreScheduler):
     r"""Any clrfast schedule drives any torch optimizer, as a torch ``LRScheduler``.
 
@@ -781,6 +794,7 @@ class ScheduleLR(_CoreScheduler):
             )
         self._build_writer()
         super().__init__(optimizer, last_epoch)
+        _drivers[optimizer] = weakref.ref(self)
 
     def _make_writer(self, state: dict):
         key = _MOMENTUM_KEYS[state["momentum_key"]]
@@ -799,6 +813,24 @@ class ScheduleLR(_CoreScheduler):
     def _build_writer(self) -> None:
         super()._build_writer()
         self._max_step = _last_step(self.schedules)
+
+    def _set_schedules(self, schedules: list) -> None:
+        """Makes ``schedules`` (one per group) drive the groups, which show their values at ``last_epoch`` at once.
+
+        As a torch scheduler's write: the next ``optimizer.step()`` applies them. Raises, changing
+        nothing, if a schedule cannot be written at ``last_epoch``.
+        """
+        if len(schedules) != len(self.optimizer.param_groups):
+            raise ValueError(f"{len(schedules)} schedules for {len(self.optimizer.param_groups)} param groups")
+        writer = self._make_writer({**self.__dict__, "schedules": list(schedules)})
+        t = self.last_epoch
+        if t > _last_step(schedules):
+            raise ValueError(f"Tried to step {t} times. The specified number of total steps is {_last_step(schedules)}")
+        lrs = writer.write(t, self.optimizer.param_groups)
+        self.schedules = list(schedules)
+        self._writer = writer
+        self._max_step = _last_step(self.schedules)
+        self._last_lr = lrs
 
     def _write(self, t, groups) -> list:
         if t > self._max_step:
