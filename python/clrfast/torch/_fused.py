@@ -496,7 +496,9 @@ class FusedOptimizer(Following, Checkpoints, Planning):
         held = self._held_momentum(self._host_view(gi, group))
         values = None
         if schedule.max_step is None or step <= schedule.max_step:
-            values = _core.sgd_hyper(schedule._core, step, held)  # past the end the next step raises
+            values = _core.sgd_hyper(
+                self._driving(group, schedule)._core, step, held
+            )  # past the end the next step raises
         group["schedule"] = schedule
         group["step"] = step
         if values is None:
@@ -518,14 +520,14 @@ class FusedOptimizer(Following, Checkpoints, Planning):
             group, *_core.sgd_hyper(self._driving(group)._core, group["step"], self._held_momentum(group))
         )
 
-    def _driving(self, group) -> Schedule:
-        """The schedule a scheduled group's values come from: its schedule, times its ``lr_scale``.
+    def _driving(self, group, sched: Schedule | None = None) -> Schedule:
+        """The schedule a scheduled group's values come from: its schedule (or ``sched``), times its ``lr_scale``.
 
         ``lr = schedule.lr(t) * lr_scale`` (timm's per-group key, one rounding, as timm's
         schedulers write it); the momentum is the schedule's. The scaled value is kept per group
         while neither changes, so a CUDA group's device copy is made once.
         """
-        sched = group["schedule"]
+        sched = group["schedule"] if sched is None else sched
         scale = group.get("lr_scale", 1.0)
         if scale == 1.0:
             return sched
