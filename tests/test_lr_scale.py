@@ -58,14 +58,21 @@ def _lrs(opt):
     return [g["lr"] for g in opt.param_groups]
 
 
+def _scaled_groups(ps):
+    return [{"params": [p], "lr_scale": s} for p, s in zip(ps, SCALES)]
+
+
+def _assert_same(ours, ref):
+    for p, q in zip(ours, ref):
+        assert torch.equal(p.detach(), q.detach())
+
+
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("rule", params())
 def test_lr_scale_is_timms_value_times_the_scale(rule, flat):
     ours, ref = _pair()
-    opt = rule.make(
-        [{"params": [p], "lr_scale": s} for p, s in zip(ours, SCALES)], clr.TimmCosine(0.1, **COSINE), flat=flat
-    )
-    ropt = rule.make_reference([{"params": [p], "lr_scale": s} for p, s in zip(ref, SCALES)], 0.1)
+    opt = rule.make(_scaled_groups(ours), clr.TimmCosine(0.1, **COSINE), flat=flat)
+    ropt = rule.make_reference(_scaled_groups(ref), 0.1)
     rs = ts.CosineLRScheduler(ropt, **COSINE, t_in_epochs=False)
     for t in range(40):
         rs.step_update(t)  # timm: the lrs of update t, written before it
@@ -73,14 +80,13 @@ def test_lr_scale_is_timms_value_times_the_scale(rule, flat):
         _set_grads(_grads(t), ours, ref)
         opt.step()
         ropt.step()
-    for p, q in zip(ours, ref):
-        assert torch.equal(p.detach(), q.detach())
+    _assert_same(ours, ref)
 
 
 def test_schedule_lr_applies_lr_scale_as_timm_and_follows_a_change():
     ours, ref = _pair()
-    copt = torch.optim.SGD([{"params": [p], "lr_scale": s} for p, s in zip(ours, SCALES)], lr=0.1, momentum=0.9)
-    ropt = torch.optim.SGD([{"params": [p], "lr_scale": s} for p, s in zip(ref, SCALES)], lr=0.1, momentum=0.9)
+    copt = torch.optim.SGD(_scaled_groups(ours), lr=0.1, momentum=0.9)
+    ropt = torch.optim.SGD(_scaled_groups(ref), lr=0.1, momentum=0.9)
     rs = ts.CosineLRScheduler(ropt, **COSINE, t_in_epochs=False)
     cs = ScheduleLR(copt, clr.TimmCosine(0.1, **COSINE))
     for t in range(40):
@@ -95,8 +101,7 @@ def test_schedule_lr_applies_lr_scale_as_timm_and_follows_a_change():
         _set_grads(_grads(t), ours, ref)
         copt.step()
         ropt.step()
-    for p, q in zip(ours, ref):
-        assert torch.equal(p.detach(), q.detach())
+    _assert_same(ours, ref)
 
 
 def test_a_changed_lr_scale_shows_from_the_next_value_on():
@@ -152,8 +157,8 @@ def test_a_bad_lr_scale_is_refused_naming_it_and_changing_nothing(bad, err):
 def test_lr_scale_survives_a_checkpoint():
     s = clr.TimmCosine(0.1, **COSINE)
     ours, ref = _pair()
-    a = CLRAdamW([{"params": [p], "lr_scale": sc} for p, sc in zip(ours, SCALES)], s, weight_decay=0.01)
-    b = CLRAdamW([{"params": [p], "lr_scale": sc} for p, sc in zip(ref, SCALES)], s, weight_decay=0.01)
+    a = CLRAdamW(_scaled_groups(ours), s, weight_decay=0.01)
+    b = CLRAdamW(_scaled_groups(ref), s, weight_decay=0.01)
     for t in range(25):
         _set_grads(_grads(t), ours, ref)
         a.step()
@@ -167,8 +172,7 @@ def test_lr_scale_survives_a_checkpoint():
             ref = fresh
             assert [g["lr_scale"] for g in b.param_groups] == list(SCALES)
     assert _lrs(a) == _lrs(b)
-    for p, q in zip(ours, ref):
-        assert torch.equal(p.detach(), q.detach())
+    _assert_same(ours, ref)
 
 
 # --------------------------------------------------------------------------- layer-wise decay
@@ -293,8 +297,7 @@ def test_a_weight_decay_schedule_applies_wd_of_the_step(rule, flat):
         _set_grads(_grads(t, torch.float32), ours, ref)
         opt.step()
         ropt.step()
-    for p, q in zip(ours, ref):
-        assert torch.equal(p.detach(), q.detach())
+    _assert_same(ours, ref)
     assert isinstance(opt.param_groups[0]["weight_decay"], clr.WarmupCosine)  # the group keeps the schedule
 
 
@@ -317,8 +320,7 @@ def test_a_weight_decay_schedule_is_data_in_the_state_dict_and_resumes():
             b.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
             ref = fresh
             assert b.param_groups[0]["weight_decay"] == wd
-    for p, q in zip(ours, ref):
-        assert torch.equal(p.detach(), q.detach())
+    _assert_same(ours, ref)
 
 
 def test_a_weight_decay_schedule_holds_its_last_value_past_its_end_and_bad_ones_are_refused():
@@ -333,8 +335,7 @@ def test_a_weight_decay_schedule_holds_its_last_value_past_its_end_and_bad_ones_
         a.step()
         b.step()
     assert b.param_groups[0]["weight_decay"] == held
-    for p, q in zip(ours, ref):
-        assert torch.equal(p.detach(), q.detach())
+    _assert_same(ours, ref)
     with pytest.raises(TypeError, match=r"weight_decay"):
         CLRSGD([nn.Parameter(torch.ones(1))], clr.Constant(0.1), weight_decay="0.1")
     bad = {**RULES["CLRSGD"].make([nn.Parameter(torch.ones(1))], clr.Constant(0.1)).state_dict()}

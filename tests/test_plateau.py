@@ -45,6 +45,15 @@ def _torch_sgd(params, lrs=LRS, **kw):
     return torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)], foreach=False, **kw)
 
 
+def _epoch(t, metric, *sides):
+    """One update and one plateau step on each (params, optimizer, plateau) side, in that order."""
+    for params, opt, _ in sides:
+        _grads(params, t)
+        opt.step()
+    for _, _, plateau in sides:
+        plateau.step(metric)
+
+
 def _lrs(opt):
     return [g["lr"] for g in opt.param_groups]
 
@@ -113,12 +122,7 @@ def test_constant_schedules_give_torch_lrs_counters_and_parameters(
     oa, ob = _fused(a, momentum=0.9), _torch_sgd(b, momentum=0.9)
     pa, pb = ReduceLROnPlateau(oa, **kw), TorchPlateau(ob, **kw)
     for t, m in enumerate(metrics):
-        _grads(a, t)
-        _grads(b, t)
-        oa.step()
-        ob.step()
-        pa.step(m)
-        pb.step(m)
+        _epoch(t, m, (a, oa, pa), (b, ob, pb))
         assert _lrs(oa) == _lrs(ob)
         assert pa.get_last_lr() == pb.get_last_lr()
         _same_counters(pa, pb)
@@ -239,12 +243,7 @@ def test_plain_and_scheduled_groups_of_one_fused_optimizer():
     ob = _torch_sgd(b, [0.1, 0.1])
     pa, pb = ReduceLROnPlateau(oa, patience=0, min_lr=1e-3), TorchPlateau(ob, patience=0, min_lr=1e-3)
     for t, m in enumerate([1.0, 2.0, 3.0, 4.0]):
-        _grads(a, t)
-        _grads(b, t)
-        oa.step()
-        ob.step()
-        pa.step(m)
-        pb.step(m)
+        _epoch(t, m, (a, oa, pa), (b, ob, pb))
         assert _lrs(oa) == _lrs(ob)
     assert oa.param_groups[0]["schedule"] is None and pa.reductions == [2, 2]
     for p, q in zip(a, b):
@@ -444,12 +443,7 @@ def test_a_reduction_on_the_cuda_branch_shows_and_applies_at_once():
     on_device(oa)
     pa, pb = ReduceLROnPlateau(oa, patience=0), ReduceLROnPlateau(ob, patience=0)
     for t, m in enumerate([1.0, 2.0, 3.0, 0.5, 4.0]):
-        _grads(a, t)
-        _grads(b, t)
-        oa.step()
-        ob.step()
-        pa.step(m)
-        pb.step(m)
+        _epoch(t, m, (a, oa, pa), (b, ob, pb))
         assert isinstance(oa.param_groups[0]["lr"], torch.Tensor)
         assert float(oa.param_groups[0]["lr"]) == ob.param_groups[0]["lr"]
     assert pa.reductions == pb.reductions == [3]
