@@ -59,7 +59,17 @@ OPTIMIZERS = {
     "clrsgd": lambda ps: CLRSGD(ps, SCHED, weight_decay=1e-3, nesterov=True),
     "clrsgd-flat": lambda ps: CLRSGD(ps, SCHED, weight_decay=1e-3, flat=True),
     "clradamw": lambda ps: CLRAdamW(ps, SCHED, weight_decay=1e-2, amsgrad=True),
+    # a group's lr_scale and a weight-decay schedule, read by the step the compiled op runs
+    "clradamw-scaled-flat": lambda ps: CLRAdamW(_scaled_groups(ps), SCHED, weight_decay=WD, flat=True),
 }
+
+
+def _scaled_groups(ps):
+    ps = list(ps)
+    return [{"params": ps[:2]}, {"params": ps[2:], "lr_scale": 0.5}]
+
+
+WD = clr.WarmupCosine(1e-2, 5, 100)
 
 
 @pytest.mark.parametrize("kind", OPTIMIZERS)
@@ -82,11 +92,12 @@ def test_compiled_train_step_never_recompiles_and_matches_eager(kind):
         assert torch.equal(p, q)
 
 
-def test_inductor_compiled_step_applies_the_eager_update():
+@pytest.mark.parametrize("kind", ["clrsgd", "clradamw-scaled-flat"])
+def test_inductor_compiled_step_applies_the_eager_update(kind):
     # Inductor compiles forward and backward differently from eager, so the twin shares the
     # compiled forward/backward and runs only the optimizer step eagerly.
     model, twin = _model(), _model()
-    opt, twin_opt = OPTIMIZERS["clrsgd"](model.parameters()), OPTIMIZERS["clrsgd"](twin.parameters())
+    opt, twin_opt = OPTIMIZERS[kind](model.parameters()), OPTIMIZERS[kind](twin.parameters())
     counter = dynamo_testing.CompileCounterWithBackend("inductor")
     step = torch.compile(_train, backend=counter)
     fwd_bwd = torch.compile(_forward_backward)
