@@ -643,7 +643,6 @@ def test_keras_reads_a_timm_value(tmp_path):
     pytest.importorskip("jax")
     import os
     import subprocess
-    from pathlib import Path
 
     script = tmp_path / "k.py"
     script.write_text(
@@ -654,8 +653,8 @@ def test_keras_reads_a_timm_value(tmp_path):
         "print(json.dumps([float(np.asarray(f(k))) for k in range(0, 300, 7)]))\n"
     )
     s = clr.TimmWSD(0.1, 200, 50, warmup_t=10, stable_fn="rsqrt", decay_fn="cosine", lr_min=1e-4)
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(root / "python"))
+    # The child imports clrfast the way this process did (installed, or from PYTHONPATH).
+    env = dict(os.environ, KERAS_BACKEND="jax")
     proc = subprocess.run(
         [sys.executable, str(script), json.dumps(s.to_dict())], capture_output=True, text=True, env=env, timeout=300
     )
