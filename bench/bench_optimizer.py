@@ -141,9 +141,9 @@ def torch_adamw_runner(ps, **kw):
     return fn
 
 
-def clr_adamw_runner(ps, flat, match_torch=True):
+def clr_adamw_runner(ps, flat, reference=None):
     s = clr.Cyclic(1e-4, 1e-3, step_size_up=100, base_momentum=0.85, max_momentum=0.95)
-    return CLRAdamW(ps, s, weight_decay=1e-2, flat=flat, match_torch=match_torch).step
+    return CLRAdamW(ps, s, weight_decay=1e-2, flat=flat, reference=reference).step
 
 
 def torch_rmsprop_runner(ps, **kw):
@@ -245,7 +245,7 @@ RULES = {
             "torch AdamW fused": lambda ps: torch_adamw_runner(ps, fused=True),
             "CLRAdamW list": lambda ps: clr_adamw_runner(ps, False),
             "CLRAdamW flat": lambda ps: clr_adamw_runner(ps, True),
-            "CLRAdamW list, IEEE sqrt": lambda ps: clr_adamw_runner(ps, False, match_torch=False),
+            "CLRAdamW list, reference='foreach'": lambda ps: clr_adamw_runner(ps, False, "foreach"),
         },
     ),
     "rmsprop": (

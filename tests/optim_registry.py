@@ -2,7 +2,8 @@
 
 In the style of torch's ``OptimizerInfo`` (``torch.testing._internal.common_optimizers``): a
 test parametrised over ``RULES`` builds each clrfast optimizer and its reference (torch's
-for-loop implementation, ``foreach=False``, or ``lion_pytorch.Lion``) from the same option set
+for-loop implementation, ``foreach=False``; for Adam its ``fused=True`` kernel, or its for-loop
+where an option set says ``reference="foreach"``; or ``lion_pytorch.Lion``) from the same option set
 and compares them bit for bit. A rule's record says what differs between rules (state keys,
 where a schedule's momentum shows, whether the reference takes a tensor lr as clrfast does);
 what a test needs beyond that belongs in the test.
@@ -17,6 +18,7 @@ import pytest
 import torch
 from clrfast.torch import CLRSGD, CLRAdam, CLRAdamW, CLRLion, CLRRMSprop
 from clrfast.torch._sqrt import torch_sqrt_routines
+from clrfast.torch.adam import fused_vector_bytes
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,16 @@ def _torch(cls):
     return lambda params, lr, **kw: cls(params, lr=lr, foreach=False, **kw)
 
 
+def _torch_adam(cls):
+    """torch's Adam path that a CLRAdam option set's ``reference`` names: fused by default."""
+
+    def make(params, lr, reference=None, **kw):
+        path = dict(foreach=False) if reference == "foreach" else dict(fused=True)
+        return cls(params, lr=lr, **path, **kw)
+
+    return make
+
+
 def _lion(params, lr, **kw):
     import lion_pytorch
 
@@ -76,9 +88,10 @@ def _lion(params, lr, **kw):
 
 
 _NO_MKL = pytest.mark.skipif(torch_sqrt_routines()[0] == 0, reason="torch without MKL: its sqrt is not reproduced")
-_ADAM_HYPERS = dict(
-    betas="betas", eps="nonneg", weight_decay="nonneg", amsgrad="flag", maximize="flag", match_torch="flag"
+_NO_FUSED = pytest.mark.skipif(
+    fused_vector_bytes() == 0, reason="torch's fused Adam kernel is reproduced on its x86 AVX2/AVX-512 builds"
 )
+_ADAM_HYPERS = dict(betas="betas", eps="nonneg", weight_decay="nonneg", amsgrad="flag", maximize="flag")
 
 RULES: dict[str, Rule] = {
     r.name: r
@@ -100,25 +113,36 @@ RULES: dict[str, Rule] = {
         Rule(
             "CLRAdamW",
             CLRAdamW,
-            _torch(torch.optim.AdamW),
-            (dict(weight_decay=1e-2, amsgrad=True), dict(maximize=True, eps=1e-6), dict(weight_decay=0.0, eps=0.0)),
+            _torch_adam(torch.optim.AdamW),
+            (
+                dict(weight_decay=1e-2, amsgrad=True),
+                dict(maximize=True, eps=1e-6),
+                dict(weight_decay=0.0, eps=0.0),
+                dict(weight_decay=1e-2, amsgrad=True, reference="foreach"),
+                dict(maximize=True, eps=1e-6, reference="foreach"),
+            ),
             ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
             ("betas", 0),
             _ADAM_HYPERS,
             step_state=True,
-            marks=(_NO_MKL,),
+            marks=(_NO_FUSED, _NO_MKL),
             torch_name="AdamW",
         ),
         Rule(
             "CLRAdam",
             CLRAdam,
-            _torch(torch.optim.Adam),
-            (dict(weight_decay=1e-2, amsgrad=True), dict(maximize=True, betas=(0.8, 0.99))),
+            _torch_adam(torch.optim.Adam),
+            (
+                dict(weight_decay=1e-2, amsgrad=True),
+                dict(maximize=True, betas=(0.8, 0.99)),
+                dict(weight_decay=1e-2, amsgrad=True, reference="foreach"),
+                dict(maximize=True, betas=(0.8, 0.99), reference="foreach"),
+            ),
             ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
             ("betas", 0),
             _ADAM_HYPERS,
             step_state=True,
-            marks=(_NO_MKL,),
+            marks=(_NO_FUSED, _NO_MKL),
             torch_name="Adam",
         ),
         Rule(
@@ -169,6 +193,19 @@ UNLISTED = {
     "CLRScheduleFreeAdamW": "train()/eval() protocol, no scheduled momentum",
 }
 NEW = ("CLRRMSprop", "CLRLion")  # the registry's rules on the generic rule engine (clrfast/torch/rule.py)
+
+
+def device_twin(rule: Rule) -> dict:
+    """Options under which a CPU step rounds as the CUDA step does: torch's for-loop rounding, and the
+    IEEE root (Adam's for-loop path takes the IEEE root only with ``ieee_roots`` in effect)."""
+    if rule.cls in (CLRAdamW, CLRAdam):
+        return {"reference": "foreach"}
+    return {"match_torch": False} if "match_torch" in rule.hypers else {}
+
+
+def ieee_roots(monkeypatch) -> None:
+    """Makes the for-loop path of the Adam kernels take the IEEE root, as the CUDA kernels do."""
+    monkeypatch.setattr("clrfast.torch.adam.torch_sqrt_routines", lambda: (0, 0, 0))
 
 
 def params(names=NAMES):

@@ -1,4 +1,8 @@
-"""CLRAdamW / CLRAdam against torch.optim.AdamW / Adam + torch's schedulers, bit for bit."""
+"""CLRAdamW / CLRAdam against torch.optim.AdamW / Adam + torch's schedulers, bit for bit.
+
+``reference=None`` (the default) and ``"fused"`` are compared with torch's ``fused=True`` CPU
+kernel, ``reference="foreach"`` with its for-loop and foreach paths.
+"""
 
 import copy
 import io
@@ -10,12 +14,16 @@ torch = pytest.importorskip("torch")
 import clrfast as clr  # noqa: E402
 from clrfast.torch import CLRAdam, CLRAdamW  # noqa: E402
 from clrfast.torch._sqrt import torch_sqrt_routines  # noqa: E402
+from clrfast.torch.adam import fused_vector_bytes  # noqa: E402
 
-# Parity with torch needs torch's own vector sqrt (MKL builds); elsewhere the kernel's IEEE sqrt
-# is a last-ulp away, which these tests would report as a difference.
-pytestmark = pytest.mark.skipif(
-    torch_sqrt_routines()[0] == 0, reason="torch without MKL: its sqrt is not reproduced exactly"
-)
+# Parity with torch's for-loop needs its own vector sqrt (MKL builds); with the fused kernel, a
+# torch build whose fused kernel clrfast reproduces.
+NEEDS_MKL = pytest.mark.skipif(torch_sqrt_routines()[0] == 0, reason="torch without MKL: its sqrt is not reproduced")
+NEEDS_FUSED = pytest.mark.skipif(fused_vector_bytes() == 0, reason="torch's fused kernel is reproduced on x86 only")
+# clrfast's `reference` -> torch's keyword for that path
+TORCH_PATH = {"fused": dict(fused=True), "foreach": dict(foreach=False)}
+REFS = [pytest.param("fused", marks=NEEDS_FUSED), pytest.param("foreach", marks=NEEDS_MKL)]
+pytestmark = NEEDS_FUSED  # the default reference
 
 SHAPES = [(37,), (64, 3), (1000,), (5, 1, 3, 3)]
 PAIRS = {"adamw": (CLRAdamW, torch.optim.AdamW), "adam": (CLRAdam, torch.optim.Adam)}
@@ -75,15 +83,16 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("ref", REFS)
 @pytest.mark.parametrize("rule", PAIRS)
 @pytest.mark.parametrize("sched", SCHEDULERS)
 @pytest.mark.parametrize("kw", OPTIONS, ids=["default", "amsgrad-wd", "maximize-eps", "no-wd-eps0"])
-def test_float32_matches_torch_over_2000_steps_with_beta1_cycling(rule, sched, kw):
+def test_float32_matches_torch_over_2000_steps_with_beta1_cycling(rule, sched, kw, ref):
     cls, tcls = PAIRS[rule]
     s, make = SCHEDULERS[sched]
     a, b = _params(), _params()
-    oa = cls(a, s, **kw)
-    ob = tcls(b, lr=6e-3, foreach=False, **kw)
+    oa = cls(a, s, reference=ref, **kw)
+    ob = tcls(b, lr=6e-3, **TORCH_PATH[ref], **kw)
     sb = make(ob)
     for t in range(2000):
         assert (oa.param_groups[0]["lr"], oa.param_groups[0]["betas"]) == (
@@ -95,14 +104,21 @@ def test_float32_matches_torch_over_2000_steps_with_beta1_cycling(rule, sched, k
 
 
 @pytest.mark.parametrize("rule", PAIRS)
-@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(("fused", dict(fused=True)), id="fused", marks=NEEDS_FUSED),
+        pytest.param(("foreach", dict(foreach=False)), id="for-loop", marks=NEEDS_MKL),
+        pytest.param(("foreach", dict(foreach=True)), id="foreach", marks=NEEDS_MKL),
+    ],
+)
 @pytest.mark.parametrize("flat", [False, True])
-def test_float64_and_flat_mode_match_torch(rule, foreach, flat):
+def test_float64_and_flat_mode_match_torch(rule, path, flat):
     cls, tcls = PAIRS[rule]
     s, make = SCHEDULERS["cyclic"]
     a, b = _params(torch.float64), _params(torch.float64)
-    oa = cls(a, s, amsgrad=True, weight_decay=1e-2, flat=flat)
-    ob = tcls(b, lr=1e-3, amsgrad=True, weight_decay=1e-2, foreach=foreach)
+    oa = cls(a, s, amsgrad=True, weight_decay=1e-2, flat=flat, reference=path[0])
+    ob = tcls(b, lr=1e-3, amsgrad=True, weight_decay=1e-2, **path[1])
     sb = make(ob)
     for t in range(300):
         _step(a, oa, b, ob, sb, t, skip=(2,) if t % 7 == 3 else ())  # torch skips them; their step stays
@@ -112,7 +128,7 @@ def test_float64_and_flat_mode_match_torch(rule, foreach, flat):
 def test_constant_betas_without_a_momentum_schedule_and_a_plain_lr():
     a, b = _params(), _params()
     oa = CLRAdamW(a, 2e-3, betas=(0.8, 0.99), weight_decay=0.1)
-    ob = torch.optim.AdamW(b, lr=2e-3, betas=(0.8, 0.99), weight_decay=0.1)
+    ob = torch.optim.AdamW(b, lr=2e-3, betas=(0.8, 0.99), weight_decay=0.1, fused=True)
     sa = torch.optim.lr_scheduler.StepLR(oa, 10, 0.5)  # a torch scheduler drives the plain-lr form
     sb = torch.optim.lr_scheduler.StepLR(ob, 10, 0.5)
     for t in range(40):
@@ -122,12 +138,13 @@ def test_constant_betas_without_a_momentum_schedule_and_a_plain_lr():
     _same(a, oa, b, ob)
 
 
+@pytest.mark.parametrize("ref", REFS)
 @pytest.mark.parametrize("flat", [False, True])
-def test_state_dicts_interchange_with_torch_and_resume_exactly(flat):
+def test_state_dicts_interchange_with_torch_and_resume_exactly(flat, ref):
     s, make = SCHEDULERS["cyclic"]
     a, b = _params(), _params()
-    oa = CLRAdamW(a, s, weight_decay=1e-2, flat=flat)
-    ob = torch.optim.AdamW(b, lr=1e-3, weight_decay=1e-2, foreach=False)
+    oa = CLRAdamW(a, s, weight_decay=1e-2, flat=flat, reference=ref)
+    ob = torch.optim.AdamW(b, lr=1e-3, weight_decay=1e-2, **TORCH_PATH[ref])
     sb = make(ob)
     for t in range(25):
         _step(a, oa, b, ob, sb, t)
@@ -139,12 +156,13 @@ def test_state_dicts_interchange_with_torch_and_resume_exactly(flat):
     oc = CLRAdamW(c, clr.Constant(1.0), flat=flat)
     oc.load_state_dict(saved)
     assert oc.param_groups[0]["step"] == 25 and oc.param_groups[0]["schedule"] == s
+    assert oc.param_groups[0]["reference"] == ref
     # torch's AdamW takes clrfast's state, and clrfast takes torch's
     d = [p.detach().clone().requires_grad_() for p in b]
-    od = torch.optim.AdamW(d, lr=1e-3, weight_decay=1e-2, foreach=False)
+    od = torch.optim.AdamW(d, lr=1e-3, weight_decay=1e-2, **TORCH_PATH[ref])
     od.load_state_dict(copy.deepcopy(oa.state_dict()))
     e = [p.detach().clone().requires_grad_() for p in b]
-    oe = CLRAdamW(e, s, weight_decay=1e-2, flat=flat)
+    oe = CLRAdamW(e, s, weight_decay=1e-2, flat=flat, reference=ref)
     oe.load_state_dict(copy.deepcopy(ob.state_dict()))
     oe.param_groups[0]["step"] = 25
     oe.load_state_dict(oe.state_dict())  # publishes the schedule's values at the clock just set
@@ -192,23 +210,68 @@ def test_bad_input_is_a_clear_error_that_changes_nothing():
     assert opt.param_groups[0]["step"] == 1 and all(opt.state[p]["step"] == 1 for p in a)
 
 
-def test_ieee_root_differs_from_torch_only_in_the_last_bits():
+@NEEDS_MKL
+def test_the_two_references_differ_only_in_the_last_bits():
     s, make = SCHEDULERS["cyclic"]
-    a, b, c = _params(), _params(), _params()
-    oa = CLRAdamW(a, s, match_torch=False)
-    ob = torch.optim.AdamW(b, lr=1e-3, foreach=False)
-    oc = CLRAdamW(c, s)
-    sb = make(ob)
+    a, b, c, d = _params(), _params(), _params(), _params()
+    oa, ob = CLRAdamW(a, s), torch.optim.AdamW(b, lr=1e-3, fused=True)
+    oc, od = CLRAdamW(c, s, reference="foreach"), torch.optim.AdamW(d, lr=1e-3, foreach=False)
+    sb, sd = make(ob), make(od)
     for t in range(20):
         gs = _grads(a, t)
-        for ps in (a, b, c):
+        for ps in (a, b, c, d):
             for p, g in zip(ps, gs):
                 p.grad = g.clone()
+        for o in (oa, ob, oc, od, sb, sd):
+            o.step()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(c, d))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))  # MKL's root is not IEEE's on these values
+    for x, y in zip(a, c):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_reference_is_checked_and_a_saved_match_torch_flag_still_loads():
+    a = _params()
+    with pytest.raises(ValueError, match=r"CLRAdamW\['reference'\] must be None, 'fused' or 'foreach', got 'cuda'"):
+        CLRAdamW(a, clr.Constant(1e-3), reference="cuda")
+    opt = CLRAdamW(a, clr.Constant(1e-3))
+    opt.param_groups[0]["reference"] = 3
+    for p in a:
+        p.grad = torch.ones(p.shape)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['reference'\] must be None.*got 3"):
+        opt.step()
+    assert opt.param_groups[0]["step"] == 0 and not opt.state
+    opt.param_groups[0]["reference"] = None
+    opt.step()
+    # a state dict written before `reference` existed carries match_torch: True meant the for-loop's rounding
+    for flag, ref in ((True, "foreach"), (False, "fused")):
+        sd = copy.deepcopy(opt.state_dict())
+        del sd["param_groups"][0]["reference"]
+        sd["param_groups"][0]["match_torch"] = flag
+        other = CLRAdamW([p.detach().clone().requires_grad_() for p in a], clr.Constant(1e-3))
+        other.load_state_dict(sd)
+        assert other.param_groups[0]["reference"] == ref and "match_torch" not in other.param_groups[0]
+
+
+@pytest.mark.parametrize("ref", REFS)
+def test_a_strided_parameter_takes_torchs_step_on_its_values(ref):
+    # A view the kernel cannot walk as one run goes to torch's code: with reference="fused", its
+    # fused kernel on a dense copy (the kernel itself walks data_ptr for numel elements, so it
+    # would write beside a strided view), written back into the view.
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(64, 201, generator=g)
+    p = base[:, ::2].detach().requires_grad_()  # 64 x 101: strided, and 101 leaves a scalar tail
+    q = base[:, ::2].clone().requires_grad_()  # torch's step on dense memory: the oracle
+    untouched = base[:, 1::2].clone()
+    oa = CLRAdamW([p], clr.Constant(1e-2), weight_decay=0.1, amsgrad=True, reference=ref)
+    ob = torch.optim.AdamW([q], lr=1e-2, weight_decay=0.1, amsgrad=True, **TORCH_PATH[ref])
+    for _ in range(30):
+        grad = torch.randn(64, 101, generator=g)
+        p.grad, q.grad = grad.clone(), grad.clone()
         oa.step()
         ob.step()
-        oc.step()
-        sb.step()
-    assert all(torch.equal(x, y) for x, y in zip(b, c))
-    assert not all(torch.equal(x, y) for x, y in zip(a, b))  # MKL's root is not IEEE's on these values
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+    assert oa._plans[0].slow  # the strided parameter did take torch's code
+    assert torch.equal(p, q) and torch.equal(base[:, 1::2], untouched)
+    for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"):
+        assert torch.equal(oa.state[p][k], ob.state[q][k]), k

@@ -55,6 +55,8 @@ def adam_step(
     sqrt_f64=0,
     sqrt_threads_local=0,
     lr_dtype=1,
+    vec_bytes=0,
+    divide_scale=False,
 ):
     """The Adam rule's kernel with its scalars by name (their order is the rule's declaration)."""
     values = dict(
@@ -67,6 +69,7 @@ def adam_step(
         amsgrad=amsgrad,
         maximize=maximize,
         lr_dtype=lr_dtype,
+        vec_bytes=vec_bytes,
     )
     _core.adam_step(
         table,
@@ -77,6 +80,7 @@ def adam_step(
         sqrt_f32,
         sqrt_f64,
         sqrt_threads_local,
+        divide_scale=divide_scale,
     )
 
 
@@ -126,6 +130,8 @@ class Kernel:
         store_grad=False,
         threads=2,
         sqrt=SQRT,
+        vec_bytes=0,
+        divide_scale=False,
     ):
         for mine, g in zip(self.g, grads):
             mine.copy_(g)
@@ -143,6 +149,8 @@ class Kernel:
             store_grad,
             threads,
             *sqrt,
+            vec_bytes=vec_bytes,
+            divide_scale=divide_scale,
         )
 
 
@@ -454,3 +462,72 @@ def test_random_tables_match_torch(lengths, dtype, amsgrad, maximize, wd, decoup
         seed=seed,
     )
     assert_bits(k.p, [q.detach() for q in ref], "param")
+
+
+# ---------------------------------------------------------------- torch's fused CPU kernel (vec_bytes)
+
+
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="torch's x86 fused kernel"
+)
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 100), min_size=1, max_size=6),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    amsgrad=st.booleans(),
+    maximize=st.booleans(),
+    wd=st.sampled_from([0.0, 1e-4, 0.3]),
+    decoupled=st.booleans(),
+    scale=st.sampled_from([None, 3.0, 65536.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_tables_match_torch_fused(lengths, dtype, amsgrad, maximize, wd, decoupled, scale, seed):
+    # Every length mod 16 and mod 4 happens: the vector body, the scalar tail and both; a scale of 3
+    # tells GradScaler's division (torch's fused kernels) from a product with 1/3 (its unscale_).
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(n, generator=gen, dtype=dtype) for n in lengths]
+    ref = [p.clone().requires_grad_() for p in params]
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    opt = cls(ref, lr=1e-3, weight_decay=wd, amsgrad=amsgrad, maximize=maximize, fused=True)
+    k = Kernel(params, amsgrad)
+    for t in range(8):
+        lr, beta1 = hyper(t)
+        grads = [torch.randn(n, generator=gen, dtype=dtype) for n in lengths]
+        for q, g in zip(ref, grads):
+            q.grad = g.clone()
+        for group in opt.param_groups:
+            group["lr"], group["betas"] = lr, (beta1, 0.999)
+        if scale is not None:
+            opt.grad_scale, opt.found_inf = torch.tensor(scale), torch.tensor(0.0)
+        opt.step()
+        k.step_(
+            grads,
+            lr,
+            beta1,
+            wd=wd,
+            decoupled=decoupled,
+            maximize=maximize,
+            inv_scale=1.0 if scale is None else scale,
+            store_grad=scale is not None,
+            divide_scale=scale is not None,
+            threads=1 + seed % 2,
+            sqrt=(0, 0, 0),
+            vec_bytes=32,
+        )
+    assert_bits(k.p, [q.detach() for q in ref], "param")
+    states = [opt.state[q] for q in ref]
+    assert_bits(k.m, [s["exp_avg"] for s in states], "exp_avg")
+    assert_bits(k.v, [s["exp_avg_sq"] for s in states], "exp_avg_sq")
+    if amsgrad:
+        assert_bits(k.vm, [s["max_exp_avg_sq"] for s in states], "max_exp_avg_sq")
+    if scale is not None:
+        assert_bits(k.g, [q.grad for q in ref], "unscaled grad")
+
+
+def test_vec_bytes_and_divide_scale_are_checked():
+    k = Kernel([torch.ones(3)], False)
+    with pytest.raises(ValueError, match="vec_bytes: expected 0, 32 or 64, got 16"):
+        k.step_([torch.ones(3)], 1e-3, 0.9, vec_bytes=16)
+    with pytest.raises(ValueError, match="divide_scale: GradScaler's division needs store_grad=True"):
+        k.step_([torch.ones(3)], 1e-3, 0.9, divide_scale=True)
+    assert float(k.step[0]) == 0.0 and torch.equal(k.p[0], torch.ones(3))

@@ -3,8 +3,8 @@
 The launcher is injected: ``HostLauncher`` runs the CUDA kernels' code through
 ``_core.rule_step_emulated`` over host memory (the "device" tensors are CPU tensors), in a permuted
 block order each step. Every rule of the registry is compared bit for bit with the same optimizer
-taking its CPU path with the IEEE root (``match_torch=False``), which tests/test_rule_stateful.py
-ties to torch. tests/test_rule_cuda.py runs the same branch on a GPU where there is one.
+taking its CPU path with torch's for-loop rounding and the IEEE root (``device_twin``), which
+tests/test_rule_stateful.py ties to torch. tests/test_rule_cuda.py runs the same branch on a GPU where there is one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ import clrfast as clr
 import pytest
 import torch
 from clrfast import _core
-from optim_registry import RULES, params
+from optim_registry import RULES, device_twin, ieee_roots, params
+
+
+@pytest.fixture(autouse=True)
+def _ieee_roots(monkeypatch):
+    ieee_roots(monkeypatch)  # the CPU twins root as the CUDA kernels do
+
 
 pytestmark = pytest.mark.cuda_emulated
 
@@ -81,9 +87,9 @@ def twins(rule, *, over=None, sched=None, **kw):
     g = torch.Generator().manual_seed(0)
     a = [torch.randn(s, generator=g).requires_grad_() for s in SHAPES]
     b = [p.detach().clone().requires_grad_() for p in a]
-    extra = {"match_torch": False} if "match_torch" in rule.hypers else {}
-    oa = rule.make(a, sched or schedule(), over=over, **extra, **kw)
-    ob = rule.make(b, sched or schedule(), over=over, **extra, **kw)
+    over = {**(over or {}), **device_twin(rule)}
+    oa = rule.make(a, sched or schedule(), over=over, **kw)
+    ob = rule.make(b, sched or schedule(), over=over, **kw)
     return a, b, oa, ob
 
 

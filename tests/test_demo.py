@@ -154,7 +154,7 @@ def test_training_with_clradamw_matches_torch_adamw_with_the_same_schedule(one_t
     # Reference: torch.optim.AdamW, lr and beta1 set from the schedule before every step.
     _, _, xte, yte = data
     model = demo.make_model(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=1e-2, foreach=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=1e-2, fused=True)
 
     def set_values(t):
         for g in opt.param_groups:

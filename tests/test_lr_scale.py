@@ -264,7 +264,7 @@ def test_layer_decay_groups_train_under_one_schedule_as_timm():
     a, b = TinyViT(), TinyViT()
     b.load_state_dict(a.state_dict())
     opt = CLRAdamW(layer_decay_groups(a, 0.65), clr.TimmCosine(1e-3, **COSINE))
-    ropt = torch.optim.AdamW(timm_groups.param_groups_layer_decay(b, layer_decay=0.65), lr=1e-3, foreach=False)
+    ropt = torch.optim.AdamW(timm_groups.param_groups_layer_decay(b, layer_decay=0.65), lr=1e-3, fused=True)
     rs = ts.CosineLRScheduler(ropt, **COSINE, t_in_epochs=False)
     x = torch.randn(6, 12)
     for t in range(12):

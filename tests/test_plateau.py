@@ -262,7 +262,7 @@ def test_schedule_lr_under_the_plateau_gives_the_fused_sequence(make):
         ob = torch.optim.SGD(b, lr=0.0, foreach=False)
     else:
         oa = CLRAdamW([{"params": [p], "schedule": s} for p, s in zip(a, scheds)], scheds[0])
-        ob = torch.optim.AdamW(b, lr=0.0, foreach=False)
+        ob = torch.optim.AdamW(b, lr=0.0, fused=True)
     ob.param_groups[:] = [dict(ob.param_groups[0], params=[q]) for q in b]  # one group per parameter
     sb = ScheduleLR(ob, scheds)
     pa, pb = ReduceLROnPlateau(oa, **kw), ReduceLROnPlateau(ob, **kw)

@@ -15,8 +15,14 @@ pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and getattr(_core, "cuda_built", False)), reason="needs a GPU and a CUDA build"
 )
 
-from optim_registry import params  # noqa: E402
+from optim_registry import device_twin, ieee_roots, params  # noqa: E402
 from rule_tables import DTYPES, OPTIONS, bits, make_rows, scalars, table  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _ieee_roots(monkeypatch):
+    ieee_roots(monkeypatch)  # the CPU twins root as the CUDA kernels do
+
 
 LENGTHS = [0, 1, 4095, 4096, 4097, 9000, 300, 70_001]
 
@@ -197,9 +203,9 @@ def registry_twins(rule, over, device_b="cpu"):
     g = torch.Generator().manual_seed(0)
     a = [torch.randn(s, generator=g).cuda().requires_grad_() for s in SHAPES]
     b = [p.detach().to(device_b).requires_grad_() for p in a]
-    extra = {"match_torch": False} if "match_torch" in rule.hypers else {}
+    over = {**over, **device_twin(rule)}
     sched = clr.Cyclic(1e-3, 5e-3, step_size_up=3, base_momentum=0.8, max_momentum=0.9)
-    return a, b, rule.make(a, sched, base=over, **extra), rule.make(b, sched, base=over, **extra)
+    return a, b, rule.make(a, sched, base=over), rule.make(b, sched, base=over)
 
 
 @pytest.mark.parametrize("rule", params())

@@ -106,11 +106,17 @@ class RuleMachine(RuleBasedStateMachine):
         values = _tensors(specs, dtype, seed)
         split = len(values) - 1 if two_groups and len(values) > 1 else len(values)
         self.a = [[_param(v) for v in vs] for vs in (values[:split], values[split:]) if vs]
-        self.b = [[_param(p) for p in ps] for ps in self.a]
         schedule = clr.Cyclic(BASE, TOP, step_size_up=UP, step_size_down=DOWN, **MOMENTA) if scheduled else None
         self.opt = self._ours(self.a, schedule)
         self.opt.fused_unscale = fused_unscale
+        # copied after flat mode laid the parameters out (contiguously): a fused reference's scalar
+        # tail is the last elements in memory, so it needs the same layout
+        self.b = [[_param(p) for p in ps] for ps in self.a]
         self.ref = self.rule.make_reference(self._groups(self.b), BASE, base=self.base)
+        # torch's fused kernels walk memory and pair a parameter's elements with its gradient's by
+        # address: an oracle only for gradients laid out as their parameter (autograd's), which
+        # both sides then get; they also take GradScaler's scale themselves
+        self.ref_fused = bool(self.ref.defaults.get("fused"))
         self.sched = (
             torch.optim.lr_scheduler.CyclicLR(
                 self.ref, BASE, TOP, step_size_up=UP, step_size_down=DOWN, cycle_momentum=True, **MOMENTA
@@ -163,7 +169,9 @@ class RuleMachine(RuleBasedStateMachine):
                 p.grad.add_(g)
                 q.grad.add_(g)
             elif act != "keep":
-                p.grad, q.grad = g.clone(), g.clone()
+                p.grad, q.grad = (
+                    (torch.empty_like(x).copy_(g) for x in (p, q)) if self.ref_fused else (g.clone(), g.clone())
+                )
         return [i for i, (p, _) in enumerate(pairs) if p.grad is not None and p.grad.numel()]
 
     # ------------------------------------------------------------------ the invariant
@@ -212,25 +220,32 @@ class RuleMachine(RuleBasedStateMachine):
                 q.grad.mul_(scale)
         if overflow:
             p, q = pairs[present[0]]
-            p.grad.view(-1)[0] = q.grad.view(-1)[0] = float("inf")
+            first = (0,) * p.grad.dim()  # the gradients may be laid out as their (transposed) parameters
+            p.grad[first] = q.grad[first] = float("inf")
         steps = [g["step"] for g in self.opt.param_groups]
+        stateless = [q for _, q in pairs if not self.ref.state.get(q)]
         if unscale_first:  # as for gradient clipping
             sc.unscale_(self.opt)
             sr.unscale_(self.ref)
         sc.step(self.opt)
         sc.update()
-        sr.step(self.ref)  # the reference has no fused contract: GradScaler unscales and skips it
+        sr.step(self.ref)  # a for-loop reference has no fused contract: GradScaler unscales and skips it
         sr.update()
         assert [g["step"] for g in self.opt.param_groups] == [n + (not overflow) for n in steps]
         if not overflow:
             self._ref_step(stepped=False)  # torch's scheduler would move on at a skipped step; the clock does not
-        elif not unscale_first and self.opt.fused_unscale:
-            for (
-                _,
-                q,
-            ) in pairs:  # the skipped fused step leaves its gradients scaled; GradScaler unscaled the reference's
-                if q.grad is not None:
-                    q.grad.mul_(scale)
+        else:
+            if (
+                self.ref_fused
+            ):  # torch's fused step makes its zero state before it sees the inf; clrfast's skip does not
+                for q in stateless:
+                    self.ref.state.pop(q, None)
+            if not unscale_first and self.opt.fused_unscale != self.ref_fused:
+                # a skipped fused step leaves its gradients scaled; GradScaler unscaled the other side's
+                for p, q in pairs:
+                    g = q.grad if self.opt.fused_unscale else p.grad
+                    if g is not None:
+                        g.mul_(scale)
         assert sc.get_scale() == sr.get_scale()
 
     @rule(set_to_none=st.booleans())
@@ -282,9 +297,9 @@ class RuleMachine(RuleBasedStateMachine):
         # torch's CyclicLR cannot take a group added after it was built: unscheduled runs only
         specs = data.draw(st.lists(st.sampled_from(SPECS), min_size=1, max_size=2), label="specs")
         ps = [_param(t) for t in _tensors(specs, self.dtype, data.draw(st.integers(0, 2**16), label="seed"))]
-        qs = [_param(p) for p in ps]
         extra = data.draw(st.sampled_from([{}, {"lr": 2e-2}, {"lr": 2e-3, "weight_decay": 0.0}]), label="values")
         self.opt.add_param_group({"params": ps, **extra})
+        qs = [_param(p) for p in ps]  # as laid out by flat mode, as in setup
         self.ref.add_param_group({"params": qs, **extra})
         self.a.append(ps)
         self.b.append(qs)
@@ -408,6 +423,9 @@ for _name in RULES:
 
 
 # --------------------------------------------------------------------------- bugs the machine found
+FOREACH = {"reference": "foreach"}  # the for-loop path, where the two differences below are
+
+
 @pytest.mark.xfail(
     strict=True, reason="CLRAdam/CLRAdamW: beta1=0 and a -0.0 gradient give exp_avg -0.0; torch's lerp gives +0.0"
 )
@@ -415,13 +433,29 @@ for _name in RULES:
 def test_adam_beta1_zero_keeps_torchs_signed_zero_in_exp_avg(name):
     r = RULES[name]
     a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
-    oa, ob = r.make([a], None, lr=1e-3, base={}), r.make_reference([b], 1e-3, base={})
+    oa, ob = r.make([a], None, lr=1e-3, base=FOREACH), r.make_reference([b], 1e-3, base=FOREACH)
     for o in (oa, ob):
         o.param_groups[0]["betas"] = (0.0, 0.999)
     a.grad, b.grad = torch.tensor([0.0, -0.0]), torch.tensor([0.0, -0.0])
     oa.step()
     ob.step()
     assert same(oa.state[a]["exp_avg"], ob.state[b]["exp_avg"])
+
+
+@pytest.mark.parametrize("name", ["CLRAdam", "CLRAdamW"])
+def test_adam_beta1_zero_signed_zeros_match_torchs_fused_body_and_tail(name):
+    # torch's fused kernel: -0.0 in its vector body, +0.0 in its scalar tail (g - (g - m) * 0)
+    r = RULES[name]
+    grad = torch.tensor([0.0, -0.0] * 10)  # 16 in the vector body, 4 in the tail
+    a, b = torch.nn.Parameter(torch.ones(20)), torch.nn.Parameter(torch.ones(20))
+    oa, ob = r.make([a], None, lr=1e-3, base={}), r.make_reference([b], 1e-3, base={})
+    for o in (oa, ob):
+        o.param_groups[0]["betas"] = (0.0, 0.999)
+    a.grad, b.grad = grad.clone(), grad.clone()
+    oa.step()
+    ob.step()
+    assert same(oa.state[a]["exp_avg"], ob.state[b]["exp_avg"])
+    assert torch.equal(torch.signbit(ob.state[b]["exp_avg"][1::2]), torch.tensor([True] * 8 + [False] * 2))
 
 
 @pytest.mark.xfail(
@@ -432,8 +466,8 @@ def test_adamw_f64_tensor_lr_on_a_0d_parameter():
     r = RULES["CLRAdamW"]
     a, b = torch.nn.Parameter(torch.tensor(1.5)), torch.nn.Parameter(torch.tensor(1.5))
     oa, ob = (
-        r.make([a], None, lr=1e-3, base={"weight_decay": 1e-2}),
-        r.make_reference([b], 1e-3, base={"weight_decay": 1e-2}),
+        r.make([a], None, lr=1e-3, base={"weight_decay": 1e-2, **FOREACH}),
+        r.make_reference([b], 1e-3, base={"weight_decay": 1e-2, **FOREACH}),
     )
     for o in (oa, ob):
         o.param_groups[0]["lr"] = torch.tensor(0.02, dtype=torch.float64)

@@ -266,14 +266,16 @@ LR_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 @pytest.mark.parametrize(
     "weight_decay, amsgrad, maximize", [(0.3, False, False), (0.0, False, False), (0.3, True, False), (0.1, True, True)]
 )
-def test_tensor_lr_adam_bit_identical_to_torch_for_loop(pair, dtype, lr_dtype, weight_decay, amsgrad, maximize):
-    # torch derives 1 - lr*wd and lr/(1 - beta1**step) from a tensor lr with 0-d ops in its dtype;
-    # double arithmetic differs from that in every element of a float64 model after 5 steps.
+@pytest.mark.parametrize("reference, path", [("foreach", dict(foreach=False)), ("fused", dict(fused=True))])
+def test_tensor_lr_adam_bit_identical_to_torch(pair, dtype, lr_dtype, weight_decay, amsgrad, maximize, reference, path):
+    # torch's for-loop derives 1 - lr*wd and lr/(1 - beta1**step) from a tensor lr with 0-d ops in its
+    # dtype (double arithmetic differs from that in every element of a float64 model after 5 steps);
+    # its fused kernel reads the tensor's value as a double.
     ours, theirs = ADAM_PAIRS[pair]
     a, b = _params(dtype), _params(dtype)
     kw = dict(weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
-    oa = ours(a, None, lr=torch.tensor(1e-3, dtype=lr_dtype), **kw)
-    ob = theirs(b, lr=torch.tensor(1e-3, dtype=lr_dtype), foreach=False, **kw)
+    oa = ours(a, None, lr=torch.tensor(1e-3, dtype=lr_dtype), reference=reference, **kw)
+    ob = theirs(b, lr=torch.tensor(1e-3, dtype=lr_dtype), **path, **kw)
     for t in range(25):
         _set_grads(t, a, b)
         oa.step()
@@ -295,7 +297,7 @@ def test_tensor_lr_on_torchs_single_tensor_path_matches_too(lr_dtype):
     a = [base.clone().t().requires_grad_(), torch.randn(6, generator=g, dtype=torch.float64).requires_grad_()]
     b = [p.detach().clone().requires_grad_() for p in a]
     assert not a[0].is_contiguous()
-    oa = CLRAdamW(a, None, lr=torch.tensor(3e-3, dtype=lr_dtype), weight_decay=0.3)
+    oa = CLRAdamW(a, None, lr=torch.tensor(3e-3, dtype=lr_dtype), weight_decay=0.3, reference="foreach")
     ob = torch.optim.AdamW(b, lr=torch.tensor(3e-3, dtype=lr_dtype), weight_decay=0.3, foreach=False)
     for t in range(10):
         _set_grads(t, a, b)
@@ -310,7 +312,7 @@ def test_the_kernel_refuses_an_unknown_lr_dtype_code():
     s = torch.zeros(())
     table = np.array([[0, 0, 0, 0, 0, 0, 0, s.data_ptr(), 0]], dtype=np.int64)
     with pytest.raises(ValueError, match="lr_dtype: unknown dtype code 4"):
-        _core.adam_step(table, [1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.0, 0.0, 4.0])
+        _core.adam_step(table, [1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.0, 0.0, 4.0, 0.0])
     assert float(s) == 0.0
 
 

@@ -840,7 +840,7 @@ def test_clradamw_runs_cosine_with_min_lr_as_torch_adamw():
     a = [torch.nn.Parameter(torch.randn(64, generator=torch.Generator().manual_seed(3)))]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     oa = CLRAdamW(a, clr.WarmupCosine(3e-3, 10, 100, min_lr_rate=0.1), weight_decay=0.01)
-    ob = torch.optim.AdamW(b, lr=3e-3, weight_decay=0.01, foreach=False)
+    ob = torch.optim.AdamW(b, lr=3e-3, weight_decay=0.01, fused=True)
     sb = transformers.get_cosine_with_min_lr_schedule_with_warmup(ob, 10, 100, min_lr_rate=0.1)
     train(oa, None, a, 100, seed=4)
     train(ob, sb, b, 100, seed=4)

@@ -59,15 +59,18 @@ void bind_rule(py::module_& m, py::dict& layouts) {
                           "']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, "
                           "sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns "
                           "(lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the "
-                          "schedule has none); else None.";
+                          "schedule has none); else None. divide_scale (with store_grad): inv_scale is the scale, "
+                          "and gradients are divided by it, as torch's fused CPU kernels unscale.";
   m.def(
       name.c_str(),
       [](const py::array& table, const std::vector<double>& scalars, double inv_scale, bool store_grad, int threads,
          uintptr_t sqrt_f32, uintptr_t sqrt_f64, uintptr_t sqrt_threads_local, const std::optional<Schedule>& schedule,
-         int64_t next_step, double momentum) -> py::object {
+         int64_t next_step, double momentum, bool divide_scale) -> py::object {
         if (scalars.size() != R::kScalars.size())
           throw py::value_error("scalars: expected " + std::to_string(R::kScalars.size()) + " values (" +
                                 std::string(R::kName) + "), got " + std::to_string(scalars.size()));
+        if (divide_scale && !store_grad)
+          throw py::value_error("divide_scale: GradScaler's division needs store_grad=True");
         const std::string why = R::invalid(scalars.data());
         if (!why.empty()) throw py::value_error(why);
         int64_t n = 0;
@@ -75,6 +78,7 @@ void bind_rule(py::module_& m, py::dict& layouts) {
         RuleRun run;
         run.inv_scale = inv_scale;
         run.store_grad = store_grad;
+        run.divide_scale = divide_scale;
         run.threads = threads < 1 ? 1 : threads;
         run.sqrt_f32 = reinterpret_cast<VecSqrtF32>(sqrt_f32);
         run.sqrt_f64 = reinterpret_cast<VecSqrtF64>(sqrt_f64);
@@ -91,7 +95,8 @@ void bind_rule(py::module_& m, py::dict& layouts) {
       },
       py::arg("segments"), py::arg("scalars"), py::arg("inv_scale") = 1.0, py::arg("store_grad") = false,
       py::arg("threads") = 1, py::arg("sqrt_f32") = 0, py::arg("sqrt_f64") = 0, py::arg("sqrt_threads_local") = 0,
-      py::arg("schedule") = py::none(), py::arg("next_step") = 0, py::arg("momentum") = 0.0, doc.c_str());
+      py::arg("schedule") = py::none(), py::arg("next_step") = 0, py::arg("momentum") = 0.0,
+      py::arg("divide_scale") = false, doc.c_str());
 }
 
 template <class... R>

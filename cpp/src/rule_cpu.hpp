@@ -53,6 +53,9 @@ using VecSqrtF64 = void (*)(const int* n, const double* in, double* out);
 struct RuleRun {
   double inv_scale = 1.0;   // GradScaler's unscaling factor
   bool store_grad = false;  // write the unscaled gradient back (GradScaler's fused contract)
+  // With store_grad: inv_scale holds the scale itself and gradients are divided by it, as
+  // torch's fused CPU kernels unscale (for-loop code multiplies by the reciprocal).
+  bool divide_scale = false;
   int threads = 1;
   // The square roots of float32 / float64 segments (null: IEEE sqrt in the loop), and null or
   // a function that sets the calling thread's thread count of those routines and returns the
@@ -84,7 +87,16 @@ constexpr bool writes_any_grad() {
 
 constexpr int64_t kBlock = 512;  // elements per external-root block: they stay in L1
 
-template <class R, int V, DType D, bool STORE, int K = static_cast<int>(R::kSlots.size())>
+// How a loop unscales the gradient (template argument U): times the factor, not stored back;
+// times the factor and stored; divided by the scale and stored (RuleRun::divide_scale).
+enum Unscale : int { kMul = 0, kMulStore = 1, kDivStore = 2 };
+
+template <int U, typename Acc>
+CLRFAST_CPU_INLINE Acc unscaled(Acc g, Acc factor) {
+  return U == kDivStore ? g / factor : g * factor;
+}
+
+template <class R, int V, DType D, int U, int K = static_cast<int>(R::kSlots.size())>
 CLRFAST_CPU_INLINE void loop(typename Storage<D>::type* __restrict p, typename Storage<D>::type* __restrict g,
                              typename Storage<D>::type* __restrict s0, typename Storage<D>::type* __restrict s1,
                              typename Storage<D>::type* __restrict s2, int64_t n,
@@ -94,8 +106,8 @@ CLRFAST_CPU_INLINE void loop(typename Storage<D>::type* __restrict p, typename S
   const auto c = coef;  // a local copy: provably not aliased by the stores, so the loop vectorizes
   for (int64_t i = 0; i < n; ++i) {
     Acc pv = S::load(p[i]);
-    Acc gv = S::load(g[i]) * c.inv_scale;
-    if (STORE) g[i] = S::store(gv);
+    Acc gv = unscaled<U>(S::load(g[i]), c.inv_scale);
+    if (U != kMul) g[i] = S::store(gv);
     Acc sv[3] = {Acc(0), Acc(0), Acc(0)};
     if (R::uses(V, 0)) sv[0] = S::load(s0[i]);
     if (K > 1 && R::uses(V, 1)) sv[1] = S::load(s1[i]);
@@ -113,7 +125,7 @@ CLRFAST_CPU_INLINE void loop(typename Storage<D>::type* __restrict p, typename S
 // The same update with the roots taken by an external vector routine (float32 / float64,
 // whose storage is the opmath type): per block, `pre` leaves p, the slots, the gradient it
 // ends with and the values to root in memory, the routine roots them, `post` finishes.
-template <class R, int V, DType D, bool STORE, typename T, int K = static_cast<int>(R::kSlots.size())>
+template <class R, int V, DType D, int U, typename T, int K = static_cast<int>(R::kSlots.size())>
 CLRFAST_CPU_INLINE void loop_ext(T* __restrict p, T* __restrict g, T* __restrict s0, T* __restrict s1,
                                  T* __restrict s2, int64_t n, const typename R::template Coef<T>& coef,
                                  void (*root)(const int*, const T*, T*)) {
@@ -130,8 +142,8 @@ CLRFAST_CPU_INLINE void loop_ext(T* __restrict p, T* __restrict g, T* __restrict
     T* __restrict sb2 = K > 2 && R::uses(V, 2) ? s2 + b : nullptr;
     for (int j = 0; j < nb; ++j) {
       T pv = pb[j];
-      T gv = gb[j] * c.inv_scale;
-      if (STORE) gb[j] = gv;
+      T gv = unscaled<U>(gb[j], c.inv_scale);
+      if (U != kMul) gb[j] = gv;
       T sv[3] = {T(0), T(0), T(0)};
       if (R::uses(V, 0)) sv[0] = sb0[j];
       if (K > 1 && R::uses(V, 1)) sv[1] = sb1[j];
@@ -163,11 +175,10 @@ CLRFAST_CPU_INLINE void loop_ext(T* __restrict p, T* __restrict g, T* __restrict
 template <typename Acc>
 using Root = void (*)(const int*, const Acc*, Acc*);
 
-// The loop of variant V (a compile-time constant from here on) and of the store flag.
-template <class R, DType D, int V>
-CLRFAST_CPU_INLINE void run_variant(bool store, void* const* a, int64_t n,
-                                    const typename R::template Coef<typename Storage<D>::acc>& c,
-                                    Root<typename Storage<D>::acc> root) {
+template <class R, int V, DType D, int U>
+CLRFAST_CPU_INLINE void run_loop(void* const* a, int64_t n,
+                                 const typename R::template Coef<typename Storage<D>::acc>& c,
+                                 Root<typename Storage<D>::acc> root) {
   using T = typename Storage<D>::type;
   T* p = static_cast<T*>(a[0]);
   T* g = static_cast<T*>(a[1]);
@@ -175,37 +186,43 @@ CLRFAST_CPU_INLINE void run_variant(bool store, void* const* a, int64_t n,
   T* s1 = static_cast<T*>(a[3]);
   T* s2 = static_cast<T*>(a[4]);
   if constexpr (R::kRoot && std::is_same<T, typename Storage<D>::acc>::value) {
-    if (root != nullptr) {
-      if (store) return loop_ext<R, V, D, true>(p, g, s0, s1, s2, n, c, root);
-      return loop_ext<R, V, D, false>(p, g, s0, s1, s2, n, c, root);
-    }
+    if (root != nullptr) return loop_ext<R, V, D, U>(p, g, s0, s1, s2, n, c, root);
   }
-  if (store) return loop<R, V, D, true>(p, g, s0, s1, s2, n, c);
-  return loop<R, V, D, false>(p, g, s0, s1, s2, n, c);
+  loop<R, V, D, U>(p, g, s0, s1, s2, n, c);
+}
+
+// The loop of variant V (a compile-time constant from here on) and of the unscaling mode.
+template <class R, DType D, int V>
+CLRFAST_CPU_INLINE void run_variant(int unscale, void* const* a, int64_t n,
+                                    const typename R::template Coef<typename Storage<D>::acc>& c,
+                                    Root<typename Storage<D>::acc> root) {
+  if (unscale == kDivStore) return run_loop<R, V, D, kDivStore>(a, n, c, root);
+  if (unscale == kMulStore) return run_loop<R, V, D, kMulStore>(a, n, c, root);
+  run_loop<R, V, D, kMul>(a, n, c, root);
 }
 
 template <class R, DType D, int... V>
-CLRFAST_CPU_INLINE void run_variants(std::integer_sequence<int, V...>, int v, bool store, void* const* a, int64_t n,
+CLRFAST_CPU_INLINE void run_variants(std::integer_sequence<int, V...>, int v, int unscale, void* const* a, int64_t n,
                                      const typename R::template Coef<typename Storage<D>::acc>& c,
                                      Root<typename Storage<D>::acc> root) {
-  ((v == V ? run_variant<R, D, V>(store, a, n, c, root) : void()), ...);
+  ((v == V ? run_variant<R, D, V>(unscale, a, n, c, root) : void()), ...);
 }
 
 // The body of one dtype's ISA-cloned entry point.
 template <class R, DType D>
-CLRFAST_CPU_INLINE void run_typed(int v, bool store, void* const* a, int64_t n,
+CLRFAST_CPU_INLINE void run_typed(int v, int unscale, void* const* a, int64_t n,
                                   const typename R::template Coef<typename Storage<D>::acc>& c,
                                   Root<typename Storage<D>::acc> root) {
-  run_variants<R, D>(std::make_integer_sequence<int, R::kVariants>{}, v, store, a, n, c, root);
+  run_variants<R, D>(std::make_integer_sequence<int, R::kVariants>{}, v, unscale, a, n, c, root);
 }
 
 // The per-dtype entry points of one rule (ISA clones, defined by CLRFAST_DEFINE_RULE_CPU).
 template <class R>
 struct Entries {
-  void (*f32)(int, bool, void* const*, int64_t, const typename R::template Coef<float>&, Root<float>);
-  void (*f64)(int, bool, void* const*, int64_t, const typename R::template Coef<double>&, Root<double>);
-  void (*bf16)(int, bool, void* const*, int64_t, const typename R::template Coef<float>&, Root<float>);
-  void (*f16)(int, bool, void* const*, int64_t, const typename R::template Coef<float>&, Root<float>);
+  void (*f32)(int, int, void* const*, int64_t, const typename R::template Coef<float>&, Root<float>);
+  void (*f64)(int, int, void* const*, int64_t, const typename R::template Coef<double>&, Root<double>);
+  void (*bf16)(int, int, void* const*, int64_t, const typename R::template Coef<float>&, Root<float>);
+  void (*f16)(int, int, void* const*, int64_t, const typename R::template Coef<float>&, Root<float>);
 };
 
 // Adds one to a step counter in its own dtype (torch's `step_t += 1`) and returns the new
@@ -241,6 +258,7 @@ void step(const RuleRowOf<R>* rows, int64_t nseg, const double* sc, const RuleRu
       coef[i].f = R::template coef<float>(sc, count, run.inv_scale);
   }
   const int v = R::variant(sc);
+  const int unscale = !run.store_grad ? kMul : run.divide_scale ? kDivStore : kMulStore;
   for_each_segment_range(
       nseg, [&](int64_t i) { return rows[i].n; }, run.threads,
       [&](int64_t i, int64_t begin, int64_t end) {
@@ -255,21 +273,28 @@ void step(const RuleRowOf<R>* rows, int64_t nseg, const double* sc, const RuleRu
         const auto& r = rows[i];
         const DType dt = static_cast<DType>(r.dtype);
         const int64_t es = dt == DType::F64 ? 8 : dt == DType::F32 ? 4 : 2;
-        auto at = [&](int64_t addr) -> void* { return addr ? reinterpret_cast<char*>(addr) + begin * es : nullptr; };
-        void* a[5] = {at(r.p), at(r.g), at(r.s[0]), K > 1 ? at(r.s[K > 1 ? 1 : 0]) : nullptr,
-                      K > 2 ? at(r.s[K > 2 ? 2 : 0]) : nullptr};
-        const int64_t n = end - begin;
         const int vr = row_variant<R>(v, r);
-        switch (dt) {
-          case DType::F32:
-            return fn.f32(vr, run.store_grad, a, n, coef[i].f, run.sqrt_f32);
-          case DType::F64:
-            return fn.f64(vr, run.store_grad, a, n, coef[i].d, run.sqrt_f64);
-          case DType::BF16:
-            return fn.bf16(vr, run.store_grad, a, n, coef[i].f, nullptr);
-          case DType::F16:
-            return fn.f16(vr, run.store_grad, a, n, coef[i].f, nullptr);
-        }
+        // Elements [b, e) of the row with variant `var`.
+        auto run_range = [&](int64_t b, int64_t e, int var) {
+          auto at = [&](int64_t addr) -> void* { return addr ? reinterpret_cast<char*>(addr) + b * es : nullptr; };
+          void* a[5] = {at(r.p), at(r.g), at(r.s[0]), K > 1 ? at(r.s[K > 1 ? 1 : 0]) : nullptr,
+                        K > 2 ? at(r.s[K > 2 ? 2 : 0]) : nullptr};
+          const int64_t n = e - b;
+          switch (dt) {
+            case DType::F32:
+              return fn.f32(var, unscale, a, n, coef[i].f, run.sqrt_f32);
+            case DType::F64:
+              return fn.f64(var, unscale, a, n, coef[i].d, run.sqrt_f64);
+            case DType::BF16:
+              return fn.bf16(var, unscale, a, n, coef[i].f, nullptr);
+            case DType::F16:
+              return fn.f16(var, unscale, a, n, coef[i].f, nullptr);
+          }
+        };
+        const int64_t w = Tail<R>::width(sc, es);
+        const int64_t body_end = w > 0 ? r.n - r.n % w : r.n;
+        if (begin < body_end) run_range(begin, std::min(end, body_end), vr);
+        if (end > body_end) run_range(std::max(begin, body_end), end, vr + Tail<R>::offset);
       });
 }
 
@@ -279,21 +304,21 @@ void step(const RuleRowOf<R>* rows, int64_t nseg, const double* sc, const RuleRu
 // dtype) and rule_step_cpu<R>. Used once per rule, inside namespace clrfast.
 #define CLRFAST_DEFINE_RULE_CPU(R)                                                                                 \
   namespace {                                                                                                      \
-  CLRFAST_CPU_CLONES void R##_f32(int v, bool st, void* const* a, int64_t n, const R::Coef<float>& c,             \
+  CLRFAST_CPU_CLONES void R##_f32(int v, int u, void* const* a, int64_t n, const R::Coef<float>& c,             \
                                   rule_detail::Root<float> root) {                                                 \
-    rule_detail::run_typed<R, DType::F32>(v, st, a, n, c, root);                                                   \
+    rule_detail::run_typed<R, DType::F32>(v, u, a, n, c, root);                                                   \
   }                                                                                                                \
-  CLRFAST_CPU_CLONES void R##_f64(int v, bool st, void* const* a, int64_t n, const R::Coef<double>& c,            \
+  CLRFAST_CPU_CLONES void R##_f64(int v, int u, void* const* a, int64_t n, const R::Coef<double>& c,            \
                                   rule_detail::Root<double> root) {                                                \
-    rule_detail::run_typed<R, DType::F64>(v, st, a, n, c, root);                                                   \
+    rule_detail::run_typed<R, DType::F64>(v, u, a, n, c, root);                                                   \
   }                                                                                                                \
-  CLRFAST_CPU_CLONES void R##_bf16(int v, bool st, void* const* a, int64_t n, const R::Coef<float>& c,            \
+  CLRFAST_CPU_CLONES void R##_bf16(int v, int u, void* const* a, int64_t n, const R::Coef<float>& c,            \
                                    rule_detail::Root<float>) {                                                     \
-    rule_detail::run_typed<R, DType::BF16>(v, st, a, n, c, nullptr);                                               \
+    rule_detail::run_typed<R, DType::BF16>(v, u, a, n, c, nullptr);                                               \
   }                                                                                                                \
-  CLRFAST_CPU_CLONES void R##_f16(int v, bool st, void* const* a, int64_t n, const R::Coef<float>& c,             \
+  CLRFAST_CPU_CLONES void R##_f16(int v, int u, void* const* a, int64_t n, const R::Coef<float>& c,             \
                                   rule_detail::Root<float>) {                                                      \
-    rule_detail::run_typed<R, DType::F16>(v, st, a, n, c, nullptr);                                                \
+    rule_detail::run_typed<R, DType::F16>(v, u, a, n, c, nullptr);                                                \
   }                                                                                                                \
   }                                                                                                                \
   template <>                                                                                                      \

@@ -232,7 +232,7 @@ CLRFAST_HD void chunk_variants(std::integer_sequence<int, V...>, int v, const Ro
 template <class R, DType D, class M>
 CLRFAST_HD void chunk_typed(bool store, int v, const Row<R>& r, int64_t begin, int64_t end, int t,
                             const typename R::template Coef<typename Storage<D>::acc>& c) {
-  constexpr auto vs = std::make_integer_sequence<int, R::kVariants>{};
+  constexpr auto vs = std::make_integer_sequence<int, rule_detail::DeviceVariants<R>::count>{};
   if (store)
     chunk_variants<R, D, true, M>(vs, v, r, begin, end, t, c);
   else

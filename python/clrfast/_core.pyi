@@ -792,9 +792,10 @@ def adam_step(
     schedule: Schedule | None = None,
     next_step: typing.SupportsInt | typing.SupportsIndex = 0,
     momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+    divide_scale: bool = False,
 ) -> typing.Any:
     """
-    The adam step on the CPU over an int64 segment table (columns: _core.rules['adam']['cols']). scalars: the values of _core.rules['adam']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
+    The adam step on the CPU over an int64 segment table (columns: _core.rules['adam']['cols']). scalars: the values of _core.rules['adam']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None. divide_scale (with store_grad): inv_scale is the scale, and gradients are divided by it, as torch's fused CPU kernels unscale.
     """
 
 def constant(*, lr: typing.SupportsFloat | typing.SupportsIndex) -> Schedule: ...
@@ -881,9 +882,10 @@ def lion_step(
     schedule: Schedule | None = None,
     next_step: typing.SupportsInt | typing.SupportsIndex = 0,
     momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+    divide_scale: bool = False,
 ) -> typing.Any:
     """
-    The lion step on the CPU over an int64 segment table (columns: _core.rules['lion']['cols']). scalars: the values of _core.rules['lion']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
+    The lion step on the CPU over an int64 segment table (columns: _core.rules['lion']['cols']). scalars: the values of _core.rules['lion']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None. divide_scale (with store_grad): inv_scale is the scale, and gradients are divided by it, as torch's fused CPU kernels unscale.
     """
 
 def onecycle(
@@ -959,9 +961,10 @@ def rmsprop_step(
     schedule: Schedule | None = None,
     next_step: typing.SupportsInt | typing.SupportsIndex = 0,
     momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+    divide_scale: bool = False,
 ) -> typing.Any:
     """
-    The rmsprop step on the CPU over an int64 segment table (columns: _core.rules['rmsprop']['cols']). scalars: the values of _core.rules['rmsprop']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
+    The rmsprop step on the CPU over an int64 segment table (columns: _core.rules['rmsprop']['cols']). scalars: the values of _core.rules['rmsprop']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None. divide_scale (with store_grad): inv_scale is the scale, and gradients are divided by it, as torch's fused CPU kernels unscale.
     """
 
 def rule_step_cuda(
@@ -1040,9 +1043,10 @@ def schedulefree_adamw_step(
     schedule: Schedule | None = None,
     next_step: typing.SupportsInt | typing.SupportsIndex = 0,
     momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+    divide_scale: bool = False,
 ) -> typing.Any:
     """
-    The schedulefree_adamw step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_adamw']['cols']). scalars: the values of _core.rules['schedulefree_adamw']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
+    The schedulefree_adamw step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_adamw']['cols']). scalars: the values of _core.rules['schedulefree_adamw']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None. divide_scale (with store_grad): inv_scale is the scale, and gradients are divided by it, as torch's fused CPU kernels unscale.
     """
 
 def schedulefree_sgd_step(
@@ -1057,9 +1061,10 @@ def schedulefree_sgd_step(
     schedule: Schedule | None = None,
     next_step: typing.SupportsInt | typing.SupportsIndex = 0,
     momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+    divide_scale: bool = False,
 ) -> typing.Any:
     """
-    The schedulefree_sgd step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_sgd']['cols']). scalars: the values of _core.rules['schedulefree_sgd']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
+    The schedulefree_sgd step on the CPU over an int64 segment table (columns: _core.rules['schedulefree_sgd']['cols']). scalars: the values of _core.rules['schedulefree_sgd']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None. divide_scale (with store_grad): inv_scale is the scale, and gradients are divided by it, as torch's fused CPU kernels unscale.
     """
 
 def set_tensor_api(tensor_type: typing.Any, data_ptr_fn: typing.SupportsInt | typing.SupportsIndex) -> None:
@@ -1088,9 +1093,10 @@ def sgd_step(
     schedule: Schedule | None = None,
     next_step: typing.SupportsInt | typing.SupportsIndex = 0,
     momentum: typing.SupportsFloat | typing.SupportsIndex = 0.0,
+    divide_scale: bool = False,
 ) -> typing.Any:
     """
-    The sgd step on the CPU over an int64 segment table (columns: _core.rules['sgd']['cols']). scalars: the values of _core.rules['sgd']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None.
+    The sgd step on the CPU over an int64 segment table (columns: _core.rules['sgd']['cols']). scalars: the values of _core.rules['sgd']['scalars'], in that order. inv_scale/store_grad: GradScaler's unscaling. sqrt_f32, sqrt_f64, sqrt_threads_local: the vector square roots (0: IEEE sqrt). With a schedule, returns (lr, momentum) of next_step as sgd_hyper does (momentum: the constant where the schedule has none); else None. divide_scale (with store_grad): inv_scale is the scale, and gradients are divided by it, as torch's fused CPU kernels unscale.
     """
 
 def sweep(
@@ -1206,7 +1212,18 @@ rules: dict = {
     },
     "adam": {
         "slots": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-        "scalars": ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled", "amsgrad", "maximize", "lr_dtype"),
+        "scalars": (
+            "lr",
+            "beta1",
+            "beta2",
+            "eps",
+            "weight_decay",
+            "decoupled",
+            "amsgrad",
+            "maximize",
+            "lr_dtype",
+            "vec_bytes",
+        ),
         "cols": {
             "p": 0,
             "g": 1,

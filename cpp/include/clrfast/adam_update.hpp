@@ -64,13 +64,16 @@ enum class WdMode : int32_t { None = 0, L2 = 1, Decoupled = 2 };
 template <typename Acc>
 struct AdamCoef {
   Acc lerp_w;       // 1 - beta1, or (1 - beta1) - 1 when lerp_small is false
+  Acc lerp_rest;    // 1 - (1 - beta1): the fused kernel's scalar tail (-lerp_w but for a zero's sign)
   bool lerp_small;  // ATen's lerp branch: |1 - beta1| < 0.5
   Acc beta2, one_minus_beta2;
   Acc bc2_sqrt, eps, neg_step_size;
   Acc wd;     // L2 coefficient
   Acc decay;  // 1 - lr*wd, the decoupled shrink factor
   Acc inv_scale;
-  typename SignBits<Acc>::type sign;  // maximize: the sign bit, else 0
+  // maximize: the sign bit, else 0. torch's for-loop negates, flipping a NaN's sign bit too. (Its
+  // fused kernel's NaN signs are its compiler's: it folds (-g) * (-g) to g * g in the vector body.)
+  typename SignBits<Acc>::type sign;
 };
 
 // The scalars torch's Python computes for one parameter at (already
@@ -115,6 +118,7 @@ CLRFAST_HD AdamCoef<Acc> make_adam_coef(double lr, double beta1, double beta2, d
   const Acc w = static_cast<Acc>(1.0 - beta1);
   c.lerp_small = (w < Acc(0) ? -w : w) < Acc(0.5);
   c.lerp_w = c.lerp_small ? w : w - Acc(1);
+  c.lerp_rest = Acc(1) - w;
   c.beta2 = static_cast<Acc>(beta2);
   c.one_minus_beta2 = static_cast<Acc>(1.0 - beta2);
   c.bc2_sqrt = static_cast<Acc>(s.bc2_sqrt);
@@ -139,18 +143,30 @@ CLRFAST_HD Acc nan_max(Acc a, Acc b) {
 
 // The first half of one element: everything up to the square root. `g` is
 // the unscaled gradient; updates p (weight decay only), m, v and (amsgrad)
-// vm, and returns the second moment the denominator is built from.
-template <WdMode W, bool AMS, typename Acc>
+// vm, and returns the second moment the denominator is built from. TAIL: the
+// rounding of the scalar tail of torch's fused CPU kernel (its last
+// numel % vector-width elements, compiled with FP contraction):
+//   m  = fma(-(g - m), 1 - w, g)             (w = 1 - beta1 >= 0.5: g - (g - m)(1 - w))
+//   v  = fma(v, beta2, ((1 - beta2) * g) * g)
+//   vm = vm < v ? v : vm                     (std::max: a NaN v loses)
+// where its vector body rounds as torch's for-loop does.
+template <WdMode W, bool AMS, bool TAIL = false, typename Acc>
 CLRFAST_HD Acc adam_moments(Acc& p, Acc g, Acc& m, Acc& v, Acc& vm, const AdamCoef<Acc>& c) {
-  g = xor_sign(g, c.sign);  // torch negates, flipping a NaN's sign bit too
+  g = xor_sign(g, c.sign);
   if (W == WdMode::L2) g = fused_madd(p, c.wd, g);
   if (W == WdMode::Decoupled) p = p * c.decay;
   // lerp(m, g, w): the branch is per step, not per element, but written as a
   // select so the loop stays branch-free.
-  m = fused_madd(c.lerp_w, g - m, c.lerp_small ? m : g);
-  v = fused_madd(c.one_minus_beta2 * g, g, v * c.beta2);
+  if (TAIL && !c.lerp_small)
+    m = fused_madd(-(g - m), c.lerp_rest, g);
+  else
+    m = fused_madd(c.lerp_w, g - m, c.lerp_small ? m : g);
+  if (TAIL)
+    v = fused_madd(v, c.beta2, (c.one_minus_beta2 * g) * g);
+  else
+    v = fused_madd(c.one_minus_beta2 * g, g, v * c.beta2);
   if (!AMS) return v;
-  vm = nan_max(vm, v);
+  vm = TAIL ? (vm < v ? v : vm) : nan_max(vm, v);
   return vm;
 }
 
@@ -162,57 +178,51 @@ CLRFAST_HD void adam_apply(Acc& p, Acc m, Acc root, const AdamCoef<Acc>& c) {
   p = p + (c.neg_step_size * m) / denom;
 }
 
-// One element, with an IEEE square root.
-template <WdMode W, bool AMS, typename Acc>
-CLRFAST_HD void adam_element(Acc& p, Acc g, Acc& m, Acc& v, Acc& vm, const AdamCoef<Acc>& c) {
-  const Acc vv = adam_moments<W, AMS>(p, g, m, v, vm, c);
-  adam_apply(p, m, ieee_sqrt(vv), c);
-}
-
-// The whole update of element i as stored in memory: load to the opmath type,
-// unscale, optionally store the unscaled gradient back (GradScaler's fused
-// contract), update, round once on store. The CPU loops and the CUDA kernel
-// both run exactly this.
-template <DType D, WdMode W, bool AMS>
-CLRFAST_HD void adam_update_at(typename Storage<D>::type* p, typename Storage<D>::type* g,
-                               typename Storage<D>::type* m, typename Storage<D>::type* v,
-                               typename Storage<D>::type* vm, int64_t i,
-                               const AdamCoef<typename Storage<D>::acc>& c, bool store_grad) {
-  using S = Storage<D>;
-  using Acc = typename S::acc;
-  Acc pv = S::load(p[i]);
-  const Acc gv = S::load(g[i]) * c.inv_scale;
-  if (store_grad) g[i] = S::store(gv);
-  Acc mv = S::load(m[i]);
-  Acc vv = S::load(v[i]);
-  Acc vmv = AMS ? S::load(vm[i]) : Acc(0);
-  adam_element<W, AMS>(pv, gv, mv, vv, vmv, c);
-  if (AMS) vm[i] = S::store(vmv);
-  v[i] = S::store(vv);
-  m[i] = S::store(mv);
-  p[i] = S::store(pv);
-}
-
 // The Adam family as a declared rule of the engine (cpp/src/rule_cpu.hpp): torch's
 // Adam (decoupled = 0, L2 decay) and AdamW (decoupled = 1). lr_dtype is the DType code of a
-// tensor lr (F64 for a Python float), which torch's lr-derived scalars round in.
+// tensor lr (F64 for a Python float), which torch's lr-derived scalars round in. vec_bytes:
+// 0 for the rounding of torch's for-loop and foreach paths; 32 or 64 for its fused CPU kernel
+// built for vectors of that many bytes (AVX2, AVX-512), whose last numel % (vec_bytes /
+// element size) elements of each parameter take the scalar tail's rounding.
 struct Adam {
   static constexpr const char* kName = "adam";
   static constexpr std::array<const char*, 3> kSlots = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
-  enum Scalar { kLr, kBeta1, kBeta2, kEps, kWeightDecay, kDecoupled, kAmsgrad, kMaximize, kLrDtype, kScalarCount };
+  enum Scalar {
+    kLr,
+    kBeta1,
+    kBeta2,
+    kEps,
+    kWeightDecay,
+    kDecoupled,
+    kAmsgrad,
+    kMaximize,
+    kLrDtype,
+    kVecBytes,
+    kScalarCount
+  };
   static constexpr std::array<const char*, kScalarCount> kScalars = {
-      "lr", "beta1", "beta2", "eps", "weight_decay", "decoupled", "amsgrad", "maximize", "lr_dtype"};
+      "lr", "beta1", "beta2", "eps", "weight_decay", "decoupled", "amsgrad", "maximize", "lr_dtype", "vec_bytes"};
   static constexpr bool kStep = true;
   static constexpr bool kRoot = true;
 
-  // Variant: the weight-decay mode times two, plus one with amsgrad.
-  static constexpr int kVariants = 6;
+  // Variant: the weight-decay mode times two, plus one with amsgrad; plus kTailOffset in the
+  // fused kernel's scalar tail, which only the CPU runs.
+  static constexpr int kVariants = 12;
+  static constexpr int kDeviceVariants = 6;
+  static constexpr int kTailOffset = 6;
   CLRFAST_HD static int variant(const double* sc) {
     const WdMode w = sc[kWeightDecay] == 0.0 ? WdMode::None : sc[kDecoupled] != 0.0 ? WdMode::Decoupled : WdMode::L2;
     return static_cast<int>(w) * 2 + (sc[kAmsgrad] != 0.0 ? 1 : 0);
   }
   CLRFAST_HD static constexpr bool uses(int v, int slot) { return slot < 2 || (v & 1); }
+  // Elements per vector of torch's fused kernel for a dtype of `elem_bytes` (0: no tail).
+  static int64_t tail_width(const double* sc, int64_t elem_bytes) {
+    return static_cast<int64_t>(sc[kVecBytes]) / elem_bytes;
+  }
   static std::string invalid(const double* sc) {
+    const double vb = sc[kVecBytes];
+    if (vb != 0.0 && vb != 32.0 && vb != 64.0)
+      return "vec_bytes: expected 0, 32 or 64, got " + std::to_string(vb);
     const double code = sc[kLrDtype];
     if (code == 0.0 || code == 1.0 || code == 2.0 || code == 3.0) return {};
     const bool whole = std::fabs(code) < 1e15 && code == std::trunc(code);  // a cast of anything else is UB
@@ -232,7 +242,8 @@ struct Adam {
   // s: exp_avg, exp_avg_sq, max_exp_avg_sq.
   template <int V, typename Acc>
   CLRFAST_HD static Acc pre(Acc& p, Acc& g, Acc* s, const Coef<Acc>& c) {
-    return adam_moments<static_cast<WdMode>(V / 2), (V & 1) != 0>(p, g, s[0], s[1], s[2], c);
+    constexpr int B = V % kTailOffset;
+    return adam_moments<static_cast<WdMode>(B / 2), (B & 1) != 0, (V >= kTailOffset)>(p, g, s[0], s[1], s[2], c);
   }
   template <int V, typename Acc>
   CLRFAST_HD static void post(Acc& p, Acc, Acc* s, Acc root, const Coef<Acc>& c) {

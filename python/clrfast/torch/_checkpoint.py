@@ -102,6 +102,7 @@ class Checkpoints(FlatLayout):
                 # Buffers made by a state-initialising step hold no history; saved with the state so a
                 # resume from such a checkpoint still makes the first update torch's first update.
                 g[_FRESH] = [pi for pi, p in enumerate(live["params"]) if self._is_fresh(p)]
+            self._save_group(g)
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, sd)
             if result is not None:
@@ -223,6 +224,7 @@ class Checkpoints(FlatLayout):
         # clrfast 0.1 saved a group's constant momentum as 'base_momentum' beside its schedule; torch's
         # CyclicLR and OneCycleLR save 'base_momentum' with 'max_momentum' as their own bookkeeping
         legacy = saved.pop("base_momentum", None) if "schedule" in saved and "max_momentum" not in saved else None
+        self._upgrade_saved_group(gi, saved)
         for key in self._later_flags:
             saved.setdefault(key, False)
         for key, value in current.items():
@@ -249,6 +251,12 @@ class Checkpoints(FlatLayout):
         saved["step"] = clock(f"state_dict['param_groups'][{gi}]['step']", saved["step"])
         self._check_hyper(f"state_dict['param_groups'][{gi}]", saved)
         return saved
+
+    def _save_group(self, saved: dict) -> None:
+        """Adds to a group of the state dict what the reference optimizer needs to resume it (nothing by default)."""
+
+    def _upgrade_saved_group(self, gi: int, saved: dict) -> None:
+        """Maps, in place, the keys an earlier clrfast or the reference optimizer saved in a group (none by default)."""
 
     # ------------------------------------------------------------------ copy and pickle
     def __getstate__(self):

@@ -45,6 +45,16 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return cast("DTensor", t)._local_tensor if is_dtensor(t) else t
 
 
+def one_run(t: torch.Tensor) -> bool:
+    """True when ``t``'s elements fill one block of memory without gaps or overlap, in any dimension order."""
+    size = 1
+    for st, n in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
+        if st != size:
+            return False
+        size *= n
+    return True
+
+
 def dense_like(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when ``b`` lays its elements out in memory exactly as ``a`` and both are one dense run."""
     if a.shape != b.shape:

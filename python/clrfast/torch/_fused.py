@@ -375,6 +375,8 @@ class FusedOptimizer(Following, Checkpoints, Planning):
         inv_scale = None
         if grad_scale is not None and any(p is not None and p.device.type == "cpu" for p in plans):
             inv_scale = float(grad_scale.double().reciprocal().float())
+            for hyper in hypers:
+                hyper["grad_scale"] = grad_scale  # for rules that divide by it (_divides_scale)
         try:
             for gi, (group, hyper, plan) in enumerate(zip(self.param_groups, hypers, plans)):
                 self._commit(gi, group, hyper, plan, inv_scale, grad_scale, found_inf)
@@ -412,10 +414,16 @@ class FusedOptimizer(Following, Checkpoints, Planning):
         """The rule's reference update of the ``(index, parameter)`` pairs the kernel cannot take."""
         params = [p for _, p in slow]
         grads = [p.grad for p in params]
-        if inv_scale is not None:
+        if inv_scale is not None and not self._divides_scale(hyper):
             for g in grads:
                 g.mul_(inv_scale)  # GradScaler's fused contract: the optimizer unscales, in place
         self._torch_update(params, grads, [self.state[p] for p in params], hyper)
+
+    def _divides_scale(self, hyper: dict) -> bool:
+        """Whether the update unscales GradScaler's gradients by dividing by the scale, as torch's fused
+        kernels do (``hyper['grad_scale']``; its ``_torch_update`` then unscales too), rather than
+        multiplying by the reciprocal, as torch's ``unscale_`` does before a for-loop step."""
+        return False
 
     def _rehearse(self, slow: list, hyper: dict) -> None:
         """Runs the reference update on copies of the slow parameters whose state mixes dtypes or devices.

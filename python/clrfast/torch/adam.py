@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.optim.adam import adam as _torch_adam
 
 from .. import _validate as check
-from ._checks import DTYPE_CODES, non_negative, step_clock, step_flag, step_lr, step_real
+from ._checks import DTYPE_CODES, non_negative, one_run, step_clock, step_flag, step_lr, step_real
+from ._sqrt import torch_sqrt_routines
 from .rule import RuleOptimizer
 
 __all__ = ["CLRAdamW", "CLRAdam"]
 
 _LR_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+REFERENCES = (None, "fused", "foreach")
+
+
+@functools.lru_cache(maxsize=1)
+def fused_vector_bytes() -> int:
+    """The vector width (bytes) of torch's fused CPU Adam kernel where clrfast reproduces it, else 0.
+
+    The kernel rounds the last ``numel % (width / element size)`` elements of each parameter in
+    scalar code. It is registered with ``REGISTER_DISPATCH``, which leaves the AVX-512 slot
+    empty, so an AVX-512 machine runs the AVX2 build as well: 32 bytes on both (measured).
+    """
+    return 32 if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else 0
+
+
+def check_reference(name: str, value) -> str | None:
+    """A group's ``reference``: None, ``"fused"`` or ``"foreach"``; "fused" needs a reproduced torch build."""
+    if not (value is None or isinstance(value, str)) or value not in REFERENCES:
+        raise ValueError(f"{name} must be None, 'fused' or 'foreach', got {value!r}")
+    if value == "fused" and not fused_vector_bytes():
+        raise ValueError(
+            f"{name}='fused': torch's fused CPU Adam kernel is reproduced for its AVX2 and AVX-512 builds, and this "
+            f"torch runs its {torch.backends.cpu.get_cpu_capability()!r} kernels; use reference='foreach'"
+        )
+    return value
 
 
 class _CLRAdamBase(RuleOptimizer):
@@ -35,7 +62,7 @@ class _CLRAdamBase(RuleOptimizer):
         *,
         lr: float | None = None,
         flat: bool = False,
-        match_torch: bool = True,
+        reference: str | None = None,
         threads: int | None = None,
     ):
         schedule, lr = self._lr_source(schedule, lr)
@@ -49,7 +76,7 @@ class _CLRAdamBase(RuleOptimizer):
             maximize=maximize,
             step=0,
             flat=flat,
-            match_torch=match_torch,
+            reference=reference,
         )
         self._check_hyper(self._rule, defaults)
         super().__init__(params, defaults, threads=threads)
@@ -77,8 +104,28 @@ class _CLRAdamBase(RuleOptimizer):
             raise ValueError(f"betas must be either both floats or both Tensors ({label}['betas'] is {betas!r})")
         # tensor betas would round torch's bias corrections in float32, which the kernel does not
         group["betas"] = tuple(check.real(f"{label}['betas'][{i}]", b) for i, b in enumerate(betas))
-        group.setdefault("match_torch", True)  # absent from torch's groups
-        self._check_flags_and_clock(label, group, ("amsgrad", "maximize", "flat", "match_torch"))
+        group["reference"] = check_reference(f"{label}['reference']", group.setdefault("reference", None))
+        self._check_flags_and_clock(label, group, ("amsgrad", "maximize", "flat"))
+
+    def _save_group(self, saved: dict) -> None:
+        # torch's path keys, so that torch.optim.Adam(W) resumes the run on the path it matched
+        fused = saved["reference"] != "foreach" and fused_vector_bytes() != 0
+        saved["fused"], saved["foreach"] = (True, None) if fused else (None, False)
+
+    def _upgrade_saved_group(self, gi: int, saved: dict) -> None:
+        if "reference" in saved:
+            saved.pop("fused", None)  # what _save_group wrote for torch
+            saved.pop("foreach", None)
+            return
+        if "match_torch" in saved:
+            # saved before `reference`: match_torch=True was the for-loop's rounding, False the IEEE root
+            legacy = saved.pop("match_torch")
+            if not isinstance(legacy, (bool, int)) or legacy not in (0, 1):
+                raise TypeError(f"state_dict['param_groups'][{gi}]['match_torch'] must be a bool, got {legacy!r}")
+            saved["reference"] = "foreach" if legacy else "fused"
+        elif "fused" in saved:
+            # torch's Adam(W): the run goes on with the path it took (for-loop and foreach agree on the CPU)
+            saved["reference"] = ("fused" if fused_vector_bytes() else None) if saved["fused"] else "foreach"
 
     def _step_hyper(self, gi: int, group) -> dict:
         """Every group value the step reads, checked; raises before anything changes.
@@ -91,7 +138,11 @@ class _CLRAdamBase(RuleOptimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"param_groups[{gi}]['betas'] must be a pair of floats, got {betas!r}")
         lr, lr_dtype = step_lr(gi, group["lr"])
-        h = dict(
+        reference = check_reference(f"param_groups[{gi}]['reference']", group.get("reference"))
+        vec_bytes = 0 if reference == "foreach" else fused_vector_bytes()
+        if vec_bytes:
+            lr_dtype = DTYPE_CODES[torch.float64]  # torch's fused kernel reads a CPU tensor lr as a double
+        h: dict = dict(
             step=step,
             lr=lr,
             lr_dtype=lr_dtype,
@@ -102,7 +153,8 @@ class _CLRAdamBase(RuleOptimizer):
             weight_decay=self._step_weight_decay(gi, group, step),
             amsgrad=step_flag(gi, "amsgrad", group["amsgrad"]),
             maximize=step_flag(gi, "maximize", group["maximize"]),
-            match_torch=step_flag(gi, "match_torch", group.get("match_torch", True)),
+            reference=reference,
+            vec_bytes=vec_bytes,
         )
         if not (0.0 <= h["beta1"] < 1.0 and 0.0 <= h["beta2"] < 1.0):
             raise ValueError(f"param_groups[{gi}]['betas'] must lie in [0, 1), got {betas!r}")
@@ -113,8 +165,18 @@ class _CLRAdamBase(RuleOptimizer):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     # ------------------------------------------------------------------ CPU
+    def _roots(self, h) -> tuple:
+        return (0, 0, 0) if h["vec_bytes"] else torch_sqrt_routines()  # the fused kernel's root is IEEE
+
+    def _divides_scale(self, h) -> bool:
+        return bool(h["vec_bytes"])
+
     def _torch_update(self, params, grads, states, h) -> None:
-        """torch's single-tensor Adam, for tensors the kernel cannot walk as one dense run."""
+        """torch's Adam for tensors the kernel cannot walk as one dense run: its fused kernel (on dense
+        copies: it walks a tensor's memory as one run) or its single-tensor code, as ``reference`` says."""
+        if h["vec_bytes"]:
+            self._torch_fused_update(params, grads, states, h)
+            return
         ps, gs, ms, vs, vmaxs, steps = [], [], [], [], [], []
         for p, g, st in zip(params, grads, states):
             ps.append(p)
@@ -148,6 +210,51 @@ class _CLRAdamBase(RuleOptimizer):
             maximize=h["maximize"],
         )
 
+    def _torch_fused_update(self, params, grads, states, h) -> None:
+        keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq")
+        for p, g, st in zip(params, grads, states):
+            live = [p, g, *(st[k] for k in keys)]
+            # The kernel walks each tensor's memory for numel elements: right when all share one
+            # gap-free layout (its scalar tail then is the last elements in memory); else on copies
+            alike = one_run(p) and all(t.shape == p.shape and t.stride() == p.stride() for t in live)
+            dense = live if alike else [t.contiguous() for t in live]
+            vmax = [dense[4]] if h["amsgrad"] else []
+            _torch_adam(
+                [dense[0]],
+                [dense[1]],
+                [dense[2]],
+                [dense[3]],
+                vmax,
+                [st["step"]],
+                fused=True,
+                grad_scale=h.get("grad_scale"),
+                found_inf=None,
+                decoupled_weight_decay=self._decoupled,
+                amsgrad=h["amsgrad"],
+                beta1=h["beta1"],
+                beta2=h["beta2"],
+                lr=h["lr"],
+                weight_decay=h["weight_decay"],
+                eps=h["eps"],
+                maximize=h["maximize"],
+            )
+            for t, d in zip(live, dense):
+                if d is not t:
+                    t.copy_(d)
+
+    # ------------------------------------------------------------------ CUDA
+    def _check_cuda_group(self, gi: int, group) -> None:
+        if group.get("reference") == "fused":
+            raise ValueError(
+                f"param_groups[{gi}] is on CUDA with reference='fused': torch's CUDA fused Adam kernel rounds "
+                "otherwise than its CPU one, and the CUDA step reproduces torch's CUDA for-loop and foreach paths; "
+                "use reference=None or 'foreach'"
+            )
+        super()._check_cuda_group(gi, group)
+
+    def _cuda_step(self, gi: int, group, plan, hyper, grad_scale, found_inf) -> None:
+        super()._cuda_step(gi, group, plan, dict(hyper, vec_bytes=0), grad_scale, found_inf)
+
 
 class CLRAdamW(_CLRAdamBase):
     r"""AdamW whose lr (and beta1) follow a clrfast schedule, fused into one step.
@@ -167,20 +274,31 @@ class CLRAdamW(_CLRAdamBase):
         p = p - lr / (1 - beta1**s) * m / denom
 
     The bias correction uses the current beta1, as torch's does under a cycling
-    scheduler. float32 and float64 trajectories are bit-identical to
-    ``torch.optim.AdamW`` with ``foreach=False`` and ``foreach=True`` (which agree on the
-    CPU) where torch is built with MKL: its CPU ``sqrt`` is MKL's vector root, which is not
-    IEEE-rounded, and the kernel calls that same routine. ``match_torch=False`` takes the
-    IEEE root instead (what torch's ``fused=True`` uses): about a quarter faster on large
-    models, with last-ulp differences in the root. ``fused=True`` is not the reference: it
-    rounds the update differently. bfloat16/float16 parameters are updated in float32 and
-    rounded once on store. The state layout (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
-    ``step``), ``flat``, ``threads``, written values, GradScaler and the all-or-nothing
-    checks are those of :class:`~clrfast.torch.CLRSGD`; state dicts load into and from
-    ``torch.optim.AdamW``.
+    scheduler. ``reference`` names the torch path whose numbers the step reproduces, bit for bit:
 
-    A tensor lr (``schedule=None, lr=torch.tensor(1e-3)``, or one written to the group) is
-    applied as torch's ``foreach=False`` code applies it: ``1 - lr * weight_decay`` and
+    - ``"fused"``: ``torch.optim.AdamW(fused=True)`` on the CPU, every dtype (the sign bits of
+      NaNs aside, which that kernel's compiler sets): the IEEE square root; the rounding of its
+      scalar tail in the last ``numel % (32 / element size)`` elements of each parameter;
+      GradScaler's gradients divided by the scale; a tensor lr read as its value. Where torch's
+      kernel would misread memory (a strided parameter, or a gradient laid out otherwise than
+      its parameter) the step is that kernel's on dense copies. Refused on CUDA, whose fused
+      kernel rounds otherwise.
+    - ``"foreach"``: ``foreach=False`` and ``foreach=True``, which agree on the CPU (torch's CPU
+      default is the for-loop), in float32 and float64. Where torch has MKL (the x86 wheels) its
+      CPU ``sqrt`` is MKL's vector root, which is not IEEE-rounded, and the kernel calls that same
+      routine: about 0.6x the speed of ``"fused"`` on large models. bfloat16/float16 parameters
+      are updated in float32 and rounded once on store, as torch's fused kernel does.
+    - ``None`` (the default): ``"fused"`` where clrfast reproduces that kernel (torch's x86 AVX2
+      and AVX-512 builds), else ``"foreach"``; on CUDA, ``"foreach"``.
+
+    The state layout (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``step``), ``flat``,
+    ``threads``, written values, GradScaler and the all-or-nothing checks are those of
+    :class:`~clrfast.torch.CLRSGD`; state dicts load into and from ``torch.optim.AdamW``. They
+    carry torch's ``fused``/``foreach`` keys of the path matched, so torch resumes on it, and a
+    torch state dict's ``fused`` flag sets ``reference`` when it is loaded.
+
+    With ``reference="foreach"``, a tensor lr (``schedule=None, lr=torch.tensor(1e-3)``, or one
+    written to the group) is applied as torch's ``foreach=False`` code applies it: ``1 - lr * weight_decay`` and
     ``lr / (1 - beta1**s)`` are 0-d ops in the lr's dtype (float32 for
     ``torch.tensor(1e-3)``), not double arithmetic on ``float(lr)``, for float32, float64,
     bfloat16 and float16 lr tensors. torch's ``foreach=True`` refuses a tensor lr on the

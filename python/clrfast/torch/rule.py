@@ -287,17 +287,22 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         return row
 
     # ------------------------------------------------------------------ the update
+    def _roots(self, h) -> tuple:
+        """The kernel's square roots: torch's (MKL's) where the group matches torch's for-loop, else IEEE (0)."""
+        return torch_sqrt_routines() if self._layout["root"] and h["match_torch"] else (0, 0, 0)
+
     def _kernel(self, table, h, inv_scale, publish):
         scalars = [float(h[k]) for k in self._layout["scalars"]]
-        roots = torch_sqrt_routines() if self._layout["root"] and h["match_torch"] else (0, 0, 0)
+        divide = inv_scale is not None and self._divides_scale(h)
         return getattr(_core, f"{self._core_rule}_step")(
             table,
             scalars,
-            1.0 if inv_scale is None else inv_scale,
+            float(h["grad_scale"]) if divide else 1.0 if inv_scale is None else inv_scale,
             inv_scale is not None,
             self._num_threads(),
-            *roots,
+            *self._roots(h),
             *(publish or (None, 0, 0.0)),
+            divide_scale=divide,
         )
 
     # ------------------------------------------------------------------ CUDA (_cuda.py)
