@@ -287,14 +287,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--rule", choices=[*RULES, "all"], default="all")
-    ap.add_argument("--gpt2", action="store_true", help="add GPT-2 small's 124 M parameters (AdamW; ~8 GB RAM)")
+    ap.add_argument("--gpt2", action="store_true", help="add GPT-2 small's 124 M parameters (SGD, AdamW; ~8 GB RAM)")
     args = ap.parse_args()
     sets = {"ResNet-18 (62 tensors, 11.7 M)": resnet18_shapes(), "2,000 x 256": [(256,)] * 2000}
     print(f"Machine: {machine()}; clrfast kernels: {_core.cpu_isa()}, threads {torch.get_num_threads()}")
     for rule in list(RULES) if args.rule == "all" else [args.rule]:
         nbytes, base, second, runners = RULES[rule]
         rule_sets = dict(sets)
-        if args.gpt2 and rule == "adamw":
+        if args.gpt2 and rule in ("sgd", "adamw"):
             rule_sets["GPT-2 small (148 tensors, 124 M)"] = gpt2_small_shapes()
         print()
         print(f"| parameter set | optimizer | step (ms) | vs {base} | vs {second} | vs floor ({nbytes} B/param) |")
