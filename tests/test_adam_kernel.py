@@ -164,13 +164,34 @@ def assert_bits(mine, theirs, what):
         assert diff == 0, f"{what}[{i}] (n={a.numel()}): {diff} elements differ, max {float((a - b).abs().max())}"
 
 
-def drive(dtype, lengths, *, amsgrad, maximize, wd, decoupled, foreach, steps, eps=1e-8, threads=2, seed=0):
+def drive(
+    dtype,
+    lengths,
+    *,
+    amsgrad,
+    maximize,
+    wd,
+    decoupled,
+    foreach=False,
+    steps,
+    eps=1e-8,
+    threads=2,
+    seed=0,
+    fused=False,
+    scale=None,
+):
+    """The kernel beside torch's for-loop/foreach path, or (``fused``) its fused kernel, which the
+    kernel then follows with ``vec_bytes=32`` and the IEEE root; ``scale``: GradScaler's, divided."""
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(n, generator=gen, dtype=dtype) for n in lengths]
     ref = [p.clone().requires_grad_() for p in params]
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-    opt = cls(ref, lr=1e-3, eps=eps, weight_decay=wd, amsgrad=amsgrad, maximize=maximize, foreach=foreach)
+    path = dict(fused=True) if fused else dict(foreach=foreach)
+    opt = cls(ref, lr=1e-3, eps=eps, weight_decay=wd, amsgrad=amsgrad, maximize=maximize, **path)
     k = Kernel(params, amsgrad)
+    kernel_path = dict(sqrt=(0, 0, 0), vec_bytes=32) if fused else {}
+    if scale is not None:
+        kernel_path.update(inv_scale=scale, store_grad=True, divide_scale=True)
     for t in range(steps):
         lr, beta1 = hyper(t)
         grads = [torch.randn(n, generator=gen, dtype=dtype) for n in lengths]
@@ -179,9 +200,24 @@ def drive(dtype, lengths, *, amsgrad, maximize, wd, decoupled, foreach, steps, e
         for group in opt.param_groups:
             group["lr"] = lr
             group["betas"] = (beta1, 0.999)
+        if scale is not None:
+            opt.grad_scale, opt.found_inf = torch.tensor(scale), torch.tensor(0.0)
         opt.step()
-        k.step_(grads, lr, beta1, eps=eps, wd=wd, decoupled=decoupled, maximize=maximize, threads=threads)
+        k.step_(
+            grads, lr, beta1, eps=eps, wd=wd, decoupled=decoupled, maximize=maximize, threads=threads, **kernel_path
+        )
     return k, ref, opt
+
+
+def assert_state_bits(k, ref, opt, amsgrad):
+    """Parameters and moments bit for bit the reference's."""
+    assert_bits(k.p, [q.detach() for q in ref], "param")
+    states = [opt.state[q] for q in ref]
+    assert_bits(k.m, [s["exp_avg"] for s in states], "exp_avg")
+    assert_bits(k.v, [s["exp_avg_sq"] for s in states], "exp_avg_sq")
+    if amsgrad:
+        assert_bits(k.vm, [s["max_exp_avg_sq"] for s in states], "max_exp_avg_sq")
+    return states
 
 
 WD_MODES = [(0.0, False), (0.02, False), (0.0, True), (0.05, True)]
@@ -197,12 +233,7 @@ def test_bit_identical_to_torch(dtype, amsgrad, maximize, wd, decoupled, foreach
     k, ref, opt = drive(
         dtype, LENGTHS, amsgrad=amsgrad, maximize=maximize, wd=wd, decoupled=decoupled, foreach=foreach, steps=200
     )
-    assert_bits(k.p, [q.detach() for q in ref], "param")
-    states = [opt.state[q] for q in ref]
-    assert_bits(k.m, [s["exp_avg"] for s in states], "exp_avg")
-    assert_bits(k.v, [s["exp_avg_sq"] for s in states], "exp_avg_sq")
-    if amsgrad:
-        assert_bits(k.vm, [s["max_exp_avg_sq"] for s in states], "max_exp_avg_sq")
+    states = assert_state_bits(k, ref, opt, amsgrad)
     assert all(float(s) == float(st_["step"]) == 200.0 for s, st_ in zip(k.step, states))
 
 
@@ -484,42 +515,20 @@ def test_random_tables_match_torch(lengths, dtype, amsgrad, maximize, wd, decoup
 def test_random_tables_match_torch_fused(lengths, dtype, amsgrad, maximize, wd, decoupled, scale, seed):
     # Every length mod 16 and mod 4 happens: the vector body, the scalar tail and both; a scale of 3
     # tells GradScaler's division (torch's fused kernels) from a product with 1/3 (its unscale_).
-    gen = torch.Generator().manual_seed(seed)
-    params = [torch.randn(n, generator=gen, dtype=dtype) for n in lengths]
-    ref = [p.clone().requires_grad_() for p in params]
-    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-    opt = cls(ref, lr=1e-3, weight_decay=wd, amsgrad=amsgrad, maximize=maximize, fused=True)
-    k = Kernel(params, amsgrad)
-    for t in range(8):
-        lr, beta1 = hyper(t)
-        grads = [torch.randn(n, generator=gen, dtype=dtype) for n in lengths]
-        for q, g in zip(ref, grads):
-            q.grad = g.clone()
-        for group in opt.param_groups:
-            group["lr"], group["betas"] = lr, (beta1, 0.999)
-        if scale is not None:
-            opt.grad_scale, opt.found_inf = torch.tensor(scale), torch.tensor(0.0)
-        opt.step()
-        k.step_(
-            grads,
-            lr,
-            beta1,
-            wd=wd,
-            decoupled=decoupled,
-            maximize=maximize,
-            inv_scale=1.0 if scale is None else scale,
-            store_grad=scale is not None,
-            divide_scale=scale is not None,
-            threads=1 + seed % 2,
-            sqrt=(0, 0, 0),
-            vec_bytes=32,
-        )
-    assert_bits(k.p, [q.detach() for q in ref], "param")
-    states = [opt.state[q] for q in ref]
-    assert_bits(k.m, [s["exp_avg"] for s in states], "exp_avg")
-    assert_bits(k.v, [s["exp_avg_sq"] for s in states], "exp_avg_sq")
-    if amsgrad:
-        assert_bits(k.vm, [s["max_exp_avg_sq"] for s in states], "max_exp_avg_sq")
+    k, ref, opt = drive(
+        dtype,
+        lengths,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        wd=wd,
+        decoupled=decoupled,
+        steps=8,
+        threads=1 + seed % 2,
+        seed=seed,
+        fused=True,
+        scale=scale,
+    )
+    assert_state_bits(k, ref, opt, amsgrad)
     if scale is not None:
         assert_bits(k.g, [q.grad for q in ref], "unscaled grad")
 
