@@ -3,6 +3,8 @@
 Each test first runs a few steps, so the plan is cached and later steps go through the C++
 check, then changes something between steps the way user code can. The check is the engine's,
 shared by every rule: what depends on a rule's state runs on every rule, the rest on CLRSGD.
+Every test runs twice: with the guard (torch's TensorGuards, one C++ call over every tensor)
+deciding the layouts, and with the per-tensor reads alone, as on a torch without that guard.
 """
 
 import gc
@@ -14,15 +16,25 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import clrfast as clr  # noqa: E402
-from clrfast.torch import CLRSGD  # noqa: E402
-from optim_registry import RULES, params  # noqa: E402
+from clrfast.torch import CLRSGD, _plan  # noqa: E402
+from optim_registry import RULES, params, where  # noqa: E402
 
 SGD = RULES["CLRSGD"]
 LR = 0.05
 
 
+@pytest.fixture(autouse=True, params=["guard", "per-tensor"])
+def guard(request, monkeypatch):
+    """Which check decides the layouts: the guard where this torch has one, else the per-tensor reads."""
+    if request.param == "per-tensor":
+        monkeypatch.setattr(_plan, "_TENSOR_GUARDS", None)
+    else:
+        assert _plan._TENSOR_GUARDS is not None  # this torch's TensorGuards passed the probe
+    return request.param
+
+
 def bits(t):
-    t = t.detach()
+    t = t.detach().resolve_neg()  # the values, whatever view bit they are read through
     return t.view({torch.float32: torch.int32, torch.float64: torch.int64}[t.dtype])
 
 
@@ -66,12 +78,14 @@ def _assert_same(a, oa, b, ob):
 @pytest.mark.parametrize("rule", params())
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("set_to_none", [True, False])
-def test_a_training_loop_stays_on_torchs_numbers(rule, flat, set_to_none):
+def test_a_training_loop_stays_on_torchs_numbers(rule, flat, set_to_none, guard):
     a, oa, b, ob = _pair(rule, [(5, 3), (3,), (4, 4), ()], flat=flat)
     for t in range(12):
         _step(a, oa, b, ob, t, set_to_none)
         _assert_same(a, oa, b, ob)
-    assert oa._plans[0].check is not None  # the cached plan's check ran
+    check = oa._plans[0].check
+    assert check is not None  # the cached plan's check ran
+    assert check.guarded == (guard == "guard")  # and the guard, where there is one, never said no
 
 
 @pytest.mark.parametrize("rule", params())
@@ -123,14 +137,151 @@ def test_a_new_gradient_over_memory_the_step_writes_is_refused(flat):
 def test_gradients_shared_by_two_parameters_are_read_like_torch():
     # reading one gradient tensor for two parameters is harmless; only memory the step writes must be apart
     a, oa, b, ob = _pair(SGD, [(6,), (6,)])
-    for _ in range(2):
+    for t in range(5):
         g = torch.randn(6)
-        a[0].grad = a[1].grad = g.clone()
-        h = g.clone()
+        a[0].grad = a[1].grad = g.clone() if t != 2 else None  # one shared, then two apart: the guard's
+        h = g.clone() if t != 2 else None  # objects are distinct when it is armed, shared after
         b[0].grad = b[1].grad = h
+        if t == 2:
+            a[0].grad, a[1].grad = g.clone(), g.clone()
+            b[0].grad, b[1].grad = g.clone(), g.clone()
         oa.step()
         ob.step()
         _assert_same(a, oa, b, ob)
+    assert not oa._plans[0].check.guarded  # it said no to the shared object; the per-tensor reads said yes
+
+
+# A tensor of one of the step's rows changed between steps so that its memory no longer holds its
+# values as the kernel reads them (a view bit), or its layout at the same address. clrfast is given
+# the changed tensor, the reference a dense tensor with the same values: torch's fused Adam refuses
+# the view bits and walks a transposed tensor's memory in its own order, where its for-loop takes
+# both. ``when``: the step before which the change is made (0: before the plan is cached).
+def _negative(t):
+    return torch._neg_view(t.detach().neg())  # the same values, read through the negative bit
+
+
+def _change_grad(how, p, q):
+    g = p.grad
+    if how == "negative view":
+        p.grad = _negative(g)
+    elif how == "imaginary part of a conjugate":  # a real view with the negative bit, strided
+        p.grad = torch.complex(torch.zeros_like(g), g.neg()).conj().imag
+    else:  # a zero tensor without memory
+        p.grad = torch._efficientzerotensor(g.shape)
+        q.grad = torch.zeros_like(g)
+
+
+def _change_param(how, p, q):
+    if how == "negative view":
+        p.data = _negative(p.data)
+    else:  # transposed in place
+        p.data = p.data.t()
+        q.data = q.data.t().contiguous()
+
+
+def _change_state(how, st, ref, key):
+    if how == "negative view":
+        st[key] = _negative(st[key])
+    elif how == "t_":
+        st[key].t_()
+        ref[key] = ref[key].t().contiguous()
+    else:  # .data = a transposed view
+        st[key].data = st[key].data.t()
+        ref[key] = ref[key].t().contiguous()
+
+
+def _run_with_change(rule, when, change):
+    a, oa, b, ob = _pair(rule, [(4, 4), (5,)])
+    for t in range(6):
+        for p, q, g in zip(a, b, _grads(a, t)):
+            p.grad, q.grad = g.clone(), g.clone()
+        if t == when:
+            change(a[0], b[0], oa.state[a[0]], ob.state[b[0]])
+        oa.step()
+        ob.step()
+        _assert_same(a, oa, b, ob)
+
+
+@pytest.mark.parametrize("rule", params())
+@pytest.mark.parametrize("when", [0, 3])
+@pytest.mark.parametrize("how", ["negative view", "imaginary part of a conjugate", "zero tensor"])
+def test_a_gradient_read_through_a_view_bit_is_read_as_its_values(rule, when, how):
+    _run_with_change(rule, when, lambda p, q, st, ref: _change_grad(how, p, q))
+
+
+@pytest.mark.parametrize("rule", params())
+@pytest.mark.parametrize("when", [0, 3])
+@pytest.mark.parametrize("how", ["negative view", "transposed in place"])
+def test_a_parameter_changed_at_its_address_is_updated_as_its_values(rule, when, how):
+    _run_with_change(rule, when, lambda p, q, st, ref: _change_param(how, p, q))
+
+
+@pytest.mark.parametrize("rule", params())
+@pytest.mark.parametrize("how", ["negative view", "t_", "data = transposed view"])
+def test_a_state_tensor_changed_at_its_address_is_updated_as_its_values(rule, how):
+    key = rule.state_keys[0]
+    _run_with_change(rule, 3, lambda p, q, st, ref: _change_state(how, st, ref, key))
+
+
+@pytest.mark.parametrize("rule", where(lambda r: r.step_state))
+@pytest.mark.parametrize("how", ["new negative view", "data = negative view"])
+def test_a_step_counter_read_through_the_negative_bit_counts_on(rule, how):
+    def change(p, q, st, ref):
+        if how == "new negative view":
+            st["step"] = _negative(st["step"])
+        else:
+            st["step"].data = _negative(st["step"].data)
+
+    _run_with_change(rule, 3, change)
+    # the counter's value advanced as the reference's did: checked by _assert_same's parameters
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_a_zero_tensor_gradient_the_step_would_unscale_is_refused_before_anything_moves(flat):
+    # GradScaler's own inf check refuses one first; a trainer handing over the scale directly
+    # (the fused contract: grad_scale and found_inf set on the optimizer) reaches the step
+    a = [torch.nn.Parameter(torch.ones(6)), torch.nn.Parameter(torch.ones(6))]
+    opt = CLRSGD(a, clr.Constant(0.1), momentum=0.9, flat=flat)
+    opt.fused_unscale = True
+    opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.zeros(())
+    for _ in range(2):
+        for p in a:
+            p.grad = torch.full((6,), 4.0)
+        opt.step()
+    before = [p.detach().clone() for p in a]
+    a[0].grad = torch.full((6,), 4.0)
+    a[1].grad = torch._efficientzerotensor(6)
+    with pytest.raises(ValueError, match="parameter 1 is a zero tensor without memory"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(a, before))
+    assert torch.equal(a[0].grad, torch.full((6,), 4.0))  # not unscaled
+    assert opt.param_groups[0]["step"] == 2
+
+
+def test_the_guard_is_used_only_where_it_refuses_what_the_check_must():
+    class Lenient:  # a guard that passes every tensor: the probe must turn it down
+        def __init__(self, *tensors, **kw):
+            pass
+
+        def check(self, *tensors):
+            return True
+
+    class Strided(Lenient):  # passes all but a change of strides
+        def __init__(self, *tensors, **kw):
+            self.strides = [t.stride() for t in tensors]
+
+        def check(self, *tensors):
+            return [t.stride() for t in tensors] == self.strides
+
+    guards = pytest.importorskip("torch._C._dynamo.guards")
+    real = guards.TensorGuards
+    assert _plan._guards_type() is real
+    for fake in (Lenient, Strided):
+        guards.TensorGuards = fake
+        try:
+            assert _plan._guards_type() is None
+        finally:
+            guards.TensorGuards = real
 
 
 @pytest.mark.parametrize("how", ["replace entry", "new dict", "delete"])

@@ -22,22 +22,25 @@ const RuleRowOf<R>* rule_rows(const pybind11::array& table, const std::vector<do
   constexpr int K = static_cast<int>(R::kSlots.size());
   const RuleRowOf<R>* rows = segment_rows<RuleRowOf<R>>(table, count);
   const int v = R::variant(sc.data());
+  // The message is built only for a bad row: this runs every step, once per row.
+  auto bad = [](const std::string& what, int64_t i) {
+    return py::value_error("segments: " + what + " in row " + std::to_string(i));
+  };
   for (int64_t i = 0; i < *count; ++i) {
     const auto& r = rows[i];
-    const std::string row = " in row " + std::to_string(i);
-    if (r.dtype < 0 || r.dtype > 3) throw py::value_error("segments: unknown dtype code" + row);
-    if (r.n < 0) throw py::value_error("segments: negative length" + row);
-    if (r.fresh != 0 && r.fresh != 1) throw py::value_error("segments: fresh must be 0 or 1" + row);
+    if (r.dtype < 0 || r.dtype > 3) throw bad("unknown dtype code", i);
+    if (r.n < 0) throw bad("negative length", i);
+    if (r.fresh != 0 && r.fresh != 1) throw bad("fresh must be 0 or 1", i);
     if (R::kStep) {
       // The counter advances even for an empty parameter, as torch's does.
-      if (r.step == 0) throw py::value_error("segments: null step pointer" + row);
-      if (r.step_dtype < 0 || r.step_dtype > 1) throw py::value_error("segments: unknown step dtype code" + row);
+      if (r.step == 0) throw bad("null step pointer", i);
+      if (r.step_dtype < 0 || r.step_dtype > 1) throw bad("unknown step dtype code", i);
     }
     if (r.n == 0) continue;
-    if (r.p == 0 || r.g == 0) throw py::value_error("segments: null pointer" + row);
+    if (r.p == 0 || r.g == 0) throw bad("null pointer", i);
     for (int k = 0; k < K; ++k)
       if (R::uses(rule_detail::row_variant<R>(v, r), k) && r.s[k] == 0)
-        throw py::value_error(std::string("segments: null ") + R::kSlots[k] + " pointer" + row);
+        throw bad(std::string("null ") + R::kSlots[k] + " pointer", i);
   }
   return rows;
 }

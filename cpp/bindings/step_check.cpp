@@ -15,11 +15,24 @@
 //     refuse them;
 //   - the data address, shape and layout of each parameter (`p.data = t`, model.to(),
 //     set_(), and a transposed or reshaped view of the same memory, which keeps the address);
-//   - optimizer.state[p] and each state tensor in it (identity and address).
+//   - optimizer.state[p] and each state tensor in it: identity, address, and (as for the
+//     parameter: `buf.t_()` keeps both) shape, layout and dtype;
+//   - in the tensors the kernel walks, the negative-view bit (a real view of a conjugate's
+//     imaginary part has it): the kernel reads memory, torch reads values.
 //
 // Anything else sends the step back to the full check in Python, which explains the
 // problem or routes the tensor to torch's own code. The answer is exact: nothing here is
 // inferred from reference counts or sampled.
+//
+// The dtype, device, sizes, strides and view bits of the parameters, gradients and state
+// tensors cost four to six calls through torch's Python API per tensor (a shape read
+// allocates). The front end may hand over a guard: one C++ call that compares all of them with
+// the tensors of the step the plan was armed on (torch's TensorGuards: exact sizes, strides,
+// dtype, device, dispatch keys, which hold the negative-view bit, requires_grad, and distinct
+// objects), which it has seen tell such changes apart. When the guard says yes the per-tensor
+// reads are skipped; when it says no they decide, and the guard is not asked again: it is
+// stricter than they are (exact strides where the kernel needs a contiguous layout, distinct
+// objects where two parameters may share a gradient they only read).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -186,7 +199,7 @@ enum Flag : int64_t { kContiguous = 1, kStrided = 2, kHasState = 4, kExact = 8 }
 // the step read, and the extents of the memory the step writes.
 class StepCheckSpec {
  public:
-  StepCheckSpec(py::array_t<int64_t, py::array::c_style> table, py::tuple keys, int grad_col, int n_col,
+  StepCheckSpec(py::array_t<int64_t, py::array::c_style> table, py::tuple keys, int slots, int grad_col, int n_col,
                 std::vector<int> ptr_cols, bool merge, int device_index)
       : keys_(std::move(keys)), grad_col_(grad_col), n_col_(n_col), merge_(merge), device_index_(device_index) {
     if (table.ndim() != 2) throw py::value_error("StepCheckSpec: table must be 2-D");
@@ -202,6 +215,8 @@ class StepCheckSpec {
     for (py::ssize_t k = 0; k < PyTuple_GET_SIZE(keys_.ptr()); ++k)
       if (!PyUnicode_Check(PyTuple_GET_ITEM(keys_.ptr(), k))) throw py::type_error("StepCheckSpec: keys must be str");
     nkeys_ = static_cast<int64_t>(PyTuple_GET_SIZE(keys_.ptr()));
+    if (slots < 0 || slots > nkeys_) throw py::value_error("StepCheckSpec: slots out of range");
+    nslots_ = slots;
     template_.assign(table.data(), table.data() + table.size());
   }
 
@@ -214,6 +229,18 @@ class StepCheckSpec {
   void add_written(int64_t start, int64_t end) {
     if (end < start) throw py::value_error("StepCheckSpec.add_written: end < start");
     if (end > start) written_.emplace_back(start, end);
+  }
+  // make_guard(*tensors) -> a guard over them (or None); tensors: per parameter that had a
+  // gradient, in group order, the parameter, its gradient and its state tensors in key order.
+  // Called once every parameter was added.
+  void set_guard(py::handle make_guard) {
+    guard_ = py::none();
+    if (!make_guard.is_none()) {
+      py::object guard = make_guard(*py::tuple(guard_tensors_));
+      if (!guard.is_none() && !PyCallable_Check(guard.ptr())) throw py::type_error("StepCheckSpec: a guard must be callable");
+      guard_ = std::move(guard);
+    }
+    guard_tensors_ = py::list();  // the step's gradients are the caller's
   }
 
  protected:
@@ -237,8 +264,17 @@ class StepCheckSpec {
       const bool tensor = PyObject_TypeCheck(v.ptr(), tensor_type());
       spec_.push_back(tensor ? v.attr("data_ptr")().cast<int64_t>() : 0);
       bufs_.append(v);
+      buf_dtypes_.append(tensor ? py::object(v.attr("dtype")) : py::object(py::none()));
     }
     params_.append(p);
+    if (row != kNoGrad) {
+      guard_tensors_.append(p);
+      guard_tensors_.append(grad);
+      for (int64_t k = 0; k < nkeys_; ++k) {
+        py::handle v = PyList_GET_ITEM(bufs_.ptr(), PyList_GET_SIZE(bufs_.ptr()) - nkeys_ + k);
+        if (PyObject_TypeCheck(v.ptr(), tensor_type())) guard_tensors_.append(v);
+      }
+    }
     shapes_.append(p.attr("shape"));
     strides_.append(py::tuple(p.attr("stride")()));
     grad_strides_.append(grad.is_none() ? py::object(py::none()) : py::object(py::tuple(grad.attr("stride")())));
@@ -246,12 +282,14 @@ class StepCheckSpec {
     sdicts_.append(state);
   }
 
-  py::list params_, shapes_, strides_, grad_strides_, dtypes_, sdicts_, bufs_;
+  py::list params_, shapes_, strides_, grad_strides_, dtypes_, sdicts_, bufs_, buf_dtypes_;
   py::tuple keys_;
+  py::list guard_tensors_;         // what set_guard describes
+  py::object guard_ = py::none();  // guard(*tensors in guard_tensors_' order) -> bool
   std::vector<int64_t> spec_, template_;
   std::vector<std::pair<int64_t, int64_t>> written_;
   std::vector<bool> is_ptr_;
-  int64_t nkeys_ = 0, rows_ = 0, cols_ = 0;
+  int64_t nkeys_ = 0, nslots_ = 0, rows_ = 0, cols_ = 0;  // keys: nslots_ per-element slots, then scalars
   int grad_col_, n_col_;
   bool merge_;
   int device_index_;  // -1: the CPU
@@ -268,6 +306,8 @@ class StepCheck : private StepCheckSpec {
     std::sort(written_.begin(), written_.end());
     out_ = py::array_t<int64_t>({rows_, cols_});
     emitted_ = py::array_t<bool>(rows_);
+    use_guard_ = !guard_.is_none();
+    grads_.assign(static_cast<size_t>(n_), nullptr);
   }
 
   ~StepCheck() { release(); }
@@ -288,23 +328,25 @@ class StepCheck : private StepCheckSpec {
     std::fill(emitted, emitted + rows_, false);
     int64_t nout = 0;
     grad_spans_.clear();
+    // every parameter that had a gradient has one: the guard can be asked
+    bool complete = use_guard_;
     for (int64_t i = 0; i < n_; ++i) {
       const int64_t* s = &spec_[i * width_];
       PyObject* p = PyList_GET_ITEM(params_.ptr(), i);
       PyObject* g = grad_(p);
       if (g == nullptr) return fail();
       held_.push_back(g);  // the table points into it until release()
+      grads_[static_cast<size_t>(i)] = g;
       const int64_t row = s[kRow];
       if (g == Py_None) {
         // torch skips a parameter without a gradient: its row is left out
         if (row == kSlow) return fail();
+        complete = complete && row == kNoGrad;
         continue;
       }
       if (row == kNoGrad) return fail();  // needs state and the checks of the full path
       int64_t pptr = 0, gptr = 0;
-      if (!data_ptr(p, &pptr) || pptr != s[kPtr] || !layout_ok(p, i, s[kFlags], strides_) ||
-          !grad_ok(g, i, s, &gptr) || !state_ok(st, p, i, s))
-        return fail();
+      if (!data_ptr(p, &pptr) || pptr != s[kPtr] || !grad_ok(g, s, &gptr) || !state_ok(st, p, i, s)) return fail();
       if (grads_written && s[kNumel] > 0) grad_spans_.emplace_back(gptr, gptr + s[kNumel] * s[kItem]);
       if (row == kSlow) continue;
       const int64_t* t = &template_[row * cols_];
@@ -317,6 +359,7 @@ class StepCheck : private StepCheckSpec {
       }
       emitted[row] = true;
     }
+    if (!(complete && guard_passes()) && !layouts_ok()) return fail();
     // GradScaler's fused path writes each gradient back unscaled: two parameters sharing one
     // would have it unscaled twice, by two threads at once.
     if (grads_written) {
@@ -334,6 +377,7 @@ class StepCheck : private StepCheckSpec {
   }
 
   py::array_t<int64_t> out() const { return out_; }
+  bool guarded() const { return use_guard_; }
   py::array_t<bool> emitted() const { return emitted_; }
 
   // A column of a template row (the rule clears "state holds no history" once the kernel ran).
@@ -365,19 +409,80 @@ class StepCheck : private StepCheckSpec {
     return equals(stride_(t), PyList_GET_ITEM(strides.ptr(), i));
   }
 
-  // The gradient: a plain tensor with exactly the parameter's dtype, device, shape and layout
-  // (torch's code, for slow rows, the layout it was checked with), and no overlap with memory
-  // the step writes.
-  bool grad_ok(PyObject* g, int64_t i, const int64_t* s, int64_t* gptr) {
+  // The gradient: a plain tensor whose memory (as laid out like the parameter, which
+  // layouts_ok or the guard checks) meets no memory the step writes.
+  bool grad_ok(PyObject* g, const int64_t* s, int64_t* gptr) {
     if (Py_TYPE(g) != tensor_type_) return false;  // subclasses (DTensor, ...) take the full check
-    // A sparse or other non-strided gradient fails the layout check (is_contiguous/stride raise).
-    if (!equals(dtype_(g), PyList_GET_ITEM(dtypes_.ptr(), i)) || !on_device(g) ||
-        !layout_ok(g, i, s[kFlags], grad_strides_) || !data_ptr(g, gptr))
-      return false;
+    if (!data_ptr(g, gptr)) return false;
     const int64_t n = s[kNumel];
     if (n == 0) return true;
     return *gptr != 0 && !overlaps_written(*gptr, *gptr + n * s[kItem]);
   }
+
+  // The guard says yes: the parameters, this step's gradients and the state tensors (the
+  // recorded objects, which state_ok found in the state) have the dtypes, devices, sizes,
+  // strides and view bits they had when the plan was armed. Asked no more once it says no.
+  bool guard_passes() {
+    std::vector<PyObject*>& args = guard_args_;
+    args.clear();
+    for (int64_t i = 0; i < n_; ++i) {
+      PyObject* g = grads_[static_cast<size_t>(i)];
+      if (g == Py_None) continue;
+      args.push_back(PyList_GET_ITEM(params_.ptr(), i));
+      args.push_back(g);
+      for (int64_t k = 0; k < nkeys_; ++k) {
+        PyObject* v = PyList_GET_ITEM(bufs_.ptr(), i * nkeys_ + k);
+        if (PyObject_TypeCheck(v, tensor_type_)) args.push_back(v);
+      }
+    }
+    PyObject* tuple = PyTuple_New(static_cast<Py_ssize_t>(args.size()));
+    if (tuple == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    for (size_t k = 0; k < args.size(); ++k) {
+      Py_INCREF(args[k]);
+      PyTuple_SET_ITEM(tuple, static_cast<Py_ssize_t>(k), args[k]);
+    }
+    PyObject* r = PyObject_Call(guard_.ptr(), tuple, nullptr);
+    Py_DECREF(tuple);
+    const bool yes = r == Py_True;
+    Py_XDECREF(r);
+    if (r == nullptr) PyErr_Clear();
+    use_guard_ = use_guard_ && yes;
+    return yes;
+  }
+
+  // Per tensor: each parameter keeps its shape and layout, each gradient has exactly its
+  // parameter's dtype, device, shape and layout (torch's code, for slow rows, the layout it was
+  // checked with), each per-element state tensor the parameter's shape (and, in kernel rows, its
+  // dtype and layout), each scalar one (a step counter) its dtype. A sparse or other non-strided
+  // gradient fails (is_contiguous/stride raise). The kernel reads memory as values: no tensor of
+  // its rows may carry the negative-view bit.
+  bool layouts_ok() {
+    for (int64_t i = 0; i < n_; ++i) {
+      PyObject* g = grads_[static_cast<size_t>(i)];
+      if (g == Py_None) continue;
+      PyObject* p = PyList_GET_ITEM(params_.ptr(), i);
+      const int64_t flags = spec_[i * width_ + kFlags];
+      const bool row = !(flags & kExact);
+      if (!layout_ok(p, i, flags, strides_) || !equals(dtype_(g), PyList_GET_ITEM(dtypes_.ptr(), i)) ||
+          !on_device(g) || !layout_ok(g, i, flags, grad_strides_) || (row && (is_neg(p) || is_neg(g))))
+        return false;
+      for (int64_t k = 0; k < nkeys_; ++k) {
+        PyObject* v = PyList_GET_ITEM(bufs_.ptr(), i * nkeys_ + k);
+        if (!PyObject_TypeCheck(v, tensor_type_)) continue;
+        const bool slot = k < nslots_;
+        if (slot && !(row ? layout_ok(v, i, flags, strides_) : equals(shape_(v), PyList_GET_ITEM(shapes_.ptr(), i))))
+          return false;
+        if ((row || !slot) && !equals(dtype_(v), PyList_GET_ITEM(buf_dtypes_.ptr(), i * nkeys_ + k))) return false;
+        if (row && is_neg(v)) return false;
+      }
+    }
+    return true;
+  }
+
+  bool is_neg(PyObject* t) { return !equals(is_neg_(t), Py_False); }
 
   // On the plan's device: the CPU, or the CUDA device of that index.
   bool on_device(PyObject* t) {
@@ -440,7 +545,10 @@ class StepCheck : private StepCheckSpec {
   }
 
   int64_t n_ = 0, width_ = 0;
+  bool use_guard_ = false;
+  std::vector<PyObject*> guard_args_;  // borrowed, for one guard call
   std::vector<PyObject*> held_;  // the gradients of this step's table, held until release()
+  std::vector<PyObject*> grads_;  // this step's gradient (or None) per parameter, borrowed from held_
   std::vector<std::pair<int64_t, int64_t>> grad_spans_;  // this step's gradients, when they are written
   py::array_t<int64_t> out_;
   py::array_t<bool> emitted_;
@@ -448,7 +556,7 @@ class StepCheck : private StepCheckSpec {
   friend class StepCheckSpec;
   static inline PyTypeObject* tensor_type_ = nullptr;
   static inline Getter grad_{"grad"}, dtype_{"dtype"}, is_cpu_{"is_cpu"}, is_cuda_{"is_cuda"}, shape_{"shape"};
-  static inline Method is_contiguous_{"is_contiguous"}, stride_{"stride"}, get_device_{"get_device"};
+  static inline Method is_contiguous_{"is_contiguous"}, stride_{"stride"}, get_device_{"get_device"}, is_neg_{"is_neg"};
 };
 
 PyTypeObject* StepCheckSpec::tensor_type() { return StepCheck::tensor_type_; }
@@ -459,8 +567,8 @@ void bind_step_check(py::module_& m) {
   py::class_<StepCheckSpec>(m, "StepCheckSpec",
                             "What a StepCheck compares: a plan's kernel table and layout, then one add_* call "
                             "per parameter in group order, and the extents of the memory the step writes.")
-      .def(py::init<py::array_t<int64_t, py::array::c_style>, py::tuple, int, int, std::vector<int>, bool, int>(),
-           py::arg("table"), py::arg("keys"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"),
+      .def(py::init<py::array_t<int64_t, py::array::c_style>, py::tuple, int, int, int, std::vector<int>, bool, int>(),
+           py::arg("table"), py::arg("keys"), py::arg("slots"), py::arg("grad_col"), py::arg("n_col"), py::arg("ptr_cols"),
            py::arg("merge"), py::arg("device_index"))
       .def("add_row", &StepCheckSpec::add_row, py::arg("param"), py::arg("row"), py::arg("grad"), py::arg("state"),
            "A parameter the kernel updates as template row `row` (state: its state dict or None).")
@@ -469,7 +577,11 @@ void bind_step_check(py::module_& m) {
       .def("add_without_grad", &StepCheckSpec::add_without_grad, py::arg("param"), py::arg("state"),
            "A parameter that had no gradient when the plan was built.")
       .def("add_written", &StepCheckSpec::add_written, py::arg("start"), py::arg("end"),
-           "A byte range [start, end) the step writes (a parameter or a state tensor).");
+           "A byte range [start, end) the step writes (a parameter or a state tensor).")
+      .def("set_guard", &StepCheckSpec::set_guard, py::arg("make_guard"),
+           "make_guard(*tensors) -> guard or None, called once after the last add_*: tensors are, per parameter "
+           "that had a gradient in group order, the parameter, its gradient and its state tensors in key order. "
+           "guard(*successors) -> True only while each keeps its dtype, device, sizes, strides and view bits.");
   py::class_<StepCheck>(m, "StepCheck",
                         "Revalidates a cached fused-step plan each step and yields that step's kernel table.")
       .def(py::init<const StepCheckSpec&>(), py::arg("spec"))
@@ -478,6 +590,8 @@ void bind_step_check(py::module_& m) {
            "describes the group.")
       .def_property_readonly("out", &StepCheck::out)
       .def_property_readonly("emitted", &StepCheck::emitted, "Template rows the last refresh put in the table.")
+      .def_property_readonly("guarded", &StepCheck::guarded,
+                             "Whether refresh asks the guard first (it has one, and it never said no).")
       .def("release", &StepCheck::release, "Drops the references to this step's gradients.")
       .def("set", &StepCheck::set, py::arg("row"), py::arg("col"), py::arg("value"),
            "Sets a column of a template row.");

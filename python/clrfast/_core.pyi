@@ -723,6 +723,7 @@ class StepCheckSpec:
         self,
         table: typing.Annotated[numpy.typing.ArrayLike, numpy.int64],
         keys: tuple,
+        slots: typing.SupportsInt | typing.SupportsIndex,
         grad_col: typing.SupportsInt | typing.SupportsIndex,
         n_col: typing.SupportsInt | typing.SupportsIndex,
         ptr_cols: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex],
@@ -748,6 +749,10 @@ class StepCheckSpec:
     ) -> None:
         """
         A byte range [start, end) the step writes (a parameter or a state tensor).
+        """
+    def set_guard(self, make_guard: typing.Any) -> None:
+        """
+        make_guard(*tensors) -> guard or None, called once after the last add_*: tensors are, per parameter that had a gradient in group order, the parameter, its gradient and its state tensors in key order. guard(*successors) -> True only while each keeps its dtype, device, sizes, strides and view bits.
         """
 
 class StepCheck:
@@ -776,6 +781,11 @@ class StepCheck:
     def emitted(self) -> numpy.typing.NDArray[numpy.bool]:
         """
         Template rows the last refresh put in the table.
+        """
+    @property
+    def guarded(self) -> bool:
+        """
+        Whether refresh asks the guard first (it has one, and it never said no).
         """
     @property
     def out(self) -> numpy.typing.NDArray[numpy.int64]: ...

@@ -70,6 +70,12 @@ def dense_like(a: torch.Tensor, b: torch.Tensor) -> bool:
     return False
 
 
+def holds_values(t: torch.Tensor) -> bool:
+    """True when ``t``'s memory holds its values as they read, as the kernels read it: no negative-view
+    bit (the imaginary part of a conjugate view is one) and not a zero tensor without memory."""
+    return not t.is_neg() and not t._is_zerotensor()
+
+
 def extent(t: torch.Tensor) -> tuple[int, int]:
     """The byte range [start, end) that the elements of ``t`` span in memory."""
     if t.numel() == 0:

@@ -9,9 +9,10 @@ so every rule gets the same guarantees:
   after every tensor was checked (device, dtype, layout, element counts of parameter,
   gradient and state, memory overlap). Each later step revalidates it exactly in C++
   (``_core.StepCheck``: each gradient's dtype, device, shape, layout and overlap, the
-  addresses and layouts of the parameters, the state tensors), a few attribute reads per
-  tensor; a gradient that passes (autograd's new one after ``zero_grad()`` included) goes
-  straight into the table, anything else takes the full check again. Tensors the kernel
+  addresses, layouts and view bits of the parameters and state tensors), with one call to
+  torch's C++ tensor guard over all of them where this torch has one, else a few attribute
+  reads per tensor; a gradient that passes (autograd's new one after ``zero_grad()``
+  included) goes straight into the table, anything else takes the full check again. Tensors the kernel
   cannot walk as one flat run (transposed parameters, a state buffer left in another
   dtype by ``model.to()``) take torch's own single-tensor code, so they still match torch.
 - **All or nothing.** ``step`` validates every group before it mutates anything, and the

@@ -14,6 +14,7 @@ from ._checks import (
     check_state_tensor,
     dense_like,
     extent,
+    holds_values,
     is_dtensor,
     local,
     where,
@@ -30,6 +31,53 @@ def _data_ptr_fn() -> int:
 
 
 _core.set_tensor_api(torch.Tensor, _data_ptr_fn())
+
+
+def _guards_type():
+    """torch's TensorGuards (dynamo's C++ tensor check) when it tells apart what the step check must, else None.
+
+    ``TensorGuards(*ts, dynamic_dims_sizes=None, dynamic_dims_strides=None).check(*us)`` is True
+    only when each ``us[i]`` has the exact type, dtype, device, dispatch keys (the negative-view
+    bit among them), requires_grad, sizes and strides of ``ts[i]``. It is torch's internal API:
+    it is used only after this probe saw it refuse each change the step check must catch.
+    """
+    try:
+        from torch._C._dynamo.guards import TensorGuards
+    except ImportError:
+        return None
+    try:
+        with torch.no_grad():
+            a = torch.zeros(2, 3).requires_grad_()
+            b = torch.zeros(6, dtype=torch.float64)
+            check = TensorGuards(a, b, dynamic_dims_sizes=None, dynamic_dims_strides=None).check
+            same = check(torch.ones(2, 3).requires_grad_(), torch.ones(6, dtype=torch.float64))
+            changed = [
+                check(torch.zeros(3, 2).t().requires_grad_(), b),  # strides
+                check(torch.zeros(3, 2).requires_grad_(), b),  # sizes
+                check(a, torch.zeros(6)),  # dtype
+                check(a, torch.zeros(6, 1, dtype=torch.float64)),  # rank
+                check(a, torch.zeros(6, dtype=torch.float64, device="meta")),  # device
+                check(a, torch.zeros(6, dtype=torch.float64).to_sparse()),  # layout
+                check(a, torch._neg_view(b)),  # the negative-view bit
+                check(a, torch.nn.Parameter(b)),  # type
+            ]
+    except Exception:
+        return None
+    return TensorGuards if same is True and all(c is False for c in changed) else None
+
+
+_TENSOR_GUARDS = _guards_type()
+
+
+def tensor_guard(*tensors):
+    """A guard over ``tensors`` for the step check: ``guard(*others)`` is True only while each of
+    ``others`` matches its tensor as ``_guards_type`` says; None where torch has no such check."""
+    if _TENSOR_GUARDS is None:
+        return None
+    try:
+        return _TENSOR_GUARDS(*tensors, dynamic_dims_sizes=None, dynamic_dims_strides=None).check
+    except Exception:  # a tensor it cannot describe: the step check reads each one
+        return None
 
 
 # --------------------------------------------------------------------------- plans
@@ -112,7 +160,8 @@ class Planning(EngineBase):
             lv = local(v)
             locs[k] = lv
             named.append((f"state[{k!r}] of {where(gi, pi)}", lv))
-            fused = fused and dense_like(lp, lv) and lv.dtype == lp.dtype and lv.device == lp.device
+            fused = fused and dense_like(lp, lv) and holds_values(lv)
+            fused = fused and lv.dtype == lp.dtype and lv.device == lp.device
         return locs, fused, named
 
     def _build_plan(self, gi: int, group, required, grads_written: bool = False) -> Plan | None:
@@ -136,6 +185,12 @@ class Planning(EngineBase):
                 continue
             lp = check_param(gi, pi, p, self._rule)
             lg = check_grad(gi, pi, p, lp, g)
+            if grads_written and lg._is_zerotensor():
+                raise ValueError(
+                    f"the gradient of {where(gi, pi)} is a zero tensor without memory, and this step writes its "
+                    "gradients back (GradScaler's unscaling, or a rule that leaves its gradient in p.grad); give "
+                    "the parameter a materialised gradient (p.grad = p.grad.clone())"
+                )
             cacheable = cacheable and not is_dtensor(p)  # FSDP2 hands over new gradient objects each step anyway
             devices.add(lp.device)
             named.append((where(gi, pi), lp))
@@ -143,7 +198,7 @@ class Planning(EngineBase):
             locs, fused, named_state = self._checked_state(gi, pi, p, lp)
             named += named_state
             first = self._state_of(p, key)
-            fused = fused and dense_like(lp, lg)
+            fused = fused and dense_like(lp, lg) and holds_values(lp) and holds_values(lg)
             row = self._row(p, lp, lg, locs, int(first is None or self._is_fresh(p))) if fused else None
             need = self._missing(p, required)
             if need:
@@ -211,6 +266,7 @@ class Planning(EngineBase):
         spec = _core.StepCheckSpec(
             plan.template,
             keys,
+            slots=len(self._state_keys),
             grad_col=self._grad_col,
             n_col=self._n_col,
             ptr_cols=list(self._ptr_cols),
@@ -229,6 +285,7 @@ class Planning(EngineBase):
             for t in [p, *(st.get(k) for k in keys)] if st is not None else [p]:
                 if isinstance(t, torch.Tensor):
                     spec.add_written(*extent(t))
+        spec.set_guard(tensor_guard)
         plan.check = _core.StepCheck(spec)
         plan.keep, plan.grads = [], None  # the check holds what it needs, and no gradient
 

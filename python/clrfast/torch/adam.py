@@ -8,7 +8,7 @@ import torch
 from torch.optim.adam import adam as _torch_adam
 
 from .. import _validate as check
-from ._checks import DTYPE_CODES, non_negative, one_run, step_clock, step_flag, step_lr, step_real
+from ._checks import DTYPE_CODES, holds_values, non_negative, one_run, step_clock, step_flag, step_lr, step_real
 from ._sqrt import torch_sqrt_routines
 from .rule import RuleOptimizer
 
@@ -39,6 +39,11 @@ def check_reference(name: str, value) -> str | None:
             f"torch runs its {torch.backends.cpu.get_cpu_capability()!r} kernels; use reference='foreach'"
         )
     return value
+
+
+def _values(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor holding ``t``'s values (a negative view's or a zero tensor's materialised)."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
 
 
 class _CLRAdamBase(RuleOptimizer):
@@ -215,9 +220,13 @@ class _CLRAdamBase(RuleOptimizer):
         for p, g, st in zip(params, grads, states):
             live = [p, g, *(st[k] for k in keys)]
             # The kernel walks each tensor's memory for numel elements: right when all share one
-            # gap-free layout (its scalar tail then is the last elements in memory); else on copies
-            alike = one_run(p) and all(t.shape == p.shape and t.stride() == p.stride() for t in live)
-            dense = live if alike else [t.contiguous() for t in live]
+            # gap-free layout (its scalar tail then is the last elements in memory) and hold their
+            # values (its fallback refuses negative views); else on dense copies of the values
+            alike = one_run(p) and all(
+                t.shape == p.shape and t.stride() == p.stride() and holds_values(t) for t in live
+            )
+            dense = live if alike else [_values(t) for t in live]
+            step = st["step"] if holds_values(st["step"]) else _values(st["step"])
             vmax = [dense[4]] if h["amsgrad"] else []
             _torch_adam(
                 [dense[0]],
@@ -225,7 +234,7 @@ class _CLRAdamBase(RuleOptimizer):
                 [dense[2]],
                 [dense[3]],
                 vmax,
-                [st["step"]],
+                [step],
                 fused=True,
                 grad_scale=h.get("grad_scale"),
                 found_inf=None,
@@ -238,9 +247,12 @@ class _CLRAdamBase(RuleOptimizer):
                 eps=h["eps"],
                 maximize=h["maximize"],
             )
-            for t, d in zip(live, dense):
-                if d is not t:
+            unscaled = h.get("grad_scale") is not None  # the kernel wrote the gradient back, unscaled
+            for k, (t, d) in enumerate(zip(live, dense)):
+                if d is not t and (k != 1 or unscaled):
                     t.copy_(d)
+            if step is not st["step"]:
+                st["step"].copy_(step)
 
     # ------------------------------------------------------------------ CUDA
     def _check_cuda_group(self, gi: int, group) -> None:

@@ -22,7 +22,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 from .. import _core
 from .. import _validate as check
 from ..schedules import Schedule
-from ._checks import DTYPE_CODES, local, non_negative, step_clock, step_flag, step_lr, step_real, where
+from ._checks import DTYPE_CODES, holds_values, local, non_negative, step_clock, step_flag, step_lr, step_real, where
 from ._cuda import DeviceClock, DeviceTable, Launcher
 from ._fused import FusedOptimizer
 from ._sqrt import torch_sqrt_routines
@@ -274,8 +274,8 @@ class RuleOptimizer(StepCounters, FusedOptimizer):
         if self._scalar_keys:
             step = self._state_of(p, "step")
             if step is not None:
-                if step.device != lp.device or step.dtype not in _STEP_DTYPES:
-                    return None  # torch's code handles counters kept elsewhere
+                if step.device != lp.device or step.dtype not in _STEP_DTYPES or not holds_values(step):
+                    return None  # torch's code handles counters kept elsewhere (or read through a view bit)
                 row[cols["step"]], row[cols["step_dtype"]] = step.data_ptr(), _STEP_DTYPES[step.dtype]
         row[cols["p"]], row[cols["g"]] = lp.data_ptr(), lg.data_ptr()
         for k in self._state_keys:
