@@ -307,7 +307,6 @@ class StepCheck : private StepCheckSpec {
     out_ = py::array_t<int64_t>({rows_, cols_});
     emitted_ = py::array_t<bool>(rows_);
     use_guard_ = !guard_.is_none();
-    grads_.assign(static_cast<size_t>(n_), nullptr);
   }
 
   ~StepCheck() { release(); }
@@ -335,8 +334,7 @@ class StepCheck : private StepCheckSpec {
       PyObject* p = PyList_GET_ITEM(params_.ptr(), i);
       PyObject* g = grad_(p);
       if (g == nullptr) return fail();
-      held_.push_back(g);  // the table points into it until release()
-      grads_[static_cast<size_t>(i)] = g;
+      held_.push_back(g);  // held_[i]: the table points into it until release()
       const int64_t row = s[kRow];
       if (g == Py_None) {
         // torch skips a parameter without a gradient: its row is left out
@@ -426,7 +424,7 @@ class StepCheck : private StepCheckSpec {
     std::vector<PyObject*>& args = guard_args_;
     args.clear();
     for (int64_t i = 0; i < n_; ++i) {
-      PyObject* g = grads_[static_cast<size_t>(i)];
+      PyObject* g = held_[static_cast<size_t>(i)];
       if (g == Py_None) continue;
       args.push_back(PyList_GET_ITEM(params_.ptr(), i));
       args.push_back(g);
@@ -461,7 +459,7 @@ class StepCheck : private StepCheckSpec {
   // its rows may carry the negative-view bit.
   bool layouts_ok() {
     for (int64_t i = 0; i < n_; ++i) {
-      PyObject* g = grads_[static_cast<size_t>(i)];
+      PyObject* g = held_[static_cast<size_t>(i)];
       if (g == Py_None) continue;
       PyObject* p = PyList_GET_ITEM(params_.ptr(), i);
       const int64_t flags = spec_[i * width_ + kFlags];
@@ -547,8 +545,7 @@ class StepCheck : private StepCheckSpec {
   int64_t n_ = 0, width_ = 0;
   bool use_guard_ = false;
   std::vector<PyObject*> guard_args_;  // borrowed, for one guard call
-  std::vector<PyObject*> held_;  // the gradients of this step's table, held until release()
-  std::vector<PyObject*> grads_;  // this step's gradient (or None) per parameter, borrowed from held_
+  std::vector<PyObject*> held_;  // this step's gradient (or None) per parameter, held until release()
   std::vector<std::pair<int64_t, int64_t>> grad_spans_;  // this step's gradients, when they are written
   py::array_t<int64_t> out_;
   py::array_t<bool> emitted_;

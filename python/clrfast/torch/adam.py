@@ -216,9 +216,8 @@ class _CLRAdamBase(RuleOptimizer):
         )
 
     def _torch_fused_update(self, params, grads, states, h) -> None:
-        keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq")
         for p, g, st in zip(params, grads, states):
-            live = [p, g, *(st[k] for k in keys)]
+            live = [p, g, *(st[k] for k in self._needs(h))]
             # The kernel walks each tensor's memory for numel elements: right when all share one
             # gap-free layout (its scalar tail then is the last elements in memory) and hold their
             # values (its fallback refuses negative views); else on dense copies of the values
